@@ -1,0 +1,209 @@
+"""The public codec: ``Codec`` compresses tensors into ``Frame`` objects and back."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import torch
+
+from actpack.codec import reference, torchpath
+from actpack.codec.frame import Header, parse_frame
+from actpack.codec.spec import ERROR_BOUND_RANGE, RANGE_MAX_LIMIT, DType, Mode
+from actpack.codec.tables import resolve_table
+from actpack.errors import FrameError
+
+__all__ = ["BACKENDS", "Codec", "Frame", "decompress"]
+
+BACKENDS = ("torch", "numpy")
+_NUMPY_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
+_INT_VIEW = {DType.FLOAT32: torch.int32, DType.FLOAT16: torch.int16, DType.BFLOAT16: torch.int16}
+
+
+class Frame:
+    """A compressed tensor. ``bytes(frame)`` is its wire and storage form; ``frame.nbytes`` its
+    size. ``mode``, ``dtype``, ``shape`` are read from the header; ``device`` is where the tensor
+    came from (not part of the bytes) and where ``decompress`` puts it back by default."""
+
+    __slots__ = ("_data", "device")
+
+    def __init__(self, data, *, device=None):
+        self._data = bytes(data)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    @classmethod
+    def from_bytes(cls, data, *, device=None) -> Frame:
+        """A frame from its bytes, fully validated (raises ``FrameError``)."""
+        parse_frame(data)
+        return cls(data, device=device)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def _fixed(self):
+        if len(self._data) < 40:
+            raise FrameError("truncated frame")
+        return struct.unpack_from("<4sHBBB", self._data, 0)
+
+    @property
+    def mode(self) -> str:
+        return Mode(self._fixed()[2]).label
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torchpath._TORCH_OF[DType(self._fixed()[3])]
+
+    @property
+    def shape(self) -> torch.Size:
+        ndim = self._fixed()[4]
+        return torch.Size(struct.unpack_from(f"<{ndim}Q", self._data, 40))
+
+    def __repr__(self) -> str:
+        return (f"Frame(mode={self.mode!r}, dtype={self.dtype}, shape={tuple(self.shape)}, "
+                f"nbytes={self.nbytes})")
+
+
+def _check_positive_float(name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be finite and > 0, got {value}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: must be in [{lo:g}, {hi:g}], got {value:g}")
+    return value
+
+
+class Codec:
+    """Activation codec. One definition, two implementations with identical bytes.
+
+    Modes (keyword-only arguments):
+
+    - ``Codec(mode="dct", table="optH", range_max=4.5)``: per-channel scaled fixed point (max |x|
+      maps to ``range_max``, int8 with 5 fraction bits, saturating), 8x8 fixed-point DCT,
+      quantization by ``table`` ("optL", "optH", "optsL", "optsH", "jpeg<Q>" or 64 integers),
+      zigzag, zero-value and entropy coding.
+    - ``Codec(mode="eb", error_bound=0.01)``: every finite element comes back within
+      ``error_bound``; pre-quantization, 2-D Lorenzo prediction, zero-value and entropy coding.
+    - ``Codec(mode="sfpr8", range_max=4.5)``: scaled fixed point + zero-value + entropy coding.
+    - ``Codec(mode="mask")``: one bit per element; decompresses to 1 where the input was > 0, else 0.
+
+    ``backend="torch"`` (default) is the fast path (CPU or CUDA); ``backend="numpy"`` runs the
+    reference model. Non-finite values always come back exactly (raw blocks).
+    """
+
+    def __init__(self, *, mode: str, table=None, range_max=None, error_bound=None,
+                 backend: str = "torch"):
+        self._mode = Mode.parse(mode)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        m = self._mode
+        if table is not None and m is not Mode.DCT:
+            raise ValueError(f"table: only mode 'dct' takes a table, not mode {m.label!r}")
+        if range_max is not None and m not in (Mode.DCT, Mode.SFPR8):
+            raise ValueError(f"range_max: only modes 'dct' and 'sfpr8' take it, not {m.label!r}")
+        if error_bound is not None and m is not Mode.EB:
+            raise ValueError(f"error_bound: only mode 'eb' takes it, not {m.label!r}")
+        self.table_id, self.table_arg, self.table = 0, 0, None
+        if m is Mode.DCT:
+            self.table_id, self.table_arg, self.table = resolve_table(
+                "optH" if table is None else table)
+        self.range_max = None
+        self.error_bound = None
+        if m in (Mode.DCT, Mode.SFPR8):
+            self.range_max = _check_positive_float(
+                "range_max", 4.5 if range_max is None else range_max, 1e-3, RANGE_MAX_LIMIT)
+        if m is Mode.EB:
+            if error_bound is None:
+                raise ValueError("error_bound: mode 'eb' needs an error bound, e.g. 0.01")
+            self.error_bound = _check_positive_float("error_bound", error_bound,
+                                                     *ERROR_BOUND_RANGE)
+
+    @property
+    def mode(self) -> str:
+        return self._mode.label
+
+    def __repr__(self) -> str:
+        args = [f"mode={self.mode!r}"]
+        if self.table is not None:
+            args.append(f"table={self.table_name!r}")
+        if self.range_max is not None:
+            args.append(f"range_max={self.range_max}")
+        if self.error_bound is not None:
+            args.append(f"error_bound={self.error_bound}")
+        return f"Codec({', '.join(args)})"
+
+    @property
+    def table_name(self) -> str | None:
+        from actpack.codec.tables import TABLE_IDS
+
+        if self.table is None:
+            return None
+        name = {v: k for k, v in TABLE_IDS.items()}[self.table_id]
+        return f"jpeg{self.table_arg}" if name == "jpeg" else name
+
+    def _header(self, t: torch.Tensor) -> Header:
+        param = {Mode.EB: self.error_bound, Mode.MASK: 0.0}.get(self._mode, self.range_max)
+        return Header(self._mode, TORCH_DTYPE(t), tuple(t.shape), float(param), self.table_id,
+                      self.table_arg, self.table)
+
+    def compress(self, t: torch.Tensor) -> Frame:
+        """Compress ``t`` (float32, float16 or bfloat16; any shape, device, strides). Deterministic:
+        the same input and parameters give the same bytes."""
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"t: expected a torch.Tensor, got {type(t).__name__}")
+        header = self._header(t)
+        if len(header.shape) > 8:
+            raise ValueError(f"t: at most 8 dimensions are supported, got {t.dim()}")
+        t = t.detach()
+        if self.backend == "numpy":
+            bits = t.contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()
+            data = reference.compress(bits.view(_NUMPY_BITS[header.dtype]), header)
+        else:
+            data = torchpath.compress(t.contiguous(), header)
+        return Frame(data, device=t.device)
+
+    def decompress(self, frame, *, device=None) -> torch.Tensor:
+        """Decode a ``Frame`` or its bytes. The frame carries its own mode and parameters, so any
+        Codec decodes any frame. The tensor goes to ``device``, else the frame's device (CPU for
+        plain bytes). Raises ``FrameError`` for corrupted, truncated or foreign data."""
+        return decompress(frame, device=device, backend=self.backend)
+
+
+def TORCH_DTYPE(t: torch.Tensor) -> DType:
+    try:
+        return torchpath.TORCH_DTYPES[t.dtype]
+    except KeyError:
+        raise TypeError(
+            f"t: dtype {t.dtype} is not supported; actpack compresses float32, float16 and "
+            "bfloat16 tensors"
+        ) from None
+
+
+def decompress(frame, *, device=None, backend: str = "torch") -> torch.Tensor:
+    """Decode a ``Frame`` or its bytes to a tensor (see ``Codec.decompress``)."""
+    if isinstance(frame, Frame):
+        target = frame.device if device is None else torch.device(device)
+        data = bytes(frame)
+    elif isinstance(frame, (bytes, bytearray, memoryview)):
+        target = torch.device("cpu") if device is None else torch.device(device)
+        data = frame
+    else:
+        raise TypeError(f"frame: expected a Frame or bytes, got {type(frame).__name__}")
+    if backend == "numpy":
+        bits, header = reference.decompress(data)
+        signed = bits.view(np.int32 if bits.itemsize == 4 else np.int16)
+        t = torch.from_numpy(np.array(signed, copy=True))
+        return t.view(torchpath._TORCH_OF[header.dtype]).to(target)
+    if backend != "torch":
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return torchpath.decompress(data, device=target)

@@ -1,0 +1,284 @@
+"""The frame: the wire format between host and card and the stored form of a compressed tensor.
+
+Layout (little-endian; every section starts on a 64-byte boundary, zero padded)::
+
+    header   fixed fields, shape, table (dct), scales, header CRC32C
+    index    one u16 per block: kind (2 bits) | mask bytes - 1 (3 bits) | length in bytes (11 bits)
+    payload  the blocks' bytes, back to back in block order
+    trailer  64 bytes: CRC32C of index and payload sections (with padding), status, frame length
+
+docs/format.md is the prose form of this module; the gateware's frame builder and parser follow it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+import crc32c
+import numpy as np
+
+from actpack.codec.spec import (
+    ERROR_BOUND_RANGE,
+    RANGE_MAX_LIMIT,
+    DType,
+    Geometry,
+    Mode,
+    Scale,
+    eb_scale,
+    geometry,
+)
+from actpack.errors import FrameError
+
+__all__ = [
+    "ALIGN",
+    "MAGIC",
+    "MAX_NDIM",
+    "VERSION",
+    "Header",
+    "Kind",
+    "build_frame",
+    "crc32c_of",
+    "frame_bound",
+    "pack_index",
+    "parse_frame",
+    "unpack_index",
+]
+
+MAGIC = b"ACTP"
+VERSION = 1
+ALIGN = 64  # section alignment: one beat of a 512-bit AXI-Stream, whole beats at any XDMA width
+MAX_NDIM = 8
+
+_FIXED = struct.Struct("<4sHBBBBBBIQQd")  # 40 bytes, see Header.to_bytes
+_SCALE = struct.Struct("<Hhf")  # mantissa u16, exponent i16, inverse f32
+_TRAILER = struct.Struct("<IIQ")  # body CRC32C, status, frame length; zero padded to 64 bytes
+_TRAILER_BYTES = ALIGN
+
+
+class Kind(enum.IntEnum):
+    """Block kind in the index."""
+
+    ZERO = 0  # every coded value is zero: no payload bytes
+    CODED = 1  # mask + widths + packed values
+    RAW = 2  # the 64 input values, bit for bit, in the input dtype
+    # 3 is reserved and rejected
+
+
+def crc32c_of(*parts) -> int:
+    """CRC32C (Castagnoli, reflected, init and xorout 0xFFFFFFFF) over bytes-like ``parts``."""
+    crc = 0
+    for part in parts:
+        crc = crc32c.crc32c(part, crc)
+    return crc
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def pack_index(kind: np.ndarray, mask_bytes: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Index entries (u16) from per-block kind, mask byte count (1..8, coded only) and length."""
+    kind = np.asarray(kind, dtype=np.uint16)
+    mb = np.where(kind == Kind.CODED, np.asarray(mask_bytes, dtype=np.int64) - 1, 0)
+    return (kind << 14) | (mb.astype(np.uint16) << 11) | np.asarray(length, dtype=np.uint16)
+
+
+def unpack_index(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of ``pack_index``: (kind, mask bytes, length) as int64 arrays."""
+    index = np.asarray(index, dtype=np.int64)
+    return index >> 14, ((index >> 11) & 7) + 1, index & 0x7FF
+
+
+@dataclass(frozen=True, eq=False)
+class Header:
+    """Everything a decoder needs besides the index and payload."""
+
+    mode: Mode
+    dtype: DType
+    shape: tuple[int, ...]
+    param: float  # range_max for dct/sfpr8, error bound for eb, 0 for mask
+    table_id: int = 0
+    table_arg: int = 0
+    table: np.ndarray | None = None  # 64 uint8, dct only
+    scales: tuple[Scale, ...] = ()
+    payload_bytes: int = 0
+    geometry: Geometry = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "geometry", geometry(self.shape))
+
+    @property
+    def nblocks(self) -> int:
+        return self.geometry.nblocks
+
+    def to_bytes(self) -> bytes:
+        """The header section: fields, header CRC32C over them, zero padding to 64 bytes."""
+        parts = [
+            _FIXED.pack(
+                MAGIC, VERSION, int(self.mode), int(self.dtype), len(self.shape),
+                self.table_id, self.table_arg, 0, len(self.scales), self.nblocks,
+                self.payload_bytes, float(self.param),
+            ),
+            struct.pack(f"<{len(self.shape)}Q", *self.shape),
+        ]
+        if self.mode is Mode.DCT:
+            parts.append(np.asarray(self.table, dtype=np.uint8).tobytes())
+        parts += [_SCALE.pack(s.mantissa, s.exponent, s.inverse) for s in self.scales]
+        body = b"".join(parts)
+        body += struct.pack("<I", crc32c_of(body))
+        return body + bytes(_align(len(body)) - len(body))
+
+
+def expected_groups(mode: Mode, geo: Geometry) -> int:
+    return {Mode.DCT: geo.groups, Mode.SFPR8: geo.groups, Mode.EB: 1, Mode.MASK: 0}[mode]
+
+
+def build_frame(header: Header, index: np.ndarray, payload) -> bytes:
+    """Assemble a frame from its header, u16 index and payload bytes (any bytes-like object)."""
+    payload = memoryview(payload).cast("B")
+    if header.payload_bytes != len(payload):
+        raise AssertionError("header.payload_bytes does not match the payload")
+    head = header.to_bytes()
+    idx = np.ascontiguousarray(index, dtype="<u2").tobytes()
+    idx_len, pay_len = _align(len(idx)), _align(len(payload))
+    total = len(head) + idx_len + pay_len + _TRAILER_BYTES
+    out = bytearray(total)
+    pos = len(head)
+    out[:pos] = head
+    out[pos : pos + len(idx)] = idx
+    pos += idx_len
+    out[pos : pos + len(payload)] = payload
+    pos += pay_len
+    body_crc = crc32c_of(memoryview(out)[len(head) : pos])
+    _TRAILER.pack_into(out, pos, body_crc, 0, total)
+    return bytes(out)
+
+
+def frame_bound(shape, dtype: DType, mode: Mode) -> int:
+    """Largest possible frame for these arguments (every block raw); buffers can be sized up front.
+
+    For every input: frame bytes <= 64 * itemsize * nblocks + 2 * nblocks + header + 192.
+    """
+    geo = geometry(shape)
+    head = len(
+        Header(mode, dtype, tuple(int(d) for d in shape), 1.0, table=np.ones(64, np.uint8),
+               scales=(Scale(1 << 15, 0),) * expected_groups(mode, geo)).to_bytes()
+    )
+    return head + _align(2 * geo.nblocks) + _align(64 * dtype.itemsize * geo.nblocks) + _TRAILER_BYTES
+
+
+def _fail(msg: str):
+    raise FrameError(msg)
+
+
+def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
+    """Validate ``buf`` as a frame and split it into (header, index, payload).
+
+    Raises ``FrameError`` naming what is wrong: foreign data, a newer version, truncation, trailing
+    bytes, a CRC mismatch, a producer's error status, or fields that are inconsistent.
+    """
+    mv = memoryview(buf).cast("B")
+    if len(mv) < 4 or bytes(mv[:4]) != MAGIC:
+        _fail(f"not an actpack frame: magic is {bytes(mv[:4])!r}, expected {MAGIC!r}")
+    if len(mv) < _FIXED.size:
+        _fail(f"truncated frame: {len(mv)} bytes, shorter than the {_FIXED.size}-byte header")
+    (_, version, mode, dtype, ndim, table_id, table_arg, _reserved, ngroups, nblocks,
+     payload_bytes, param) = _FIXED.unpack_from(mv, 0)
+    if version > VERSION:
+        _fail(f"frame format version {version} is newer than this actpack reads ({VERSION}); "
+              "upgrade actpack")
+    if version != VERSION:
+        _fail(f"unknown frame format version {version}")
+    if ndim > MAX_NDIM:
+        _fail(f"corrupted header: ndim {ndim} > {MAX_NDIM}")
+    if ngroups > (1 << 24):
+        _fail(f"corrupted header: {ngroups} scale groups")
+    head_len = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
+    if len(mv) < head_len + 4:
+        _fail(f"truncated frame: {len(mv)} bytes, header needs {head_len + 4}")
+    (head_crc,) = struct.unpack_from("<I", mv, head_len)
+    if crc32c_of(mv[:head_len]) != head_crc:
+        _fail("header CRC mismatch: the frame header is corrupted")
+    try:
+        mode, dtype = Mode(mode), DType(dtype)
+    except ValueError:
+        _fail(f"corrupted header: mode {mode} / dtype {dtype} unknown")
+    shape = struct.unpack_from(f"<{ndim}Q", mv, _FIXED.size)
+    pos = _FIXED.size + 8 * ndim
+    table = None
+    if mode is Mode.DCT:
+        table = np.frombuffer(mv[pos : pos + 64], dtype=np.uint8).copy()
+        pos += 64
+        if np.any(table == 0):
+            _fail("corrupted header: quantization table has a zero entry")
+    scales = []
+    for i in range(ngroups):
+        m, e, inv = _SCALE.unpack_from(mv, pos + _SCALE.size * i)
+        if not (1 << 15) <= m < (1 << 16) or not -400 <= e <= 400:
+            _fail(f"corrupted header: scale {i} is {m} * 2**{e}")
+        s = Scale(m, e)
+        if np.float32(inv) != s.inverse:
+            _fail(f"corrupted header: scale {i} inverse does not match its mantissa and exponent")
+        scales.append(s)
+    header = Header(mode, dtype, tuple(shape), param, table_id, table_arg, table, tuple(scales),
+                    payload_bytes)
+    geo = header.geometry
+    if nblocks != geo.nblocks:
+        _fail(f"corrupted header: {nblocks} blocks, shape {tuple(shape)} has {geo.nblocks}")
+    if ngroups != expected_groups(mode, geo):
+        _fail(f"corrupted header: {ngroups} scale groups, expected {expected_groups(mode, geo)}")
+    _check_param(mode, param, scales)
+
+    head_total = _align(head_len + 4)
+    idx_len = _align(2 * nblocks)
+    total = head_total + idx_len + _align(payload_bytes) + _TRAILER_BYTES
+    if len(mv) < total:
+        _fail(f"truncated frame: {len(mv)} bytes, expected {total}")
+    if len(mv) > total:
+        _fail(f"trailing bytes after the frame: {len(mv)} bytes, expected {total}")
+    body_crc, status, length = _TRAILER.unpack_from(mv, total - _TRAILER_BYTES)
+    if crc32c_of(mv[head_total : total - _TRAILER_BYTES]) != body_crc:
+        _fail("payload CRC mismatch: the frame's index or payload is corrupted")
+    if length != total:
+        _fail(f"corrupted trailer: frame length {length}, actual {total}")
+    if status != 0:
+        _fail(f"the producer flagged this frame with status 0x{status:08x}")
+    index = np.frombuffer(mv[head_total : head_total + 2 * nblocks], dtype="<u2")
+    _check_index(header, index)
+    pay = mv[head_total + idx_len : head_total + idx_len + payload_bytes]
+    return header, index, pay
+
+
+def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:
+    if mode in (Mode.DCT, Mode.SFPR8):
+        if not 0 < param <= RANGE_MAX_LIMIT:
+            _fail(f"corrupted header: range_max {param}")
+    elif mode is Mode.EB:
+        lo, hi = ERROR_BOUND_RANGE
+        if not lo <= param <= hi:
+            _fail(f"corrupted header: error bound {param}")
+        if scales[0] != eb_scale(param):
+            _fail("corrupted header: error-bound scale does not match the error bound")
+    elif param != 0:
+        _fail(f"corrupted header: mask frame with parameter {param}")
+
+
+def _check_index(header: Header, index: np.ndarray) -> None:
+    kind, mb, length = unpack_index(index)
+    raw_len = 64 * header.dtype.itemsize
+    bad = (
+        (kind == 3)
+        | ((kind == Kind.ZERO) & ((length != 0) | (mb != 1)))
+        | ((kind == Kind.RAW) & ((length != raw_len) | (mb != 1)))
+        | ((kind == Kind.CODED) & (length < mb))
+    )
+    if header.mode is Mode.MASK:
+        bad |= (kind == Kind.RAW) | ((kind == Kind.CODED) & (length != mb))
+    if np.any(bad):
+        b = int(np.flatnonzero(bad)[0])
+        _fail(f"corrupted index: block {b} has kind {kind[b]}, length {length[b]}")
+    if int(length.sum()) != header.payload_bytes:
+        _fail(f"corrupted index: block lengths sum to {int(length.sum())}, "
+              f"payload is {header.payload_bytes} bytes")

@@ -1,0 +1,244 @@
+"""Shared definitions of the codec: modes, dtypes, fixed-point constants, tiling and scales.
+
+Everything here is host-side and implementation-neutral; the numpy model (``reference``), the
+torch path (``torchpath``), the gateware and docs/format.md all take their numbers from here.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "BLOCK",
+    "DCT_COEF_MAX",
+    "DCT_SHIFT_1",
+    "DCT_SHIFT_2",
+    "EB_Q_SAT",
+    "ERROR_BOUND_RANGE",
+    "IDCT_SHIFT_1",
+    "IDCT_SHIFT_2",
+    "RANGE_MAX_LIMIT",
+    "SFPR_FRAC_BITS",
+    "SFPR_MAX",
+    "WIDTH_MAX",
+    "DType",
+    "Geometry",
+    "Mode",
+    "Scale",
+    "eb_scale",
+    "geometry",
+    "sfpr_scales",
+]
+
+BLOCK = 8  # tiles are 8 x 8 values
+
+# Scaled fixed point (SFPR): int8 with 5 fraction bits, symmetric saturation to +-127.
+# Ref: JPEG-ACT (ISCA 2020) Sec. 4.1: values rescaled to +-4.5, then x32 into int8.
+SFPR_FRAC_BITS = 5
+SFPR_MAX = 127
+RANGE_MAX_LIMIT = 64.0  # largest accepted range_max (scaled values up to 32 * 64 = 2048 pre-clamp)
+
+# Fixed-point DCT (see tables.DCT_MATRIX, 12 fraction bits). The forward transform keeps 4 fraction
+# bits between the two passes; both passes round half up (add 2**(s-1), arithmetic shift right).
+DCT_SHIFT_1 = 8  # row pass: 12 fraction bits -> 4
+DCT_SHIFT_2 = 16  # column pass: 4 + 12 fraction bits -> integer coefficient
+IDCT_SHIFT_1 = 8
+IDCT_SHIFT_2 = 16
+DCT_COEF_MAX = 2047  # dequantized coefficients saturate to +-2047 in the decoder (12-bit signed)
+
+# Error-bounded mode: pre-quantized integers saturate here; a saturated block is stored raw.
+EB_Q_SAT = 1 << 15
+ERROR_BOUND_RANGE = (1e-30, 1e30)
+
+WIDTH_MAX = 15  # a coded value group's bit width is a 4-bit field
+
+
+class Mode(enum.IntEnum):
+    """Codec mode, as written in the frame header."""
+
+    DCT = 1
+    EB = 2
+    SFPR8 = 3
+    MASK = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, mode) -> Mode:
+        if isinstance(mode, Mode):
+            return mode
+        if isinstance(mode, str):
+            for m in cls:
+                if m.label == mode:
+                    return m
+        names = ", ".join(repr(m.label) for m in cls)
+        raise ValueError(f"mode: unknown mode {mode!r}; expected one of {names}")
+
+
+class DType(enum.IntEnum):
+    """Element type of the compressed tensor, as written in the frame header."""
+
+    FLOAT32 = 1
+    FLOAT16 = 2
+    BFLOAT16 = 3
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self is DType.FLOAT32 else 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def max_finite(self) -> float:
+        """Largest finite value; decoded values saturate here instead of becoming infinite."""
+        return {
+            DType.FLOAT32: float(np.finfo(np.float32).max),
+            DType.FLOAT16: 65504.0,
+            DType.BFLOAT16: float.fromhex("0x1.fe00000000000p+127"),
+        }[self]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a tensor of ``shape`` is cut into 8 x 8 blocks.
+
+    The tensor is viewed as ``planes`` planes of ``height`` x ``width`` values; each plane is padded
+    to ``padded_height`` x ``padded_width`` (multiples of 8) by edge replication and cut into
+    ``blocks_y`` x ``blocks_x`` blocks, plane-major then row-major. ``group_of_plane[p]`` is the
+    scale group of plane ``p`` and ``groups`` their number.
+
+    Rule: rank >= 3: the last two dims are the plane, the leading dims enumerate planes; the scale
+    group is dim 1 for rank >= 4 (the channel of NCHW) and dim 0 for rank 3 (CHW). Rank <= 2: the
+    values in row-major order are padded to a multiple of 64 by repeating the last value and form
+    one plane of width 8, so every 64 consecutive values are one block; one scale group.
+    """
+
+    shape: tuple[int, ...]
+    planes: int
+    height: int
+    width: int
+    groups: int
+    group_stride: int  # planes per group index step (product of dims between the group dim and H)
+
+    @property
+    def padded_height(self) -> int:
+        return -(-self.height // BLOCK) * BLOCK
+
+    @property
+    def padded_width(self) -> int:
+        return -(-self.width // BLOCK) * BLOCK
+
+    @property
+    def blocks_y(self) -> int:
+        return self.padded_height // BLOCK
+
+    @property
+    def blocks_x(self) -> int:
+        return self.padded_width // BLOCK
+
+    @property
+    def blocks_per_plane(self) -> int:
+        return self.blocks_y * self.blocks_x
+
+    @property
+    def nblocks(self) -> int:
+        return self.planes * self.blocks_per_plane
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def flat(self) -> bool:
+        """True when the tensor is tiled as a flat sequence (rank <= 2)."""
+        return len(self.shape) <= 2
+
+    def group_of_plane(self) -> np.ndarray:
+        return (np.arange(self.planes) // self.group_stride) % max(self.groups, 1)
+
+
+def geometry(shape) -> Geometry:
+    """The tiling of a tensor of ``shape`` (see ``Geometry``)."""
+    shape = tuple(int(d) for d in shape)
+    n = math.prod(shape)
+    if len(shape) <= 2:
+        rows = -(-n // BLOCK)  # the flat values as rows of 8 ...
+        height = -(-rows // BLOCK) * BLOCK  # ... padded to whole blocks
+        return Geometry(shape, planes=1 if n else 0, height=height, width=BLOCK, groups=1,
+                        group_stride=1)
+    lead = shape[:-2]
+    planes = math.prod(lead)
+    if len(lead) == 1:
+        groups, stride = lead[0], 1
+    else:
+        groups, stride = lead[1], math.prod(lead[2:])
+    height, width = shape[-2], shape[-1]
+    if height == 0 or width == 0:
+        planes = 0
+    return Geometry(shape, planes=planes, height=height, width=width, groups=groups,
+                    group_stride=max(stride, 1))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A scale that hardware applies exactly: ``value = mantissa * 2**exponent``.
+
+    ``mantissa`` is a 16-bit integer in [2**15, 2**16) (or exactly 2**15 with exponent 0 for an
+    empty/all-zero group); ``inverse`` is ``float32(1 / value)``, the multiplier of the decoder.
+    """
+
+    mantissa: int
+    exponent: int
+
+    @property
+    def value(self) -> float:
+        return math.ldexp(self.mantissa, self.exponent)
+
+    @property
+    def inverse(self) -> np.float32:
+        return np.float32(1.0 / self.value)
+
+
+def _encode_scale(target: float, *, round_up: bool) -> Scale:
+    mant, exp = math.frexp(target)  # target = mant * 2**exp, mant in [0.5, 1)
+    m = mant * (1 << 16)  # exact: a power-of-two scaling
+    m = math.ceil(m) if round_up else math.floor(m)
+    exp -= 16
+    if m == 1 << 16:  # ceil carried out of 16 bits
+        m, exp = 1 << 15, exp + 1
+    return Scale(int(m), int(exp))
+
+
+_UNIT = Scale(1 << 15, -15)  # 1.0, used for groups without a finite nonzero value
+
+
+def sfpr_scales(maxabs: np.ndarray, range_max: float) -> list[Scale]:
+    """Per-group SFPR scales from the per-group max |x| over finite values (float32).
+
+    The scale maps ``maxabs`` to at most ``32 * range_max``; the mantissa rounds down so that no
+    value maps above it. Groups whose max is 0 (or that have no finite values) get scale 1.
+    """
+    scales = []
+    for amax in np.asarray(maxabs, dtype=np.float64).reshape(-1):
+        if not amax > 0 or not math.isfinite(amax):
+            scales.append(_UNIT)
+            continue
+        scales.append(_encode_scale((1 << SFPR_FRAC_BITS) * range_max / amax, round_up=False))
+    return scales
+
+
+def eb_scale(error_bound: float) -> Scale:
+    """The pre-quantization scale of mode "eb": ``q = round(x * s)`` with ``s >= 1 / (2 eb)``.
+
+    The mantissa rounds up, so the step ``1/s`` never exceeds ``2 eb``; the encoder still checks
+    every decoded value against ``eb`` (float rounding) and stores violating blocks raw.
+    """
+    return _encode_scale(1.0 / (2.0 * error_bound), round_up=True)

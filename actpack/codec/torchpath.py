@@ -1,0 +1,293 @@
+"""The torch implementation of the codec: the fast path training uses, on CPU or CUDA.
+
+It produces exactly the bytes of the numpy model (``reference``) and is tested against it. All
+block work is vectorized over the whole tensor: the transforms run as batched matmuls in float64
+(exact: every intermediate is an integer below 2**53), and the entropy coder computes every
+value's bit position with prefix sums and scatters the bits with one ``index_add_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import torch
+
+from actpack.codec import spec
+from actpack.codec.frame import Header, Kind, build_frame, parse_frame
+from actpack.codec.reference import _tile_index, _untile_index
+from actpack.codec.spec import WIDTH_MAX, DType, Geometry, Mode
+from actpack.codec.tables import DCT_MATRIX, ZIGZAG
+from actpack.errors import FrameError
+
+__all__ = ["TORCH_DTYPES", "compress", "decompress"]
+
+TORCH_DTYPES = {torch.float32: DType.FLOAT32, torch.float16: DType.FLOAT16,
+                torch.bfloat16: DType.BFLOAT16}
+_TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
+_BITS = {DType.FLOAT32: torch.int32, DType.FLOAT16: torch.int16, DType.BFLOAT16: torch.int16}
+
+
+@functools.lru_cache(maxsize=64)
+def _consts(device: torch.device):
+    k = torch.tensor(DCT_MATRIX, dtype=torch.float64, device=device)
+    zz = torch.tensor(ZIGZAG, dtype=torch.long, device=device)
+    return k, zz, torch.argsort(zz), torch.arange(64, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _indices(geo: Geometry, device: torch.device):
+    tile = torch.from_numpy(_tile_index(geo).reshape(-1)).to(device)
+    untile = torch.from_numpy(_untile_index(geo)).to(device)
+    groups = torch.from_numpy(np.repeat(geo.group_of_plane(), geo.blocks_per_plane)).to(device)
+    return tile, untile, groups
+
+
+def _round_shift(x: torch.Tensor, s: int) -> torch.Tensor:
+    # floor((x + 2**(s-1)) / 2**s): exact in float64 for the integers here.
+    return torch.floor((x + (1 << (s - 1))) * (1.0 / (1 << s)))
+
+
+def _sfpr(x: torch.Tensor, finite: torch.Tensor, scale: torch.Tensor, limit: int) -> torch.Tensor:
+    mag = torch.where(finite, x, 0).abs().double() * scale
+    q = torch.floor(mag + 0.5).clamp_(max=limit)
+    return torch.where(x < 0, -q, q)
+
+
+def _to_dtype(values: torch.Tensor, dtype: DType) -> torch.Tensor:
+    lim = dtype.max_finite
+    return values.clamp(-lim, lim).to(_TORCH_OF[dtype])
+
+
+def _dequantize_values(p: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    return p.float() * inverse
+
+
+# ----------------------------------------------------------------------------- compress
+
+
+def compress(t: torch.Tensor, header: Header) -> bytes:
+    """Compress tensor ``t`` (float32/float16/bfloat16, any device) into a frame; see reference."""
+    geo, dtype, mode = header.geometry, header.dtype, header.mode
+    dev = t.device
+    nb = geo.nblocks
+    tile_idx, _, groups = _indices(geo, dev)
+    blocks = t.reshape(-1)[tile_idx].view(nb, 8, 8) if nb else t.new_zeros((0, 8, 8))
+    x = blocks.float()
+    finite_v = torch.isfinite(x)
+    finite = finite_v.view(nb, 64).all(1)
+    raw_len = 64 * dtype.itemsize
+
+    if mode in (Mode.DCT, Mode.SFPR8):
+        mags = torch.where(finite_v, x.abs(), 0).view(nb, 64).amax(1) if nb else x.new_zeros(0)
+        gmax = torch.zeros(geo.groups, dtype=torch.float32, device=dev)
+        gmax.scatter_reduce_(0, groups, mags, "amax")
+        scales = spec.sfpr_scales(gmax.cpu().numpy(), header.param)
+    elif mode is Mode.EB:
+        scales = [spec.eb_scale(header.param)]
+    else:
+        scales = []
+    header = dataclasses.replace(header, scales=tuple(scales))
+    force_raw = torch.zeros(nb, dtype=torch.bool, device=dev)
+
+    if mode is Mode.MASK:
+        sym = (x > 0).view(nb, 64).to(torch.int32)
+    else:
+        if mode is Mode.EB:
+            scale = torch.full((nb, 1, 1), scales[0].value, dtype=torch.float64, device=dev)
+            inverse = torch.full((nb, 1, 1), float(scales[0].inverse), device=dev)
+        else:
+            sv = torch.tensor([s.value for s in scales], dtype=torch.float64, device=dev)
+            scale = sv[groups].view(nb, 1, 1)
+        force_raw |= ~finite
+        if mode is Mode.SFPR8:
+            sym = _sfpr(x, finite_v, scale, spec.SFPR_MAX).view(nb, 64).to(torch.int32)
+        elif mode is Mode.DCT:
+            k, zz, _, _ = _consts(dev)
+            p = _sfpr(x, finite_v, scale, spec.SFPR_MAX)
+            y = _round_shift(k @ _round_shift(p @ k.T, spec.DCT_SHIFT_1), spec.DCT_SHIFT_2)
+            qt = torch.tensor(header.table, dtype=torch.float64, device=dev).view(8, 8)
+            q = torch.floor(y.abs() / qt) * torch.sign(y)
+            sym = q.view(nb, 64)[:, zz].to(torch.int32)
+        else:  # EB
+            q = _sfpr(x, finite_v, scale, spec.EB_Q_SAT)
+            xhat = _to_dtype(_dequantize_values(q, inverse), dtype).double()
+            err_ok = ((x.double() - xhat).abs() <= header.param).view(nb, 64).all(1)
+            force_raw |= ~err_ok
+            qi = torch.nn.functional.pad(q.to(torch.int32), (1, 0, 1, 0))
+            d = qi[:, 1:, 1:] - qi[:, :-1, 1:] - qi[:, 1:, :-1] + qi[:, :-1, :-1]
+            sym = d.reshape(nb, 64)
+
+    kind, mb, length, payload = _encode(sym, force_raw, blocks, raw_len, mode is not Mode.MASK)
+    index = (kind << 14) | (torch.where(kind == Kind.CODED, mb - 1, 0) << 11) | length
+    index = index.to(torch.int32).cpu().numpy().astype("<u2")
+    payload = payload.cpu().numpy()
+    return build_frame(dataclasses.replace(header, payload_bytes=payload.size), index, payload)
+
+
+def _encode(sym, force_raw, blocks, raw_len, with_values):
+    """Entropy-code all blocks. Returns per-block kind, mask bytes, length and the payload."""
+    nb = sym.shape[0]
+    dev = sym.device
+    ar64 = _consts(dev)[3]
+    nz = sym != 0
+    count = nz.sum(1)
+    last = torch.where(nz, ar64, -1).amax(1) if nb else count
+    mb = torch.div(last, 8, rounding_mode="floor") + 1
+    if with_values:
+        a = sym.abs()
+        u = torch.where(nz, 2 * (a - 1) + (sym < 0), 0)
+        bitlen = torch.frexp(u.float())[1]  # bit length of u (u < 2**16 is exact in float32)
+        rank = nz.cumsum(1) - 1
+        grp = torch.div(rank, 8, rounding_mode="floor")
+        slot = (torch.arange(nb, device=dev)[:, None] * 8 + grp.clamp(0, 7))
+        widths = torch.zeros(nb * 8, dtype=torch.int32, device=dev)
+        widths.scatter_reduce_(0, slot[nz], bitlen[nz].to(torch.int32), "amax")
+        widths = widths.view(nb, 8)
+        ngroups = torch.div(count + 7, 8, rounding_mode="floor")
+        wbytes = torch.div(ngroups + 1, 2, rounding_mode="floor")
+        sizes = (count[:, None] - 8 * torch.arange(8, device=dev)).clamp(0, 8)
+        gbits = sizes * widths
+        databits = gbits.sum(1)
+        coded_len = mb + wbytes + torch.div(databits + 7, 8, rounding_mode="floor")
+        too_wide = (widths > WIDTH_MAX).any(1)
+    else:
+        coded_len = mb
+        too_wide = torch.zeros_like(force_raw)
+    raw = force_raw | too_wide | ((count > 0) & (coded_len > raw_len))
+    coded = (count > 0) & ~raw
+    kind = torch.where(raw, int(Kind.RAW), torch.where(coded, int(Kind.CODED), int(Kind.ZERO)))
+    length = torch.where(raw, raw_len, torch.where(coded, coded_len, 0))
+    offsets = length.cumsum(0) - length
+    total = int(length.sum()) if nb else 0
+    buf = torch.zeros(total + 4, dtype=torch.int32, device=dev)
+
+    # Mask bytes.
+    weights = (1 << torch.arange(8, device=dev, dtype=torch.int32))
+    mask_bytes = (nz.view(nb, 8, 8).to(torch.int32) * weights).sum(2)
+    j8 = torch.arange(8, device=dev)
+    sel = coded[:, None] & (j8 < mb[:, None])
+    buf.index_add_(0, (offsets[:, None] + j8)[sel], mask_bytes[sel].to(torch.int32))
+    if with_values:
+        # Width nibbles, two groups a byte, low nibble first.
+        wb = widths.view(nb, 4, 2)
+        nib = wb[:, :, 0] | (wb[:, :, 1] << 4)
+        j4 = torch.arange(4, device=dev)
+        sel = coded[:, None] & (j4 < wbytes[:, None])
+        buf.index_add_(0, (offsets + mb)[:, None].add(j4)[sel], nib[sel].to(torch.int32))
+        # Values, LSB-first at their bit positions; no two share a bit, so add == or.
+        gstart = gbits.cumsum(1) - gbits
+        vsel = nz & coded[:, None]
+        g = grp[vsel]
+        rows = torch.nonzero(vsel)[:, 0]
+        w = widths[rows, g]
+        pos = 8 * (offsets + mb + wbytes)[rows] + gstart[rows, g] + (rank[vsel] - 8 * g) * w
+        val = u[vsel].to(torch.int32) << (pos & 7).to(torch.int32)
+        byte = torch.div(pos, 8, rounding_mode="floor")
+        for k in range(3):
+            buf.index_add_(0, byte + k, (val >> (8 * k)) & 0xFF)
+    out = buf[:total].to(torch.uint8)
+    if raw.any():
+        rb = blocks.view(nb, 64)[raw].view(torch.uint8).reshape(-1, raw_len)
+        dst = offsets[raw][:, None] + torch.arange(raw_len, device=dev)
+        out[dst.reshape(-1)] = rb.reshape(-1)
+    return kind, mb, length, out
+
+
+# ----------------------------------------------------------------------------- decompress
+
+
+def decompress(frame, device=None) -> torch.Tensor:
+    """Decode a frame (bytes-like) to a tensor on ``device`` (default CPU)."""
+    header, index, payload = parse_frame(frame)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    geo, dtype, mode = header.geometry, header.dtype, header.mode
+    nb = geo.nblocks
+    tdtype = _TORCH_OF[dtype]
+    if nb == 0:
+        return torch.zeros(header.shape, dtype=tdtype, device=dev)
+    idx = torch.from_numpy(index.astype(np.int32)).to(dev).long()
+    kind, mb, length = idx >> 14, ((idx >> 11) & 7) + 1, idx & 0x7FF
+    offsets = length.cumsum(0) - length
+    data = torch.zeros(len(payload) + 8, dtype=torch.uint8)
+    if len(payload):
+        data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    data = data.to(dev).long()
+    coded = kind == Kind.CODED
+    raw = kind == Kind.RAW
+    j8 = torch.arange(8, device=dev)
+
+    # Mask bytes -> nonzero positions.
+    mbytes = torch.where(coded[:, None] & (j8 < mb[:, None]), data[offsets[:, None] + j8], 0)
+    nz = ((mbytes[:, :, None] >> j8) & 1).view(nb, 64).bool()
+    lastbyte = mbytes.gather(1, (mb - 1)[:, None])[:, 0]
+    if bool((coded & (lastbyte == 0)).any()):
+        b = int(torch.nonzero(coded & (lastbyte == 0))[0])
+        raise FrameError(f"block {b}: coded block has an empty or non-minimal mask")
+    count = nz.sum(1)
+    if mode is Mode.MASK:
+        sym = nz.to(torch.int64)
+    else:
+        ngroups = torch.div(count + 7, 8, rounding_mode="floor")
+        wbytes = torch.div(ngroups + 1, 2, rounding_mode="floor")
+        nib = data[(offsets + mb)[:, None] + torch.arange(4, device=dev)]
+        widths = torch.stack([nib & 15, nib >> 4], 2).view(nb, 8)
+        g8 = torch.arange(8, device=dev)
+        widths = torch.where(g8 < ngroups[:, None], widths, 0)
+        sizes = (count[:, None] - 8 * g8).clamp(0, 8)
+        gbits = sizes * widths
+        databits = gbits.sum(1)
+        need = mb + wbytes + torch.div(databits + 7, 8, rounding_mode="floor")
+        bad = coded & (need != length)
+        if bool(bad.any()):
+            b = int(torch.nonzero(bad)[0])
+            raise FrameError(f"block {b}: coded block length does not match its widths")
+        vsel = nz & coded[:, None]
+        rank = nz.cumsum(1) - 1
+        g = torch.div(rank[vsel], 8, rounding_mode="floor")
+        rows = torch.nonzero(vsel)[:, 0]
+        w = widths[rows, g]
+        gstart = gbits.cumsum(1) - gbits
+        pos = 8 * (offsets + mb + wbytes)[rows] + gstart[rows, g] + (rank[vsel] - 8 * g) * w
+        byte = torch.div(pos, 8, rounding_mode="floor")
+        word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16)
+        u = (word >> (pos & 7)) & ((1 << w) - 1)
+        mag = (u >> 1) + 1
+        sym = torch.zeros(nb, 64, dtype=torch.int64, device=dev)
+        sym[vsel] = torch.where((u & 1) == 1, -mag, mag)
+
+    values = _reconstruct(sym, header, dev)
+    out = _to_dtype(values, dtype).view(nb, 64)
+    if bool(raw.any()):
+        rl = 64 * dtype.itemsize
+        src = (offsets[raw][:, None] + torch.arange(rl, device=dev)).reshape(-1)
+        out[raw] = data[src].to(torch.uint8).view(tdtype).view(-1, 64)
+    _, untile, _ = _indices(geo, dev)
+    return out.reshape(-1)[untile].view(header.shape)
+
+
+def _reconstruct(sym: torch.Tensor, header: Header, dev) -> torch.Tensor:
+    nb = sym.shape[0]
+    mode = header.mode
+    if mode is Mode.MASK:
+        return sym.view(nb, 8, 8).float()
+    if mode is Mode.EB:
+        inverse = torch.tensor(float(header.scales[0].inverse), device=dev)
+        d = sym.view(nb, 8, 8)
+        return _dequantize_values(d.cumsum(1).cumsum(2), inverse)
+    _, _, groups = _indices(header.geometry, dev)
+    inv = torch.tensor([float(s.inverse) for s in header.scales], dtype=torch.float32, device=dev)
+    inverse = inv[groups].view(nb, 1, 1)
+    if mode is Mode.SFPR8:
+        p = sym.view(nb, 8, 8)
+        if bool((p.abs() > spec.SFPR_MAX).any()):
+            raise FrameError("sfpr8 value out of range")
+        return _dequantize_values(p, inverse)
+    k, _, izz, _ = _consts(dev)
+    q = sym[:, izz].view(nb, 8, 8).double()
+    qt = torch.tensor(header.table, dtype=torch.float64, device=dev).view(8, 8)
+    y = (torch.sign(q) * torch.floor((2 * q.abs() + 1) * qt * 0.5)).clamp(-spec.DCT_COEF_MAX,
+                                                                           spec.DCT_COEF_MAX)
+    p = _round_shift(k.T @ _round_shift(y @ k, spec.IDCT_SHIFT_1), spec.IDCT_SHIFT_2)
+    return _dequantize_values(p.clamp(-spec.SFPR_MAX, spec.SFPR_MAX), inverse)

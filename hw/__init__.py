@@ -1,0 +1,4 @@
+"""Gateware generator (Amaranth HDL) for the compression/decompression accelerator.
+
+Not built yet: tracked in the gateware issue. The codec it must reproduce lives in actpack.codec.
+"""
