@@ -94,7 +94,8 @@ class Codec:
     - ``Codec(mode="eb", error_bound=0.01)``: every finite element comes back within
       ``error_bound``; pre-quantization, 2-D Lorenzo prediction, zero-value and entropy coding.
     - ``Codec(mode="sfpr8", range_max=4.5)``: scaled fixed point + zero-value + entropy coding.
-    - ``Codec(mode="mask")``: one bit per element; decompresses to 1 where the input was > 0, else 0.
+    - ``Codec(mode="mask")``: one bit per element; decompresses to 1 where the input was > 0,
+      else 0.
 
     ``backend="torch"`` (default) is the fast path (CPU or CUDA); ``backend="numpy"`` runs the
     reference model. Non-finite values always come back exactly (raw blocks).
@@ -153,7 +154,7 @@ class Codec:
 
     def _header(self, t: torch.Tensor) -> Header:
         param = {Mode.EB: self.error_bound, Mode.MASK: 0.0}.get(self._mode, self.range_max)
-        return Header(self._mode, TORCH_DTYPE(t), tuple(t.shape), float(param), self.table_id,
+        return Header(self._mode, _dtype_of(t), tuple(t.shape), float(param), self.table_id,
                       self.table_arg, self.table)
 
     def compress(self, t: torch.Tensor) -> Frame:
@@ -179,7 +180,7 @@ class Codec:
         return decompress(frame, device=device, backend=self.backend)
 
 
-def TORCH_DTYPE(t: torch.Tensor) -> DType:
+def _dtype_of(t: torch.Tensor) -> DType:
     try:
         return torchpath.TORCH_DTYPES[t.dtype]
     except KeyError:

@@ -166,7 +166,8 @@ def frame_bound(shape, dtype: DType, mode: Mode) -> int:
         Header(mode, dtype, tuple(int(d) for d in shape), 1.0, table=np.ones(64, np.uint8),
                scales=(Scale(1 << 15, 0),) * expected_groups(mode, geo)).to_bytes()
     )
-    return head + _align(2 * geo.nblocks) + _align(64 * dtype.itemsize * geo.nblocks) + _TRAILER_BYTES
+    payload = _align(64 * dtype.itemsize * geo.nblocks)
+    return head + _align(2 * geo.nblocks) + payload + _TRAILER_BYTES
 
 
 def _fail(msg: str):

@@ -178,7 +178,7 @@ def encode_block(symbols: np.ndarray, *, with_values: bool = True) -> tuple[int,
     if max(widths) > WIDTH_MAX:
         return None
     for j in range(0, len(widths), 2):
-        pair = widths[j : j + 2] + [0]
+        pair = [*widths[j : j + 2], 0]
         out.append(pair[0] | (pair[1] << 4))
     acc, nbits = 0, 0
     for g, w in zip(groups, widths, strict=True):

@@ -112,9 +112,10 @@ def resolve_table(table) -> tuple[int, int, np.ndarray]:
     if arr.size != 64:
         raise ValueError(f"table: needs exactly 64 entries, got {arr.size}")
     flat = arr.reshape(64)
-    if not np.issubdtype(flat.dtype, np.integer):
-        if not np.all(np.isfinite(flat)) or not np.all(flat == np.round(flat)):
-            raise ValueError("table: entries must be whole numbers")
+    if not np.issubdtype(flat.dtype, np.integer) and (
+        not np.all(np.isfinite(flat)) or not np.all(flat == np.round(flat))
+    ):
+        raise ValueError("table: entries must be whole numbers")
     if np.any(flat < 1) or np.any(flat > 255):
         bad = int(np.flatnonzero((flat < 1) | (flat > 255))[0])
         raise ValueError(f"table: entry {bad} is {flat[bad]}; entries must be in 1..255")
