@@ -1,0 +1,194 @@
+"""Quantization and dequantization of DCT coefficient rows by a run-time loadable 64-entry table,
+bit-exact with ``actpack.codec.reference.quantize`` and ``dequantize``.
+
+The table is indexed row-major like ``actpack.codec.tables`` (entry ``8 * v + u`` for vertical
+frequency ``v``, horizontal frequency ``u``) and written through a ``TableWrite`` port one entry
+per cycle. Each block's row ``v`` is quantized by table row ``v``; the row index is the number of
+rows transferred on ``i`` since reset, modulo 8 (streams carry whole blocks).
+"""
+
+import math
+
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from actpack.codec import spec
+from actpack.codec.tables import resolve_table
+
+from .dct import COEF, CoefRow, N
+
+__all__ = [
+    "ENTRY",
+    "LEVEL",
+    "RECIP_SHIFT",
+    "Dequantizer",
+    "LevelRow",
+    "Quantizer",
+    "TableWrite",
+    "reciprocal",
+]
+
+ENTRY = unsigned(8)  # table entries are 1..255
+# Quantized levels as the entropy decoder can deliver them: a code of WIDTH_MAX bits is
+# u = 2 (|v| - 1) + sign, so |v| <= 2**(WIDTH_MAX - 1); the reference dequantizes any of them.
+_LEVEL_MAX = 1 << (spec.WIDTH_MAX - 1)
+LEVEL = Shape.cast(range(-_LEVEL_MAX, _LEVEL_MAX + 1))  # signed(16)
+LevelRow = data.ArrayLayout(LEVEL, N)
+
+# Truncating division |y| // Q as (|y| * ceil(2**RECIP_SHIFT / Q)) >> RECIP_SHIFT. Exact for every
+# |y| <= 2048 (all 12-bit coefficients) and Q in 1..255 (checked exhaustively in
+# tests/hw/test_quant.py); 19 is the smallest exact shift, 20 keeps one bit of margin.
+RECIP_SHIFT = 20
+RECIP = unsigned(RECIP_SHIFT + 1)  # ceil(2**20 / 1) = 2**20 needs 21 bits
+
+
+def reciprocal(q: int) -> int:
+    """The multiplier the Quantizer stores for table entry ``q`` (0 for the invalid entry 0)."""
+    return -(-(1 << RECIP_SHIFT) // q) if q else 0
+
+
+class TableWrite(wiring.Signature):
+    """Write port of a 64-entry table: ``data`` is written to entry ``addr`` (row-major
+    ``8 * v + u``) in each cycle ``en`` is high. Writes take effect from the next cycle."""
+
+    def __init__(self):
+        super().__init__({"addr": Out(range(N * N)), "data": Out(ENTRY), "en": Out(1)})
+
+
+def _table_rows(m: Module, port, entries, shape, row, transform=None):
+    """Eight lane memories (lane ``u`` holds entries ``8 * v + u``); returns their words at table
+    row ``row`` (asynchronous read). ``transform`` maps an 8-bit entry to the stored word, in
+    hardware through a 256-word ROM."""
+    word = port.data
+    if transform is not None:
+        rom = Memory(shape=shape, depth=1 << ENTRY.width,
+                     init=[transform(q) for q in range(1 << ENTRY.width)])
+        m.submodules.rom = rom
+        rom_rd = rom.read_port(domain="comb")
+        m.d.comb += rom_rd.addr.eq(port.data)
+        word = rom_rd.data
+    words = []
+    for u in range(N):
+        init = [int(entries[N * v + u]) for v in range(N)]
+        if transform is not None:
+            init = [transform(q) for q in init]
+        lane = Memory(shape=shape, depth=N, init=init)
+        m.submodules[f"lane{u}"] = lane
+        wr = lane.write_port()
+        rd = lane.read_port(domain="comb")
+        m.d.comb += [
+            wr.addr.eq(port.addr // N),
+            wr.data.eq(word),
+            wr.en.eq(port.en & (port.addr % N == u)),
+            rd.addr.eq(row),
+        ]
+        words.append(rd.data)
+    return words
+
+
+def _initial_table(table):
+    _, _, entries = resolve_table(table)  # raises ValueError/TypeError naming ``table``
+    return [int(q) for q in entries]
+
+
+class Quantizer(wiring.Component):
+    """Quantize coefficient rows: ``sign(y) * (|y| // Q)`` (truncation toward zero), bit-exact
+    with ``reference.quantize``.
+
+    Input ``i``: rows of 8 coefficients (``CoefRow``, signed 12-bit, the order ``DCT2D`` emits:
+    rows v = 0..7, lanes u = 0..7). Output ``o``: the quantized rows in the same order and shape
+    (|level| <= 2048). Table: ``table_wr`` (``TableWrite``); after configuration it holds
+    ``table`` (a reset does not reload it). Write it only while no block is in flight: a row
+    transferred in the cycle of a write still sees the old entry.
+
+    The division is a multiply by the stored reciprocal ``ceil(2**20 / Q)`` and a shift by 20,
+    exact for all inputs (see ``RECIP_SHIFT``).
+
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle.
+    Backpressure: ``o.valid``/``o.payload`` are registers; ``i.ready = ~o.valid | o.ready``
+    (combinational from ``o.ready``, never the reverse). Bad input: a table entry of 0 (invalid)
+    quantizes every value of its position to 0.
+    """
+
+    i: In(stream.Signature(CoefRow))
+    o: Out(stream.Signature(CoefRow))
+    table_wr: In(TableWrite())
+
+    LATENCY = 1
+
+    def __init__(self, *, table="optH"):
+        self._init = _initial_table(table)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        row = Signal(range(N))
+        recips = _table_rows(m, self.table_wr, self._init, RECIP, row, transform=reciprocal)
+
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(i.ready):
+            m.d.sync += o.valid.eq(i.valid)
+            with m.If(i.valid):
+                m.d.sync += row.eq(row + 1)
+            for u in range(N):
+                y = i.payload[u]
+                mag = Signal(unsigned(COEF.width), name=f"mag_{u}")
+                quo = Signal(unsigned(COEF.width + 1), name=f"quo_{u}")
+                m.d.comb += [
+                    mag.eq(abs(y)),
+                    quo.eq((mag * recips[u]) >> RECIP_SHIFT),
+                ]
+                m.d.sync += o.payload[u].eq(Mux(y < 0, -quo, quo))
+        return m
+
+
+class Dequantizer(wiring.Component):
+    """Dequantize level rows: ``sign(q) * (((2|q| + 1) * Q) >> 1)`` saturated to
+    +-``spec.DCT_COEF_MAX`` (midpoint reconstruction), bit-exact with ``reference.dequantize``.
+
+    Input ``i``: rows of 8 levels (``LevelRow``, signed 16-bit: every level a coded block can
+    carry, |q| <= 2**14), rows v = 0..7, lanes u = 0..7. Output ``o``: rows of 8 coefficients
+    (``CoefRow``, signed 12-bit, within +-2047), ready for ``IDCT2D``. Table: ``table_wr`` as
+    ``Quantizer``.
+
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle.
+    Backpressure: as ``Quantizer``. Bad input: a table entry of 0 dequantizes to 0; levels
+    beyond the coefficient range saturate, as in the reference.
+    """
+
+    i: In(stream.Signature(LevelRow))
+    o: Out(stream.Signature(CoefRow))
+    table_wr: In(TableWrite())
+
+    LATENCY = 1
+
+    def __init__(self, *, table="optH"):
+        self._init = _initial_table(table)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        row = Signal(range(N))
+        steps = _table_rows(m, self.table_wr, self._init, ENTRY, row)
+        cmax = spec.DCT_COEF_MAX
+        full_width = math.ceil(math.log2((2 * _LEVEL_MAX + 1) * 255 + 1))
+
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(i.ready):
+            m.d.sync += o.valid.eq(i.valid)
+            with m.If(i.valid):
+                m.d.sync += row.eq(row + 1)
+            for u in range(N):
+                q = i.payload[u]
+                rec = Signal(unsigned(full_width), name=f"rec_{u}")
+                sat = Signal(range(cmax + 1), name=f"sat_{u}")
+                m.d.comb += [
+                    rec.eq(((abs(q) << 1) + 1) * steps[u] >> 1),
+                    sat.eq(Mux(rec > cmax, cmax, rec)),
+                ]
+                m.d.sync += o.payload[u].eq(Mux(q == 0, 0, Mux(q < 0, -sat, sat)))
+        return m
