@@ -15,13 +15,18 @@ import numpy as np
 import torch
 
 from actpack.codec import spec
-from actpack.codec.frame import Header, Kind, build_frame, parse_frame
+from actpack.codec.frame import Header, Kind, build_frame, pack_index, parse_frame, unpack_index
 from actpack.codec.reference import _tile_index, _untile_index
 from actpack.codec.spec import WIDTH_MAX, DType, Geometry, Mode
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 from actpack.errors import FrameError
 
 __all__ = ["TORCH_DTYPES", "compress", "decompress"]
+
+try:  # the compiled CPU kernels; without numba the eager path runs everywhere
+    from actpack.codec import cpukernels
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps odd installs working
+    cpukernels = None
 
 TORCH_DTYPES = {torch.float32: DType.FLOAT32, torch.float16: DType.FLOAT16,
                 torch.bfloat16: DType.BFLOAT16}
@@ -64,11 +69,88 @@ def _dequantize_values(p: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     return p.float() * inverse
 
 
+# ----------------------------------------------------------------------------- compiled CPU path
+
+_NP_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
+
+
+def _use_kernels(device: torch.device, kernels: bool | None) -> bool:
+    if kernels is None:
+        kernels = cpukernels is not None
+    return kernels and device.type == "cpu"
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_geometry(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    g = np.array([geo.flat, geo.numel, geo.height, geo.width, geo.blocks_x,
+                  max(geo.blocks_per_plane, 1)], dtype=np.int64)
+    groups = np.repeat(geo.group_of_plane(), geo.blocks_per_plane).astype(np.int64)
+    return g, groups
+
+
+def _scale_arrays(header: Header, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not header.scales:
+        return np.zeros(len(groups)), np.zeros(len(groups), np.float32)
+    if header.mode is Mode.EB:
+        groups = np.zeros_like(groups)
+    value = np.array([s.value for s in header.scales], dtype=np.float64)[groups]
+    inverse = np.array([s.inverse for s in header.scales], dtype=np.float32)[groups]
+    return value, inverse
+
+
+def _table(header: Header) -> np.ndarray:
+    return (np.ones(64, np.int64) if header.table is None
+            else np.asarray(header.table, dtype=np.int64))
+
+
+def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
+    geo, dtype, mode = header.geometry, header.dtype, header.mode
+    nb = geo.nblocks
+    flat = t.reshape(-1).view(_BITS[dtype]).numpy().view(_NP_BITS[dtype])
+    g, groups = _cpu_geometry(geo)
+    if mode in (Mode.DCT, Mode.SFPR8):
+        gmax = cpukernels.group_maxabs(flat, g, nb, int(dtype), groups, geo.groups,
+                                      threads=torch.get_num_threads())
+        scales = spec.sfpr_scales(gmax, header.param)
+    else:
+        scales = [spec.eb_scale(header.param)] if mode is Mode.EB else []
+    header = dataclasses.replace(header, scales=tuple(scales))
+    scale_blk, inv_blk = _scale_arrays(header, groups)
+    kind, mbs, length, payload = cpukernels.encode_blocks(
+        flat, g, nb, int(dtype), int(mode), scale_blk, inv_blk, _table(header),
+        float(header.param), 64 * dtype.itemsize, threads=torch.get_num_threads())
+    index = pack_index(kind, mbs, length)
+    return build_frame(dataclasses.replace(header, payload_bytes=payload.size), index, payload)
+
+
+def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
+    geo, dtype = header.geometry, header.dtype
+    kind, mbs, length = unpack_index(index)
+    offsets = np.cumsum(length) - length
+    g, groups = _cpu_geometry(geo)
+    _, inv_blk = _scale_arrays(header, groups)
+    out = torch.empty(geo.numel, dtype=_BITS[dtype])
+    errors = cpukernels.decode_blocks(
+        np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(header.mode),
+        int(dtype), inv_blk, _table(header), g, out.numpy().view(_NP_BITS[dtype]),
+        threads=torch.get_num_threads())
+    bad = np.flatnonzero(errors)
+    if bad.size:
+        b = int(bad[0])
+        raise FrameError(f"block {b}: {cpukernels.DECODE_ERRORS[int(errors[b])]}")
+    return out.view(_TORCH_OF[dtype]).view(header.shape)
+
+
 # ----------------------------------------------------------------------------- compress
 
 
-def compress(t: torch.Tensor, header: Header) -> bytes:
-    """Compress tensor ``t`` (float32/float16/bfloat16, any device) into a frame; see reference."""
+def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) -> bytes:
+    """Compress tensor ``t`` (float32/float16/bfloat16, any device) into a frame; see reference.
+
+    On CPU the compiled kernels run (``kernels=False`` forces the eager torch ops, which also
+    serve CUDA); both give the numpy model's bytes."""
+    if _use_kernels(t.device, kernels):
+        return _compress_cpu(t.contiguous(), header)
     geo, dtype, mode = header.geometry, header.dtype, header.mode
     dev = t.device
     nb = geo.nblocks
@@ -198,10 +280,12 @@ def _encode(sym, force_raw, blocks, raw_len, with_values):
 # ----------------------------------------------------------------------------- decompress
 
 
-def decompress(frame, device=None) -> torch.Tensor:
+def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tensor:
     """Decode a frame (bytes-like) to a tensor on ``device`` (default CPU)."""
     header, index, payload = parse_frame(frame)
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if _use_kernels(dev, kernels):
+        return _decompress_cpu(header, index, payload)
     geo, dtype, mode = header.geometry, header.dtype, header.mode
     nb = geo.nblocks
     tdtype = _TORCH_OF[dtype]

@@ -1,0 +1,539 @@
+"""Compiled CPU kernels of the torch path (numba): one fused pass per 8x8 block.
+
+The eager torch implementation runs one tensor operation after another, each a full pass over
+memory; on a 2-core CPU that caps it well below the link rates the codec must keep up with. These
+kernels do a block's whole pipeline (fixed point, transform, quantization, zero-value and entropy
+coding, or the inverse) in registers, in parallel over blocks, and produce the same bytes as the
+numpy model (tested). They work on the tensor's memory through numpy views, without copies.
+
+Integer arithmetic only after the float -> fixed conversion, exactly as docs/format.md specifies;
+float64 is used where the model uses it (exact products of 24- and 16-bit significands).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+from actpack.codec import spec
+from actpack.codec.tables import DCT_MATRIX, ZIGZAG
+
+__all__ = ["DECODE_ERRORS", "decode_blocks", "encode_blocks", "group_maxabs"]
+
+_K = np.ascontiguousarray(DCT_MATRIX, dtype=np.int64)
+_ZZ = np.ascontiguousarray(ZIGZAG, dtype=np.int64)
+_IZZ = np.ascontiguousarray(np.argsort(ZIGZAG), dtype=np.int64)
+
+# Mode and dtype codes (spec.Mode / spec.DType values) as plain ints for the compiled code.
+_DCT, _EB, _SFPR8, _MASK = int(spec.Mode.DCT), int(spec.Mode.EB), int(spec.Mode.SFPR8), \
+    int(spec.Mode.MASK)
+_F32, _F16, _BF16 = int(spec.DType.FLOAT32), int(spec.DType.FLOAT16), int(spec.DType.BFLOAT16)
+_SFPR_MAX = spec.SFPR_MAX
+_EB_Q_SAT = spec.EB_Q_SAT
+_S1, _S2 = spec.DCT_SHIFT_1, spec.DCT_SHIFT_2
+_IS1, _IS2 = spec.IDCT_SHIFT_1, spec.IDCT_SHIFT_2
+_COEF_MAX = spec.DCT_COEF_MAX
+_WIDTH_MAX = spec.WIDTH_MAX
+_F16_MAX = np.float32(65504.0)
+_BF16_MAX = np.float32(spec.DType.BFLOAT16.max_finite)
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+SCRATCH = 8 + 4 + 120  # mask bytes + width nibbles + 8 groups of at most 15 bytes
+
+# Decoder error codes -> messages (0 = fine).
+DECODE_ERRORS = {
+    1: "coded block has an empty or non-minimal mask",
+    2: "coded block length does not match its widths",
+    3: "sfpr8 value out of range",
+    4: "mask block has trailing bytes",
+}
+
+
+# ----------------------------------------------------------------------------- element helpers
+
+
+@njit(cache=True)
+def _to_f32(bits, dtype):
+    """float32 value of one element's bit pattern."""
+    if dtype == _F32:
+        return np.uint32(bits).view(np.float32)
+    if dtype == _BF16:
+        return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
+    # float16 -> float32, exact.
+    h = np.uint32(bits)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    e = (h >> np.uint32(10)) & np.uint32(0x1F)
+    m = h & np.uint32(0x3FF)
+    if e == 0x1F:
+        out = sign | np.uint32(0x7F800000) | (m << np.uint32(13))
+    elif e != 0:
+        out = sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))
+    elif m == 0:
+        out = sign
+    else:  # subnormal half: m * 2**-24
+        v = np.float32(m) * np.float32(2.0**-24)
+        out = sign | np.float32(v).view(np.uint32)
+    return np.uint32(out).view(np.float32)
+
+
+@njit(cache=True)
+def _from_f32(v, dtype):
+    """Bit pattern of finite float32 ``v`` in ``dtype``: round to nearest even, saturating."""
+    if dtype == _F32:
+        v = min(max(v, -_F32_MAX), _F32_MAX)
+        return np.uint32(np.float32(v).view(np.uint32))
+    if dtype == _BF16:
+        v = np.float32(min(max(v, -_BF16_MAX), _BF16_MAX))
+        b = np.uint64(v.view(np.uint32))
+        return np.uint32((b + np.uint64(0x7FFF) + ((b >> np.uint64(16)) & np.uint64(1)))
+                         >> np.uint64(16))
+    v = np.float32(min(max(v, -_F16_MAX), _F16_MAX))
+    b = v.view(np.uint32)
+    sign = (b >> np.uint32(16)) & np.uint32(0x8000)
+    a = b & np.uint32(0x7FFFFFFF)
+    if a >= np.uint32(0x38800000):  # a normal half
+        h = (a >> np.uint32(13)) - np.uint32(112 << 10)
+        rem = a & np.uint32(0x1FFF)
+        if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (h & np.uint32(1))):
+            h += np.uint32(1)
+    elif a < np.uint32(0x33000000):  # below half the smallest subnormal: zero
+        h = np.uint32(0)
+    else:  # subnormal half: round(value * 2**24) to nearest even
+        e = a >> np.uint32(23)
+        m = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
+        shift = np.uint32(126) - e
+        h = m >> shift
+        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
+        half = np.uint32(1) << (shift - np.uint32(1))
+        if rem > half or (rem == half and (h & np.uint32(1))):
+            h += np.uint32(1)
+    return np.uint32(sign | h)
+
+
+@njit(cache=True)
+def _sfpr(x, scale, limit):
+    if not np.isfinite(x):
+        return 0
+    q = np.floor(abs(np.float64(x)) * scale + 0.5)
+    q = min(q, np.float64(limit))
+    return -np.int64(q) if x < 0 else np.int64(q)
+
+
+@njit(cache=True)
+def _rshift_round(v, s):
+    return (v + (1 << (s - 1))) >> s
+
+
+@njit(cache=True)
+def _block_index(b, geo, src, dst):
+    """Element indices of block ``b``: ``src[k]`` the flat index that fills position ``k`` (edge
+    replication), ``dst[k]`` the same or -1 for a padding position.
+
+    ``geo`` = (flat, numel, height, width, blocks_x, blocks_per_plane) as int64."""
+    if geo[0]:
+        n = geo[1]
+        for k in range(64):
+            i = b * 64 + k
+            dst[k] = i if i < n else -1
+            src[k] = min(i, n - 1)
+        return
+    h, w = geo[2], geo[3]
+    plane, r = divmod(b, geo[5])
+    by, bx = divmod(r, geo[4])
+    base = plane * h * w
+    for i in range(8):
+        row = by * 8 + i
+        for j in range(8):
+            col = bx * 8 + j
+            src[8 * i + j] = base + min(row, h - 1) * w + min(col, w - 1)
+            dst[8 * i + j] = base + row * w + col if row < h and col < w else -1
+
+
+@njit(cache=True, nogil=True)
+def _block_maxabs(flat, geo, b0, b1, dtype, out):
+    """Max |x| over finite values of blocks b0..b1-1 into ``out``."""
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        _block_index(b, geo, src, dst)
+        m = np.float32(0)
+        for k in range(64):
+            v = _to_f32(flat[src[k]], dtype)
+            if np.isfinite(v):
+                m = max(m, abs(v))
+        out[b] = m
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+@njit(cache=True)
+def _symbols(x, mode, scale, inv, table, error_bound, dtype, sym, p):
+    """Fill ``sym`` (64 int64, scan order); return False if the block must be stored raw.
+    ``p`` is scratch space (64 int64)."""
+    ok = True
+    if mode == _MASK:
+        for k in range(64):
+            sym[k] = 1 if x[k] > 0 else 0
+        return True
+    for k in range(64):
+        if not np.isfinite(x[k]):
+            ok = False
+    if mode == _SFPR8:
+        for k in range(64):
+            sym[k] = _sfpr(x[k], scale, _SFPR_MAX)
+        return ok
+    if mode == _DCT:
+        for k in range(64):
+            sym[k] = _sfpr(x[k], scale, _SFPR_MAX)
+        # Even/odd butterflies: K[u, 7 - c] = (-1)**u K[u, c] holds exactly for the integer
+        # matrix, so each pass needs 32 multiplies per row instead of 64 (same sums, same bits).
+        for i in range(8):  # row pass: sym -> p
+            r = 8 * i
+            for u in range(8):
+                acc = 0
+                for c in range(4):
+                    a, b = sym[r + c], sym[r + 7 - c]
+                    acc += _K[u, c] * (a - b if u & 1 else a + b)
+                p[r + u] = _rshift_round(acc, _S1)
+        for u in range(8):  # column pass, quantization, zigzag: p -> sym
+            for v in range(8):
+                acc = 0
+                for i in range(4):
+                    a, b = p[8 * i + u], p[8 * (7 - i) + u]
+                    acc += _K[v, i] * (a - b if v & 1 else a + b)
+                y = _rshift_round(acc, _S2)
+                q = abs(y) // table[8 * v + u]
+                sym[_IZZ[8 * v + u]] = -q if y < 0 else q
+        return ok
+    # Error-bounded: pre-quantize, check exactly what the decoder will produce, Lorenzo.
+    q = p
+    for k in range(64):
+        q[k] = _sfpr(x[k], scale, _EB_Q_SAT)
+        xhat = _to_f32(_from_f32(np.float32(q[k]) * inv, dtype), dtype)
+        if not abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound:
+            ok = False
+    for i in range(8):
+        for j in range(8):
+            up = q[8 * (i - 1) + j] if i > 0 else 0
+            left = q[8 * i + j - 1] if j > 0 else 0
+            diag = q[8 * (i - 1) + j - 1] if i > 0 and j > 0 else 0
+            sym[8 * i + j] = q[8 * i + j] - up - left + diag
+    return ok
+
+
+@njit(cache=True)
+def _pack(sym, with_values, out, codes):
+    """Code one block's symbols into ``out``. Returns (length, mask bytes); length -1: too wide.
+    ``codes`` is scratch space (64 int64)."""
+    n = 0
+    mask = np.uint64(0)
+    wide = False
+    for k in range(64):
+        v = sym[k]
+        if v != 0:
+            mask |= np.uint64(1) << np.uint64(k)
+            u = 2 * (abs(v) - 1) + (1 if v < 0 else 0)
+            codes[n] = u
+            if u >> _WIDTH_MAX:
+                wide = True
+            n += 1
+    if n == 0:
+        return 0, 1
+    last = 63
+    while not (mask >> np.uint64(last)) & np.uint64(1):
+        last -= 1
+    mb = last // 8 + 1
+    for j in range(mb):
+        out[j] = (mask >> np.uint64(8 * j)) & np.uint64(0xFF)
+    if not with_values:
+        return mb, mb
+    if wide:
+        return -1, mb
+    ngroups = (n + 7) // 8
+    wbytes = (ngroups + 1) // 2
+    pos = mb + wbytes
+    acc = 0
+    nbits = 0
+    for g in range(ngroups):
+        hi = min(8 * g + 8, n)
+        o = 0
+        for i in range(8 * g, hi):
+            o |= codes[i]
+        w = 0  # bit length of the OR = largest bit length in the group
+        while o:
+            w += 1
+            o >>= 1
+        if g & 1:
+            out[mb + g // 2] |= w << 4
+        else:
+            out[mb + g // 2] = w
+        for i in range(8 * g, hi):
+            acc |= codes[i] << nbits
+            nbits += w
+            while nbits >= 8:
+                out[pos] = acc & 0xFF
+                pos += 1
+                acc >>= 8
+                nbits -= 8
+    if nbits > 0:
+        out[pos] = acc & 0xFF
+        pos += 1
+    return pos, mb
+
+
+@njit(cache=True, nogil=True)
+def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, error_bound,
+                  raw_len, scratch, kind, mbs, length):
+    """Code blocks b0..b1-1 into their ``scratch`` rows; set kind, mask bytes and length."""
+    with_values = mode != _MASK
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    x = np.empty(64, np.float32)
+    sym = np.empty(64, np.int64)
+    work = np.empty(64, np.int64)
+    codes = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        _block_index(b, geo, src, dst)
+        for k in range(64):
+            x[k] = _to_f32(flat[src[k]], dtype)
+        ok = _symbols(x, mode, scale_blk[b], inv_blk[b], table, error_bound, dtype, sym, work)
+        kind[b], mbs[b], length[b] = 0, 1, 0
+        if ok:
+            n, mb = _pack(sym, with_values, scratch[b], codes)
+            if n == 0:
+                continue  # zero block
+            if n > 0 and n <= raw_len:
+                kind[b], mbs[b], length[b] = 1, mb, n
+                continue
+        kind[b], length[b] = 2, raw_len
+
+
+@njit(cache=True, nogil=True)
+def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, payload):
+    """Copy blocks b0..b1-1 (coded from scratch, raw from the tensor) to their payload offsets."""
+    size = raw_len // 64
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        o = offsets[b]
+        if kind[b] == 1:
+            for j in range(length[b]):
+                payload[o + j] = scratch[b, j]
+        elif kind[b] == 2:
+            _block_index(b, geo, src, dst)
+            for k in range(64):
+                v = np.uint32(flat[src[k]])
+                for j in range(size):  # little-endian
+                    payload[o + size * k + j] = (v >> np.uint32(8 * j)) & np.uint32(0xFF)
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+@njit(cache=True)
+def _unpack(data, start, length, mb, with_values, sym):
+    """Decode one coded block into ``sym`` (zeroed by the caller); 0 or an error code."""
+    if data[start + mb - 1] == 0:
+        return 1
+    n = 0
+    for j in range(mb):
+        byte = data[start + j]
+        for b in range(8):
+            if byte >> b & 1:
+                sym[8 * j + b] = 1
+                n += 1
+    if not with_values:
+        return 0 if length == mb else 4
+    ngroups = (n + 7) // 8
+    wbytes = (ngroups + 1) // 2
+    if length < mb + wbytes:
+        return 2
+    nbits = 0
+    for g in range(ngroups):
+        w = (data[start + mb + g // 2] >> (4 * (g % 2))) & 15
+        nbits += min(8, n - 8 * g) * w
+    if length != mb + wbytes + (nbits + 7) // 8:
+        return 2
+    pos = start + mb + wbytes
+    acc = 0
+    have = 0
+    i = 0
+    for k in range(64):
+        if sym[k] == 0:
+            continue
+        g = i // 8
+        w = (data[start + mb + g // 2] >> (4 * (g % 2))) & 15
+        while have < w:
+            acc |= np.int64(data[pos]) << have
+            pos += 1
+            have += 8
+        u = acc & ((1 << w) - 1)
+        acc >>= w
+        have -= w
+        mag = (u >> 1) + 1
+        sym[k] = -mag if u & 1 else mag
+        i += 1
+    return 0
+
+
+@njit(cache=True)
+def _reconstruct(sym, mode, inv, table, dtype, out_row, p, y):
+    """Decoded values of one coded or zero block into ``out_row`` (bit patterns); error code.
+    ``p`` and ``y`` are scratch space (64 int64)."""
+    if mode == _MASK:
+        for k in range(64):
+            out_row[k] = _from_f32(np.float32(sym[k]), dtype)
+        return 0
+    if mode == _SFPR8:
+        for k in range(64):
+            if abs(sym[k]) > _SFPR_MAX:
+                return 3
+            p[k] = sym[k]
+    elif mode == _EB:
+        for i in range(8):
+            run = 0
+            for j in range(8):
+                run += sym[8 * i + j]
+                p[8 * i + j] = run + (p[8 * (i - 1) + j] if i > 0 else 0)
+    else:
+        for k in range(64):
+            q = sym[_IZZ[k]]
+            qq = ((2 * abs(q) + 1) * table[k]) >> 1 if q != 0 else 0
+            qq = min(qq, _COEF_MAX)
+            y[k] = -qq if q < 0 else qq
+        t = sym  # decoded symbols are consumed: reuse as scratch
+        # Even/odd butterflies (see _symbols): T[v, c] = E + O and T[v, 7 - c] = E - O.
+        for v in range(8):  # row pass: T = Y K
+            r = 8 * v
+            for c in range(4):
+                even = 0
+                odd = 0
+                for u in range(0, 8, 2):
+                    even += y[r + u] * _K[u, c]
+                    odd += y[r + u + 1] * _K[u + 1, c]
+                t[r + c] = _rshift_round(even + odd, _IS1)
+                t[r + 7 - c] = _rshift_round(even - odd, _IS1)
+        for c in range(8):  # column pass: P = K^T T
+            for r in range(4):
+                even = 0
+                odd = 0
+                for v in range(0, 8, 2):
+                    even += _K[v, r] * t[8 * v + c]
+                    odd += _K[v + 1, r] * t[8 * (v + 1) + c]
+                p[8 * r + c] = min(max(_rshift_round(even + odd, _IS2), -_SFPR_MAX), _SFPR_MAX)
+                p[8 * (7 - r) + c] = min(max(_rshift_round(even - odd, _IS2), -_SFPR_MAX),
+                                         _SFPR_MAX)
+    for k in range(64):
+        out_row[k] = _from_f32(np.float32(p[k]) * inv, dtype)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk, table, geo,
+                  out, errors):
+    """Decode blocks b0..b1-1 into ``out`` (the tensor's flat bit patterns, padding dropped);
+    per-block error codes (see DECODE_ERRORS) into ``errors``; a bad block writes nothing."""
+    with_values = mode != _MASK
+    size = out.itemsize
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    row = np.empty(64, np.uint32)
+    sym = np.empty(64, np.int64)
+    p = np.empty(64, np.int64)
+    y = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        errors[b] = 0
+        if kind[b] == 2:
+            o = offsets[b]
+            for k in range(64):
+                v = np.uint32(0)
+                for j in range(size):
+                    v |= np.uint32(data[o + size * k + j]) << np.uint32(8 * j)
+                row[k] = v
+        else:
+            sym[:] = 0
+            if kind[b] == 1:
+                err = _unpack(data, offsets[b], length[b], mbs[b], with_values, sym)
+                if err:
+                    errors[b] = err
+                    continue
+            err = _reconstruct(sym, mode, inv_blk[b], table, dtype, row, p, y)
+            if err:
+                errors[b] = err
+                continue
+        _block_index(b, geo, src, dst)
+        for k in range(64):
+            if dst[k] >= 0:
+                out[dst[k]] = row[k]
+
+
+# ----------------------------------------------------------------------------- drivers
+
+_MIN_BLOCKS_PER_THREAD = 256
+_POOL = None
+
+
+def _ranges(nb: int, threads: int) -> list[tuple[int, int]]:
+    parts = max(1, min(threads, nb // _MIN_BLOCKS_PER_THREAD))
+    edges = [nb * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _run(fn, ranges, *args_before, args_after=()):
+    """Run ``fn(*args_before, b0, b1, *args_after)`` over block ranges, in threads when several
+    (the kernels release the GIL)."""
+    global _POOL
+    if len(ranges) == 1:
+        fn(*args_before, *ranges[0], *args_after)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                   thread_name_prefix="actpack-codec")
+    futures = [_POOL.submit(fn, *args_before, b0, b1, *args_after) for b0, b1 in ranges]
+    for f in futures:
+        f.result()
+
+
+def group_maxabs(flat, geo, nb, dtype, groups, ngroups, threads=1):
+    """Per-group max |x| over finite values (float32), for the per-group scales."""
+    per_block = np.zeros(nb, np.float32)
+    _run(_block_maxabs, _ranges(nb, threads), flat, geo, args_after=(dtype, per_block))
+    out = np.zeros(ngroups, np.float32)
+    np.maximum.at(out, groups, per_block)
+    return out
+
+
+def encode_blocks(flat, geo, nb, dtype, mode, scale_blk, inv_blk, table, error_bound, raw_len,
+                  threads=1):
+    """Encode the tensor ``flat`` (its bit patterns, 1-D) block by block.
+
+    Returns per-block kind, mask bytes and length, and the payload."""
+    scratch = np.empty((nb, SCRATCH), np.uint8)
+    kind = np.empty(nb, np.int64)
+    mbs = np.empty(nb, np.int64)
+    length = np.empty(nb, np.int64)
+    ranges = _ranges(nb, threads)
+    _run(_encode_range, ranges, flat, geo, args_after=(
+        dtype, mode, scale_blk, inv_blk, table, error_bound, raw_len, scratch, kind, mbs, length))
+    offsets = np.cumsum(length) - length
+    payload = np.empty(int(length.sum()), np.uint8)
+    _run(_assemble_range, ranges, flat, geo, args_after=(
+        kind, length, offsets, scratch, raw_len, payload))
+    return kind, mbs, length, payload
+
+
+def decode_blocks(data, kind, mbs, length, offsets, mode, dtype, inv_blk, table, geo, out,
+                  threads=1):
+    """Decode every block into ``out``, the tensor's flat bit patterns (padding dropped).
+
+    Returns per-block error codes (see DECODE_ERRORS); blocks with an error write nothing."""
+    nb = kind.shape[0]
+    errors = np.empty(nb, np.int64)
+    _run(_decode_range, _ranges(nb, threads), data, kind, mbs, length, offsets,
+         args_after=(mode, dtype, inv_blk, table, geo, out, errors))
+    return errors
