@@ -1,0 +1,575 @@
+"""``actpack bench codec``: compression ratio, error and throughput of every codec mode on real
+activations, next to zstd, SZ3 and ZFP run on the same data in the same process.
+
+Data: the outputs of the conv, ReLU and linear layers of ``actpack.data.digits_cnn`` after a short
+training run, captured on a batch of test digits (12.6 MB of float32 at batch 64). Every actpack
+row runs the torch path over all of it (the mask row over the ReLU outputs only, the only layers
+whose consumer needs nothing but x > 0); the numpy reference model, a pure-Python entropy coder,
+is timed on a subset (the first images of the batch, about 1 MB) and its bytes are compared with
+the torch path's on that subset.
+
+Figures: ratio = input bytes / frame bytes; rel. RMSE = RMSE / standard deviation of the input
+(pooled over the row's layers); max abs = largest |x - x_hat|; MB/s = 10**6 bytes of float32 input
+per second (each layer's best of ``--repeats``, summed), with ``torch.set_num_threads(--threads)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actpack import Codec, decompress
+from actpack.bench import (
+    _version,
+    best_of,
+    default_results_path,
+    machine_info,
+    source_info,
+    update_results,
+)
+from actpack.data import (
+    KINDS,
+    capture_activations,
+    digits_batch,
+    digits_cnn,
+    layer_kinds,
+    train_digits,
+)
+
+__all__ = ["add_arguments", "collect", "render_markdown", "run"]
+
+DCT_TABLES = ("optL", "optH", "optsL", "optsH", "jpeg50")
+EB_FACTORS = (0.01, 0.02, 0.05)  # error bounds as fractions of the pooled std of the data
+TARGET_DCT_MBPS = 200.0
+TARGET_DCT_OPTH_RELU_RATIO = 8.0
+_MB = 1e6
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--results", metavar="PATH", default=None,
+                   help="markdown file whose 'bench codec' section is rewritten "
+                        "(default: docs/results.md of the checkout)")
+    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for tests: batch 8, 5 training steps, 1 repeat")
+    p.add_argument("--batch", type=int, default=None, help="images per capture (default 64)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="training steps before capture (default 100)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timing repeats, best kept (default 5)")
+    p.add_argument("--numpy-mb", type=float, default=None,
+                   help="size of the subset the numpy model is timed on (default 1 MB)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a performance target is missed")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class Layer:
+    name: str
+    kind: str
+    x: torch.Tensor  # the whole captured activation
+    sub: torch.Tensor  # the subset the numpy model runs on
+
+    @property
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size()
+
+
+def load_layers(*, batch: int, train_steps: int, numpy_bytes: float, seed: int = 0):
+    """Train the digits CNN briefly, capture its activations on ``batch`` test images and pick the
+    numpy subset (the first k images of every layer, k chosen so the subset is ~numpy_bytes)."""
+    model = digits_cnn(seed=seed)
+    trained = train_digits(model, train_steps, seed)
+    acts = capture_activations(model, digits_batch(batch).x)
+    kinds = layer_kinds(model)
+    per_image = sum(t[0].numel() * t.element_size() for t in acts.values())
+    k = max(1, min(batch, round(numpy_bytes / per_image)))
+    layers = [Layer(name, kinds[name], t.contiguous(), t[:k].contiguous())
+              for name, t in acts.items()]
+    return layers, k, trained
+
+
+def pooled_std(tensors) -> float:
+    n = sum(t.numel() for t in tensors)
+    s = sum(float(t.double().sum()) for t in tensors)
+    s2 = sum(float(t.double().square().sum()) for t in tensors)
+    mean = s / n
+    return math.sqrt(max(s2 / n - mean * mean, 0.0))
+
+
+def _round_sig(v: float, digits: int = 3) -> float:
+    return float(f"{v:.{digits}g}")
+
+
+# ----------------------------------------------------------------------------------------------
+# error and size accounting
+
+
+@dataclass
+class Tally:
+    """Sizes and errors of a set of tensors, mergeable (per layer -> per kind -> per row)."""
+
+    input_bytes: int = 0
+    frame_bytes: int = 0
+    n: int = 0
+    sum_x: float = 0.0
+    sum_x2: float = 0.0
+    sum_err2: float = 0.0
+    max_abs: float = 0.0
+
+    @classmethod
+    def of(cls, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor, frame_bytes: int) -> Tally:
+        t = target.double()
+        diff = y.double() - t
+        return cls(x.numel() * x.element_size(), frame_bytes, t.numel(), float(t.sum()),
+                   float(t.square().sum()), float(diff.square().sum()),
+                   float(diff.abs().max()) if diff.numel() else 0.0)
+
+    def __add__(self, o: Tally) -> Tally:
+        return Tally(self.input_bytes + o.input_bytes, self.frame_bytes + o.frame_bytes,
+                     self.n + o.n, self.sum_x + o.sum_x, self.sum_x2 + o.sum_x2,
+                     self.sum_err2 + o.sum_err2, max(self.max_abs, o.max_abs))
+
+    def summary(self) -> dict:
+        std = math.sqrt(max(self.sum_x2 / self.n - (self.sum_x / self.n) ** 2, 0.0))
+        rmse = math.sqrt(self.sum_err2 / self.n)
+        return {
+            "input_bytes": self.input_bytes,
+            "frame_bytes": self.frame_bytes,
+            "ratio": self.input_bytes / self.frame_bytes,
+            "rel_rmse": rmse / std if std > 0 else (0.0 if rmse == 0 else math.inf),
+            "max_abs_err": self.max_abs,
+        }
+
+
+@dataclass
+class Row:
+    name: str
+    family: str  # "actpack" or "reference"
+    mode: str
+    param: object
+    layers: list[str]
+    tallies: dict[str, Tally]  # by layer
+    kinds: dict[str, str]
+    compress_s: float
+    decompress_s: float
+    numpy_compress_s: float | None = None
+    numpy_decompress_s: float | None = None
+    numpy_bytes: int = 0
+    numpy_identical: bool | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        total = sum(self.tallies.values(), Tally())
+        by_kind = {}
+        for kind in KINDS:
+            ts = [t for name, t in self.tallies.items() if self.kinds[name] == kind]
+            if ts:
+                by_kind[kind] = sum(ts, Tally()).summary()
+        mbps = total.input_bytes / _MB
+        out = {
+            "name": self.name,
+            "family": self.family,
+            "mode": self.mode,
+            "param": self.param,
+            "layers": self.layers,
+            **total.summary(),
+            "compress_mbps": mbps / self.compress_s,
+            "decompress_mbps": mbps / self.decompress_s,
+            "numpy_compress_mbps": None,
+            "numpy_decompress_mbps": None,
+            "numpy_subset_bytes": self.numpy_bytes or None,
+            "numpy_identical": self.numpy_identical,
+            "by_kind": by_kind,
+            "by_layer": {name: t.summary() for name, t in self.tallies.items()},
+            "note": self.note,
+        }
+        if self.numpy_compress_s is not None:
+            out["numpy_compress_mbps"] = self.numpy_bytes / _MB / self.numpy_compress_s
+            out["numpy_decompress_mbps"] = self.numpy_bytes / _MB / self.numpy_decompress_s
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# rows
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def _timed_each(fn, items, repeats: int) -> tuple[float, list]:
+    """``fn`` on every item, best of ``repeats`` per item; the sum of the best times and the
+    outputs. Per-item minima are less sensitive to other work on the machine than the minimum of
+    whole passes."""
+    total, outs = 0.0, []
+    for item in items:
+        t, out = best_of(lambda item=item: fn(item), repeats)
+        total += t
+        outs.append(out)
+    return total, outs
+
+
+def actpack_row(name: str, kwargs: dict, layers: list[Layer], *, repeats: int,
+                numpy_repeats: int, target=None, note: str = "") -> Row:
+    """Time the torch path on all ``layers`` and the numpy model on their subsets; compare the
+    two paths' bytes on the subsets."""
+    fast = Codec(backend="torch", **kwargs)
+    ref = Codec(backend="numpy", **kwargs)
+    xs = [layer.x for layer in layers]
+    for x in xs:  # warm-up: per-shape index tables and caches are built on first use
+        fast.decompress(fast.compress(x))
+    t_c, frames = _timed_each(fast.compress, xs, repeats)
+    t_d, ys = _timed_each(fast.decompress, frames, repeats)
+    target = target or (lambda x: x)
+    tallies = {layer.name: Tally.of(layer.x, target(layer.x), y, f.nbytes)
+               for layer, y, f in zip(layers, ys, frames, strict=True)}
+
+    subs = [layer.sub for layer in layers]
+    tn_c, np_frames = _timed_each(ref.compress, subs, numpy_repeats)
+    tn_d, np_ys = _timed_each(lambda f: decompress(f, backend="numpy"), np_frames,
+                              numpy_repeats)
+    identical = True
+    for s, nf, ny in zip(subs, np_frames, np_ys, strict=True):
+        tf = fast.compress(s)
+        identical &= bytes(tf) == bytes(nf)
+        identical &= torch.equal(_bits(fast.decompress(tf)), _bits(ny))
+    return Row(name, "actpack", kwargs["mode"],
+               kwargs.get("table", kwargs.get("error_bound")), [la.name for la in layers],
+               tallies, {la.name: la.kind for la in layers}, t_c, t_d, tn_c, tn_d,
+               sum(s.numel() * s.element_size() for s in subs), bool(identical), note)
+
+
+def _reference_codecs(bounds: list[float]):
+    """(name, mode, param, compress(np)->obj, nbytes(obj), decompress(obj, like)->np) of every
+    reference compressor that is installed, and the names of those that are not."""
+    out, missing = [], []
+    try:
+        zstd = importlib.import_module("zstandard")
+    except ImportError:
+        missing.append("zstandard")
+    else:
+        cctx, dctx = zstd.ZstdCompressor(level=3), zstd.ZstdDecompressor()
+        out.append(("zstd-3", "zstd", 3, lambda a: cctx.compress(a.tobytes()), len,
+                    lambda c, a: np.frombuffer(dctx.decompress(c), dtype=a.dtype).reshape(a.shape)))
+    try:
+        pysz = importlib.import_module("pysz")
+    except ImportError:
+        missing.append("pysz")
+    else:
+        sz = pysz.sz()
+
+        def sz_compress(eb):
+            def go(a):
+                cfg = pysz.szConfig()
+                cfg.setDims(list(a.shape))
+                cfg.errorBoundMode = pysz.szErrorBoundMode.ABS
+                cfg.absErrorBound = eb
+                return sz.compress(a, cfg)[0]
+            return go
+
+        for eb in bounds:
+            out.append((f"SZ3/{eb:g}", "sz3", eb, sz_compress(eb), lambda c: c.nbytes,
+                        lambda c, a: sz.decompress(c, a.dtype, a.shape)[0]))
+    try:
+        zfpy = importlib.import_module("zfpy")
+    except ImportError:
+        missing.append("zfpy")
+    else:
+        for eb in bounds:
+            out.append((f"ZFP/{eb:g}", "zfp", eb,
+                        lambda a, eb=eb: zfpy.compress_numpy(a, tolerance=eb), len,
+                        lambda c, a: zfpy.decompress_numpy(c)))
+    return out, missing
+
+
+def reference_row(spec, layers: list[Layer], *, repeats: int) -> Row:
+    name, mode, param, comp, nbytes, decomp = spec
+    arrays = [layer.x.numpy() for layer in layers]
+    t_c, blobs = _timed_each(comp, arrays, repeats)
+    t_d, ys = _timed_each(lambda ba: decomp(*ba), list(zip(blobs, arrays, strict=True)), repeats)
+    tallies = {}
+    for layer, y, b in zip(layers, ys, blobs, strict=True):
+        yt = torch.from_numpy(np.array(y, dtype=np.float32)).reshape(layer.x.shape)  # a copy
+        tallies[layer.name] = Tally.of(layer.x, layer.x, yt, nbytes(b))
+    return Row(name, "reference", mode, param, [la.name for la in layers], tallies,
+               {la.name: la.kind for la in layers}, t_c, t_d)
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+
+
+def collect(*, batch: int = 64, train_steps: int = 100, repeats: int = 5,
+            numpy_mb: float = 1.0, threads: int = 2, quick: bool = False) -> dict:
+    """Run the whole benchmark and return every figure as a JSON-ready dict."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _collect(batch, train_steps, repeats, numpy_mb, threads, quick)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _collect(batch, train_steps, repeats, numpy_mb, threads, quick) -> dict:
+    meta = machine_info(threads=threads)
+    meta["source"] = source_info()
+    layers, k, trained = load_layers(batch=batch, train_steps=train_steps,
+                                     numpy_bytes=numpy_mb * _MB)
+    sigma = pooled_std([la.x for la in layers])
+    bounds = [_round_sig(f * sigma) for f in EB_FACTORS]
+    relu = [la for la in layers if la.kind.startswith("relu")]
+    numpy_repeats = min(repeats, 2)
+
+    plan = [(f"dct/{t}", {"mode": "dct", "table": t}, layers, None, "") for t in DCT_TABLES]
+    plan += [(f"eb/{eb:g}", {"mode": "eb", "error_bound": eb}, layers, None, "")
+             for eb in bounds]
+    plan += [("sfpr8", {"mode": "sfpr8"}, layers, None, "")]
+    plan += [("mask", {"mode": "mask"}, relu, lambda x: (x > 0).to(x.dtype),
+              "ReLU outputs only; error against 1[x > 0]")]
+    refs, missing = _reference_codecs(bounds)
+
+    rows = []
+    bar = tqdm(total=len(plan) + len(refs), desc="bench codec", unit="row", leave=False,
+               disable=None)
+    for name, kwargs, sel, target, note in plan:
+        bar.set_postfix_str(name)
+        rows.append(actpack_row(name, kwargs, sel, repeats=repeats, numpy_repeats=numpy_repeats,
+                                target=target, note=note))
+        bar.update()
+    for spec in refs:
+        bar.set_postfix_str(spec[0])
+        rows.append(reference_row(spec, layers, repeats=repeats))
+        bar.update()
+    bar.close()
+
+    out_rows = [r.to_json() for r in rows]
+    meta["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta["libraries"] = {d: _version(d) for d in ("zstandard", "pysz", "zfpy")}
+    result = {
+        "meta": meta,
+        "config": {
+            "quick": quick,
+            "batch": batch,
+            "train_steps": train_steps,
+            "test_accuracy": trained.test_accuracy,
+            "repeats": repeats,
+            "numpy_repeats": numpy_repeats,
+            "threads": threads,
+            "numpy_subset_images": k,
+            "numpy_subset_bytes": sum(la.sub.numel() * 4 for la in layers),
+            "mb": "10**6 bytes of float32 input",
+        },
+        "data": {
+            "model": "actpack.data.digits_cnn (digits upsampled to 32x32)",
+            "layers": [
+                {"name": la.name, "kind": la.kind, "shape": list(la.x.shape),
+                 "bytes": la.nbytes, "std": float(la.x.double().std()),
+                 "zero_fraction": float((la.x == 0).double().mean())}
+                for la in layers
+            ],
+            "total_bytes": sum(la.nbytes for la in layers),
+            "sigma": sigma,
+            "eb_factors": list(EB_FACTORS),
+            "error_bounds": bounds,
+        },
+        "rows": out_rows,
+        "missing_references": missing,
+    }
+    result["targets"], result["checks"] = evaluate_targets(out_rows, bounds)
+    return result
+
+
+def evaluate_targets(rows: list[dict], bounds: list[float]):
+    """The issue's targets (performance) and the codec's invariants (correctness), each with its
+    measured value and verdict."""
+    by = {r["name"]: r for r in rows}
+    dct = [r for r in rows if r["mode"] == "dct"]
+    targets = []
+    for way in ("compress", "decompress"):
+        worst = min(dct, key=lambda r, w=way: r[f"{w}_mbps"])
+        v = worst[f"{way}_mbps"]
+        targets.append({"name": f"dct torch {way} >= {TARGET_DCT_MBPS:g} MB/s (slowest table: "
+                                f"{worst['name']})",
+                        "value": v, "threshold": TARGET_DCT_MBPS, "pass": v >= TARGET_DCT_MBPS})
+    v = by["dct/optH"]["by_kind"]["relu_conv"]["ratio"]
+    targets.append({"name": f"dct/optH ratio on ReLU'd conv activations >= "
+                            f"{TARGET_DCT_OPTH_RELU_RATIO:g}x",
+                    "value": v, "threshold": TARGET_DCT_OPTH_RELU_RATIO,
+                    "pass": v >= TARGET_DCT_OPTH_RELU_RATIO})
+    for eb in bounds:
+        ours, sz = by[f"eb/{eb:g}"], by.get(f"SZ3/{eb:g}")
+        for key, what in (("ratio", "ratio"), ("compress_mbps", "compress MB/s")):
+            targets.append({
+                "name": f"eb/{eb:g} beats SZ3/{eb:g} on {what}",
+                "value": ours[key], "threshold": None if sz is None else sz[key],
+                "pass": None if sz is None else ours[key] > sz[key],
+            })
+    checks = []
+    for r in rows:
+        if r["family"] == "actpack":
+            checks.append({"name": f"{r['name']}: numpy model bytes == torch path bytes",
+                           "pass": bool(r["numpy_identical"])})
+        if r["mode"] in ("eb", "sz3"):
+            checks.append({"name": f"{r['name']}: max abs error <= bound",
+                           "value": r["max_abs_err"], "threshold": r["param"],
+                           "pass": r["max_abs_err"] <= r["param"]})
+    return targets, checks
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+
+
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _verdict(p) -> str:
+    return "n/a" if p is None else ("PASS" if p else "FAIL")
+
+
+def render_table(result: dict) -> str:
+    head = ("| row | layers | ratio | ratio relu_conv | ratio conv | rel. RMSE | max abs err "
+            "| C MB/s | D MB/s | numpy C MB/s | numpy D MB/s | numpy = torch |")
+    lines = [head, "|" + "---|" * 12]
+    for r in result["rows"]:
+        bk = r["by_kind"]
+        layers = "ReLU outputs" if r["mode"] == "mask" else "all"
+        ident = {None: "—", True: "yes", False: "**NO**"}[r["numpy_identical"]]
+        lines.append(
+            f"| {r['name']} | {layers} | {r['ratio']:.2f} "
+            f"| {_fmt(bk.get('relu_conv', {}).get('ratio'), '.2f')} "
+            f"| {_fmt(bk.get('conv', {}).get('ratio'), '.2f')} "
+            f"| {r['rel_rmse']:.4f} | {r['max_abs_err']:.4g} "
+            f"| {r['compress_mbps']:.0f} | {r['decompress_mbps']:.0f} "
+            f"| {_fmt(r['numpy_compress_mbps'], '.1f')} "
+            f"| {_fmt(r['numpy_decompress_mbps'], '.1f')} "
+            f"| {ident} |")
+    return "\n".join(lines)
+
+
+def render_markdown(result: dict) -> str:
+    m, c, d = result["meta"], result["config"], result["data"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    out = [
+        "## Codec: ratio, error, throughput (`actpack bench codec`)",
+        "",
+        f"Measured {m['date']} on {m['nproc']} cores ({m['cpu']}), torch {m['torch']} "
+        f"({c['threads']} threads), numpy {m['numpy']}, Python {m['python']}; {libs}. "
+        f"{_load_note(m)} {_source_note(m)}"
+        + (" **Quick run (--quick): figures are not representative.**" if c["quick"] else ""),
+        "",
+        f"Data: activations of `{d['model']}` after {c['train_steps']} training steps (seed 0, "
+        f"test accuracy {c['test_accuracy']:.1%}), captured on {c['batch']} test digits: "
+        f"{d['total_bytes'] / _MB:.1f} MB of float32. Pooled σ = {d['sigma']:.4f}; the absolute "
+        "error bounds of the eb, SZ3 and ZFP rows are "
+        + ", ".join(f"{b:g} (≈{f:g}σ)" for b, f in zip(d["error_bounds"], d["eb_factors"],
+                                                      strict=True)) + ".",
+        "",
+        "| layer | kind | shape | MB | std | zeros |",
+        "|---|---|---|---|---|---|",
+    ]
+    for la in d["layers"]:
+        out.append(f"| {la['name']} | {la['kind']} | {'×'.join(map(str, la['shape']))} "
+                   f"| {la['bytes'] / _MB:.3f} | {la['std']:.3f} | {la['zero_fraction']:.0%} |")
+    out += [
+        "",
+        render_table(result),
+        "",
+        ("ratio = input bytes / frame bytes (compressed bytes for the references), over all "
+        "layers and per kind (relu_conv: ReLU outputs fed by a conv; conv: conv outputs before "
+        "the ReLU). rel. RMSE = RMSE / std of the input, pooled over the row's layers; the mask "
+        "row covers the ReLU outputs only and its error is against 1[x > 0]. C/D MB/s = 10⁶ "
+        "bytes of float32 input per second (sum over the layers of each layer's best time of "
+        f"{c['repeats']}): the torch path for actpack "
+        "rows, the library for reference rows (zstd level 3 lossless, SZ3 absolute bound via "
+        "pysz, ZFP fixed accuracy via zfpy). The numpy model (the format's definition; a "
+        f"pure-Python entropy coder) is timed on the first {c['numpy_subset_images']} image(s) "
+        f"of every layer ({c['numpy_subset_bytes'] / _MB:.2f} MB, best of "
+        f"{c['numpy_repeats']}); \"numpy = torch\" compares its frames with the torch path's "
+        "byte for byte on that subset."),
+        "",
+        "Targets:",
+        "",
+    ]
+    for t in result["targets"]:
+        out.append(f"- {_verdict(t['pass'])}: {t['name']} — {_target_value(t)}")
+    failed = [ch for ch in result["checks"] if not ch["pass"]]
+    n_checks = len(result["checks"])
+    out += ["", (f"Checks: {n_checks - len(failed)}/{n_checks} pass (numpy bytes == torch bytes "
+                 "on every actpack row; eb and SZ3 max error within the bound).")]
+    for ch in failed:
+        out.append(f"- FAIL: {ch['name']}")
+    if result["missing_references"]:
+        out += ["", "Not installed, rows skipped: " + ", ".join(result["missing_references"])]
+    return "\n".join(out) + "\n"
+
+
+def _load_note(m: dict) -> str:
+    a, b = m.get("loadavg_1min"), m.get("loadavg_1min_end")
+    if a is None or b is None:
+        return ""
+    return (f"1-minute load average {a:.1f} at the start, {b:.1f} at the end (other work on "
+            "the machine lowers every throughput figure).")
+
+
+def _source_note(m: dict) -> str:
+    src = m.get("source") or {}
+    if not src.get("commit"):
+        return ""
+    dirty = " plus uncommitted changes to actpack/codec" if src.get("codec_modified") else ""
+    return f"Source: commit {src['commit']}{dirty}."
+
+
+def _target_value(t: dict) -> str:
+    if t["threshold"] is None:
+        return f"measured {t['value']:.3g} (no SZ3 row)"
+    if "beats" in t["name"]:
+        return f"{t['value']:.3g} vs {t['threshold']:.3g}"
+    return f"measured {t['value']:.3g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = args.quick
+    batch = args.batch or (8 if quick else 64)
+    steps = args.train_steps if args.train_steps is not None else (5 if quick else 100)
+    repeats = args.repeats or (1 if quick else 5)
+    numpy_mb = args.numpy_mb if args.numpy_mb is not None else 1.0
+    if quick and args.numpy_mb is None:
+        numpy_mb = 0.0  # one image
+    result = collect(batch=batch, train_steps=steps, repeats=repeats, numpy_mb=numpy_mb,
+                     threads=args.threads, quick=quick)
+    md = render_markdown(result)
+    print(md)
+    if not args.no_results:
+        path = update_results(args.results or default_results_path(), "codec", md)
+        print(f"wrote section 'bench codec' of {path}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    bad_checks = [ch for ch in result["checks"] if not ch["pass"]]
+    missed = [t for t in result["targets"] if t["pass"] is False]
+    for ch in bad_checks:
+        print(f"CHECK FAILED: {ch['name']}", file=sys.stderr)
+    if bad_checks:
+        return 2
+    return 1 if (args.strict and missed) else 0

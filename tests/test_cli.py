@@ -1,0 +1,118 @@
+"""The ``actpack`` command line: ``demo`` and ``bench codec`` run in-process on tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+
+import pytest
+import torch
+
+from actpack.bench import update_results
+from actpack.cli import main
+from actpack.data import capture_activations, digits_batch, digits_cnn, layer_kinds, train_digits
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "bench" in out
+
+
+def test_python_m_actpack(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["actpack", "bench", "codec", "--help"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("actpack", run_name="__main__")
+    assert exc.value.code == 0
+    assert "--json" in capsys.readouterr().out
+
+
+def test_bench_needs_a_benchmark(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench"])
+    assert exc.value.code == 2
+
+
+def test_update_results_keeps_other_sections(tmp_path):
+    path = tmp_path / "docs" / "results.md"
+    update_results(path, "rtl", "rtl figures")
+    update_results(path, "codec", "first")
+    update_results(path, "codec", "second")
+    text = path.read_text()
+    assert text.startswith("# actpack")
+    assert "rtl figures" in text and "second" in text and "first" not in text
+    assert text.count("<!-- bench codec: begin -->") == 1
+    assert text.index("rtl figures") < text.index("second")
+    path.write_text(text.replace("<!-- bench codec: end -->", ""))
+    with pytest.raises(ValueError, match="unbalanced"):
+        update_results(path, "codec", "third")
+
+
+def test_digits_are_deterministic():
+    a, b = digits_cnn(seed=3), digits_cnn(seed=3)
+    ra, rb = train_digits(a, 3, seed=1), train_digits(b, 3, seed=1)
+    assert ra.losses == rb.losses
+    x = digits_batch(4).x
+    acts_a, acts_b = capture_activations(a, x), capture_activations(b, x)
+    assert list(acts_a) == ["conv1", "relu1", "conv2", "relu2", "fc1", "relu3", "fc2"]
+    assert all(torch.equal(acts_a[k], acts_b[k]) for k in acts_a)
+    assert acts_a["conv1"].shape == (4, 16, 32, 32)
+    assert acts_a["relu2"].shape == (4, 32, 16, 16)
+    assert layer_kinds(a)["relu1"] == "relu_conv" and layer_kinds(a)["relu3"] == "relu_linear"
+    assert float(acts_a["relu1"].min()) >= 0
+
+
+def test_bench_codec_quick(tmp_path, capsys):
+    results = tmp_path / "results.md"
+    results.write_text("# mine\n\nkept\n")
+    out_json = tmp_path / "out" / "codec.json"
+    assert main(["bench", "codec", "--quick", "--results", str(results),
+                 "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "PASS" in printed or "FAIL" in printed
+
+    text = results.read_text()
+    assert text.startswith("# mine\n\nkept\n")
+    assert "<!-- bench codec: begin -->" in text and "<!-- bench codec: end -->" in text
+    assert "| dct/optH |" in text and "| SZ3/" in text
+
+    data = json.loads(out_json.read_text())
+    assert {"meta", "config", "data", "rows", "targets", "checks"} <= set(data)
+    assert data["meta"]["nproc"] >= 1 and data["meta"]["torch"] == torch.__version__
+    rows = {r["name"]: r for r in data["rows"]}
+    expected = {"dct/optL", "dct/optH", "dct/optsL", "dct/optsH", "dct/jpeg50", "sfpr8", "mask",
+                "zstd-3"} | {f"eb/{eb:g}" for eb in data["data"]["error_bounds"]}
+    assert expected <= set(rows)
+    assert len(data["data"]["error_bounds"]) == 3
+    for r in data["rows"]:
+        assert r["ratio"] > 1, r["name"]
+        assert math.isfinite(r["rel_rmse"]) and r["rel_rmse"] >= 0, r["name"]
+        assert r["compress_mbps"] > 0 and r["decompress_mbps"] > 0, r["name"]
+        if r["family"] == "actpack":
+            assert r["numpy_identical"] is True, r["name"]
+            assert r["numpy_compress_mbps"] > 0, r["name"]
+    for eb in data["data"]["error_bounds"]:
+        assert rows[f"eb/{eb:g}"]["max_abs_err"] <= eb
+    assert rows["zstd-3"]["max_abs_err"] == 0
+    assert rows["mask"]["layers"] == ["relu1", "relu2", "relu3"]
+    assert rows["mask"]["max_abs_err"] == 0
+    assert rows["dct/optH"]["by_kind"]["relu_conv"]["ratio"] > 1
+    assert rows["dct/optH"]["rel_rmse"] < 0.5
+    assert all(ch["pass"] for ch in data["checks"])
+    names = [t["name"] for t in data["targets"]]
+    assert any("ReLU'd conv" in n for n in names)
+    assert sum("beats SZ3" in n for n in names) == 6
+
+
+def test_demo_quick(tmp_path, capsys):
+    png = tmp_path / "demo.png"
+    assert main(["demo", "--quick", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    assert "byte for byte" in out
+    assert "relu1" in out and "dct/optH" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
