@@ -10,7 +10,14 @@ import torch
 
 from actpack.codec import reference, torchpath
 from actpack.codec.frame import Header, parse_frame
-from actpack.codec.spec import ERROR_BOUND_RANGE, RANGE_MAX_LIMIT, DType, Mode
+from actpack.codec.spec import (
+    ERROR_BOUND_RANGE,
+    MAX_GROUPS,
+    RANGE_MAX_LIMIT,
+    RANGE_MIN_LIMIT,
+    DType,
+    Mode,
+)
 from actpack.codec.tables import resolve_table
 from actpack.errors import FrameError
 
@@ -98,7 +105,8 @@ class Codec:
       else 0.
 
     ``backend="torch"`` (default) is the fast path (CPU or CUDA); ``backend="numpy"`` runs the
-    reference model. Non-finite values always come back exactly (raw blocks).
+    reference model. Non-finite values come back exactly (raw blocks) in every mode but "mask",
+    which keeps only where x > 0.
     """
 
     def __init__(self, *, mode: str, table=None, range_max=None, error_bound=None,
@@ -122,7 +130,8 @@ class Codec:
         self.error_bound = None
         if m in (Mode.DCT, Mode.SFPR8):
             self.range_max = _check_positive_float(
-                "range_max", 4.5 if range_max is None else range_max, 1e-3, RANGE_MAX_LIMIT)
+                "range_max", 4.5 if range_max is None else range_max, RANGE_MIN_LIMIT,
+                RANGE_MAX_LIMIT)
         if m is Mode.EB:
             if error_bound is None:
                 raise ValueError("error_bound: mode 'eb' needs an error bound, e.g. 0.01")
@@ -165,6 +174,9 @@ class Codec:
         header = self._header(t)
         if len(header.shape) > 8:
             raise ValueError(f"t: at most 8 dimensions are supported, got {t.dim()}")
+        if header.geometry.groups > MAX_GROUPS:
+            raise ValueError(f"t: shape {tuple(t.shape)} has {header.geometry.groups} scale "
+                             f"groups; a frame carries at most {MAX_GROUPS}")
         t = t.detach()
         if self.backend == "numpy":
             bits = t.contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()

@@ -21,7 +21,9 @@ import numpy as np
 
 from actpack.codec.spec import (
     ERROR_BOUND_RANGE,
+    MAX_GROUPS,
     RANGE_MAX_LIMIT,
+    RANGE_MIN_LIMIT,
     DType,
     Geometry,
     Mode,
@@ -164,7 +166,7 @@ def frame_bound(shape, dtype: DType, mode: Mode) -> int:
     geo = geometry(shape)
     head = len(
         Header(mode, dtype, tuple(int(d) for d in shape), 1.0, table=np.ones(64, np.uint8),
-               scales=(Scale(1 << 15, 0),) * expected_groups(mode, geo)).to_bytes()
+               scales=(Scale(1 << 15, -15),) * expected_groups(mode, geo)).to_bytes()
     )
     payload = _align(64 * dtype.itemsize * geo.nblocks)
     return head + _align(2 * geo.nblocks) + payload + _TRAILER_BYTES
@@ -194,7 +196,7 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
         _fail(f"unknown frame format version {version}")
     if ndim > MAX_NDIM:
         _fail(f"corrupted header: ndim {ndim} > {MAX_NDIM}")
-    if ngroups > (1 << 24):
+    if ngroups > MAX_GROUPS:
         _fail(f"corrupted header: {ngroups} scale groups")
     head_len = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
     if len(mv) < head_len + 4:
@@ -202,6 +204,8 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     (head_crc,) = struct.unpack_from("<I", mv, head_len)
     if crc32c_of(mv[:head_len]) != head_crc:
         _fail("header CRC mismatch: the frame header is corrupted")
+    if any(mv[head_len + 4 : min(len(mv), _align(head_len + 4))]):
+        _fail("corrupted header: nonzero padding after the header CRC")
     try:
         mode, dtype = Mode(mode), DType(dtype)
     except ValueError:
@@ -240,6 +244,8 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     if len(mv) > total:
         _fail(f"trailing bytes after the frame: {len(mv)} bytes, expected {total}")
     body_crc, status, length = _TRAILER.unpack_from(mv, total - _TRAILER_BYTES)
+    if any(mv[total - _TRAILER_BYTES + _TRAILER.size : total]):
+        _fail("corrupted trailer: nonzero reserved bytes")
     if crc32c_of(mv[head_total : total - _TRAILER_BYTES]) != body_crc:
         _fail("payload CRC mismatch: the frame's index or payload is corrupted")
     if length != total:
@@ -254,7 +260,7 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
 
 def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:
     if mode in (Mode.DCT, Mode.SFPR8):
-        if not 0 < param <= RANGE_MAX_LIMIT:
+        if not RANGE_MIN_LIMIT <= param <= RANGE_MAX_LIMIT:
             _fail(f"corrupted header: range_max {param}")
     elif mode is Mode.EB:
         lo, hi = ERROR_BOUND_RANGE

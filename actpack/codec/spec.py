@@ -21,7 +21,9 @@ __all__ = [
     "ERROR_BOUND_RANGE",
     "IDCT_SHIFT_1",
     "IDCT_SHIFT_2",
+    "MAX_GROUPS",
     "RANGE_MAX_LIMIT",
+    "RANGE_MIN_LIMIT",
     "SFPR_FRAC_BITS",
     "SFPR_MAX",
     "WIDTH_MAX",
@@ -41,6 +43,9 @@ BLOCK = 8  # tiles are 8 x 8 values
 SFPR_FRAC_BITS = 5
 SFPR_MAX = 127
 RANGE_MAX_LIMIT = 64.0  # largest accepted range_max (scaled values up to 32 * 64 = 2048 pre-clamp)
+# Smallest accepted range_max: the scale is then >= 2 / max|x|, so its float32 inverse stays
+# finite even for max|x| near float32's largest value.
+RANGE_MIN_LIMIT = 1 / 16
 
 # Fixed-point DCT (see tables.DCT_MATRIX, 12 fraction bits). The forward transform keeps 4 fraction
 # bits between the two passes; both passes round half up (add 2**(s-1), arithmetic shift right).
@@ -49,6 +54,7 @@ DCT_SHIFT_2 = 16  # column pass: 4 + 12 fraction bits -> integer coefficient
 IDCT_SHIFT_1 = 8
 IDCT_SHIFT_2 = 16
 DCT_COEF_MAX = 2047  # dequantized coefficients saturate to +-2047 in the decoder (12-bit signed)
+MAX_GROUPS = 1 << 24  # scale groups a frame may carry
 
 # Error-bounded mode: pre-quantized integers saturate here; a saturated block is stored raw.
 EB_Q_SAT = 1 << 15
@@ -115,10 +121,12 @@ class Geometry:
     ``blocks_y`` x ``blocks_x`` blocks, plane-major then row-major. ``group_of_plane[p]`` is the
     scale group of plane ``p`` and ``groups`` their number.
 
-    Rule: rank >= 3: the last two dims are the plane, the leading dims enumerate planes; the scale
-    group is dim 1 for rank >= 4 (the channel of NCHW) and dim 0 for rank 3 (CHW). Rank <= 2: the
-    values in row-major order are padded to a multiple of 64 by repeating the last value and form
-    one plane of width 8, so every 64 consecutive values are one block; one scale group.
+    Rule: rank >= 2: the last two dims are the plane, the leading dims enumerate planes; the scale
+    group is dim 1 for rank >= 4 (the channel of NCHW), dim 0 for rank 3 (CHW) and the whole
+    tensor for rank 2 (a linear layer's batch x features is one plane: neighbouring samples and
+    features both predict). Rank <= 1: the values are padded to a multiple of 64 by repeating the
+    last value and form one plane of width 8, so every 64 consecutive values are one block; one
+    scale group.
     """
 
     shape: tuple[int, ...]
@@ -158,8 +166,8 @@ class Geometry:
 
     @property
     def flat(self) -> bool:
-        """True when the tensor is tiled as a flat sequence (rank <= 2)."""
-        return len(self.shape) <= 2
+        """True when the tensor is tiled as a flat sequence (rank <= 1)."""
+        return len(self.shape) <= 1
 
     def group_of_plane(self) -> np.ndarray:
         return (np.arange(self.planes) // self.group_stride) % max(self.groups, 1)
@@ -169,14 +177,16 @@ def geometry(shape) -> Geometry:
     """The tiling of a tensor of ``shape`` (see ``Geometry``)."""
     shape = tuple(int(d) for d in shape)
     n = math.prod(shape)
-    if len(shape) <= 2:
+    if len(shape) <= 1:
         rows = -(-n // BLOCK)  # the flat values as rows of 8 ...
         height = -(-rows // BLOCK) * BLOCK  # ... padded to whole blocks
         return Geometry(shape, planes=1 if n else 0, height=height, width=BLOCK, groups=1,
                         group_stride=1)
     lead = shape[:-2]
     planes = math.prod(lead)
-    if len(lead) == 1:
+    if not lead:
+        groups, stride = 1, 1
+    elif len(lead) == 1:
         groups, stride = lead[0], 1
     else:
         groups, stride = lead[1], math.prod(lead[2:])
@@ -191,8 +201,8 @@ def geometry(shape) -> Geometry:
 class Scale:
     """A scale that hardware applies exactly: ``value = mantissa * 2**exponent``.
 
-    ``mantissa`` is a 16-bit integer in [2**15, 2**16) (or exactly 2**15 with exponent 0 for an
-    empty/all-zero group); ``inverse`` is ``float32(1 / value)``, the multiplier of the decoder.
+    ``mantissa`` is a 16-bit integer in [2**15, 2**16) (2**15 * 2**-15 = 1.0 for a group without a
+    finite nonzero value); ``inverse`` is ``float32(1 / value)``, the multiplier of the decoder.
     """
 
     mantissa: int
