@@ -7,8 +7,6 @@ per cycle. Each block's row ``v`` is quantized by table row ``v``; the row index
 rows transferred on ``i`` since reset, modulo 8 (streams carry whole blocks).
 """
 
-import math
-
 from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -150,9 +148,9 @@ class Dequantizer(wiring.Component):
     +-``spec.DCT_COEF_MAX`` (midpoint reconstruction), bit-exact with ``reference.dequantize``.
 
     Input ``i``: rows of 8 levels (``LevelRow``, signed 16-bit: every level a coded block can
-    carry, |q| <= 2**14), rows v = 0..7, lanes u = 0..7. Output ``o``: rows of 8 coefficients
-    (``CoefRow``, signed 12-bit, within +-2047), ready for ``IDCT2D``. Table: ``table_wr`` as
-    ``Quantizer``.
+    carry, |q| <= 2**14, and any other 16-bit value), rows v = 0..7, lanes u = 0..7. Output
+    ``o``: rows of 8 coefficients (``CoefRow``, signed 12-bit, within +-2047), ready for
+    ``IDCT2D``. Table: ``table_wr`` as ``Quantizer``.
 
     Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle.
     Backpressure: as ``Quantizer``. Bad input: a table entry of 0 dequantizes to 0; levels
@@ -175,7 +173,8 @@ class Dequantizer(wiring.Component):
         row = Signal(range(N))
         steps = _table_rows(m, self.table_wr, self._init, ENTRY, row)
         cmax = spec.DCT_COEF_MAX
-        full_width = math.ceil(math.log2((2 * _LEVEL_MAX + 1) * 255 + 1))
+        mag_max = 1 << (LEVEL.width - 1)  # every value the port carries, not only valid levels
+        rec_max = (2 * mag_max + 1) * ((1 << ENTRY.width) - 1)
 
         m.d.comb += i.ready.eq(~o.valid | o.ready)
         with m.If(i.ready):
@@ -184,10 +183,10 @@ class Dequantizer(wiring.Component):
                 m.d.sync += row.eq(row + 1)
             for u in range(N):
                 q = i.payload[u]
-                rec = Signal(unsigned(full_width), name=f"rec_{u}")
+                rec = Signal(range(rec_max + 1), name=f"rec_{u}")
                 sat = Signal(range(cmax + 1), name=f"sat_{u}")
                 m.d.comb += [
-                    rec.eq(((abs(q) << 1) + 1) * steps[u] >> 1),
+                    rec.eq((((abs(q) << 1) + 1) * steps[u]) >> 1),
                     sat.eq(Mux(rec > cmax, cmax, rec)),
                 ]
                 m.d.sync += o.payload[u].eq(Mux(q == 0, 0, Mux(q < 0, -sat, sat)))
