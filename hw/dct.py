@@ -75,25 +75,34 @@ class _Separable2D(wiring.Component):
 
     def __init__(self):
         super().__init__()
-        in_shape = self.i.payload.shape().elem_shape
-        out_shape = self.o.payload.shape().elem_shape
-        a = np.asarray(self.ROW_MATRIX, dtype=np.int64)
-        b = np.asarray(self.COL_MATRIX, dtype=np.int64)
+        shapes = self.intermediate_shapes()
+        self._row_sum_shape, self._t_shape, self._col_sum_shape = (
+            shapes["row_sum"], shapes["t"], shapes["col_sum"])
+        self._a = np.asarray(self.ROW_MATRIX, dtype=np.int64)
+        self._b = np.asarray(self.COL_MATRIX, dtype=np.int64)
+
+    @classmethod
+    def intermediate_shapes(cls) -> dict[str, Shape]:
+        """Register shapes, sized for the worst case over every input the port can carry:
+        ``row_sum`` (row pass before the shift), ``t`` (transpose buffer), ``col_sum`` (column
+        pass before the shift)."""
+        in_shape = cls.__annotations__["i"].signature.members["payload"].shape.elem_shape
+        out_shape = cls.__annotations__["o"].signature.members["payload"].shape.elem_shape
+        a = np.asarray(cls.ROW_MATRIX, dtype=np.int64)
+        b = np.asarray(cls.COL_MATRIX, dtype=np.int64)
         if a.shape != (N, N) or b.shape != (N, N):
             raise ValueError(f"matrices must be {N}x{N}, got {a.shape} and {b.shape}")
         lo, hi = _shape_range(in_shape)
-        self._row_sum_shape = _fit(*_matvec_range(a, lo, hi))
-        t_lo, t_hi = _round_shift_range(*_matvec_range(a, lo, hi), self.SHIFT_1)
-        self._t_shape = _fit(t_lo, t_hi)
+        s_lo, s_hi = _matvec_range(a, lo, hi)
+        t_lo, t_hi = _round_shift_range(s_lo, s_hi, cls.SHIFT_1)
         c_lo, c_hi = _matvec_range(b, t_lo, t_hi)
-        self._col_sum_shape = _fit(c_lo, c_hi)
-        o_lo, o_hi = _round_shift_range(c_lo, c_hi, self.SHIFT_2)
-        if self.CLAMP is not None:
-            o_lo, o_hi = max(o_lo, -self.CLAMP), min(o_hi, self.CLAMP)
+        o_lo, o_hi = _round_shift_range(c_lo, c_hi, cls.SHIFT_2)
+        if cls.CLAMP is not None:
+            o_lo, o_hi = max(o_lo, -cls.CLAMP), min(o_hi, cls.CLAMP)
         out_lo, out_hi = _shape_range(out_shape)
         if o_lo < out_lo or o_hi > out_hi:  # a design error, not a user error
             raise AssertionError(f"output range [{o_lo}, {o_hi}] does not fit {out_shape}")
-        self._a, self._b = a, b
+        return {"row_sum": _fit(s_lo, s_hi), "t": _fit(t_lo, t_hi), "col_sum": _fit(c_lo, c_hi)}
 
     def elaborate(self, platform):
         m = Module()
