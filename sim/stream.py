@@ -42,9 +42,9 @@ class LayoutCodec:
         self.struct = not isinstance(layout, data.ArrayLayout)
         self.fields = []
         for key, field in layout:
-            shape = field.shape
-            if not isinstance(shape, Shape):
-                raise TypeError(f"field {key!r}: nested layout {shape!r} is not supported")
+            if isinstance(field.shape, data.Layout):
+                raise TypeError(f"field {key!r}: nested layout {field.shape!r} is not supported")
+            shape = Shape.cast(field.shape)
             self.fields.append((key, field.offset, shape.width, shape.signed))
         rng = check_rng if check_rng is not None else np.random.default_rng(0)
         for _ in range(8):
