@@ -86,8 +86,10 @@ class _Separable2D(wiring.Component):
         """Register shapes, sized for the worst case over every input the port can carry:
         ``row_sum`` (row pass before the shift), ``t`` (transpose buffer), ``col_sum`` (column
         pass before the shift)."""
-        in_shape = cls.__annotations__["i"].signature.members["payload"].shape.elem_shape
-        out_shape = cls.__annotations__["o"].signature.members["payload"].shape.elem_shape
+        ports = next(k.__annotations__ for k in cls.__mro__ if "i" in vars(k).get(
+            "__annotations__", {}))
+        in_shape = ports["i"].signature.members["payload"].shape.elem_shape
+        out_shape = ports["o"].signature.members["payload"].shape.elem_shape
         a = np.asarray(cls.ROW_MATRIX, dtype=np.int64)
         b = np.asarray(cls.COL_MATRIX, dtype=np.int64)
         if a.shape != (N, N) or b.shape != (N, N):
