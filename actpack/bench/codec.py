@@ -10,7 +10,8 @@ the torch path's on that subset.
 
 Figures: ratio = input bytes / frame bytes; rel. RMSE = RMSE / standard deviation of the input
 (pooled over the row's layers); max abs = largest |x - x_hat|; MB/s = 10**6 bytes of float32 input
-per second (each layer's best of ``--repeats``, summed), with ``torch.set_num_threads(--threads)``.
+per second (each layer's best of ``--repeats`` rounds, summed; the rows take turns within a
+round), with ``torch.set_num_threads(--threads)``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,60 +217,99 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
 
 
-def _timed_each(fn, items, repeats: int) -> tuple[float, list]:
-    """``fn`` on every item, best of ``repeats`` per item; the sum of the best times and the
-    outputs. Per-item minima are less sensitive to other work on the machine than the minimum of
-    whole passes."""
-    total, outs = 0.0, []
-    for item in items:
-        t, out = best_of(lambda item=item: fn(item), repeats)
-        total += t
-        outs.append(out)
-    return total, outs
+@dataclass
+class Job:
+    """One row's compressor over its layers, timed in rounds interleaved with every other row's
+    (so that other work on the machine hits all rows alike); the best time per layer is kept."""
+
+    name: str
+    family: str
+    mode: str
+    param: object
+    layers: list[Layer]
+    compress: object  # (layer) -> blob
+    nbytes: object  # (blob) -> int
+    decompress: object  # (blob, layer) -> tensor or array
+    target: object = None  # (x) -> what the decoder should give back; x itself when None
+    note: str = ""
+    codec_kwargs: dict | None = None  # actpack rows: the Codec arguments
+    best_c: list[float] = field(default_factory=list)
+    best_d: list[float] = field(default_factory=list)
+    blobs: list = field(default_factory=list)
+    outs: list = field(default_factory=list)
+
+    def round(self, *, timed: bool = True) -> None:
+        if not self.best_c:
+            n = len(self.layers)
+            self.best_c, self.best_d = [math.inf] * n, [math.inf] * n
+            self.blobs, self.outs = [None] * n, [None] * n
+        for i, layer in enumerate(self.layers):
+            t0 = time.perf_counter()
+            blob = self.compress(layer)
+            t1 = time.perf_counter()
+            out = self.decompress(blob, layer)
+            t2 = time.perf_counter()
+            if timed:
+                self.best_c[i] = min(self.best_c[i], t1 - t0)
+                self.best_d[i] = min(self.best_d[i], t2 - t1)
+            self.blobs[i], self.outs[i] = blob, out
+
+    def row(self, *, numpy_repeats: int) -> Row:
+        tallies = {}
+        for layer, blob, out in zip(self.layers, self.blobs, self.outs, strict=True):
+            y = out if isinstance(out, torch.Tensor) else torch.from_numpy(
+                np.array(out, dtype=np.float32)).reshape(layer.x.shape)  # np.array: a copy
+            target = self.target(layer.x) if self.target else layer.x
+            tallies[layer.name] = Tally.of(layer.x, target, y, self.nbytes(blob))
+        row = Row(self.name, self.family, self.mode, self.param,
+                  [la.name for la in self.layers], tallies,
+                  {la.name: la.kind for la in self.layers}, sum(self.best_c), sum(self.best_d),
+                  note=self.note)
+        if self.codec_kwargs is not None:
+            _numpy_model(row, self.codec_kwargs, self.layers, numpy_repeats)
+        return row
 
 
-def actpack_row(name: str, kwargs: dict, layers: list[Layer], *, repeats: int,
-                numpy_repeats: int, target=None, note: str = "") -> Row:
-    """Time the torch path on all ``layers`` and the numpy model on their subsets; compare the
-    two paths' bytes on the subsets."""
-    fast = Codec(backend="torch", **kwargs)
-    ref = Codec(backend="numpy", **kwargs)
-    xs = [layer.x for layer in layers]
-    for x in xs:  # warm-up: per-shape index tables and caches are built on first use
-        fast.decompress(fast.compress(x))
-    t_c, frames = _timed_each(fast.compress, xs, repeats)
-    t_d, ys = _timed_each(fast.decompress, frames, repeats)
-    target = target or (lambda x: x)
-    tallies = {layer.name: Tally.of(layer.x, target(layer.x), y, f.nbytes)
-               for layer, y, f in zip(layers, ys, frames, strict=True)}
-
+def _numpy_model(row: Row, kwargs: dict, layers: list[Layer], repeats: int) -> None:
+    """Time the numpy model on the layers' subsets and compare its bytes and decoded values with
+    the torch path's."""
+    fast, ref = Codec(backend="torch", **kwargs), Codec(backend="numpy", **kwargs)
     subs = [layer.sub for layer in layers]
-    tn_c, np_frames = _timed_each(ref.compress, subs, numpy_repeats)
-    tn_d, np_ys = _timed_each(lambda f: decompress(f, backend="numpy"), np_frames,
-                              numpy_repeats)
+    t_c = t_d = 0.0
     identical = True
-    for s, nf, ny in zip(subs, np_frames, np_ys, strict=True):
+    for s in subs:
+        tc, nf = best_of(lambda s=s: ref.compress(s), repeats)
+        td, ny = best_of(lambda nf=nf: decompress(nf, backend="numpy"), repeats)
+        t_c, t_d = t_c + tc, t_d + td
         tf = fast.compress(s)
         identical &= bytes(tf) == bytes(nf)
         identical &= torch.equal(_bits(fast.decompress(tf)), _bits(ny))
-    return Row(name, "actpack", kwargs["mode"],
-               kwargs.get("table", kwargs.get("error_bound")), [la.name for la in layers],
-               tallies, {la.name: la.kind for la in layers}, t_c, t_d, tn_c, tn_d,
-               sum(s.numel() * s.element_size() for s in subs), bool(identical), note)
+    row.numpy_compress_s, row.numpy_decompress_s = t_c, t_d
+    row.numpy_bytes = sum(s.numel() * s.element_size() for s in subs)
+    row.numpy_identical = bool(identical)
 
 
-def _reference_codecs(bounds: list[float]):
-    """(name, mode, param, compress(np)->obj, nbytes(obj), decompress(obj, like)->np) of every
-    reference compressor that is installed, and the names of those that are not."""
-    out, missing = [], []
+def actpack_job(name: str, kwargs: dict, layers: list[Layer], *, target=None,
+                note: str = "") -> Job:
+    fast = Codec(backend="torch", **kwargs)
+    return Job(name, "actpack", kwargs["mode"], kwargs.get("table", kwargs.get("error_bound")),
+               layers, lambda la: fast.compress(la.x), lambda f: f.nbytes,
+               lambda f, la: fast.decompress(f), target, note, dict(kwargs))
+
+
+def reference_jobs(bounds: list[float], layers: list[Layer]) -> tuple[list[Job], list[str]]:
+    """Jobs of every reference compressor that is installed, and the names of those that are
+    not. Each works on the float32 numpy view of the activations."""
+    jobs, missing = [], []
     try:
         zstd = importlib.import_module("zstandard")
     except ImportError:
         missing.append("zstandard")
     else:
         cctx, dctx = zstd.ZstdCompressor(level=3), zstd.ZstdDecompressor()
-        out.append(("zstd-3", "zstd", 3, lambda a: cctx.compress(a.tobytes()), len,
-                    lambda c, a: np.frombuffer(dctx.decompress(c), dtype=a.dtype).reshape(a.shape)))
+        jobs.append(Job("zstd-3", "reference", "zstd", 3, layers,
+                        lambda la: cctx.compress(la.x.numpy().tobytes()), len,
+                        lambda c, la: np.frombuffer(dctx.decompress(c), dtype=np.float32)))
     try:
         pysz = importlib.import_module("pysz")
     except ImportError:
@@ -277,7 +318,8 @@ def _reference_codecs(bounds: list[float]):
         sz = pysz.sz()
 
         def sz_compress(eb):
-            def go(a):
+            def go(la):
+                a = la.x.numpy()
                 cfg = pysz.szConfig()
                 cfg.setDims(list(a.shape))
                 cfg.errorBoundMode = pysz.szErrorBoundMode.ABS
@@ -286,31 +328,19 @@ def _reference_codecs(bounds: list[float]):
             return go
 
         for eb in bounds:
-            out.append((f"SZ3/{eb:g}", "sz3", eb, sz_compress(eb), lambda c: c.nbytes,
-                        lambda c, a: sz.decompress(c, a.dtype, a.shape)[0]))
+            jobs.append(Job(f"SZ3/{eb:g}", "reference", "sz3", eb, layers, sz_compress(eb),
+                            lambda c: c.nbytes,
+                            lambda c, la: sz.decompress(c, np.float32, tuple(la.x.shape))[0]))
     try:
         zfpy = importlib.import_module("zfpy")
     except ImportError:
         missing.append("zfpy")
     else:
         for eb in bounds:
-            out.append((f"ZFP/{eb:g}", "zfp", eb,
-                        lambda a, eb=eb: zfpy.compress_numpy(a, tolerance=eb), len,
-                        lambda c, a: zfpy.decompress_numpy(c)))
-    return out, missing
-
-
-def reference_row(spec, layers: list[Layer], *, repeats: int) -> Row:
-    name, mode, param, comp, nbytes, decomp = spec
-    arrays = [layer.x.numpy() for layer in layers]
-    t_c, blobs = _timed_each(comp, arrays, repeats)
-    t_d, ys = _timed_each(lambda ba: decomp(*ba), list(zip(blobs, arrays, strict=True)), repeats)
-    tallies = {}
-    for layer, y, b in zip(layers, ys, blobs, strict=True):
-        yt = torch.from_numpy(np.array(y, dtype=np.float32)).reshape(layer.x.shape)  # a copy
-        tallies[layer.name] = Tally.of(layer.x, layer.x, yt, nbytes(b))
-    return Row(name, "reference", mode, param, [la.name for la in layers], tallies,
-               {la.name: la.kind for la in layers}, t_c, t_d)
+            jobs.append(Job(f"ZFP/{eb:g}", "reference", "zfp", eb, layers,
+                            lambda la, eb=eb: zfpy.compress_numpy(la.x.numpy(), tolerance=eb),
+                            len, lambda c, la: zfpy.decompress_numpy(c)))
+    return jobs, missing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,25 +368,29 @@ def _collect(batch, train_steps, repeats, numpy_mb, threads, quick) -> dict:
     relu = [la for la in layers if la.kind.startswith("relu")]
     numpy_repeats = min(repeats, 2)
 
-    plan = [(f"dct/{t}", {"mode": "dct", "table": t}, layers, None, "") for t in DCT_TABLES]
-    plan += [(f"eb/{eb:g}", {"mode": "eb", "error_bound": eb}, layers, None, "")
+    jobs = [actpack_job(f"dct/{t}", {"mode": "dct", "table": t}, layers) for t in DCT_TABLES]
+    jobs += [actpack_job(f"eb/{eb:g}", {"mode": "eb", "error_bound": eb}, layers)
              for eb in bounds]
-    plan += [("sfpr8", {"mode": "sfpr8"}, layers, None, "")]
-    plan += [("mask", {"mode": "mask"}, relu, lambda x: (x > 0).to(x.dtype),
-              "ReLU outputs only; error against 1[x > 0]")]
-    refs, missing = _reference_codecs(bounds)
+    jobs += [actpack_job("sfpr8", {"mode": "sfpr8"}, layers)]
+    jobs += [actpack_job("mask", {"mode": "mask"}, relu, target=lambda x: (x > 0).to(x.dtype),
+                         note="ReLU outputs only; error against 1[x > 0]")]
+    refs, missing = reference_jobs(bounds, layers)
+    jobs += refs
 
+    # one untimed warm-up round (per-shape tables and caches are built on first use), then
+    # `repeats` timed rounds over all rows
+    rounds = [False] + [True] * repeats
+    bar = tqdm(total=len(rounds) * len(jobs) + len(jobs), desc="bench codec", unit="run",
+               leave=False, disable=None)
+    for timed in rounds:
+        for job in jobs:
+            bar.set_postfix_str(job.name, refresh=False)
+            job.round(timed=timed)
+            bar.update()
     rows = []
-    bar = tqdm(total=len(plan) + len(refs), desc="bench codec", unit="row", leave=False,
-               disable=None)
-    for name, kwargs, sel, target, note in plan:
-        bar.set_postfix_str(name)
-        rows.append(actpack_row(name, kwargs, sel, repeats=repeats, numpy_repeats=numpy_repeats,
-                                target=target, note=note))
-        bar.update()
-    for spec in refs:
-        bar.set_postfix_str(spec[0])
-        rows.append(reference_row(spec, layers, repeats=repeats))
+    for job in jobs:
+        bar.set_postfix_str(f"{job.name} (numpy model)", refresh=False)
+        rows.append(job.row(numpy_repeats=numpy_repeats))
         bar.update()
     bar.close()
 
@@ -498,9 +532,10 @@ def render_markdown(result: dict) -> str:
         "layers and per kind (relu_conv: ReLU outputs fed by a conv; conv: conv outputs before "
         "the ReLU). rel. RMSE = RMSE / std of the input, pooled over the row's layers; the mask "
         "row covers the ReLU outputs only and its error is against 1[x > 0]. C/D MB/s = 10⁶ "
-        "bytes of float32 input per second (sum over the layers of each layer's best time of "
-        f"{c['repeats']}): the torch path for actpack "
-        "rows, the library for reference rows (zstd level 3 lossless, SZ3 absolute bound via "
+        f"bytes of float32 input per second: every layer's best of {c['repeats']} rounds, "
+        "summed; the rows take turns within each round, so that other work on the machine hits "
+        "them alike. C/D is the torch path for actpack rows, the library for reference rows "
+        "(zstd level 3 lossless, SZ3 absolute bound via "
         "pysz, ZFP fixed accuracy via zfpy). The numpy model (the format's definition; a "
         f"pure-Python entropy coder) is timed on the first {c['numpy_subset_images']} image(s) "
         f"of every layer ({c['numpy_subset_bytes'] / _MB:.2f} MB, best of "
