@@ -50,6 +50,7 @@ DECODE_ERRORS = {
     2: "coded block length does not match its widths",
     3: "sfpr8 value out of range",
     4: "mask block has trailing bytes",
+    5: "dense block length does not match its widths",
 }
 
 
@@ -286,6 +287,49 @@ def _pack(sym, with_values, out, codes):
     return pos, mb
 
 
+@njit(cache=True)
+def _dense_widths(sym):
+    """Width nibbles (group g at bits 4g..4g+3) of the DENSE coding and its length; -1 if a
+    group needs more than 15 bits."""
+    widths = 0
+    total = 4
+    for g in range(8):
+        o = 0
+        for i in range(8 * g, 8 * g + 8):
+            v = sym[i]
+            o |= 2 * abs(v) - (1 if v < 0 else 0)
+        w = 0
+        while o:
+            w += 1
+            o >>= 1
+        if w > _WIDTH_MAX:
+            return 0, -1
+        widths |= w << (4 * g)
+        total += w
+    return widths, total
+
+
+@njit(cache=True)
+def _pack_dense(sym, widths, out):
+    """Write the DENSE coding of ``sym`` into ``out`` (see reference.encode_dense)."""
+    for j in range(4):
+        out[j] = (widths >> (8 * j)) & 0xFF
+    pos = 4
+    acc = 0
+    nbits = 0
+    for g in range(8):
+        w = (widths >> (4 * g)) & 15
+        for i in range(8):
+            v = sym[8 * g + i]
+            acc |= (2 * abs(v) - (1 if v < 0 else 0)) << nbits
+            nbits += w
+            while nbits >= 8:  # 8 codes of w bits: the group ends on a byte
+                out[pos] = acc & 0xFF
+                pos += 1
+                acc >>= 8
+                nbits -= 8
+
+
 @njit(cache=True, nogil=True)
 def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, error_bound,
                   raw_len, scratch, kind, mbs, length):
@@ -303,14 +347,21 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
             x[k] = _to_f32(flat[src[k]], dtype)
         ok = _symbols(x, mode, scale_blk[b], inv_blk[b], table, error_bound, dtype, sym, work)
         kind[b], mbs[b], length[b] = 0, 1, 0
-        if ok:
-            n, mb = _pack(sym, with_values, scratch[b], codes)
-            if n == 0:
-                continue  # zero block
-            if n > 0 and n <= raw_len:
-                kind[b], mbs[b], length[b] = 1, mb, n
-                continue
-        kind[b], length[b] = 2, raw_len
+        if not ok:
+            kind[b], length[b] = 2, raw_len
+            continue
+        n, mb = _pack(sym, with_values, scratch[b], codes)
+        if n == 0:
+            continue  # zero block
+        if 0 < n <= raw_len:
+            kind[b], mbs[b], length[b] = 1, mb, n
+        if with_values:  # the shorter of sparse and dense; ties go to sparse
+            widths, d = _dense_widths(sym)
+            if 0 < d <= raw_len and (kind[b] == 0 or d < n):
+                _pack_dense(sym, widths, scratch[b])
+                kind[b], mbs[b], length[b] = 3, 1, d
+        if kind[b] == 0:
+            kind[b], length[b] = 2, raw_len
 
 
 @njit(cache=True, nogil=True)
@@ -321,7 +372,7 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
     dst = np.empty(64, np.int64)
     for b in range(b0, b1):
         o = offsets[b]
-        if kind[b] == 1:
+        if kind[b] == 1 or kind[b] == 3:
             for j in range(length[b]):
                 payload[o + j] = scratch[b, j]
         elif kind[b] == 2:
@@ -378,6 +429,31 @@ def _unpack(data, start, length, mb, with_values, sym):
         mag = (u >> 1) + 1
         sym[k] = -mag if u & 1 else mag
         i += 1
+    return 0
+
+
+@njit(cache=True)
+def _unpack_dense(data, start, length, sym):
+    """Decode one DENSE block into ``sym``; 0 or an error code."""
+    total = 4
+    for g in range(8):
+        total += (data[start + g // 2] >> (4 * (g % 2))) & 15
+    if length != total:
+        return 5
+    pos = start + 4
+    for g in range(8):
+        w = (data[start + g // 2] >> (4 * (g % 2))) & 15
+        acc = 0
+        have = 0
+        for i in range(8):
+            while have < w:
+                acc |= np.int64(data[pos]) << have
+                pos += 1
+                have += 8
+            u = acc & ((1 << w) - 1)
+            acc >>= w
+            have -= w
+            sym[8 * g + i] = -((u + 1) >> 1) if u & 1 else u >> 1
     return 0
 
 
@@ -459,9 +535,13 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
             sym[:] = 0
             if kind[b] == 1:
                 err = _unpack(data, offsets[b], length[b], mbs[b], with_values, sym)
-                if err:
-                    errors[b] = err
-                    continue
+            elif kind[b] == 3:
+                err = _unpack_dense(data, offsets[b], length[b], sym)
+            else:
+                err = 0
+            if err:
+                errors[b] = err
+                continue
             err = _reconstruct(sym, mode, inv_blk[b], table, dtype, row, p, y)
             if err:
                 errors[b] = err

@@ -35,6 +35,7 @@ from actpack.errors import FrameError
 
 __all__ = [
     "ALIGN",
+    "DENSE_HEADER",
     "MAGIC",
     "MAX_NDIM",
     "VERSION",
@@ -63,9 +64,12 @@ class Kind(enum.IntEnum):
     """Block kind in the index."""
 
     ZERO = 0  # every coded value is zero: no payload bytes
-    CODED = 1  # mask + widths + packed values
+    CODED = 1  # sparse: mask + widths + packed nonzero values
     RAW = 2  # the 64 input values, bit for bit, in the input dtype
-    # 3 is reserved and rejected
+    DENSE = 3  # all 64 values (zeros included) in 8 groups: 4 width bytes + packed values
+
+
+DENSE_HEADER = 4  # width bytes of a DENSE block (8 nibbles)
 
 
 def crc32c_of(*parts) -> int:
@@ -276,13 +280,13 @@ def _check_index(header: Header, index: np.ndarray) -> None:
     kind, mb, length = unpack_index(index)
     raw_len = 64 * header.dtype.itemsize
     bad = (
-        (kind == 3)
-        | ((kind == Kind.ZERO) & ((length != 0) | (mb != 1)))
+        ((kind == Kind.ZERO) & ((length != 0) | (mb != 1)))
         | ((kind == Kind.RAW) & ((length != raw_len) | (mb != 1)))
         | ((kind == Kind.CODED) & (length < mb))
+        | ((kind == Kind.DENSE) & ((length < DENSE_HEADER) | (mb != 1)))
     )
     if header.mode is Mode.MASK:
-        bad |= (kind == Kind.RAW) | ((kind == Kind.CODED) & (length != mb))
+        bad |= (kind == Kind.RAW) | (kind == Kind.DENSE) | ((kind == Kind.CODED) & (length != mb))
     if np.any(bad):
         b = int(np.flatnonzero(bad)[0])
         _fail(f"corrupted index: block {b} has kind {kind[b]}, length {length[b]}")

@@ -13,12 +13,21 @@ import dataclasses
 import numpy as np
 
 from actpack.codec import spec
-from actpack.codec.frame import Header, Kind, build_frame, pack_index, parse_frame, unpack_index
+from actpack.codec.frame import (
+    DENSE_HEADER,
+    Header,
+    Kind,
+    build_frame,
+    pack_index,
+    parse_frame,
+    unpack_index,
+)
 from actpack.codec.spec import BLOCK, WIDTH_MAX, DType, Geometry, Mode
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 from actpack.errors import FrameError
 
-__all__ = ["compress", "decode_block", "decompress", "encode_block"]
+__all__ = ["compress", "decode_block", "decode_dense", "decompress", "encode_block",
+           "encode_dense"]
 
 _BITS_DTYPE = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
 _INVERSE_ZIGZAG = np.argsort(ZIGZAG)
@@ -189,6 +198,40 @@ def encode_block(symbols: np.ndarray, *, with_values: bool = True) -> tuple[int,
     return mb, bytes(out)
 
 
+def encode_dense(symbols: np.ndarray) -> bytes | None:
+    """Code all 64 integers (zeros included), or None if a width exceeds 15.
+
+    Layout: 4 bytes of width nibbles, one per group of 8 consecutive scan positions (low nibble
+    first), then each group's codes u = 2 |v| - (v < 0) packed LSB-first in its width: a group of
+    width w is exactly w bytes, so every group starts on a byte.
+    """
+    codes = [2 * abs(int(v)) - int(v < 0) for v in symbols]
+    widths = [max(_bitlength(u) for u in codes[8 * g : 8 * g + 8]) for g in range(8)]
+    if max(widths) > WIDTH_MAX:
+        return None
+    out = bytearray(widths[2 * j] | (widths[2 * j + 1] << 4) for j in range(4))
+    for g, w in enumerate(widths):
+        acc = sum(u << (w * i) for i, u in enumerate(codes[8 * g : 8 * g + 8]))
+        out += acc.to_bytes(w, "little")
+    return bytes(out)
+
+
+def decode_dense(data: bytes) -> np.ndarray:
+    """Inverse of ``encode_dense``. Raises FrameError unless ``data`` is exactly one such block."""
+    widths = [data[g // 2] >> (4 * (g % 2)) & 15 for g in range(8)]
+    if len(data) != DENSE_HEADER + sum(widths):
+        raise FrameError("dense block length does not match its widths")
+    symbols = np.zeros(64, dtype=np.int64)
+    pos = DENSE_HEADER
+    for g, w in enumerate(widths):
+        acc = int.from_bytes(data[pos : pos + w], "little")
+        pos += w
+        for i in range(8):
+            u = acc >> (w * i) & ((1 << w) - 1)
+            symbols[8 * g + i] = -((u + 1) >> 1) if u & 1 else u >> 1
+    return symbols
+
+
 def decode_block(data: bytes, mb: int, *, with_values: bool = True) -> np.ndarray:
     """Inverse of ``encode_block``: 64 integers in scan order. Raises FrameError if ``data`` is not
     exactly one well-formed coded block."""
@@ -270,11 +313,17 @@ def compress(bits: np.ndarray, header: Header) -> bytes:
         if force_raw[b]:
             kind = Kind.RAW
         elif np.any(symbols[b]):
+            # The shortest of sparse (mask + nonzeros) and dense (all 64) coding; ties go to
+            # sparse; raw when neither fits in 15-bit widths or both would expand the block.
+            kind = Kind.RAW
             coded = encode_block(symbols[b], with_values=mode is not Mode.MASK)
-            if coded is None or len(coded[1]) > raw_len:
-                kind = Kind.RAW
-            else:
+            if coded is not None and len(coded[1]) <= raw_len:
                 kind, (mb, chunk) = Kind.CODED, coded
+            dense = encode_dense(symbols[b]) if mode is not Mode.MASK else None
+            if dense is not None and len(dense) <= raw_len and (
+                kind is Kind.RAW or len(dense) < len(chunk)
+            ):
+                kind, mb, chunk = Kind.DENSE, 1, dense
         if kind is Kind.RAW:
             chunk = bit_blocks[b].astype(bit_blocks.dtype.newbyteorder("<")).tobytes()
         kinds.append(kind)
@@ -325,6 +374,8 @@ def decompress(frame) -> tuple[np.ndarray, Header]:
         try:
             if kinds[b] == Kind.CODED:
                 symbols[b] = decode_block(chunk, int(mbs[b]), with_values=mode is not Mode.MASK)
+            elif kinds[b] == Kind.DENSE:
+                symbols[b] = decode_dense(chunk)
             elif kinds[b] == Kind.RAW:
                 raw[b] = np.frombuffer(chunk, dtype=raw.dtype.newbyteorder("<"))
         except FrameError as exc:

@@ -234,13 +234,25 @@ def _encode(sym, force_raw, blocks, raw_len, with_values):
         databits = gbits.sum(1)
         coded_len = mb + wbytes + torch.div(databits + 7, 8, rounding_mode="floor")
         too_wide = (widths > WIDTH_MAX).any(1)
+        # The dense alternative: all 64 codes 2|v| - (v < 0), 8 groups of 8 positions.
+        ud = 2 * sym.abs() - (sym < 0).to(sym.dtype)
+        dwidths = torch.frexp(ud.view(nb, 8, 8).amax(2).float())[1].to(torch.int64)
+        dense_len = 4 + dwidths.sum(1)
+        dense_fits = ~(dwidths > WIDTH_MAX).any(1) & (dense_len <= raw_len)
     else:
         coded_len = mb
         too_wide = torch.zeros_like(force_raw)
-    raw = force_raw | too_wide | ((count > 0) & (coded_len > raw_len))
-    coded = (count > 0) & ~raw
+        dense_len = coded_len
+        dense_fits = torch.zeros_like(force_raw)
+    live = (count > 0) & ~force_raw
+    sparse_fits = ~too_wide & (coded_len <= raw_len)
+    dense = live & dense_fits & (~sparse_fits | (dense_len < coded_len))  # ties go to sparse
+    coded = live & sparse_fits & ~dense
+    raw = force_raw | (live & ~coded & ~dense)
     kind = torch.where(raw, int(Kind.RAW), torch.where(coded, int(Kind.CODED), int(Kind.ZERO)))
+    kind = torch.where(dense, int(Kind.DENSE), kind)
     length = torch.where(raw, raw_len, torch.where(coded, coded_len, 0))
+    length = torch.where(dense, dense_len, length)
     offsets = length.cumsum(0) - length
     total = int(length.sum()) if nb else 0
     buf = torch.zeros(total + 4, dtype=torch.int32, device=dev)
@@ -269,6 +281,20 @@ def _encode(sym, force_raw, blocks, raw_len, with_values):
         byte = torch.div(pos, 8, rounding_mode="floor")
         for k in range(3):
             buf.index_add_(0, byte + k, (val >> (8 * k)) & 0xFF)
+        if dense.any():
+            rows = torch.nonzero(dense)[:, 0]
+            nib = dwidths[rows].view(-1, 4, 2)
+            nib = nib[:, :, 0] | (nib[:, :, 1] << 4)
+            buf.index_add_(0, (offsets[rows, None] + j4).reshape(-1),
+                           nib.reshape(-1).to(torch.int32))
+            w = dwidths[rows].repeat_interleave(8, dim=1)  # (n, 64): each position's width
+            gstart = 8 * (dwidths[rows].cumsum(1) - dwidths[rows])  # group start, in bits
+            i8 = torch.arange(64, device=dev) % 8
+            pos = (8 * (offsets[rows] + 4))[:, None] + gstart.repeat_interleave(8, dim=1) + i8 * w
+            val = (ud[rows].to(torch.int32) << (pos & 7).to(torch.int32)).reshape(-1)
+            byte = torch.div(pos, 8, rounding_mode="floor").reshape(-1)
+            for k in range(3):
+                buf.index_add_(0, byte + k, (val >> (8 * k)) & 0xFF)
     out = buf[:total].to(torch.uint8)
     if raw.any():
         rb = blocks.view(nb, 64)[raw].view(torch.uint8).reshape(-1, raw_len)
@@ -340,6 +366,23 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         mag = (u >> 1) + 1
         sym = torch.zeros(nb, 64, dtype=torch.int64, device=dev)
         sym[vsel] = torch.where((u & 1) == 1, -mag, mag)
+        dense = kind == Kind.DENSE
+        if bool(dense.any()):
+            rows = torch.nonzero(dense)[:, 0]
+            nib = data[offsets[rows, None] + torch.arange(4, device=dev)]
+            dw = torch.stack([nib & 15, nib >> 4], 2).view(-1, 8)
+            bad = length[rows] != 4 + dw.sum(1)
+            if bool(bad.any()):
+                b = int(rows[torch.nonzero(bad)[0]])
+                raise FrameError(f"block {b}: dense block length does not match its widths")
+            w = dw.repeat_interleave(8, dim=1)
+            gstart = (8 * (dw.cumsum(1) - dw)).repeat_interleave(8, dim=1)
+            i8 = torch.arange(64, device=dev) % 8
+            pos = (8 * (offsets[rows] + 4))[:, None] + gstart + i8 * w
+            byte = torch.div(pos, 8, rounding_mode="floor")
+            word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16)
+            u = (word >> (pos & 7)) & ((1 << w) - 1)
+            sym[rows] = torch.where((u & 1) == 1, -((u + 1) >> 1), u >> 1)
 
     values = _reconstruct(sym, header, dev)
     out = _to_dtype(values, dtype).view(nb, 64)
