@@ -143,7 +143,7 @@ class SimBuild:
         failure = None
         try:
             runner.test(
-                test_module=[_BOOT_MODULE, test_module],
+                test_module=test_module,
                 hdl_toplevel=self.toplevel,
                 hdl_toplevel_lang="verilog",  # a fresh runner knows no sources to infer it from
                 testcase=testcase,
@@ -181,19 +181,14 @@ def _failures(results: Path) -> list[str]:
     return out
 
 
-_BOOT_DIR = Path(__file__).resolve().parent / "pythonpath"
-_BOOT_MODULE = "actpack_sim_boot"  # see sim/pythonpath/actpack_sim_boot.py
 _RUNTIME_OBJECTS = ("verilated.o", "verilated_dpi.o", "verilated_vpi.o", "verilated_threads.o")
 
 
 def _runner(runtime: Path | None = None):
-    """cocotb's Verilator runner with two additions (overriding cocotb 2.1 internals; the version
-    is pinned in pyproject.toml):
-
-    - build: after Verilator has written the makefiles and before make runs, copy the shared
-      run-time objects from ``runtime`` into the build folder (newer than every prerequisite, so
-      make keeps them), and compile the model with ``_OPT_FAST``;
-    - test: the boot module's folder first on PYTHONPATH.
+    """cocotb's Verilator runner with one addition (overriding a cocotb 2.1 internal; the version
+    is pinned in pyproject.toml): after Verilator has written the makefiles and before make runs,
+    copy the shared run-time objects from ``runtime`` into the build folder (newer than every
+    prerequisite, so make keeps them), and compile the model with ``_OPT_FAST``.
     """
     from cocotb_tools.runner import Verilator
 
@@ -205,15 +200,6 @@ def _runner(runtime: Path | None = None):
             copy = ["cp", *(str(runtime / name) for name in _RUNTIME_OBJECTS), str(self.build_dir)]
             verilate, make, *rest = cmds
             return [verilate, copy, [*make, f"OPT_FAST={_OPT_FAST}"], *rest]
-
-        def _set_env_test(self) -> None:
-            super()._set_env_test()
-            self.env["PYTHONPATH"] = os.pathsep.join([str(_BOOT_DIR), self.env["PYTHONPATH"]])
-            # The boot module holds no tests, which cocotb reports with a UserWarning; keep the
-            # caller's warning policy (e.g. "error") for everything else. The last filter wins.
-            policy = [w for w in self.env.get("PYTHONWARNINGS", "").split(",") if w]
-            self.env["PYTHONWARNINGS"] = ",".join(
-                [*policy, "ignore:No tests were discovered in module:UserWarning"])
 
     return Runner()
 

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from actpack.hw.dct import COEF, DCT2D, IDCT2D, PIXEL
-from actpack.sim import stimulus
-from actpack.sim.build import build
 
 from actpack.codec import reference, spec
 from actpack.codec.tables import DCT_MATRIX
+from actpack.hw.dct import COEF, DCT2D, IDCT2D, PIXEL
+from actpack.sim import stimulus
+from actpack.sim.build import build
 
 
 def test_shapes_come_from_the_spec():

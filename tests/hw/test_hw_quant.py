@@ -8,10 +8,10 @@ whatever test then runs (an error under filterwarnings=error).
 
 import numpy as np
 import pytest
-from actpack.hw.quant import LEVEL, RECIP_SHIFT, Dequantizer, Quantizer, reciprocal
-from actpack.sim.build import build
 
 from actpack.codec import spec
+from actpack.hw.quant import LEVEL, RECIP_SHIFT, Dequantizer, Quantizer, reciprocal
+from actpack.sim.build import build
 
 MAGNITUDES = np.arange(0, 2049)[:, None]  # every |y| a 12-bit coefficient can have
 ENTRIES = np.arange(1, 256)[None, :]

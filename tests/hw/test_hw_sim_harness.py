@@ -5,12 +5,13 @@ import time
 
 import numpy as np
 import pytest
-from actpack.hw.dct import CoefRow, PixelRow
-from actpack.hw.quant import LevelRow
-from actpack.sim import build as harness
 from amaranth.hdl import Module, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from actpack.hw.dct import CoefRow, PixelRow
+from actpack.hw.quant import LevelRow
+from actpack.sim import build as harness
 
 
 class Passthrough(wiring.Component):
