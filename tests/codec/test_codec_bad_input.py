@@ -1,0 +1,424 @@
+"""Every bad input gets a named error: corrupted, truncated, foreign, newer and padded frames
+(``FrameError`` from both backends, never a silent wrong tensor), and bad codec arguments
+(``ValueError``/``TypeError`` whose message starts with the argument's name)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import torch
+from codec_testlib import bits, decompress_eager
+
+import actpack
+from actpack import FrameError
+from actpack.codec.frame import VERSION, crc32c_of
+
+BACKENDS = ("numpy", "torch")
+DECODERS = ("numpy", "torch", "eager")
+CONFIGS = {
+    "dct": {"mode": "dct", "table": "optL"},
+    "eb": {"mode": "eb", "error_bound": 0.01},
+    "sfpr8": {"mode": "sfpr8"},
+    "mask": {"mode": "mask"},
+}
+
+# Byte offsets of the fixed header fields (struct "<4sHBBBBBBIQQd", see frame.Header.to_bytes).
+OFF_VERSION, OFF_MODE, OFF_NDIM, OFF_NGROUPS = 4, 6, 8, 12
+FIXED = 40
+
+
+def _tensor(dtype=torch.float32) -> torch.Tensor:
+    """Two batches, two channels, 9 x 11 planes: zero, coded and raw blocks in one frame."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 9, 11, generator=g)
+    x[0, 0, 0, 0] = float("nan")  # a raw block
+    x[1, 1] = 0  # zero blocks
+    return x.to(dtype)
+
+
+def _frame(mode: str, dtype=torch.float32) -> bytes:
+    return bytes(actpack.Codec(**CONFIGS[mode]).compress(_tensor(dtype)))
+
+
+class Layout:
+    """Where a frame's sections are (mirrors frame.parse_frame)."""
+
+    def __init__(self, buf: bytes):
+        ndim, mode = buf[OFF_NDIM], buf[OFF_MODE]
+        (ngroups,) = struct.unpack_from("<I", buf, OFF_NGROUPS)
+        self.head_len = FIXED + 8 * ndim + (64 if mode == 1 else 0) + 8 * ngroups
+        self.head_total = -(-(self.head_len + 4) // 64) * 64
+        self.total = len(buf)
+        self.trailer = self.total - 64
+        (nblocks,) = struct.unpack_from("<Q", buf, 16)
+        self.index_end = self.head_total + 2 * nblocks
+        self.payload = self.head_total + -(-2 * nblocks // 64) * 64
+        (payload_bytes,) = struct.unpack_from("<Q", buf, 24)
+        self.payload_end = self.payload + payload_bytes
+
+    def checked_bytes(self) -> list[int]:
+        """Bytes a CRC, a length or the status word covers."""
+        return [*range(self.head_len + 4), *range(self.head_total, self.trailer + 16)]
+
+    def padding_bytes(self) -> list[int]:
+        """Zero padding after the header CRC and after the trailer's fields."""
+        return [*range(self.head_len + 4, self.head_total), *range(self.trailer + 16, self.total)]
+
+
+def reseal(buf: bytearray) -> bytes:
+    """Recompute the header CRC and the body CRC, so that a mutation reaches the decoders."""
+    lay = Layout(bytes(buf))
+    struct.pack_into("<I", buf, lay.head_len, crc32c_of(bytes(buf[: lay.head_len])))
+    struct.pack_into("<I", buf, lay.trailer, crc32c_of(bytes(buf[lay.head_total : lay.trailer])))
+    return bytes(buf)
+
+
+def _decode(data: bytes, backend: str) -> torch.Tensor:
+    if backend == "eager":  # the torch path's tensor ops (CUDA's decoder), forced on CPU
+        return decompress_eager(data)
+    return actpack.decompress(data, backend=backend)
+
+
+def _outcome(data: bytes, backend: str):
+    """("error", message) for a FrameError, ("ok", bits) for a tensor; anything else fails."""
+    try:
+        t = _decode(data, backend)
+    except FrameError as exc:
+        return "error", str(exc)
+    return "ok", bits(t)
+
+
+def assert_rejected(data: bytes, match: str | None = None) -> None:
+    for backend in DECODERS:
+        with pytest.raises(FrameError, match=match):
+            _decode(data, backend)
+
+
+def assert_backends_agree(data: bytes) -> str:
+    """All decoders raise FrameError, or all return the same bits. Returns which."""
+    outcomes = {backend: _outcome(data, backend) for backend in DECODERS}
+    kinds = {k for k, _ in outcomes.values()}
+    assert len(kinds) == 1, {b: (k, v if k == "error" else "tensor") for b, (k, v) in
+                             outcomes.items()}
+    kind = kinds.pop()
+    if kind == "ok":
+        ref = outcomes["numpy"][1]
+        for _, v in outcomes.values():
+            assert torch.equal(v, ref)
+    return kind
+
+
+# ----------------------------------------------------------------------------- corrupted frames
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_every_single_bit_flip_is_detected(mode):
+    """Flip each bit of the frame in turn (header, its padding, index, payload, trailer and its
+    reserved bytes): both backends raise FrameError, every time."""
+    frame = _frame(mode)
+    lay = Layout(frame)
+    assert lay.payload_end > lay.payload  # the frame has a payload to corrupt
+    assert sorted(lay.checked_bytes() + lay.padding_bytes()) == list(range(len(frame)))
+    for pos in range(len(frame)):
+        for bit in range(8):
+            corrupted = bytearray(frame)
+            corrupted[pos] ^= 1 << bit
+            assert_rejected(bytes(corrupted))
+            with pytest.raises(FrameError):
+                actpack.Frame.from_bytes(bytes(corrupted))
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_nonzero_padding_is_named(mode):
+    frame = _frame(mode)
+    lay = Layout(frame)
+    head_pad = range(lay.head_len + 4, lay.head_total)
+    assert len(head_pad) and len(range(lay.trailer + 16, lay.total)) == 48
+    for pos, match in [(head_pad[0], "padding after the header CRC"),
+                       (head_pad[-1], "padding after the header CRC"),
+                       (lay.trailer + 16, "trailer: nonzero reserved"),
+                       (lay.total - 1, "trailer: nonzero reserved")]:
+        corrupted = bytearray(frame)
+        corrupted[pos] = 0x80
+        assert_rejected(bytes(corrupted), match=match)
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_multi_byte_corruption_is_detected(mode):
+    frame = _frame(mode)
+    lay = Layout(frame)
+    rng = np.random.default_rng(1)
+    checked = np.array(lay.checked_bytes())
+    for _ in range(200):
+        corrupted = bytearray(frame)
+        for pos in rng.choice(checked, size=rng.integers(2, 9), replace=False):
+            corrupted[pos] ^= int(rng.integers(1, 256))
+        assert_rejected(bytes(corrupted))
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_every_truncation_is_detected(mode):
+    frame = _frame(mode)
+    for n in range(len(frame)):
+        assert_rejected(frame[:n])
+    assert_rejected(frame[: len(frame) - 64], match="truncated")
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_trailing_bytes_are_rejected(mode):
+    frame = _frame(mode)
+    for extra in (b"\x00", bytes(64), frame):
+        assert_rejected(frame + extra, match="trailing bytes")
+
+
+def _torch_saved() -> bytes:
+    buf = io.BytesIO()
+    torch.save(torch.zeros(3), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"A", b"ACT", b"actp" + bytes(200), b"\x89PNG\r\n\x1a\n" + bytes(100), bytes(4096),
+    b"\xff" * 4096, bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)),
+    _torch_saved(),
+], ids=["empty", "1B", "3B", "lowercase_magic", "png", "zeros", "ones", "random", "torch_save"])
+def test_foreign_bytes_are_rejected(data):
+    assert_rejected(data, match="not an actpack frame")
+    with pytest.raises(FrameError, match="not an actpack frame"):
+        actpack.Frame.from_bytes(data)
+
+
+def test_header_only_prefixes_say_truncated():
+    frame = _frame("dct")
+    assert_rejected(frame[:4], match="truncated")
+    assert_rejected(frame[:39], match="truncated")
+    assert_rejected(frame[:64], match="truncated")
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_newer_version_is_named(mode):
+    frame = bytearray(_frame(mode))
+    struct.pack_into("<H", frame, OFF_VERSION, VERSION + 1)
+    newer = reseal(frame)
+    assert_rejected(newer, match=rf"version {VERSION + 1} is newer .*upgrade")
+    struct.pack_into("<H", frame, OFF_VERSION, 0xFFFF)
+    assert_rejected(reseal(frame), match="newer")
+    struct.pack_into("<H", frame, OFF_VERSION, 0)
+    assert_rejected(reseal(frame), match="version 0")
+
+
+def test_crc_errors_name_the_section():
+    frame = _frame("eb")
+    lay = Layout(frame)
+    bad = bytearray(frame)
+    bad[OFF_NGROUPS + 4] ^= 1  # nblocks, under the header CRC
+    assert_rejected(bytes(bad), match="header CRC")
+    bad = bytearray(frame)
+    bad[lay.payload] ^= 1
+    assert_rejected(bytes(bad), match="payload CRC")
+    bad = bytearray(frame)
+    bad[lay.trailer + 4] = 1  # status word
+    assert_rejected(bytes(bad), match="status")
+    bad = bytearray(frame)
+    bad[lay.trailer + 8] ^= 64  # frame length
+    assert_rejected(bytes(bad), match="frame length")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_resealed_mutations_get_the_same_answer_from_both_backends(mode, dtype):
+    """Corrupt the index or payload and recompute the CRCs, so the corruption gets past them to
+    the block decoders: both backends must reject the same frames (FrameError, never another
+    exception) and decode the others to the same bits."""
+    frame = _frame(mode, dtype)
+    lay = Layout(frame)
+    rng = np.random.default_rng(2)
+    seen = {"error": 0, "ok": 0}
+    region = np.arange(lay.head_total, lay.payload_end)
+    region = region[(region < lay.index_end) | (region >= lay.payload)]
+    for i in range(300):
+        m = bytearray(frame)
+        if i % 3 == 0:  # one bit
+            pos = int(rng.choice(region))
+            m[pos] ^= 1 << int(rng.integers(8))
+        elif i % 3 == 1:  # one byte
+            m[int(rng.choice(region))] = int(rng.integers(256))
+        else:  # an index entry's kind, mask-byte count or length changed
+            entry = lay.head_total + 2 * int(rng.integers((lay.index_end - lay.head_total) // 2))
+            (v,) = struct.unpack_from("<H", m, entry)
+            v ^= 1 << int(rng.integers(16))
+            struct.pack_into("<H", m, entry, v)
+        seen[assert_backends_agree(reseal(m))] += 1
+    assert seen["error"] > 0
+
+
+@pytest.mark.parametrize("mode", sorted(CONFIGS))
+def test_resealed_header_mutations_are_rejected_or_agree(mode):
+    """Header fields changed (with a valid header CRC): shape, ndim, dtype, mode, table, scales,
+    parameter, group/block/payload counts. Either FrameError from both, or the same bits."""
+    frame = _frame(mode)
+    lay = Layout(frame)
+    rng = np.random.default_rng(3)
+    positions = [p for p in range(lay.head_len) if not OFF_VERSION <= p < OFF_VERSION + 2]
+    for i in range(400):
+        m = bytearray(frame)
+        pos = positions[i % len(positions)] if i < len(positions) else int(rng.choice(positions))
+        m[pos] ^= 1 << int(rng.integers(8))
+        try:
+            sealed = reseal(m)
+        except struct.error:  # the mutation moved the header CRC beyond the frame
+            assert_rejected(bytes(m))
+            continue
+        assert_backends_agree(sealed)
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(("kw", "exc", "match"), [
+    ({"mode": "DCT"}, ValueError, r"^mode: unknown mode 'DCT'"),
+    ({"mode": "jpeg"}, ValueError, r"^mode: unknown mode"),
+    ({"mode": None}, ValueError, r"^mode: "),
+    ({"mode": 1}, ValueError, r"^mode: "),
+    ({"mode": "dct", "table": "optl"}, ValueError, r"^table: unknown table 'optl'"),
+    ({"mode": "dct", "table": "jpeg"}, ValueError, r"^table: unknown table"),
+    ({"mode": "dct", "table": "JPEG50"}, ValueError, r"^table: unknown table"),
+    ({"mode": "dct", "table": "jpeg0"}, ValueError, r"^table: jpeg quality must be in 1\.\.100"),
+    ({"mode": "dct", "table": "jpeg101"}, ValueError, r"^table: jpeg quality"),
+    ({"mode": "dct", "table": "jpeg-5"}, ValueError, r"^table: "),
+    ({"mode": "dct", "table": [0] * 64}, ValueError, r"^table: entry 0 is 0"),
+    ({"mode": "dct", "table": [8] * 63 + [0]}, ValueError, r"^table: entry 63 is 0"),
+    ({"mode": "dct", "table": [256] * 64}, ValueError, r"^table: entry 0 is 256"),
+    ({"mode": "dct", "table": [-1] * 64}, ValueError, r"^table: entry 0 is -1"),
+    ({"mode": "dct", "table": [8] * 63}, ValueError, r"^table: needs exactly 64 entries, got 63"),
+    ({"mode": "dct", "table": [8] * 65}, ValueError, r"^table: needs exactly 64"),
+    ({"mode": "dct", "table": []}, ValueError, r"^table: needs exactly 64"),
+    ({"mode": "dct", "table": 8}, ValueError, r"^table: needs exactly 64"),
+    ({"mode": "dct", "table": [1.5] * 64}, ValueError, r"^table: entries must be whole numbers"),
+    ({"mode": "dct", "table": [float("nan")] * 64}, ValueError, r"^table: .*whole numbers"),
+    ({"mode": "dct", "table": [float("inf")] * 64}, ValueError, r"^table: .*whole numbers"),
+    ({"mode": "dct", "table": ["a"] * 64}, TypeError, r"^table: entries must be integers"),
+    ({"mode": "dct", "table": [True] * 64}, TypeError, r"^table: entries must be integers"),
+    ({"mode": "dct", "table": {}}, TypeError, r"^table: "),
+    ({"mode": "dct", "table": torch.zeros(64)}, ValueError, r"^table: entry 0 is 0"),
+    ({"mode": "eb"}, ValueError, r"^error_bound: mode 'eb' needs an error bound"),
+    ({"mode": "eb", "error_bound": None}, ValueError, r"^error_bound: "),
+    ({"mode": "eb", "error_bound": 0}, ValueError, r"^error_bound: must be finite and > 0"),
+    ({"mode": "eb", "error_bound": -0.1}, ValueError, r"^error_bound: must be finite and > 0"),
+    ({"mode": "eb", "error_bound": float("nan")}, ValueError, r"^error_bound: must be finite"),
+    ({"mode": "eb", "error_bound": float("inf")}, ValueError, r"^error_bound: must be finite"),
+    ({"mode": "eb", "error_bound": float("-inf")}, ValueError, r"^error_bound: "),
+    ({"mode": "eb", "error_bound": 1e-31}, ValueError, r"^error_bound: must be in"),
+    ({"mode": "eb", "error_bound": 1e31}, ValueError, r"^error_bound: must be in"),
+    ({"mode": "eb", "error_bound": "0.1"}, TypeError, r"^error_bound: expected a number"),
+    ({"mode": "eb", "error_bound": True}, TypeError, r"^error_bound: expected a number"),
+    ({"mode": "eb", "error_bound": 1j}, TypeError, r"^error_bound: "),
+    ({"mode": "dct", "range_max": 0}, ValueError, r"^range_max: must be finite and > 0"),
+    ({"mode": "sfpr8", "range_max": -1}, ValueError, r"^range_max: "),
+    ({"mode": "sfpr8", "range_max": float("nan")}, ValueError, r"^range_max: "),
+    ({"mode": "sfpr8", "range_max": float("inf")}, ValueError, r"^range_max: "),
+    ({"mode": "sfpr8", "range_max": 65}, ValueError, r"^range_max: must be in"),
+    ({"mode": "sfpr8", "range_max": 0.06}, ValueError, r"^range_max: must be in"),
+    ({"mode": "dct", "range_max": 1e-3}, ValueError, r"^range_max: must be in"),
+    ({"mode": "dct", "range_max": "4.5"}, TypeError, r"^range_max: expected a number"),
+    ({"mode": "eb", "error_bound": 0.1, "table": "optL"}, ValueError,
+     r"^table: only mode 'dct' takes a table"),
+    ({"mode": "eb", "error_bound": 0.1, "range_max": 4.5}, ValueError, r"^range_max: only"),
+    ({"mode": "mask", "table": "optL"}, ValueError, r"^table: only mode 'dct'"),
+    ({"mode": "mask", "range_max": 1.0}, ValueError, r"^range_max: only"),
+    ({"mode": "mask", "error_bound": 0.1}, ValueError, r"^error_bound: only mode 'eb'"),
+    ({"mode": "sfpr8", "table": "optH"}, ValueError, r"^table: only mode 'dct'"),
+    ({"mode": "sfpr8", "error_bound": 0.1}, ValueError, r"^error_bound: only"),
+    ({"mode": "dct", "error_bound": 0.1}, ValueError, r"^error_bound: only"),
+    ({"mode": "dct", "backend": "cuda"}, ValueError, r"^backend: expected one of"),
+    ({"mode": "dct", "backend": "Numpy"}, ValueError, r"^backend: "),
+    ({"mode": "dct", "backend": None}, ValueError, r"^backend: "),
+], ids=repr)
+def test_bad_codec_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        actpack.Codec(**kw)
+
+
+def test_codec_arguments_are_keyword_only():
+    with pytest.raises(TypeError):
+        actpack.Codec("dct")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("table", [
+    list(range(1, 65)), np.arange(1, 65, dtype=np.uint8).reshape(8, 8), [8.0] * 64,
+    torch.full((64,), 8, dtype=torch.int64), tuple([255] * 64), "jpeg1", "jpeg100", "jpeg050",
+])
+def test_good_tables_are_accepted(table):
+    codec = actpack.Codec(mode="dct", table=table)
+    assert codec.table.shape == (64,) and codec.table.dtype == np.uint8
+    assert int(codec.table.min()) >= 1 and int(codec.table.max()) <= 255
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "codec bug: tables.resolve_table accepts complex entries (np.issubdtype(complex, "
+    "np.number) is True) and casts them to uint8, dropping the imaginary part with a "
+    "ComplexWarning, instead of raising TypeError naming `table`"))
+def test_complex_table_is_rejected():
+    with pytest.raises(TypeError, match=r"^table: "):
+        actpack.Codec(mode="dct", table=[8 + 1j] * 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64,
+                                   torch.bool, torch.complex64, torch.complex128, torch.float64],
+                         ids=str)
+def test_unsupported_tensor_dtypes_name_t(dtype, backend):
+    t = torch.zeros(2, 3, 8, 8, dtype=dtype)
+    for mode, kw in CONFIGS.items():
+        with pytest.raises(TypeError, match=rf"^t: dtype {dtype} is not supported"):
+            actpack.Codec(**kw, backend=backend).compress(t)
+        del mode
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [np.zeros((2, 8), np.float32), [1.0, 2.0], 1.0, None, b"x"],
+                         ids=lambda v: type(v).__name__)
+def test_non_tensor_input_names_t(value, backend):
+    with pytest.raises(TypeError, match=r"^t: expected a torch\.Tensor"):
+        actpack.Codec(mode="dct", backend=backend).compress(value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_many_dimensions_name_t(backend):
+    with pytest.raises(ValueError, match=r"^t: at most 8 dimensions"):
+        actpack.Codec(mode="sfpr8", backend=backend).compress(torch.zeros([1] * 9))
+    # eight are fine
+    t = torch.randn([1, 2, 1, 1, 1, 2, 3, 9])
+    codec = actpack.Codec(mode="sfpr8", backend=backend)
+    assert codec.decompress(codec.compress(t)).shape == t.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_many_scale_groups_name_t(backend):
+    from actpack.codec.spec import MAX_GROUPS
+
+    t = torch.zeros(1, MAX_GROUPS + 1, 0, 8)  # no elements, but more channels than a frame holds
+    with pytest.raises(ValueError, match=r"^t: shape .* scale groups"):
+        actpack.Codec(mode="sfpr8", backend=backend).compress(t)
+
+
+@pytest.mark.parametrize("value", ["frame", [1, 2], 5, None, torch.zeros(3)],
+                         ids=lambda v: type(v).__name__)
+def test_decompress_of_non_frame_names_frame(value):
+    for backend in BACKENDS:
+        with pytest.raises(TypeError, match=r"^frame: expected a Frame or bytes"):
+            actpack.decompress(value, backend=backend)
+
+
+def test_decompress_accepts_bytes_like_and_rejects_unknown_backend():
+    frame = actpack.Codec(mode="dct").compress(_tensor())
+    ref = bits(actpack.decompress(frame))
+    for data in (bytes(frame), bytearray(bytes(frame)), memoryview(bytes(frame))):
+        for backend in BACKENDS:
+            assert torch.equal(bits(actpack.decompress(data, backend=backend)), ref)
+    for backend in ("cuda", None, "NUMPY"):
+        with pytest.raises(ValueError, match=r"^backend: "):
+            actpack.decompress(frame, backend=backend)
