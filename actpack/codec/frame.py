@@ -28,7 +28,7 @@ from actpack.codec.spec import (
     Geometry,
     Mode,
     Scale,
-    eb_scale,
+    eb_scale_range,
     geometry,
 )
 from actpack.errors import FrameError
@@ -270,7 +270,8 @@ def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:
         lo, hi = ERROR_BOUND_RANGE
         if not lo <= param <= hi:
             _fail(f"corrupted header: error bound {param}")
-        if scales[0] != eb_scale(param):
+        lo, hi = eb_scale_range(param)
+        if not lo <= scales[0].value <= hi:
             _fail("corrupted header: error-bound scale does not match the error bound")
     elif param != 0:
         _fail(f"corrupted header: mask frame with parameter {param}")

@@ -155,8 +155,10 @@ def unlorenzo(d: np.ndarray) -> np.ndarray:
 
 
 def dequantize_values(p: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """Decoded float32 values: float32(p) * inverse, one float32 multiply."""
-    return p.astype(np.float32) * inverse.astype(np.float32)
+    """Decoded float32 values: float32(p) * inverse, one float32 multiply. A product beyond
+    float32's range becomes inf here and saturates in ``from_float32``, as the format says."""
+    with np.errstate(over="ignore"):
+        return p.astype(np.float32) * inverse.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- entropy coding
@@ -299,7 +301,8 @@ def compress(bits: np.ndarray, header: Header) -> bytes:
     if mode in (Mode.DCT, Mode.SFPR8):
         scales = spec.sfpr_scales(_group_maxabs(x, groups, geo.groups), header.param)
     elif mode is Mode.EB:
-        scales = [spec.eb_scale(header.param)]
+        amax = _group_maxabs(x, np.zeros_like(groups), 1)[0]
+        scales = [spec.eb_scale(header.param, amax, dtype)]
     else:
         scales = []
     header = dataclasses.replace(header, scales=tuple(scales))

@@ -32,7 +32,9 @@ __all__ = [
     "Mode",
     "Scale",
     "eb_scale",
+    "eb_scale_range",
     "geometry",
+    "half_ulp",
     "sfpr_scales",
 ]
 
@@ -245,10 +247,34 @@ def sfpr_scales(maxabs: np.ndarray, range_max: float) -> list[Scale]:
     return scales
 
 
-def eb_scale(error_bound: float) -> Scale:
-    """The pre-quantization scale of mode "eb": ``q = round(x * s)`` with ``s >= 1 / (2 eb)``.
+_PRECISION = {DType.FLOAT32: (24, -126), DType.FLOAT16: (11, -14), DType.BFLOAT16: (8, -126)}
 
-    The mantissa rounds up, so the step ``1/s`` never exceeds ``2 eb``; the encoder still checks
-    every decoded value against ``eb`` (float rounding) and stores violating blocks raw.
+
+def half_ulp(value: float, dtype: DType) -> float:
+    """Half the spacing of ``dtype`` at ``value`` (>= 0): the largest rounding error of a value
+    of that magnitude converted to ``dtype``."""
+    bits, emin = _PRECISION[dtype]
+    exp = max(math.frexp(value)[1] - 1, emin) if value > 0 else emin  # floor(log2(value))
+    return math.ldexp(1.0, exp - bits)
+
+
+def eb_scale(error_bound: float, amax: float = 0.0, dtype: DType = DType.FLOAT32) -> Scale:
+    """The pre-quantization scale of mode "eb": ``q = round(x * s)``, ``x_hat = q / s`` rounded
+    to ``dtype``.
+
+    The step ``1/s`` is ``2 (eb - h)``, where ``h`` is the dtype's largest rounding error at the
+    tensor's magnitude (``half_ulp(amax + eb)``; ``amax`` = max |x| over finite values): the
+    quantization error plus the output rounding then stays within ``eb``. ``h`` is at most
+    ``eb / 2`` here (a coarser dtype cannot meet the bound by quantizing; such values go raw).
+    For float32 ``h`` is negligible; for bfloat16 at eb = 0.02 and |x| ~ 2 it halves the raw
+    blocks. The mantissa rounds up, so the step never exceeds ``2 (eb - h)``; the encoder still
+    checks every decoded value against ``eb`` and stores violating blocks raw.
     """
-    return _encode_scale(1.0 / (2.0 * error_bound), round_up=True)
+    h = min(half_ulp(float(amax) + error_bound, dtype), error_bound / 2)
+    return _encode_scale(1.0 / (2.0 * (error_bound - h)), round_up=True)
+
+
+def eb_scale_range(error_bound: float) -> tuple[float, float]:
+    """Smallest and largest scale value ``eb_scale`` can give for ``error_bound`` (a reader's
+    check of a frame's eb scale)."""
+    return eb_scale(error_bound).value, _encode_scale(1.0 / error_bound, round_up=True).value

@@ -107,7 +107,7 @@ def resolve_table(table) -> tuple[int, int, np.ndarray]:
         arr = np.asarray(table)
     except Exception as exc:  # pragma: no cover - numpy raises many kinds here
         raise TypeError(f"table: cannot read {type(table).__name__} as 64 integers") from exc
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise TypeError(f"table: entries must be integers, got dtype {arr.dtype}")
     if arr.size != 64:
         raise ValueError(f"table: needs exactly 64 entries, got {arr.size}")

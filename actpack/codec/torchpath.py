@@ -113,7 +113,11 @@ def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
                                       threads=torch.get_num_threads())
         scales = spec.sfpr_scales(gmax, header.param)
     else:
-        scales = [spec.eb_scale(header.param)] if mode is Mode.EB else []
+        scales = []
+        if mode is Mode.EB:
+            amax = cpukernels.group_maxabs(flat, g, nb, int(dtype), np.zeros_like(groups), 1,
+                                           threads=torch.get_num_threads())[0]
+            scales = [spec.eb_scale(header.param, float(amax), dtype)]
     header = dataclasses.replace(header, scales=tuple(scales))
     scale_blk, inv_blk = _scale_arrays(header, groups)
     kind, mbs, length, payload = cpukernels.encode_blocks(
@@ -167,7 +171,8 @@ def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) ->
         gmax.scatter_reduce_(0, groups, mags, "amax")
         scales = spec.sfpr_scales(gmax.cpu().numpy(), header.param)
     elif mode is Mode.EB:
-        scales = [spec.eb_scale(header.param)]
+        amax = torch.where(finite_v, x.abs(), 0).amax() if nb else 0.0
+        scales = [spec.eb_scale(header.param, float(amax), dtype)]
     else:
         scales = []
     header = dataclasses.replace(header, scales=tuple(scales))

@@ -13,7 +13,6 @@ import pathlib
 import sys
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -22,7 +21,6 @@ from actpack.codec import torchpath
 from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT
 
 __all__ = [
-    "ALLOW_NUMPY_OVERFLOW_WARNING",
     "DTYPES",
     "INT_OF",
     "MODES",
@@ -53,15 +51,6 @@ SPECIALS = {
     torch.float16: (0x7C00, -0x0400, 0x7E00, -0x01FF, 0x7C01, -0x8000, 0x0001, 0x7BFF, 0x0400),
     torch.bfloat16: (0x7F80, -0x0080, 0x7FC0, -0x003F, 0x7F81, -0x8000, 0x0001, 0x7F7F, 0x0080),
 }  # negative entries are the two's complement (signed int view) of patterns with the sign bit
-
-
-# Known codec bug (xfail in test_codec_roundtrip.py::
-# test_smallest_range_max_with_largest_values_decodes_finite[numpy]): decoding dct/sfpr8 frames
-# whose inverse scale is near float32's maximum overflows the numpy model's float32 multiply; the
-# result saturates as docs/format.md says, but numpy warns. Generated tests that can reach it
-# (range_max near 1/16 with values near float32's maximum) ignore that one warning.
-ALLOW_NUMPY_OVERFLOW_WARNING = pytest.mark.filterwarnings(
-    "ignore:overflow encountered in multiply:RuntimeWarning")
 
 
 def load_local(name: str):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from codec_testlib import (
-    ALLOW_NUMPY_OVERFLOW_WARNING,
     INT_OF,
     bits,
     codec_cases,
@@ -60,7 +59,6 @@ def check_backends_agree(kw: dict, t: torch.Tensor) -> None:
     assert torch.equal(bits(dn), bits(de)), f"eager decoded bits differ, {kw}, {tuple(t.shape)}"
 
 
-@ALLOW_NUMPY_OVERFLOW_WARNING
 @given(codec_cases(modes=("dct",)))
 @_settings(350)
 def test_backends_agree_dct(case):
@@ -73,7 +71,6 @@ def test_backends_agree_eb(case):
     check_backends_agree(*case)
 
 
-@ALLOW_NUMPY_OVERFLOW_WARNING
 @given(codec_cases(modes=("sfpr8",)))
 @_settings(250)
 def test_backends_agree_sfpr8(case):
@@ -228,7 +225,6 @@ def _all_patterns(dtype) -> torch.Tensor:
     {"mode": "eb", "error_bound": 1e-3}, {"mode": "eb", "error_bound": 3e-7},
     {"mode": "eb", "error_bound": 0.7}, {"mode": "mask"},
 ], ids=lambda kw: "-".join(str(v)[:6] for v in kw.values()))
-@ALLOW_NUMPY_OVERFLOW_WARNING
 def test_backends_agree_on_every_16bit_pattern(kw, dtype):
     check_backends_agree(kw, _all_patterns(dtype))
 

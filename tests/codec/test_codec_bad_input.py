@@ -357,10 +357,6 @@ def test_good_tables_are_accepted(table):
     assert int(codec.table.min()) >= 1 and int(codec.table.max()) <= 255
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "codec bug: tables.resolve_table accepts complex entries (np.issubdtype(complex, "
-    "np.number) is True) and casts them to uint8, dropping the imaginary part with a "
-    "ComplexWarning, instead of raising TypeError naming `table`"))
 def test_complex_table_is_rejected():
     with pytest.raises(TypeError, match=r"^table: "):
         actpack.Codec(mode="dct", table=[8 + 1j] * 64)
