@@ -1,4 +1,43 @@
-"""Host driver and PyTorch offload (transports: reference model, simulated card, XDMA).
+"""Host driver and PyTorch offload.
 
-Not built yet: tracked in the card/driver issue.
+``actpack.offload`` compresses the tensors autograd saves for backward (module ``offload``),
+choosing a codec setting per tensor (``policy``), on a device behind one small protocol
+(``device``: "ref", the software codec, today; the simulated card and the XDMA card later), and
+reports what it stored (``stats``). The card's register-level driver is tracked in the
+card/driver issue.
 """
+
+from .device import Device, RefDevice, device_names, register_device
+from .errors import (
+    CompileWarning,
+    DeviceUnavailableError,
+    OffloadError,
+    SavedTensorModifiedError,
+    UnknownDeviceError,
+    UnpackMismatchError,
+)
+from .offload import OffloadSession, offload
+from .policy import OPS, Policy, Rule, SavedInfo
+from .stats import LayerStats, Stats, TensorStats
+
+__all__ = [
+    "OPS",
+    "CompileWarning",
+    "Device",
+    "DeviceUnavailableError",
+    "LayerStats",
+    "OffloadError",
+    "OffloadSession",
+    "Policy",
+    "RefDevice",
+    "Rule",
+    "SavedInfo",
+    "SavedTensorModifiedError",
+    "Stats",
+    "TensorStats",
+    "UnknownDeviceError",
+    "UnpackMismatchError",
+    "device_names",
+    "offload",
+    "register_device",
+]
