@@ -7,31 +7,43 @@ Public API::
     frame = codec.compress(activation)        # bytes(frame) is the wire/storage form
     restored = codec.decompress(frame)        # same shape, dtype and device
 
-Names are imported on first use (PEP 562), so ``import actpack.codec.reference`` or
-``import actpack.hw`` does not pull in torch: simulator processes and the gateware generator
-stay light.
+    with actpack.offload(device="ref", policy="auto") as session:   # any nn.Module, no changes
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    session.report()                          # per-layer raw vs stored bytes, modes, peak
 """
 
-import importlib
+from actpack.codec import Codec, Frame, decompress
+from actpack.errors import FrameError
+from actpack.host import (
+    CompileWarning,
+    DeviceUnavailableError,
+    OffloadError,
+    OffloadSession,
+    Policy,
+    Rule,
+    SavedInfo,
+    SavedTensorModifiedError,
+    UnknownDeviceError,
+    UnpackMismatchError,
+    offload,
+)
 
-__all__ = ["Codec", "Frame", "FrameError", "decompress"]
+__all__ = [
+    "Codec",
+    "CompileWarning",
+    "DeviceUnavailableError",
+    "Frame",
+    "FrameError",
+    "OffloadError",
+    "OffloadSession",
+    "Policy",
+    "Rule",
+    "SavedInfo",
+    "SavedTensorModifiedError",
+    "UnknownDeviceError",
+    "UnpackMismatchError",
+    "decompress",
+    "offload",
+]
 __version__ = "0.1.0"
-
-_EXPORTS = {
-    "Codec": "actpack.codec.codec",
-    "Frame": "actpack.codec.codec",
-    "decompress": "actpack.codec.codec",
-    "FrameError": "actpack.errors",
-}
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'actpack' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *__all__])

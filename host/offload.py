@@ -1,0 +1,587 @@
+"""Compress what autograd saves for backward, from a training script, without model changes.
+
+    import actpack
+
+    with actpack.offload(device="ref", policy="auto") as session:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    session.report()                 # per-layer table: raw vs stored bytes, modes, peak
+    session.plot("saved.png")        # saved-tensor memory over the step
+
+How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` does):
+
+- **pack** (forward, every tensor an op saves): the tensor is described (``SavedInfo``: the module
+  running, the op that produced it, shape, dtype), the policy picks a setting, and a worker
+  thread compresses it on the device while the forward pass goes on. Pack returns a small handle;
+  the tensor itself is released once its frame is ready.
+- **dedup**: a tensor saved by several ops (a ReLU output that is also the next layer's input) is
+  stored once; the key is (device, data pointer, dtype, shape, strides, version) and holds only
+  while the first saved tensor object is alive, so a reused address never aliases.
+- **masks**: a ReLU output starts as a 1-bit mask (ReLU's backward reads only ``result > 0``);
+  the first other op that saves the same tensor upgrades it to a value setting, because that op
+  needs the values. A save counts as ReLU's own when the tensor's ``grad_fn`` is a
+  ``ReluBackward0`` node created by the op that is saving right now (its sequence number is the
+  last one autograd handed out); nothing else is ever stored as a mask by "auto".
+- **unpack** (backward): waits for the frame, decompresses it (or takes the prefetched tensor),
+  checks shape, dtype and device against the handle and raises ``UnpackMismatchError`` if they
+  differ, restores the original strides, then starts decompressing the next ``prefetch`` stored
+  tensors in reverse save order, the order backward will want them.
+- A corrupted frame raises ``actpack.FrameError`` naming the layer; a tensor modified in place
+  before it was stored raises ``SavedTensorModifiedError`` (autograd's own check is off while
+  hooks are active).
+- Tensors saved during backward (``torch.utils.checkpoint`` recomputation, double backward) are
+  passed through untouched; so are tensor subclasses and non-strided layouts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import sys
+import threading
+import time
+import warnings
+import weakref
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
+
+from actpack.codec import Codec, Frame
+from actpack.errors import FrameError
+
+from .device import Device, resolve_device
+from .errors import (
+    CompileWarning,
+    OffloadError,
+    SavedTensorModifiedError,
+    UnpackMismatchError,
+)
+from .policy import SavedInfo, op_kind, resolve_policy
+from .stats import Stats, TensorStats, plot_timeline, timeline_of
+
+__all__ = ["OffloadSession", "offload"]
+
+_next_sequence_nr = torch._C._autograd._get_sequence_nr
+_graph_task_id = torch._C._current_graph_task_id
+
+
+def offload(*, device="ref", policy="auto", workers: int = 1, prefetch: int = 2,
+            max_pending_bytes: int | None = None) -> OffloadSession:
+    """A session that compresses the tensors autograd saves while it is entered.
+
+    ``device``: "ref" (the software codec) or a ``Device`` object; "sim" and "xdma" are reserved
+    for the card. ``policy``: "auto" (JPEG-ACT's assignment, see ``actpack.host.policy``),
+    "keep", a setting for every large float tensor ("sfpr8", "dct:optH", "eb:0.01"), a
+    ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads. ``prefetch``:
+    how many stored tensors backward decompresses ahead. ``max_pending_bytes``: when set, a save
+    waits while more raw bytes than this are still waiting for compression, which bounds the
+    memory compression in flight holds (``stats.peak_resident_bytes``) at the cost of stalling
+    forward; None never waits.
+
+    Enter it around forward and backward (``with offload() as session:``); it can be entered
+    again for later steps, and its figures add up. Tensors saved inside it are restored by
+    backward even if backward runs after the ``with`` block.
+    """
+    return OffloadSession(device=device, policy=policy, workers=workers, prefetch=prefetch,
+                          max_pending_bytes=max_pending_bytes)
+
+
+# ------------------------------------------------------------------------------ module context
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The user's model inside DDP, DataParallel and torch.compile wrappers."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    for _ in range(8):
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif isinstance(module, OptimizedModule):
+            module = module._orig_mod
+        else:
+            break
+    return module
+
+
+class _ModuleTracker:
+    """Which module's forward is running, per thread, through global forward hooks.
+
+    Global hooks see every module without the model being passed in. Inside a torch.compile
+    trace they do nothing (``is_compiling``), so they add no side effects to compiled graphs.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+        self._handles: list = []
+        self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _stack(self) -> list:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def install(self) -> None:
+        self._handles = [register_module_forward_pre_hook(self._pre),
+                         register_module_forward_hook(self._post, always_call=True)]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._local = threading.local()
+
+    def _pre(self, module, args):
+        if not torch.compiler.is_compiling():
+            self._stack().append(module)
+
+    def _post(self, module, args, output):
+        if torch.compiler.is_compiling():
+            return
+        stack = self._stack()
+        # A forward that raised skipped inner post hooks: unwind to this module.
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is module:
+                del stack[i:]
+                break
+
+    def current(self) -> tuple[str, str]:
+        """(dotted path of the innermost running module, its class name); ("", "") outside."""
+        stack = self._stack()
+        if not stack:
+            return "", ""
+        root, inner = _unwrap(stack[0]), stack[-1]
+        names = self._names.get(root)
+        if names is None or id(inner) not in names:
+            names = {}
+            for name, mod in root.named_modules(remove_duplicate=False):
+                names.setdefault(id(mod), name)
+            for mod in stack[0:1]:  # wrappers of the root name as the root
+                names.setdefault(id(mod), "")
+            self._names[root] = names
+        target = _unwrap(inner) if inner is stack[0] else inner
+        return names.get(id(inner), ""), type(target).__name__
+
+
+# ------------------------------------------------------------------------------ stored tensors
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` covers its memory exactly once (any dim order): then a dense copy with the
+    same strides restores it."""
+    if t.is_contiguous():
+        return True
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape, strict=True) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _codec_label(codec: Codec | None) -> str:
+    if codec is None:
+        return "keep"
+    if codec.mode == "dct":
+        return f"dct:{codec.table_name}"
+    if codec.mode == "eb":
+        return f"eb:{codec.error_bound:g}"
+    if codec.mode == "sfpr8" and codec.range_max != 4.5:
+        return f"sfpr8:{codec.range_max:g}"
+    return codec.mode
+
+
+class _Store:
+    """One stored form of a saved tensor: the tensor kept as it is (``codec`` None), or a frame
+    being made (``future``) or made (``frame``)."""
+
+    __slots__ = ("codec", "decoded", "dropped", "error", "frame", "future", "nbytes", "stored_at",
+                 "tensor", "unread")
+
+    def __init__(self, codec: Codec | None, tensor: torch.Tensor):
+        self.codec, self.tensor = codec, tensor
+        self.frame: Frame | None = None
+        self.future: Future | None = None
+        self.decoded: Future | None = None  # prefetched decompression
+        self.error: BaseException | None = None
+        self.stored_at: float | None = None
+        self.nbytes = 0  # bytes held once stored: the frame's, or the tensor's when kept
+        self.unread = 0
+        self.dropped = False
+
+
+class _Record:
+    """One distinct saved tensor. ``mask`` is its 1-bit form for ReLU's own backward, ``values``
+    the form every other saver reads; either may be None (a ReLU output no other op saved has
+    no values; a tensor that is not a ReLU output has no mask)."""
+
+    __slots__ = ("device", "dtype", "freed_at", "info", "key", "mask", "packed_at", "raw_bytes",
+                 "refs", "saved_by", "seq", "shape", "stride", "values", "version", "weak")
+
+    def __init__(self, seq, key, info, t, packed_at, saver):
+        self.seq, self.key, self.info = seq, key, info
+        self.shape, self.dtype, self.device = t.shape, t.dtype, t.device
+        self.stride = t.stride() if not t.is_contiguous() else None
+        self.raw_bytes = t.numel() * t.element_size()
+        self.version = t._version
+        self.weak = weakref.ref(t)
+        self.saved_by = [saver]
+        self.packed_at = packed_at
+        self.mask: _Store | None = None
+        self.values: _Store | None = None
+        self.refs = 0
+        self.freed_at: float | None = None
+
+    def stores(self) -> list[_Store]:
+        return [s for s in (self.mask, self.values) if s is not None and not s.dropped]
+
+    @property
+    def label(self) -> str:
+        layer = self.info.layer or f"<{self.info.module_type or 'top level'}>"
+        return f"layer {layer!r} ({self.info.op} {tuple(self.shape)} {self.dtype})"
+
+    @property
+    def mode(self) -> str:
+        return "+".join(_codec_label(s.codec) for s in self.stores())
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.nbytes for s in self.stores())
+
+    @property
+    def stored_at(self) -> float | None:
+        times = [s.stored_at for s in self.stores()]
+        return None if None in times else max(times, default=self.packed_at)
+
+
+class _Handle:
+    """What autograd holds for a saved tensor: its record and which stored form it reads."""
+
+    __slots__ = ("__weakref__", "read", "record", "session", "store")
+
+    def __init__(self, session, record, store):
+        self.session, self.record, self.store, self.read = session, record, store, False
+        store.unread += 1
+        record.refs += 1
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.session._release(self)
+
+    def __repr__(self) -> str:
+        return f"<actpack saved tensor {self.record.label}, {self.record.mode}>"
+
+
+# ------------------------------------------------------------------------------ the session
+
+class OffloadSession:
+    """Compresses saved tensors while entered; see ``offload``. ``stats``, ``report()`` and
+    ``plot()`` describe what it stored."""
+
+    def __init__(self, *, device="ref", policy="auto", workers: int = 1, prefetch: int = 2,
+                 max_pending_bytes: int | None = None):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch: expected an integer >= 0, got {prefetch!r}")
+        if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
+                                              isinstance(max_pending_bytes, int)
+                                              or max_pending_bytes < 0):
+            raise ValueError(f"max_pending_bytes: expected an integer >= 0 or None, got "
+                             f"{max_pending_bytes!r}")
+        self.max_pending_bytes = max_pending_bytes
+        self.device: Device = resolve_device(device)
+        self.policy = resolve_policy(policy)
+        self.prefetch = prefetch
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actpack-offload")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._lock = threading.RLock()
+        self._drained = threading.Condition(self._lock)
+        self._pending_bytes = 0
+        self._t0 = time.perf_counter()
+        self._seq = itertools.count()
+        self._live: dict[int, _Record] = {}
+        self._live_seqs: list[int] = []
+        self._by_key: dict[tuple, _Record] = {}
+        self._history: list[_Record] = []
+        self._saves = self._passed = 0
+        self._tracker = _ModuleTracker()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._entered = 0
+        self._warned_compile = False
+
+    def __repr__(self) -> str:
+        return f"OffloadSession(device={self.device.name!r}, policy={self.policy!r})"
+
+    def __enter__(self) -> OffloadSession:
+        if self._entered == 0:
+            self._tracker.install()
+        self._entered += 1
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._entered -= 1
+        if self._entered == 0:
+            self._tracker.remove()
+
+    def _now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ---------------------------------------------------------------- pack
+
+    def _pack(self, t: torch.Tensor):
+        with self._lock:
+            self._saves += 1
+        if (_graph_task_id() != -1 or type(t) not in (torch.Tensor, nn.Parameter)
+                or t.layout != torch.strided or t.device.type == "meta"):
+            with self._lock:
+                self._passed += 1
+            return t.detach()
+        if self.max_pending_bytes is not None:
+            with self._lock:
+                self._drained.wait_for(lambda: self._pending_bytes <= self.max_pending_bytes)
+        if not torch.is_grad_enabled() and not self._warned_compile and _in_compiled_region():
+            self._warned_compile = True
+            warnings.warn(
+                "actpack.offload: saved tensors come from a torch.compile region; they are "
+                "stored and restored correctly, but without op or module information, so the "
+                "policy sees op 'input' and never stores a ReLU mask (see CompileWarning)",
+                CompileWarning, stacklevel=2)
+        layer, module_type = self._tracker.current()
+        saver = layer or f"<{module_type or 'top level'}>"
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t._version)
+        with self._lock:
+            rec = self._by_key.get(key)
+            if rec is not None and rec.freed_at is None and rec.weak() is not None:
+                if saver not in rec.saved_by:
+                    rec.saved_by.append(saver)
+                if rec.values is None:
+                    self._add_values(rec, t)
+                return _Handle(self, rec, rec.values)
+        gf = t.grad_fn
+        gname = type(gf).__name__ if gf is not None else ""
+        # ReLU saving its own output: its node is the one autograd created last.
+        own_relu = gname == "ReluBackward0" and gf._sequence_nr() == _next_sequence_nr() - 1
+        if (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)
+                or isinstance(t._base, nn.Parameter)):
+            op = "parameter"
+        else:
+            op = op_kind(gf)
+        info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
+                         t.numel() * t.element_size(), mask_only=own_relu)
+        codec = self.policy(info) if _dense(t) else None
+        with self._lock:
+            rec = _Record(next(self._seq), key, info, t, self._now(), saver)
+            self._by_key[key] = rec
+            self._live[rec.seq] = rec
+            self._live_seqs.append(rec.seq)
+            self._history.append(rec)
+            store = self._new_store(rec, t, codec)
+            if codec is not None and codec.mode == "mask":
+                rec.mask = store
+            else:
+                rec.values = store
+            return _Handle(self, rec, store)
+
+    def _add_values(self, rec: _Record, t: torch.Tensor) -> None:
+        """Another op saves a ReLU output stored as a mask so far: it needs the values, so they
+        are stored too (the mask still serves ReLU's own backward exactly). Lock held."""
+        rec.info = replace(rec.info, mask_only=False)
+        codec = self.policy(rec.info) if _dense(t) else None
+        rec.values = self._new_store(rec, t, codec)
+        if codec is None and rec.mask is not None:  # the kept tensor serves ReLU too
+            mask, mask.dropped = rec.mask, True
+            if mask.future is not None:
+                mask.future.cancel()
+            mask.tensor = mask.frame = mask.future = mask.decoded = None
+
+    def _new_store(self, rec: _Record, t: torch.Tensor, codec: Codec | None) -> _Store:
+        store = _Store(codec, t.detach())
+        if codec is None:
+            store.stored_at, store.nbytes = self._now(), rec.raw_bytes
+        else:
+            self._pending_bytes += rec.raw_bytes
+            store.future = self._pool.submit(self._compress, rec, store, store.tensor, codec)
+            store.future.add_done_callback(lambda _: self._compressed(rec.raw_bytes))
+        return store
+
+    def _compressed(self, nbytes: int) -> None:
+        with self._lock:
+            self._pending_bytes -= nbytes
+            self._drained.notify_all()
+
+    def _compress(self, rec: _Record, store: _Store, tensor: torch.Tensor, codec: Codec) -> None:
+        error = None
+        try:
+            frame = self.device.compress(tensor, codec)
+            if not isinstance(frame, Frame):
+                raise TypeError(f"device {self.device.name!r}: compress returned "
+                                f"{type(frame).__name__}, not a Frame")
+        except Exception as exc:
+            error = OffloadError(f"{rec.label}: storing it as {codec!r} failed: {exc}")
+            error.__cause__ = exc
+        if error is None and tensor._version != rec.version:
+            error = SavedTensorModifiedError(
+                f"{rec.label}: modified in place after it was saved for backward "
+                f"(version {rec.version} -> {tensor._version}); plain autograd raises here too")
+        with self._lock:
+            if store.dropped or rec.freed_at is not None:
+                return
+            store.error = error
+            if error is None:
+                store.frame, store.tensor, store.nbytes = frame, None, frame.nbytes
+            store.stored_at = self._now()
+
+    # ---------------------------------------------------------------- unpack
+
+    def _unpack(self, packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        rec = packed.record
+        t = self._restore(rec, packed.store)
+        with self._lock:
+            if not packed.read:
+                packed.read = True
+                packed.store.unread -= 1
+        if self.prefetch:
+            self._prefetch_before(rec.seq)
+        return t
+
+    def _restore(self, rec: _Record, store: _Store) -> torch.Tensor:
+        with self._lock:
+            if store.dropped:
+                store = rec.values
+            if store.codec is None:
+                tensor = store.tensor
+                if tensor._version != rec.version:
+                    raise SavedTensorModifiedError(
+                        f"{rec.label}: modified in place after it was saved for backward "
+                        f"(version {rec.version} -> {tensor._version}); plain autograd raises "
+                        "here too")
+                return tensor
+            future, decoded, store.decoded = store.future, store.decoded, None
+        if future is not None:
+            with contextlib.suppress(Exception):
+                future.result()
+        with self._lock:
+            if store.error is not None:
+                raise store.error
+            frame = store.frame
+        if decoded is not None:
+            with contextlib.suppress(CancelledError):
+                return decoded.result()
+        return self._decode(rec, frame)
+
+    def _decode(self, rec: _Record, frame: Frame) -> torch.Tensor:
+        try:
+            t = self.device.decompress(frame, device=rec.device)
+        except FrameError as exc:
+            raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})") from exc
+        if not isinstance(t, torch.Tensor):
+            raise UnpackMismatchError(f"{rec.label}: device {self.device.name!r} returned "
+                                      f"{type(t).__name__}, not a tensor")
+        if t.shape != rec.shape or t.dtype != rec.dtype or t.device != rec.device:
+            raise UnpackMismatchError(
+                f"{rec.label}: restored as {tuple(t.shape)} {t.dtype} on {t.device}, but "
+                f"{tuple(rec.shape)} {rec.dtype} on {rec.device} was saved; the device or "
+                "the stored frame is faulty")
+        if rec.stride is not None:
+            out = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
+            t = out.copy_(t)
+        return t
+
+    def _prefetch_before(self, seq: int) -> None:
+        """Start decompressing the stored tensors backward will ask for next (reverse save
+        order). Only frames that are ready: a decode never waits on a queued encode."""
+        with self._lock:
+            i = bisect.bisect_left(self._live_seqs, seq)
+            started = 0
+            for s in reversed(self._live_seqs[max(0, i - 4 * self.prefetch):i]):
+                rec = self._live[s]
+                for store in rec.stores():
+                    if (started < self.prefetch and store.frame is not None
+                            and store.decoded is None and store.unread > 0):
+                        store.decoded = self._pool.submit(self._decode, rec, store.frame)
+                        started += 1
+
+    # ---------------------------------------------------------------- release
+
+    def _release(self, handle: _Handle) -> None:
+        rec = handle.record
+        with self._lock:
+            if not handle.read:
+                handle.store.unread -= 1
+            rec.refs -= 1
+            if rec.refs > 0:
+                return
+            rec.freed_at = self._now()
+            for store in rec.stores():
+                if store.stored_at is None:  # freed before its frame was ready: held raw
+                    store.nbytes, store.stored_at = rec.raw_bytes, rec.freed_at
+                if store.future is not None:
+                    store.future.cancel()
+                if store.decoded is not None:
+                    store.decoded.cancel()
+                store.tensor = store.frame = store.decoded = store.future = None
+            del self._live[rec.seq]
+            del self._live_seqs[bisect.bisect_left(self._live_seqs, rec.seq)]
+            if self._by_key.get(rec.key) is rec:
+                del self._by_key[rec.key]
+
+    # ---------------------------------------------------------------- figures
+
+    def synchronize(self) -> None:
+        """Wait until every tensor saved so far is stored."""
+        while True:
+            with self._lock:
+                pending = [s.future for r in self._live.values() for s in r.stores()
+                           if s.future is not None and s.stored_at is None]
+            if not pending:
+                return
+            for f in pending:
+                with contextlib.suppress(Exception):
+                    f.result()
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of what the session stored (waits for compressions in flight)."""
+        self.synchronize()
+        with self._lock:
+            now = self._now()
+            tensors = tuple(
+                TensorStats(r.info.layer, r.info.module_type, r.info.op, tuple(r.saved_by),
+                            tuple(r.shape), r.dtype, r.mode, r.raw_bytes, r.stored_bytes,
+                            r.packed_at, r.stored_at, r.freed_at)
+                for r in self._history)
+            saves, passed = self._saves, self._passed
+        return Stats(saves, passed, tensors, timeline_of(tensors, now))
+
+    def report(self, *, file=None) -> str:
+        """Print the per-layer table (to ``file``, default stdout) and return it."""
+        text = self.stats.table()
+        print(text, end="", file=sys.stdout if file is None else file)
+        return text
+
+    def plot(self, path, *, title: str | None = None) -> None:
+        """Write a plot of saved-tensor memory over the session to ``path`` (matplotlib, Agg)."""
+        plot_timeline(self.stats, path, title=title)
+
+
+def _in_compiled_region() -> bool:
+    """Whether the current save comes from an AOTAutograd (torch.compile) runtime wrapper."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        if "_aot_autograd" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False

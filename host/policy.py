@@ -1,0 +1,301 @@
+"""Which codec setting each saved tensor gets: ``SavedInfo`` describes it, a ``Policy`` decides.
+
+A setting is one of ``"keep"`` (store the tensor as it is), ``"mask"`` (one bit per value: only
+where x > 0; exact for what ReLU's backward reads), or a codec setting: ``"sfpr8"``,
+``"sfpr8:<range_max>"``, ``"dct"`` (table optH), ``"dct:<table>"``, ``"eb:<error_bound>"``, a dict
+of ``actpack.Codec`` keywords, or an ``actpack.Codec``.
+
+``policy="auto"`` (``Policy.auto()``) follows JPEG-ACT (Evans et al., ISCA 2020):
+
+1. kept as they are: non-float tensors (pool indices, dropout masks), float64, parameters and
+   tensors cast or viewed from parameters (autocast's bf16 weight copies), tensors under
+   ``min_bytes`` (64 KiB), sparse/overlapping/odd tensors the codec does not take;
+2. ``"mask"`` for a tensor whose only savers read nothing but its sign: ReLU's own output (its
+   backward is ``grad * (result > 0)``), as long as no other op saves the same tensor;
+   if another op saves the same tensor too, its values are stored as well (rule 4), and the mask
+   keeps serving ReLU's backward, so ReLU's gradient stays exact;
+3. ``"dct:optL"`` for conv outputs (op ``"conv"``);
+4. ``"sfpr8:3.96875"`` for everything else (ReLU, pool, sum, norm, linear outputs, inputs).
+
+Why 3.96875 and not the codec's default 4.5: the codec maps a channel's max |x| to ``range_max``
+and saturates at 127/32 = 3.96875, so 4.5 clips the top 12 % of every channel. On the digits
+CNN's activations that clipping is most of the error (ReLU outputs: 4.2 % relative error at 4.5,
+0.44 % at 3.96875, same size within 1 %), and one step's weight gradients move 2-9 % off
+instead of 0.2-0.6 %. JPEG-ACT's recipe (optsL for the first epochs, then optsH) is one
+``Policy.auto(conv=...)`` per phase.
+
+Rules run in order and the first that matches decides; a ``"mask"`` rule only ever matches a
+tensor proven to be read as a mask (``SavedInfo.mask_only``), whatever its other conditions say.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from actpack.codec import Codec
+from actpack.codec.spec import MAX_GROUPS, geometry
+
+__all__ = ["CODEC_DTYPES", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo", "op_kind",
+           "parse_setting"]
+
+CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
+SFPR8_FULL_RANGE = 127 / 32
+
+# Op kinds a saved tensor's producer is classified into (``op_kind``). "input": no autograd history
+# (model inputs, tensors computed without grad, tensors saved inside a compiled region).
+OPS = ("conv", "linear", "relu", "activation", "pool", "norm", "sum", "dropout", "input",
+       "parameter", "other")
+
+_KIND_PREFIXES = (
+    ("conv", ("Convolution", "CudnnConvolution", "MkldnnConvolution", "SlowConv",
+              "ConvDepthwise", "MiopenConvolution", "ThnnConv")),
+    ("linear", ("Addmm", "Mm", "Bmm", "Baddbmm", "Linear", "MkldnnLinear")),
+    ("relu", ("Relu",)),
+    ("activation", ("Gelu", "Silu", "Sigmoid", "Tanh", "Hardtanh", "LeakyRelu", "Elu", "Softplus",
+                    "Hardswish", "Hardsigmoid", "Mish", "Softmax", "LogSoftmax", "Threshold",
+                    "Prelu", "Rrelu", "Celu", "Selu")),
+    ("pool", ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "FractionalMaxPool",
+              "MaxUnpool")),
+    ("norm", ("NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm", "BatchNorm",
+              "NativeLayerNorm", "NativeGroupNorm", "LayerNorm", "GroupNorm", "RmsNorm")),
+    ("sum", ("Add", "Sub")),
+    ("dropout", ("NativeDropout", "Dropout", "FusedDropout")),
+)
+# Nodes that only view, cast or copy: a tensor behind them is classified by what is behind.
+_PASS_THROUGH = ("View", "Reshape", "UnsafeView", "TBackward", "Transpose", "Permute", "Squeeze",
+                 "Unsqueeze", "ToCopy", "Clone", "Alias", "Expand", "Contiguous", "Flatten",
+                 "Unflatten", "Slice", "Select", "Narrow", "AsStrided", "Split", "Chunk",
+                 "Unbind")
+
+
+def _name(node) -> str:
+    return type(node).__name__
+
+
+def op_kind(grad_fn) -> str:
+    """The kind (one of ``OPS``) of the op that produced a tensor with this ``grad_fn``.
+
+    Views and casts are looked through; a chain that ends at a leaf that requires grad (an
+    ``AccumulateGrad`` node) is a ``"parameter"``.
+    """
+    node, hops = grad_fn, 0
+    while node is not None and hops < 64:
+        name = _name(node)
+        if name == "AccumulateGrad":
+            return "parameter"
+        if not name.startswith(_PASS_THROUGH):
+            break
+        nexts = [n for n, _ in node.next_functions if n is not None]
+        node, hops = (nexts[0] if nexts else None), hops + 1
+    if node is None:
+        return "input"
+    name = _name(node)
+    for kind, prefixes in _KIND_PREFIXES:
+        if name.startswith(prefixes):
+            return kind
+    return "other"
+
+
+@dataclass(frozen=True)
+class SavedInfo:
+    """What a policy knows about a saved tensor.
+
+    ``layer`` is the dotted module path of the module whose forward was running when the tensor
+    was first saved ("" outside any submodule; ``module_type`` then names the root's class);
+    ``op`` the kind of its producer (see ``OPS``) and ``grad_fn`` the producer node's class name
+    ("" without history); ``mask_only`` is True while every op that saved it reads nothing but
+    its sign (ReLU saving its own output).
+    """
+
+    layer: str
+    module_type: str
+    op: str
+    grad_fn: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    nbytes: int
+    mask_only: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def parse_setting(value) -> Codec | None:
+    """A setting (see the module docstring) as the ``Codec`` that stores it; None for "keep"."""
+    if isinstance(value, Codec):
+        return value
+    if isinstance(value, Mapping):
+        return Codec(**value)
+    if not isinstance(value, str):
+        raise TypeError(f"setting: expected 'keep', a mode string, a dict of Codec keywords or a "
+                        f"Codec, got {type(value).__name__}")
+    name, _, arg = value.partition(":")
+    if name == "keep" and not arg:
+        return None
+    if name == "mask" and not arg:
+        return Codec(mode="mask")
+    try:
+        if name == "sfpr8":
+            return Codec(mode="sfpr8", range_max=float(arg)) if arg else Codec(mode="sfpr8")
+        if name == "dct":
+            return Codec(mode="dct", table=arg or "optH")
+        if name == "eb" and arg:
+            return Codec(mode="eb", error_bound=float(arg))
+    except ValueError as exc:
+        raise ValueError(f"setting {value!r}: {exc}") from None
+    raise ValueError(f"setting {value!r}: expected 'keep', 'mask', 'sfpr8[:<range_max>]', "
+                     "'dct[:<table>]' or 'eb:<error_bound>'")
+
+
+def _as_set(value) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset([value] if isinstance(value, str) else value)
+
+
+@dataclass(frozen=True, init=False)
+class Rule:
+    """``setting`` for the saved tensors that match every condition given.
+
+    - ``op``: an op kind or several (see ``OPS``);
+    - ``module``: a glob on the layer's dotted path (``"features.*"``), or several;
+    - ``module_type``: a module class name (``"Conv2d"``) or several;
+    - ``grad_fn``: a glob on the producer's node name (``"Convolution*"``);
+    - ``min_bytes`` / ``max_bytes``: size bounds (inclusive);
+    - ``where``: any predicate on ``SavedInfo``.
+    """
+
+    codec: Codec | None
+    setting: object
+    op: frozenset[str] | None
+    module: tuple[str, ...] | None
+    module_type: frozenset[str] | None
+    grad_fn: str | None
+    min_bytes: int | None
+    max_bytes: int | None
+    where: Callable[[SavedInfo], bool] | None
+
+    def __init__(self, setting, *, op=None, module=None, module_type=None, grad_fn=None,
+                 min_bytes=None, max_bytes=None, where=None):
+        ops = _as_set(op)
+        if ops is not None and not ops <= set(OPS):
+            raise ValueError(f"op: unknown op kind(s) {sorted(ops - set(OPS))}; expected "
+                             f"some of {OPS}")
+        if where is not None and not callable(where):
+            raise TypeError(f"where: expected a callable, got {type(where).__name__}")
+        set_ = object.__setattr__
+        set_(self, "codec", parse_setting(setting))
+        set_(self, "setting", setting)
+        set_(self, "op", ops)
+        set_(self, "module", None if module is None else tuple(_as_set(module)))
+        set_(self, "module_type", _as_set(module_type))
+        set_(self, "grad_fn", grad_fn)
+        set_(self, "min_bytes", min_bytes)
+        set_(self, "max_bytes", max_bytes)
+        set_(self, "where", where)
+
+    @property
+    def is_mask(self) -> bool:
+        return self.codec is not None and self.codec.mode == "mask"
+
+    def matches(self, info: SavedInfo) -> bool:
+        if self.is_mask and not info.mask_only:
+            return False
+        return ((self.op is None or info.op in self.op)
+                and (self.module is None
+                     or any(fnmatch.fnmatchcase(info.layer, p) for p in self.module))
+                and (self.module_type is None or info.module_type in self.module_type)
+                and (self.grad_fn is None or fnmatch.fnmatchcase(info.grad_fn, self.grad_fn))
+                and (self.min_bytes is None or info.nbytes >= self.min_bytes)
+                and (self.max_bytes is None or info.nbytes <= self.max_bytes)
+                and (self.where is None or bool(self.where(info))))
+
+
+def codec_takes(info: SavedInfo) -> bool:
+    """Whether the codec can store a tensor like this at all (dtype, rank, scale groups)."""
+    if info.dtype not in CODEC_DTYPES or len(info.shape) > 8 or info.numel == 0:
+        return False
+    return geometry(info.shape).groups <= MAX_GROUPS
+
+
+class Policy:
+    """Chooses a codec setting per saved tensor: ``rules`` in order, else ``default``.
+
+    Before any rule, tensors the codec cannot take, parameters (and their casts and views) and
+    tensors under ``min_bytes`` are kept as they are. A ``Policy`` is also a plain function of
+    ``SavedInfo``: ``policy(info)`` returns the ``Codec`` to use, or None to keep.
+    """
+
+    def __init__(self, rules: Iterable[Rule] = (), *, default="sfpr8", min_bytes: int = 65536):
+        self.rules = tuple(rules)
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise TypeError(f"rules: expected Rule objects, got {type(r).__name__}")
+        self.default = parse_setting(default)
+        if self.default is not None and self.default.mode == "mask":
+            raise ValueError("default: 'mask' is only exact for ReLU outputs; use a Rule('mask')")
+        if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
+            raise ValueError(f"min_bytes: expected an integer >= 0, got {min_bytes!r}")
+        self.min_bytes = min_bytes
+
+    @classmethod
+    def auto(cls, *, conv="dct:optL", values=f"sfpr8:{SFPR8_FULL_RANGE}", mask: bool = True,
+             min_bytes: int = 65536, rules: Iterable[Rule] = ()) -> Policy:
+        """JPEG-ACT's assignment (see the module docstring). ``rules`` go first, so they
+        override it; ``conv`` is the conv-output setting (JPEG-ACT trains with "dct:optsL" for
+        the first epochs, then "dct:optsH"); ``values`` the setting for the rest."""
+        auto_rules = [Rule("mask")] if mask else []
+        auto_rules.append(Rule(conv, op="conv"))
+        return cls([*rules, *auto_rules], default=values, min_bytes=min_bytes)
+
+    @classmethod
+    def keep(cls) -> Policy:
+        """Store every tensor as it is (stats and dedup without compression)."""
+        return cls(default="keep")
+
+    def __call__(self, info: SavedInfo) -> Codec | None:
+        if not codec_takes(info) or info.op == "parameter" or info.nbytes < self.min_bytes:
+            return None
+        for rule in self.rules:
+            if rule.matches(info):
+                return rule.codec
+        return self.default
+
+    def __repr__(self) -> str:
+        return (f"Policy(rules={list(self.rules)!r}, default={self.default!r}, "
+                f"min_bytes={self.min_bytes})")
+
+
+def resolve_policy(policy) -> Callable[[SavedInfo], Codec | None]:
+    """``policy=`` of ``offload``: "auto", "keep", a setting applied to every large float tensor
+    (e.g. "sfpr8"), a ``Policy``, or a function of ``SavedInfo`` returning a setting."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        if policy == "auto":
+            return Policy.auto()
+        if policy == "keep":
+            return Policy.keep()
+        if policy == "mask":
+            return Policy([Rule("mask")], default="keep")
+        return Policy(default=policy)
+    if callable(policy):
+        def call(info: SavedInfo) -> Codec | None:
+            if not codec_takes(info):
+                return None
+            codec = parse_setting(policy(info))
+            if codec is not None and codec.mode == "mask" and not info.mask_only:
+                raise ValueError(
+                    f"policy: returned 'mask' for layer {info.layer!r} ({info.op}), which is "
+                    "not read as a ReLU mask only; 'mask' would make its gradient wrong")
+            return codec
+        return call
+    raise TypeError(f"policy: expected 'auto', 'keep', a setting string, a Policy or a function, "
+                    f"got {type(policy).__name__}")

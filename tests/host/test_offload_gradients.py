@@ -1,0 +1,136 @@
+"""Gradients through ``actpack.offload``: exact where the stored form is exact (masks, kept
+tensors), close where it is lossy; and "mask" never serves an op that reads values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from offload_testlib import (
+    batch,
+    conv_relu_conv,
+    conv_relu_pool,
+    grads,
+    modes,
+    rel_err,
+    relu_only_mask,
+)
+
+import actpack
+from actpack import Policy, Rule
+
+# Only masks are lossy-free-compressed; everything that carries values is kept.
+MASKS_ONLY = Policy.auto(conv="keep", values="keep", min_bytes=0)
+
+MODELS = {"conv_relu_conv": conv_relu_conv, "conv_relu_pool": conv_relu_pool,
+          "relu_only_mask": relu_only_mask}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_masks_and_kept_tensors_give_exact_gradients(name):
+    model, x = MODELS[name](), batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=MASKS_ONLY)
+    got = grads(model, x, session)
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+    m = modes(session)
+    if name == "relu_only_mask":
+        # Nothing but ReLU's backward reads relu1's output: a 1-bit mask serves it exactly.
+        assert m["relu1"] == "mask"
+    else:
+        # conv2 / pool1 read relu1's values: they are stored (kept here) and the mask dropped.
+        assert m["relu1"] == "keep"
+
+
+@pytest.mark.parametrize("name", ["conv_relu_conv", "conv_relu_pool"])
+def test_relu_output_read_by_another_op_stores_values_and_mask(name):
+    model, x = MODELS[name](), batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    got = grads(model, x, session)
+    m = modes(session)
+    assert m["relu1"] == "mask+sfpr8:3.96875"
+    relu = next(t for t in session.stats.tensors if t.layer == "relu1")
+    assert relu.saved_by == ("relu1", "conv2" if name == "conv_relu_conv" else "pool1")
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < 0.02, n
+    if name == "conv_relu_pool":
+        # Backward to conv1 reads the model output (for the loss), fc's weight, the pool's
+        # indices, the exact ReLU mask and conv1's input; with the output and the input kept,
+        # conv1's gradient is exact although relu1's and fc's input values are lossy.
+        session = actpack.offload(policy=Policy.auto(
+            min_bytes=0, rules=[Rule("keep", op=("input", "linear"))]))
+        got = grads(model, x, session)
+        assert torch.equal(got["conv1.weight"], ref["conv1.weight"])
+        assert torch.equal(got["conv1.bias"], ref["conv1.bias"])
+
+
+def test_relu_mask_alone_is_used_when_nothing_else_saves_it():
+    model, x = relu_only_mask(), batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    got = grads(model, x, session)
+    assert modes(session)["relu1"] == "mask"
+    # conv1's gradient depends on its input (sfpr8) and the exact mask only.
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < 0.02, n
+
+
+def test_inplace_relu_after_conv():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(inplace=True),
+                                torch.nn.Conv2d(8, 4, 3))
+    x = batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=MASKS_ONLY)
+    got = grads(model, x, session)
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+
+
+@pytest.mark.parametrize("setting, bound", [("sfpr8:3.96875", 0.02), ("dct:optL", 0.15),
+                                            ("eb:0.001", 0.01)])
+def test_lossy_settings_give_close_gradients(setting, bound):
+    model, x = conv_relu_conv(), batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=Policy.auto(conv=setting, values=setting, min_bytes=0))
+    got = grads(model, x, session)
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < bound, (n, rel_err(got[n], ref[n]))
+
+
+def test_functional_relu_outside_modules_is_masked():
+    w = torch.randn(8, 3, 3, 3, requires_grad=True)
+    x = batch()
+
+    def f():
+        y = torch.relu(torch.nn.functional.conv2d(x, w, padding=1))
+        return (y * 3).sum()
+
+    f().backward()
+    ref, w.grad = w.grad.clone(), None
+    with actpack.offload(policy=MASKS_ONLY) as session:
+        f().backward()
+    assert torch.equal(w.grad, ref)
+    assert [t.mode for t in session.stats.activations if t.op == "relu"] == ["mask"]
+
+
+def test_retain_graph_second_backward_reads_again():
+    model, x = conv_relu_pool(), batch()
+    with actpack.offload(policy=Policy.auto(min_bytes=0)):
+        loss = (model(x) ** 2).mean()
+        g1 = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+        g2 = torch.autograd.grad(loss, list(model.parameters()))
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_backward_after_the_with_block():
+    model, x = conv_relu_conv(), batch()
+    ref = grads(model, x)
+    model.zero_grad()
+    with actpack.offload(policy=MASKS_ONLY):
+        loss = (model(x) ** 2).mean()
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, ref[n])

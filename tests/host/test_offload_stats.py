@@ -1,0 +1,215 @@
+"""What a session stores and reports: dedup, kept tensors, byte figures, table, plot."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from offload_testlib import batch, conv_relu_conv, conv_relu_pool, grads, modes
+
+import actpack
+from actpack import Policy, Rule
+from actpack.host.policy import SavedInfo, op_kind
+
+
+def test_tensor_saved_twice_is_stored_once():
+    x = torch.randn(64, 64, 32, requires_grad=True)
+    with actpack.offload(policy=Policy.auto(min_bytes=0)) as session:
+        y = x * 1.5
+        (y.sin() + y.cos()).sum().backward()  # sin and cos both save y
+    st = session.stats
+    [t] = [t for t in st.activations if t.shape == (64, 64, 32)]
+    assert t.saved_by == ("<top level>",) and t.mode == "sfpr8:3.96875"
+    assert st.saves == 2 and st.deduplicated == 1 and len(st.tensors) == 1
+    assert st.raw_bytes == y.numel() * 4  # counted once
+    assert st.stored_bytes == t.stored_bytes < st.raw_bytes
+
+
+def test_relu_and_next_layer_share_one_record():
+    model, x = conv_relu_conv(), batch()
+    session = actpack.offload(policy="auto")
+    grads(model, x, session)
+    st = session.stats
+    relu = [t for t in st.tensors if t.layer == "relu1"]
+    assert len(relu) == 1 and relu[0].saved_by == ("relu1", "conv2")
+    assert st.deduplicated == 1
+
+
+def test_stats_figures_and_modes_on_a_small_cnn():
+    model, x = conv_relu_pool(), batch(n=16)
+    session = actpack.offload()  # policy="auto"
+    grads(model, x, session)
+    st = session.stats
+    m = modes(session)
+    assert m["conv1"] == "sfpr8:3.96875"  # conv1's input: 16x3x32x32 float32 = 192 KiB
+    assert m["relu1"] == "mask+sfpr8:3.96875"
+    assert m["pool1"] == "keep"  # int64 indices
+    by_label = {(t.label, t.op): t for t in st.tensors}
+    assert by_label["pool1", "input"].dtype == torch.int64
+    # fc saves the flattened pool output (64 KiB: compressed) and its weight (a parameter).
+    assert by_label["fc", "pool"].mode.startswith("sfpr8")
+    assert by_label["fc", "parameter"].mode == "keep"
+    assert st.parameter_bytes == sum(p.numel() * 4 for n, p in model.named_parameters()
+                                     if n.endswith("weight"))
+    # Totals are over activations; each distinct tensor once.
+    acts = st.activations
+    assert st.raw_bytes == sum(t.raw_bytes for t in acts)
+    assert st.stored_bytes == sum(t.stored_bytes for t in acts)
+    assert st.kept_bytes >= by_label["pool1", "input"].raw_bytes
+    assert 1.5 < st.ratio < 4
+    # The whole step is released by backward; peaks are what the step held at most.
+    assert all(t.freed_at is not None for t in st.tensors)
+    assert st.timeline[-1][1:] == (0, 0, 0)
+    assert st.peak_raw_bytes == st.raw_bytes  # every tensor alive at the end of forward
+    assert st.peak_stored_bytes == st.stored_bytes
+    assert st.peak_stored_bytes <= st.peak_resident_bytes <= st.peak_raw_bytes
+    layers = {(ls.layer, ls.op): ls for ls in st.layers}
+    assert layers["relu1", "relu"].saved_by == ("relu1", "pool1")
+    assert layers["relu1", "relu"].ratio > 4
+
+
+def test_small_and_non_float_tensors_are_kept():
+    x = torch.randn(4, 4, requires_grad=True)
+    idx = torch.tensor([0, 2])
+    big = torch.randn(128, 256, requires_grad=True)
+    with actpack.offload() as session:  # default min_bytes 64 KiB
+        ((x * 1).sin().sum() + big.index_select(0, idx).sum() + (big * 2).exp().sum()).backward()
+    st = session.stats
+    small = [t for t in st.activations if t.shape == (4, 4)]
+    ints = [t for t in st.activations if t.dtype == torch.int64]
+    large = [t for t in st.activations if t.shape == (128, 256)]
+    assert small and all(t.mode == "keep" for t in small)
+    assert ints and all(t.mode == "keep" for t in ints)
+    # (big * 2).exp() saves its result (128 KiB)
+    assert [t.mode for t in large if t.op != "parameter"] == ["sfpr8:3.96875"]
+
+
+def test_float64_and_views_are_handled():
+    x = torch.randn(64, 256, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(256, 128, requires_grad=True)
+    with actpack.offload(policy=Policy(default="eb:0.001", min_bytes=0)) as session:
+        (x * 2).sin().sum().backward()
+        z = (y * 1).t()  # a transposed (dense, non-contiguous) view
+        grad = torch.autograd.grad(z.sin().sum(), y)[0]
+    assert [t.mode for t in session.stats.activations if t.dtype == torch.float64] == ["keep"]
+    assert [t.mode for t in session.stats.activations if t.shape == (128, 256)] == ["eb:0.001"]
+    assert torch.allclose(grad, y.detach().cos(), atol=2e-3)
+    # an expanded tensor overlaps itself: kept
+    w = torch.randn(64, 1, requires_grad=True)
+    with actpack.offload(policy=Policy(min_bytes=0)) as session:
+        (w * 1).expand(64, 512).sin().sum().backward()
+    assert [t.mode for t in session.stats.activations] == ["keep"]
+
+
+def test_report_table_and_plot(tmp_path):
+    model, x = conv_relu_pool(), batch()
+    session = actpack.offload()
+    grads(model, x, session)
+    out = io.StringIO()
+    text = session.report(file=out)
+    assert out.getvalue() == text
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["layer", "op", "saved"]
+    assert any(line.startswith("relu1 ") and "mask+sfpr8" in line for line in lines)
+    assert any(line.startswith("total ") for line in lines)
+    assert "peak of saved tensors" in lines[-1]
+    path = tmp_path / "saved.png"
+    session.plot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_prints_to_stdout(capsys):
+    session = actpack.offload()
+    grads(conv_relu_conv(), batch(), session)
+    text = session.report()
+    assert capsys.readouterr().out == text
+
+
+def test_session_reentered_adds_up():
+    model, x = conv_relu_conv(), batch()
+    session = actpack.offload()
+    grads(model, x, session)
+    one = session.stats
+    grads(model, x, session)
+    two = session.stats
+    assert two.raw_bytes == 2 * one.raw_bytes
+    assert two.stored_bytes == 2 * one.stored_bytes  # deterministic codec
+    assert two.peak_raw_bytes == one.peak_raw_bytes  # steps do not overlap
+    assert [ls.count for ls in two.layers] == [2 * ls.count for ls in one.layers]
+
+
+def test_max_pending_bytes_bounds_resident_memory():
+    model, x = conv_relu_pool(), batch(n=32)
+    free = actpack.offload()
+    grads(model, x, free)
+    bounded = actpack.offload(max_pending_bytes=0)  # wait for each compression
+    grads(model, x, bounded)
+    a, b = free.stats, bounded.stats
+    assert b.stored_bytes == a.stored_bytes
+    biggest = max(t.raw_bytes for t in b.activations)
+    assert b.peak_resident_bytes <= b.peak_stored_bytes + biggest
+
+
+def test_policy_rules_by_module_type_shape_and_function():
+    model, x = conv_relu_pool(), batch()
+    pol = Policy.auto(rules=[Rule("keep", module="conv*"),
+                             Rule("eb:0.01", module_type="Linear", min_bytes=1)])
+    session = actpack.offload(policy=pol)
+    grads(model, x, session)
+    m = modes(session)
+    assert m["conv1"] == "keep" and m["fc"] == "eb:0.01"
+
+    seen: list[SavedInfo] = []
+
+    def choose(info: SavedInfo):
+        seen.append(info)
+        return "mask" if info.mask_only else "keep"
+
+    session = actpack.offload(policy=choose)
+    grads(model, x, session)
+    assert modes(session)["relu1"] == "keep"  # pool1 needs values: asked again, "keep"
+    relu_infos = [i for i in seen if i.layer == "relu1"]
+    assert [i.mask_only for i in relu_infos] == [True, False]
+    assert relu_infos[0].op == "relu" and relu_infos[0].grad_fn == "ReluBackward0"
+    assert relu_infos[0].module_type == "ReLU"
+
+
+def test_policy_strings_and_errors():
+    model, x = conv_relu_conv(), batch()
+    for policy, mode in [("keep", "keep"), ("sfpr8", "sfpr8"), ("dct:optH", "dct:optH")]:
+        session = actpack.offload(policy=Policy(default=policy, min_bytes=0)
+                                  if policy != "keep" else policy)
+        grads(model, x, session)
+        assert modes(session)["relu1"] == mode
+    with pytest.raises(ValueError, match="setting 'dct:nope'"):
+        Policy(default="dct:nope")
+    with pytest.raises(ValueError, match="only exact for ReLU"):
+        Policy(default="mask")
+    with pytest.raises(ValueError, match="unknown op kind"):
+        Rule("keep", op="convolution")
+    with pytest.raises(TypeError, match="policy"):
+        actpack.offload(policy=3)
+    with pytest.raises(ValueError, match="workers"):
+        actpack.offload(workers=0)
+
+    def always_mask(info):
+        return "mask"
+
+    with pytest.raises(ValueError, match="'mask' would make its gradient wrong"):
+        grads(model, x, actpack.offload(policy=always_mask))
+
+
+def test_op_kinds():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert op_kind(conv(x).grad_fn) == "conv"
+    assert op_kind(conv(x).view(2, -1).grad_fn) == "conv"  # views looked through
+    assert op_kind(torch.relu(x).grad_fn) == "relu"
+    assert op_kind(torch.nn.functional.max_pool2d(x, 2).grad_fn) == "pool"
+    assert op_kind(torch.nn.functional.batch_norm(x, None, None, training=True).grad_fn) == "norm"
+    assert op_kind((x + x).grad_fn) == "sum"
+    assert op_kind(conv.weight.t().grad_fn if conv.weight.dim() == 2 else
+                   conv.weight.view(4, -1).grad_fn) == "parameter"
+    assert op_kind(x.sin().grad_fn) == "other"
+    assert op_kind(None) == "input"
