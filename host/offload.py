@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import itertools
+import os
 import sys
 import threading
 import time
@@ -272,7 +273,7 @@ class _Handle:
 
     def __del__(self):
         with contextlib.suppress(Exception):  # interpreter shutdown
-            self.session._release(self)
+            self.session._release_fn(self)
 
     def __repr__(self) -> str:
         return f"<actpack saved tensor {self.record.label}, {self.record.mode}>"
@@ -312,7 +313,8 @@ class OffloadSession:
         self._history: list[_Record] = []
         self._saves = self._passed = 0
         self._tracker = _ModuleTracker()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks: list = []
+        self._release_fn = self._release
         self._entered = 0
         self._warned_compile = False
 
@@ -322,12 +324,16 @@ class OffloadSession:
     def __enter__(self) -> OffloadSession:
         if self._entered == 0:
             self._tracker.install()
+            self._release_fn = _not_traced(self._release)
         self._entered += 1
-        self._hooks.__enter__()
+        hooks = torch.autograd.graph.saved_tensors_hooks(_not_traced(self._pack),
+                                                         _not_traced(self._unpack))
+        hooks.__enter__()
+        self._hooks.append(hooks)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
+        self._hooks.pop().__exit__(*exc)
         self._entered -= 1
         if self._entered == 0:
             self._tracker.remove()
@@ -348,7 +354,8 @@ class OffloadSession:
         if self.max_pending_bytes is not None:
             with self._lock:
                 self._drained.wait_for(lambda: self._pending_bytes <= self.max_pending_bytes)
-        if not torch.is_grad_enabled() and not self._warned_compile and _in_compiled_region():
+        context = _saver_context()
+        if context == "compiled" and not self._warned_compile:
             self._warned_compile = True
             warnings.warn(
                 "actpack.offload: saved tensors come from a torch.compile region; they are "
@@ -363,8 +370,7 @@ class OffloadSession:
             if rec is not None and rec.freed_at is None and rec.weak() is not None:
                 if saver not in rec.saved_by:
                     rec.saved_by.append(saver)
-                if rec.values is None:
-                    self._add_values(rec, t)
+                self._saved_again(rec, t, context)
                 return _Handle(self, rec, rec.values)
         gf = t.grad_fn
         gname = type(gf).__name__ if gf is not None else ""
@@ -376,7 +382,7 @@ class OffloadSession:
         else:
             op = op_kind(gf)
         info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
-                         t.numel() * t.element_size(), mask_only=own_relu)
+                         t.numel() * t.element_size(), mask_only=own_relu, context=context)
         codec = self.policy(info) if _dense(t) else None
         with self._lock:
             rec = _Record(next(self._seq), key, info, t, self._now(), saver)
@@ -391,17 +397,32 @@ class OffloadSession:
                 rec.values = store
             return _Handle(self, rec, store)
 
-    def _add_values(self, rec: _Record, t: torch.Tensor) -> None:
-        """Another op saves a ReLU output stored as a mask so far: it needs the values, so they
-        are stored too (the mask still serves ReLU's own backward exactly). Lock held."""
-        rec.info = replace(rec.info, mask_only=False)
+    def _saved_again(self, rec: _Record, t: torch.Tensor, context: str) -> None:
+        """Another op saves a stored tensor (lock held). It reads values: a ReLU output stored
+        as a mask so far gets its values stored too (the mask still serves ReLU's own backward
+        exactly). A checkpoint saving it as a recomputation input may ask for a stricter
+        setting, which replaces the values stored so far."""
+        stricter = context != "eager" and context != rec.info.context
+        if rec.values is not None and not stricter:
+            return
+        rec.info = replace(rec.info, mask_only=False,
+                           context=context if stricter else rec.info.context)
         codec = self.policy(rec.info) if _dense(t) else None
+        if rec.values is not None:
+            if codec is not None or rec.values.codec is None:
+                return
+            self._drop(rec.values)
         rec.values = self._new_store(rec, t, codec)
         if codec is None and rec.mask is not None:  # the kept tensor serves ReLU too
-            mask, mask.dropped = rec.mask, True
-            if mask.future is not None:
-                mask.future.cancel()
-            mask.tensor = mask.frame = mask.future = mask.decoded = None
+            self._drop(rec.mask)
+
+    @staticmethod
+    def _drop(store: _Store) -> None:
+        """A store superseded by the record's values (readers are redirected there)."""
+        store.dropped = True
+        if store.future is not None:
+            store.future.cancel()
+        store.tensor = store.frame = store.future = store.decoded = None
 
     def _new_store(self, rec: _Record, t: torch.Tensor, codec: Codec | None) -> _Store:
         store = _Store(codec, t.detach())
@@ -557,7 +578,8 @@ class OffloadSession:
         with self._lock:
             now = self._now()
             tensors = tuple(
-                TensorStats(r.info.layer, r.info.module_type, r.info.op, tuple(r.saved_by),
+                TensorStats(r.info.layer, r.info.module_type, r.info.op, r.info.context,
+                            tuple(r.saved_by),
                             tuple(r.shape), r.dtype, r.mode, r.raw_bytes, r.stored_bytes,
                             r.packed_at, r.stored_at, r.freed_at)
                 for r in self._history)
@@ -575,13 +597,31 @@ class OffloadSession:
         plot_timeline(self.stats, path, title=title)
 
 
-def _in_compiled_region() -> bool:
-    """Whether the current save comes from an AOTAutograd (torch.compile) runtime wrapper."""
+def _not_traced(fn):
+    """``fn`` hidden from TorchDynamo. An op that runs eagerly inside a compiled region (after a
+    graph break) calls the hooks while Dynamo's frame callback is set, and Dynamo would try to
+    compile them. Only done once torch._dynamo is imported: importing it costs a second, and
+    nothing can be compiling before it is."""
+    if "torch._dynamo" not in sys.modules:
+        return fn
+    return torch._dynamo.disable(fn, reason="actpack.offload's hooks run eagerly")
+
+
+_CHECKPOINT_FILE = os.path.join("torch", "utils", "checkpoint.py")
+
+
+def _saver_context() -> str:
+    """Who is saving, from the Python frames above the op: "compiled" (an AOTAutograd runtime
+    wrapper: a torch.compile region), "checkpoint" (torch.utils.checkpoint saving the inputs
+    it recomputes from) or "eager"."""
     frame = sys._getframe(2)
-    for _ in range(8):
+    for _ in range(10):
         if frame is None:
-            return False
-        if "_aot_autograd" in frame.f_code.co_filename:
-            return True
+            break
+        name = frame.f_code.co_filename
+        if "_aot_autograd" in name:
+            return "compiled"
+        if name.endswith(_CHECKPOINT_FILE):
+            return "checkpoint"
         frame = frame.f_back
-    return False
+    return "eager"

@@ -12,10 +12,13 @@ of ``actpack.Codec`` keywords, or an ``actpack.Codec``.
    ``min_bytes`` (64 KiB), sparse/overlapping/odd tensors the codec does not take;
 2. ``"mask"`` for a tensor whose only savers read nothing but its sign: ReLU's own output (its
    backward is ``grad * (result > 0)``), as long as no other op saves the same tensor;
-   if another op saves the same tensor too, its values are stored as well (rule 4), and the mask
+   if another op saves the same tensor too, its values are stored as well (rules 3-5), and the mask
    keeps serving ReLU's backward, so ReLU's gradient stays exact;
-3. ``"dct:optL"`` for conv outputs (op ``"conv"``);
-4. ``"sfpr8:3.96875"`` for everything else (ReLU, pool, sum, norm, linear outputs, inputs).
+3. ``"keep"`` for the inputs ``torch.utils.checkpoint`` saves to recompute its block from: a
+   lossy seed makes every recomputed activation of the block lossy, ReLU masks included
+   (measured: 6 % off on the first conv's weight gradient instead of under 1 %);
+4. ``"dct:optL"`` for conv outputs (op ``"conv"``);
+5. ``"sfpr8:3.96875"`` for everything else (ReLU, pool, sum, norm, linear outputs, inputs).
 
 Why 3.96875 and not the codec's default 4.5: the codec maps a channel's max |x| to ``range_max``
 and saturates at 127/32 = 3.96875, so 4.5 clips the top 12 % of every channel. On the digits
@@ -40,8 +43,8 @@ import torch
 from actpack.codec import Codec
 from actpack.codec.spec import MAX_GROUPS, geometry
 
-__all__ = ["CODEC_DTYPES", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo", "op_kind",
-           "parse_setting"]
+__all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
+           "op_kind", "parse_setting"]
 
 CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
@@ -49,6 +52,7 @@ SFPR8_FULL_RANGE = 127 / 32
 
 # Op kinds a saved tensor's producer is classified into (``op_kind``). "input": no autograd history
 # (model inputs, tensors computed without grad, tensors saved inside a compiled region).
+CONTEXTS = ("eager", "checkpoint", "compiled")
 OPS = ("conv", "linear", "relu", "activation", "pool", "norm", "sum", "dropout", "input",
        "parameter", "other")
 
@@ -110,7 +114,9 @@ class SavedInfo:
     was first saved ("" outside any submodule; ``module_type`` then names the root's class);
     ``op`` the kind of its producer (see ``OPS``) and ``grad_fn`` the producer node's class name
     ("" without history); ``mask_only`` is True while every op that saved it reads nothing but
-    its sign (ReLU saving its own output).
+    its sign (ReLU saving its own output). ``context`` says who saved it: "eager" (an op),
+    "checkpoint" (``torch.utils.checkpoint`` keeping the input it recomputes from) or "compiled"
+    (a ``torch.compile`` region, which hides the op: ``op`` is then "input").
     """
 
     layer: str
@@ -121,6 +127,7 @@ class SavedInfo:
     dtype: torch.dtype
     nbytes: int
     mask_only: bool = False
+    context: str = "eager"
 
     @property
     def numel(self) -> int:
@@ -168,6 +175,7 @@ class Rule:
     - ``module``: a glob on the layer's dotted path (``"features.*"``), or several;
     - ``module_type``: a module class name (``"Conv2d"``) or several;
     - ``grad_fn``: a glob on the producer's node name (``"Convolution*"``);
+    - ``context``: who saves it, "eager", "checkpoint" or "compiled" (see ``SavedInfo``);
     - ``min_bytes`` / ``max_bytes``: size bounds (inclusive);
     - ``where``: any predicate on ``SavedInfo``.
     """
@@ -178,16 +186,21 @@ class Rule:
     module: tuple[str, ...] | None
     module_type: frozenset[str] | None
     grad_fn: str | None
+    context: frozenset[str] | None
     min_bytes: int | None
     max_bytes: int | None
     where: Callable[[SavedInfo], bool] | None
 
     def __init__(self, setting, *, op=None, module=None, module_type=None, grad_fn=None,
-                 min_bytes=None, max_bytes=None, where=None):
+                 context=None, min_bytes=None, max_bytes=None, where=None):
         ops = _as_set(op)
         if ops is not None and not ops <= set(OPS):
             raise ValueError(f"op: unknown op kind(s) {sorted(ops - set(OPS))}; expected "
                              f"some of {OPS}")
+        contexts = _as_set(context)
+        if contexts is not None and not contexts <= set(CONTEXTS):
+            raise ValueError(f"context: unknown context(s) {sorted(contexts - set(CONTEXTS))}; "
+                             f"expected some of {CONTEXTS}")
         if where is not None and not callable(where):
             raise TypeError(f"where: expected a callable, got {type(where).__name__}")
         set_ = object.__setattr__
@@ -197,6 +210,7 @@ class Rule:
         set_(self, "module", None if module is None else tuple(_as_set(module)))
         set_(self, "module_type", _as_set(module_type))
         set_(self, "grad_fn", grad_fn)
+        set_(self, "context", contexts)
         set_(self, "min_bytes", min_bytes)
         set_(self, "max_bytes", max_bytes)
         set_(self, "where", where)
@@ -213,6 +227,7 @@ class Rule:
                      or any(fnmatch.fnmatchcase(info.layer, p) for p in self.module))
                 and (self.module_type is None or info.module_type in self.module_type)
                 and (self.grad_fn is None or fnmatch.fnmatchcase(info.grad_fn, self.grad_fn))
+                and (self.context is None or info.context in self.context)
                 and (self.min_bytes is None or info.nbytes >= self.min_bytes)
                 and (self.max_bytes is None or info.nbytes <= self.max_bytes)
                 and (self.where is None or bool(self.where(info))))
@@ -247,11 +262,16 @@ class Policy:
 
     @classmethod
     def auto(cls, *, conv="dct:optL", values=f"sfpr8:{SFPR8_FULL_RANGE}", mask: bool = True,
-             min_bytes: int = 65536, rules: Iterable[Rule] = ()) -> Policy:
+             checkpoint_inputs="keep", min_bytes: int = 65536, rules: Iterable[Rule] = ()
+             ) -> Policy:
         """JPEG-ACT's assignment (see the module docstring). ``rules`` go first, so they
         override it; ``conv`` is the conv-output setting (JPEG-ACT trains with "dct:optsL" for
-        the first epochs, then "dct:optsH"); ``values`` the setting for the rest."""
-        auto_rules = [Rule("mask")] if mask else []
+        the first epochs, then "dct:optsH"); ``values`` the setting for the rest;
+        ``checkpoint_inputs`` the setting for the inputs ``torch.utils.checkpoint`` recomputes
+        from."""
+        auto_rules = [Rule(checkpoint_inputs, context="checkpoint")]
+        if mask:
+            auto_rules.append(Rule("mask"))
         auto_rules.append(Rule(conv, op="conv"))
         return cls([*rules, *auto_rules], default=values, min_bytes=min_bytes)
 

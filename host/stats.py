@@ -37,13 +37,14 @@ def _ratio(raw: int, stored: int) -> float:
 
 @dataclass(frozen=True)
 class TensorStats:
-    """One distinct saved tensor. Times are seconds since the session was created;
-    ``stored_at`` is when its frame was ready (None while pending), ``freed_at`` when autograd
-    released it (None while alive)."""
+    """One distinct saved tensor (``context`` as in ``SavedInfo``). Times are seconds since the
+    session was created; ``stored_at`` is when its frame was ready (None while pending),
+    ``freed_at`` when autograd released it (None while alive)."""
 
     layer: str
     module_type: str
     op: str
+    context: str
     saved_by: tuple[str, ...]
     shape: tuple[int, ...]
     dtype: torch.dtype
