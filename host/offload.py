@@ -98,12 +98,12 @@ def offload(*, device="ref", policy="auto", workers: int = 1, prefetch: int = 2,
 
 def _unwrap(module: nn.Module) -> nn.Module:
     """The user's model inside DDP, DataParallel and torch.compile wrappers."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # no compiled modules without it
+    optimized = eval_frame.OptimizedModule if eval_frame is not None else ()
     for _ in range(8):
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             module = module.module
-        elif isinstance(module, OptimizedModule):
+        elif isinstance(module, optimized):
             module = module._orig_mod
         else:
             break
