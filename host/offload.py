@@ -17,11 +17,17 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
 - **dedup**: a tensor saved by several ops (a ReLU output that is also the next layer's input) is
   stored once; the key is (device, data pointer, dtype, shape, strides, version) and holds only
   while the first saved tensor object is alive, so a reused address never aliases.
-- **masks**: a ReLU output starts as a 1-bit mask (ReLU's backward reads only ``result > 0``);
-  the first other op that saves the same tensor upgrades it to a value setting, because that op
-  needs the values. A save counts as ReLU's own when the tensor's ``grad_fn`` is a
-  ``ReluBackward0`` node created by the op that is saving right now (its sequence number is the
-  last one autograd handed out); nothing else is ever stored as a mask by "auto".
+- **masks**: a ReLU output is stored as a 1-bit mask for ReLU's own backward, which reads only
+  ``result > 0`` (exact for finite values). When another op saves the same tensor, that op needs
+  its values, so they are stored too, with the setting the policy gives a non-mask tensor; the
+  mask keeps serving ReLU, so its gradient stays exact whatever the value setting (one extra bit
+  per value; if the values are kept as they are, the mask is dropped). A save counts as ReLU's
+  own when the tensor's ``grad_fn`` is a ``ReluBackward0`` node created by the op saving right
+  now (its sequence number is the last one autograd handed out); nothing else is ever stored as
+  a mask, and a mask never serves an op that reads values.
+- **who saves**: the Python frames above the op tell ``torch.utils.checkpoint`` saving the input
+  it recomputes from (``SavedInfo.context == "checkpoint"``: kept exact by "auto") and
+  ``torch.compile`` regions ("compiled": no op or module information; ``CompileWarning``).
 - **unpack** (backward): waits for the frame, decompresses it (or takes the prefetched tensor),
   checks shape, dtype and device against the handle and raises ``UnpackMismatchError`` if they
   differ, restores the original strides, then starts decompressing the next ``prefetch`` stored
@@ -29,6 +35,8 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
 - A corrupted frame raises ``actpack.FrameError`` naming the layer; a tensor modified in place
   before it was stored raises ``SavedTensorModifiedError`` (autograd's own check is off while
   hooks are active).
+- CUDA tensors are compressed and restored on the stream they were made on; frames live in
+  host memory.
 - Tensors saved during backward (``torch.utils.checkpoint`` recomputation, double backward) are
   passed through untouched; so are tensor subclasses and non-strided layouts.
 """
@@ -223,10 +231,13 @@ class _Record:
     no values; a tensor that is not a ReLU output has no mask)."""
 
     __slots__ = ("device", "dtype", "freed_at", "info", "key", "mask", "packed_at", "raw_bytes",
-                 "refs", "saved_by", "seq", "shape", "stride", "values", "version", "weak")
+                 "refs", "saved_by", "seq", "shape", "stream", "stride", "values", "version",
+                 "weak")
 
     def __init__(self, seq, key, info, t, packed_at, saver):
         self.seq, self.key, self.info = seq, key, info
+        # Worker threads run on the stream the tensor was made on, not their default one.
+        self.stream = torch.cuda.current_stream(t.device) if t.is_cuda else None
         self.shape, self.dtype, self.device = t.shape, t.dtype, t.device
         self.stride = t.stride() if not t.is_contiguous() else None
         self.raw_bytes = t.numel() * t.element_size()
@@ -442,7 +453,8 @@ class OffloadSession:
     def _compress(self, rec: _Record, store: _Store, tensor: torch.Tensor, codec: Codec) -> None:
         error = None
         try:
-            frame = self.device.compress(tensor, codec)
+            with _on(rec.stream):
+                frame = self.device.compress(tensor, codec)
             if not isinstance(frame, Frame):
                 raise TypeError(f"device {self.device.name!r}: compress returned "
                                 f"{type(frame).__name__}, not a Frame")
@@ -503,7 +515,8 @@ class OffloadSession:
 
     def _decode(self, rec: _Record, frame: Frame) -> torch.Tensor:
         try:
-            t = self.device.decompress(frame, device=rec.device)
+            with _on(rec.stream):
+                t = self.device.decompress(frame, device=rec.device)
         except FrameError as exc:
             raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})") from exc
         if not isinstance(t, torch.Tensor):
@@ -515,8 +528,10 @@ class OffloadSession:
                 f"{tuple(rec.shape)} {rec.dtype} on {rec.device} was saved; the device or "
                 "the stored frame is faulty")
         if rec.stride is not None:
-            out = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype, device=rec.device)
-            t = out.copy_(t)
+            with _on(rec.stream):
+                out = torch.empty_strided(rec.shape, rec.stride, dtype=rec.dtype,
+                                          device=rec.device)
+                t = out.copy_(t)
         return t
 
     def _prefetch_before(self, seq: int) -> None:
@@ -595,6 +610,10 @@ class OffloadSession:
     def plot(self, path, *, title: str | None = None) -> None:
         """Write a plot of saved-tensor memory over the session to ``path`` (matplotlib, Agg)."""
         plot_timeline(self.stats, path, title=title)
+
+
+def _on(stream):
+    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
 def _not_traced(fn):

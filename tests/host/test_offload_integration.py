@@ -174,3 +174,24 @@ def test_distributed_data_parallel_two_processes_gloo(tmp_path):
     # layer names are the model's own, without DDP's "module." prefix
     assert "relu1" in res[0]["layers"] and not any(n.startswith("module.")
                                                    for n in res[0]["layers"])
+
+
+# ------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_offloads_to_host_frames():
+    model, x = conv_relu_pool().cuda(), batch().cuda()
+    ref = grads(model, x)
+    exact = actpack.offload(policy=MASKS_ONLY)
+    got = grads(model, x, exact)
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # a non-default stream: workers follow it
+        auto = actpack.offload()
+        got = grads(model, x, auto)
+    torch.cuda.synchronize()
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < 0.02, n
+    assert modes(auto)["relu1"] == "mask+sfpr8:3.96875"
