@@ -23,8 +23,14 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
   mask keeps serving ReLU, so its gradient stays exact whatever the value setting (one extra bit
   per value; if the values are kept as they are, the mask is dropped). A save counts as ReLU's
   own when the tensor's ``grad_fn`` is a ``ReluBackward0`` node created by the op saving right
-  now (its sequence number is the last one autograd handed out); nothing else is ever stored as
-  a mask, and a mask never serves an op that reads values.
+  now (its sequence number is the last one autograd handed out). Max pooling's backward reads
+  nothing of its input but the shape (it scatters the gradient through the saved indices), so
+  its input is served by the mask too: a ReLU -> max-pool pair stores one bit per value. A save
+  counts as max pooling's when the running module is an ``nn.MaxPool*d`` or
+  ``nn.AdaptiveMaxPool*d`` and the tensor is floating point (the only float tensor those ops
+  save). Nothing else is ever stored as a mask, and a mask never serves an op that reads values.
+- **integers**: pool indices and dropout masks are stored exactly by ``host.lossless``
+  (narrowed to the smallest integer type that holds them, bools packed 8 to a byte).
 - **who saves**: the Python frames above the op tell ``torch.utils.checkpoint`` saving the input
   it recomputes from (``SavedInfo.context == "checkpoint"``: kept exact by "auto") and
   ``torch.compile`` regions ("compiled": no op or module information; ``CompileWarning``).
@@ -72,6 +78,7 @@ from .errors import (
     SavedTensorModifiedError,
     UnpackMismatchError,
 )
+from .lossless import LOSSLESS, Lossless, Packed
 from .policy import SavedInfo, op_kind, resolve_policy
 from .stats import Stats, TensorStats, plot_timeline, timeline_of
 
@@ -88,13 +95,14 @@ def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
     ``device``: "ref" (the software codec) or a ``Device`` object; "sim" and "xdma" are reserved
     for the card. ``policy``: "auto" (JPEG-ACT's assignment, see ``actpack.host.policy``),
     "keep", a setting for every large float tensor ("sfpr8", "dct:optH", "eb:0.01"), a
-    ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads (on the digits
-    CNN at 32x32, batch 64, on a 2-core CPU: 99 ms a step with 2, 129 ms with 1, 39 ms without
-    actpack; the software codec is the bottleneck there). ``prefetch``: how many stored tensors
-    backward decompresses ahead. ``max_pending_bytes``: when set, a save waits while more raw
-    bytes than this are still waiting for compression, which bounds the memory compression in
-    flight holds (``stats.peak_resident_bytes``: 4.9 MiB instead of 10.8 MiB with 0 on that
-    CNN, for 153 ms a step) at the cost of stalling forward; None never waits.
+    ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads; 0 compresses
+    in the saving op's thread and decompresses when backward asks (no overlap, no threads:
+    where training already keeps every CPU core busy, threads only compete with it; see
+    ``actpack bench offload`` in docs/results.md for measured step times). ``prefetch``: how
+    many stored tensors backward decompresses ahead (with ``workers`` > 0).
+    ``max_pending_bytes``: when set, a save waits while more raw bytes than this are still
+    waiting for compression, which bounds the memory compression in flight holds
+    (``stats.peak_resident_bytes``) at the cost of stalling forward; None never waits.
 
     Enter it around forward and backward (``with offload() as session:``); it can be entered
     again for later steps, and its figures add up. Tensors saved inside it are restored by
@@ -182,6 +190,11 @@ class _ModuleTracker:
 
 # ------------------------------------------------------------------------------ stored tensors
 
+# Modules whose op saves its float input only for its shape: max_pool*d_with_indices and
+# adaptive_max_pool*d scatter the gradient through the indices they also save (derivatives.yaml).
+_SHAPE_ONLY_SAVERS = frozenset({"MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d",
+                                "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"})
+
 def _dense(t: torch.Tensor) -> bool:
     """Whether ``t`` covers its memory exactly once (any dim order): then a dense copy with the
     same strides restores it."""
@@ -196,9 +209,11 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _codec_label(codec: Codec | None) -> str:
+def _codec_label(codec: Codec | Lossless | None) -> str:
     if codec is None:
         return "keep"
+    if isinstance(codec, Lossless):
+        return "lossless"
     if codec.mode == "dct":
         return f"dct:{codec.table_name}"
     if codec.mode == "eb":
@@ -300,8 +315,8 @@ class OffloadSession:
 
     def __init__(self, *, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
                  max_pending_bytes: int | None = None):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers: expected an integer >= 0, got {workers!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch: expected an integer >= 0, got {prefetch!r}")
         if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
@@ -313,8 +328,10 @@ class OffloadSession:
         self.device: Device = resolve_device(device)
         self.policy = resolve_policy(policy)
         self.prefetch = prefetch
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actpack-offload")
-        weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actpack-offload")
+                      if workers else None)
+        if self._pool is not None:
+            weakref.finalize(self, self._pool.shutdown, wait=False)
         self._lock = threading.RLock()
         self._drained = threading.Condition(self._lock)
         self._pending_bytes = 0
@@ -377,14 +394,17 @@ class OffloadSession:
                 CompileWarning, stacklevel=2)
         layer, module_type = self._tracker.current()
         saver = layer or f"<{module_type or 'top level'}>"
+        # Max pooling saving its input: only the shape is read back (see the module docstring).
+        shape_only = module_type in _SHAPE_ONLY_SAVERS and t.is_floating_point()
         key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t._version)
         with self._lock:
             rec = self._by_key.get(key)
             if rec is not None and rec.freed_at is None and rec.weak() is not None:
                 if saver not in rec.saved_by:
                     rec.saved_by.append(saver)
-                self._saved_again(rec, t, context)
-                return _Handle(self, rec, rec.values)
+                if not shape_only:
+                    self._saved_again(rec, t, context)
+                return _Handle(self, rec, rec.values if rec.values is not None else rec.mask)
         gf = t.grad_fn
         gname = type(gf).__name__ if gf is not None else ""
         # ReLU saving its own output: its node is the one autograd created last.
@@ -395,7 +415,8 @@ class OffloadSession:
         else:
             op = op_kind(gf)
         info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
-                         t.numel() * t.element_size(), mask_only=own_relu, context=context)
+                         t.numel() * t.element_size(), mask_only=own_relu or shape_only,
+                         context=context)
         codec = self.policy(info) if _dense(t) else None
         with self._lock:
             rec = _Record(next(self._seq), key, info, t, self._now(), saver)
@@ -443,8 +464,15 @@ class OffloadSession:
             store.stored_at, store.nbytes = self._now(), rec.raw_bytes
         else:
             self._pending_bytes += rec.raw_bytes
-            store.future = self._pool.submit(self._compress, rec, store, store.tensor, codec)
-            store.future.add_done_callback(lambda _: self._compressed(rec.raw_bytes))
+            if self._pool is None:  # inline: stored before the op returns
+                store.future = Future()
+                self._compress(rec, store, store.tensor, codec)
+                store.future.set_result(None)
+                self._pending_bytes -= rec.raw_bytes
+            else:
+                store.future = self._pool.submit(self._compress, rec, store, store.tensor,
+                                                 codec)
+                store.future.add_done_callback(lambda _: self._compressed(rec.raw_bytes))
         return store
 
     def _compressed(self, nbytes: int) -> None:
@@ -456,8 +484,11 @@ class OffloadSession:
         error = None
         try:
             with _on(rec.stream):
-                frame = self.device.compress(tensor, codec)
-            if not isinstance(frame, Frame):
+                if isinstance(codec, Lossless):  # exact host-side packing, no frame
+                    frame = codec.compress(tensor)
+                else:
+                    frame = self.device.compress(tensor, codec)
+            if not isinstance(frame, Frame) and not isinstance(codec, Lossless):
                 raise TypeError(f"device {self.device.name!r}: compress returned "
                                 f"{type(frame).__name__}, not a Frame")
         except Exception as exc:
@@ -486,7 +517,7 @@ class OffloadSession:
             if not packed.read:
                 packed.read = True
                 packed.store.unread -= 1
-        if self.prefetch:
+        if self.prefetch and self._pool is not None:
             self._prefetch_before(rec.seq)
         return t
 
@@ -515,10 +546,13 @@ class OffloadSession:
                 return decoded.result()
         return self._decode(rec, frame)
 
-    def _decode(self, rec: _Record, frame: Frame) -> torch.Tensor:
+    def _decode(self, rec: _Record, frame: Frame | Packed) -> torch.Tensor:
         try:
             with _on(rec.stream):
-                t = self.device.decompress(frame, device=rec.device)
+                if isinstance(frame, Packed):
+                    t = LOSSLESS.decompress(frame, device=rec.device)
+                else:
+                    t = self.device.decompress(frame, device=rec.device)
         except FrameError as exc:
             raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})") from exc
         if not isinstance(t, torch.Tensor):

@@ -43,6 +43,8 @@ import torch
 from actpack.codec import Codec
 from actpack.codec.spec import MAX_GROUPS, geometry
 
+from .lossless import LOSSLESS, Lossless, lossless_takes
+
 __all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
            "op_kind", "parse_setting"]
 
@@ -114,7 +116,8 @@ class SavedInfo:
     was first saved ("" outside any submodule; ``module_type`` then names the root's class);
     ``op`` the kind of its producer (see ``OPS``) and ``grad_fn`` the producer node's class name
     ("" without history); ``mask_only`` is True while every op that saved it reads nothing but
-    its sign (ReLU saving its own output). ``context`` says who saved it: "eager" (an op),
+    its sign (ReLU saving its own output) or nothing but its shape (max pooling saving its
+    input). ``context`` says who saved it: "eager" (an op),
     "checkpoint" (``torch.utils.checkpoint`` keeping the input it recomputes from) or "compiled"
     (a ``torch.compile`` region, which hides the op: ``op`` is then "input").
     """
@@ -243,12 +246,15 @@ def codec_takes(info: SavedInfo) -> bool:
 class Policy:
     """Chooses a codec setting per saved tensor: ``rules`` in order, else ``default``.
 
-    Before any rule, tensors the codec cannot take, parameters (and their casts and views) and
-    tensors under ``min_bytes`` are kept as they are. A ``Policy`` is also a plain function of
-    ``SavedInfo``: ``policy(info)`` returns the ``Codec`` to use, or None to keep.
+    Before any rule, parameters (and their casts and views) and tensors under ``min_bytes`` are
+    kept as they are; integer and bool tensors get ``integers`` ("lossless": ``host.lossless``,
+    exact; or "keep"), other tensors the codec cannot take are kept. A ``Policy`` is also a
+    plain function of ``SavedInfo``: ``policy(info)`` returns the ``Codec`` (or ``Lossless``)
+    to use, or None to keep.
     """
 
-    def __init__(self, rules: Iterable[Rule] = (), *, default="sfpr8", min_bytes: int = 65536):
+    def __init__(self, rules: Iterable[Rule] = (), *, default="sfpr8", min_bytes: int = 65536,
+                 integers: str = "lossless"):
         self.rules = tuple(rules)
         for r in self.rules:
             if not isinstance(r, Rule):
@@ -259,29 +265,37 @@ class Policy:
         if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
             raise ValueError(f"min_bytes: expected an integer >= 0, got {min_bytes!r}")
         self.min_bytes = min_bytes
+        if integers not in ("lossless", "keep"):
+            raise ValueError(f"integers: expected 'lossless' or 'keep', got {integers!r}")
+        self.integers: Lossless | None = LOSSLESS if integers == "lossless" else None
 
     @classmethod
     def auto(cls, *, conv="dct:optL", values=f"sfpr8:{SFPR8_FULL_RANGE}", mask: bool = True,
-             checkpoint_inputs="keep", min_bytes: int = 65536, rules: Iterable[Rule] = ()
-             ) -> Policy:
+             checkpoint_inputs="keep", min_bytes: int = 65536, integers: str = "lossless",
+             rules: Iterable[Rule] = ()) -> Policy:
         """JPEG-ACT's assignment (see the module docstring). ``rules`` go first, so they
         override it; ``conv`` is the conv-output setting (JPEG-ACT trains with "dct:optsL" for
         the first epochs, then "dct:optsH"); ``values`` the setting for the rest;
         ``checkpoint_inputs`` the setting for the inputs ``torch.utils.checkpoint`` recomputes
-        from."""
+        from; ``integers`` what integer and bool tensors get ("lossless" or "keep")."""
         auto_rules = [Rule(checkpoint_inputs, context="checkpoint")]
         if mask:
             auto_rules.append(Rule("mask"))
         auto_rules.append(Rule(conv, op="conv"))
-        return cls([*rules, *auto_rules], default=values, min_bytes=min_bytes)
+        return cls([*rules, *auto_rules], default=values, min_bytes=min_bytes,
+                   integers=integers)
 
     @classmethod
     def keep(cls) -> Policy:
         """Store every tensor as it is (stats and dedup without compression)."""
-        return cls(default="keep")
+        return cls(default="keep", integers="keep")
 
-    def __call__(self, info: SavedInfo) -> Codec | None:
-        if not codec_takes(info) or info.op == "parameter" or info.nbytes < self.min_bytes:
+    def __call__(self, info: SavedInfo) -> Codec | Lossless | None:
+        if info.op == "parameter" or info.nbytes < self.min_bytes:
+            return None
+        if lossless_takes(info.dtype):
+            return self.integers
+        if not codec_takes(info):
             return None
         for rule in self.rules:
             if rule.matches(info):
@@ -289,8 +303,9 @@ class Policy:
         return self.default
 
     def __repr__(self) -> str:
+        integers = "keep" if self.integers is None else "lossless"
         return (f"Policy(rules={list(self.rules)!r}, default={self.default!r}, "
-                f"min_bytes={self.min_bytes})")
+                f"min_bytes={self.min_bytes}, integers={integers!r})")
 
 
 def resolve_policy(policy) -> Callable[[SavedInfo], Codec | None]:

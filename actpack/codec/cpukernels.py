@@ -552,6 +552,120 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
                 out[dst[k]] = row[k]
 
 
+# ----------------------------------------------------------------------------- mask mode
+# The mask is what offload stores for every ReLU output, so it gets kernels of its own: no
+# float conversion and no symbol arrays, just a compare on the bit pattern per value. Bytes equal
+# to the generic path's (the backend tests run both).
+
+
+@njit(cache=True)
+def _positive_limit(dtype):
+    """x > 0 <=> 0 < bits <= this (the bits of +inf; NaN patterns are above it)."""
+    if dtype == _F32:
+        return np.uint32(0x7F800000)
+    if dtype == _BF16:
+        return np.uint32(0x7F80)
+    return np.uint32(0x7C00)
+
+
+@njit(cache=True)
+def _block_origin(b, geo):
+    """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry)."""
+    plane, r = divmod(b, geo[5])
+    by, bx = divmod(r, geo[4])
+    return plane * geo[2] * geo[3], by * 8, bx * 8
+
+
+@njit(cache=True, nogil=True)
+def _mask_encode_range(flat, geo, b0, b1, dtype, rows, mbs, length):
+    """Mask bytes of blocks b0..b1-1 into ``rows`` (8 per block), with their trimmed length."""
+    top = _positive_limit(dtype)
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    h, w = geo[2], geo[3]
+    for b in range(b0, b1):
+        if geo[0] or (b % geo[4] + 1) * 8 > w or ((b % geo[5]) // geo[4] + 1) * 8 > h:
+            _block_index(b, geo, src, dst)  # flat or edge block: padded by replication
+            for i in range(8):
+                byte = 0
+                for j in range(8):
+                    v = np.uint32(flat[src[8 * i + j]])
+                    if v != 0 and v <= top:
+                        byte |= 1 << j
+                rows[b, i] = byte
+        else:
+            base, y0, x0 = _block_origin(b, geo)
+            for i in range(8):
+                o = base + (y0 + i) * w + x0
+                byte = 0
+                for j in range(8):
+                    v = np.uint32(flat[o + j])
+                    if v != 0 and v <= top:
+                        byte |= 1 << j
+                rows[b, i] = byte
+        mb = 8
+        while mb > 0 and rows[b, mb - 1] == 0:
+            mb -= 1
+        mbs[b] = max(mb, 1)
+        length[b] = mb
+
+
+@njit(cache=True, nogil=True)
+def _mask_assemble_range(rows, length, offsets, b0, b1, payload):
+    for b in range(b0, b1):
+        for j in range(length[b]):
+            payload[offsets[b] + j] = rows[b, j]
+
+
+@njit(cache=True, nogil=True)
+def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, errors):
+    """Decode mask blocks b0..b1-1 (kinds ZERO and CODED only) into ``out``."""
+    one = _from_f32(np.float32(1.0), dtype)
+    src = np.empty(64, np.int64)
+    dst = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        errors[b] = 0
+        n, mb, o = length[b], mbs[b], offsets[b]
+        if n:
+            if data[o + mb - 1] == 0:
+                errors[b] = 1
+                continue
+            if n != mb:
+                errors[b] = 4
+                continue
+        _block_index(b, geo, src, dst)
+        for i in range(8):
+            byte = data[o + i] if i < n else 0
+            for j in range(8):
+                k = dst[8 * i + j]
+                if k >= 0:
+                    out[k] = one if byte >> j & 1 else 0
+
+
+def mask_encode_blocks(flat, geo, nb, dtype, threads=1):
+    """``encode_blocks`` for mode ``mask``: per-block kind, mask bytes, length, and payload."""
+    rows = np.empty((nb, 8), np.uint8)
+    mbs = np.empty(nb, np.int64)
+    length = np.empty(nb, np.int64)
+    ranges = _ranges(nb, threads)
+    _run(_mask_encode_range, ranges, flat, geo, args_after=(dtype, rows, mbs, length))
+    kind = (length > 0).astype(np.int64)
+    offsets = np.cumsum(length) - length
+    payload = np.empty(int(length.sum()), np.uint8)
+    _run(_mask_assemble_range, ranges, rows, length, offsets, args_after=(payload,))
+    return kind, mbs, length, payload
+
+
+def mask_decode_blocks(data, kind, mbs, length, offsets, dtype, geo, out, threads=1):
+    """``decode_blocks`` for mode ``mask`` when every block is ZERO or CODED (the caller checks;
+    other kinds go to ``decode_blocks``)."""
+    nb = kind.shape[0]
+    errors = np.empty(nb, np.int64)
+    _run(_mask_decode_range, _ranges(nb, threads), data, mbs, length, offsets,
+         args_after=(dtype, geo, out, errors))
+    return errors
+
+
 # ----------------------------------------------------------------------------- drivers
 
 _MIN_BLOCKS_PER_THREAD = 256

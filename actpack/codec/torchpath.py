@@ -108,6 +108,11 @@ def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
     nb = geo.nblocks
     flat = t.reshape(-1).view(_BITS[dtype]).numpy().view(_NP_BITS[dtype])
     g, groups = _cpu_geometry(geo)
+    if mode is Mode.MASK:
+        kind, mbs, length, payload = cpukernels.mask_encode_blocks(
+            flat, g, nb, int(dtype), threads=torch.get_num_threads())
+        return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
+                           pack_index(kind, mbs, length), payload)
     if mode in (Mode.DCT, Mode.SFPR8):
         gmax = cpukernels.group_maxabs(flat, g, nb, int(dtype), groups, geo.groups,
                                       threads=torch.get_num_threads())
@@ -134,10 +139,15 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     g, groups = _cpu_geometry(geo)
     _, inv_blk = _scale_arrays(header, groups)
     out = torch.empty(geo.numel, dtype=_BITS[dtype])
-    errors = cpukernels.decode_blocks(
-        np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(header.mode),
-        int(dtype), inv_blk, _table(header), g, out.numpy().view(_NP_BITS[dtype]),
-        threads=torch.get_num_threads())
+    if header.mode is Mode.MASK and kind.max(initial=0) <= 1:
+        errors = cpukernels.mask_decode_blocks(
+            np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype), g,
+            out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
+    else:
+        errors = cpukernels.decode_blocks(
+            np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets,
+            int(header.mode), int(dtype), inv_blk, _table(header), g,
+            out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
     bad = np.flatnonzero(errors)
     if bad.size:
         b = int(bad[0])

@@ -13,7 +13,9 @@ from offload_testlib import (
     modes,
     rel_err,
     relu_only_mask,
+    seeded,
 )
+from torch import nn
 
 import actpack
 from actpack import Policy, Rule
@@ -34,35 +36,66 @@ def test_masks_and_kept_tensors_give_exact_gradients(name):
     for n in ref:
         assert torch.equal(got[n], ref[n]), n
     m = modes(session)
-    if name == "relu_only_mask":
-        # Nothing but ReLU's backward reads relu1's output: a 1-bit mask serves it exactly.
-        assert m["relu1"] == "mask"
-    else:
-        # conv2 / pool1 read relu1's values: they are stored (kept here) and the mask dropped.
+    if name == "conv_relu_conv":
+        # conv2 reads relu1's values: they are stored (kept here) and the mask dropped.
         assert m["relu1"] == "keep"
+    else:
+        # Only ReLU's backward (its sign) and max pooling's (its shape) read relu1's output: a
+        # 1-bit mask serves both exactly.
+        assert m["relu1"] == "mask"
 
 
-@pytest.mark.parametrize("name", ["conv_relu_conv", "conv_relu_pool"])
-def test_relu_output_read_by_another_op_stores_values_and_mask(name):
-    model, x = MODELS[name](), batch()
+def test_relu_output_read_by_another_op_stores_values_and_mask():
+    model, x = conv_relu_conv(), batch()
     ref = grads(model, x)
     session = actpack.offload(policy=Policy.auto(min_bytes=0))
     got = grads(model, x, session)
     m = modes(session)
     assert m["relu1"] == "mask+sfpr8:3.96875"
     relu = next(t for t in session.stats.tensors if t.layer == "relu1")
-    assert relu.saved_by == ("relu1", "conv2" if name == "conv_relu_conv" else "pool1")
+    assert relu.saved_by == ("relu1", "conv2")
     for n in ref:
         assert rel_err(got[n], ref[n]) < 0.02, n
-    if name == "conv_relu_pool":
-        # Backward to conv1 reads the model output (for the loss), fc's weight, the pool's
-        # indices, the exact ReLU mask and conv1's input; with the output and the input kept,
-        # conv1's gradient is exact although relu1's and fc's input values are lossy.
-        session = actpack.offload(policy=Policy.auto(
-            min_bytes=0, rules=[Rule("keep", op=("input", "linear"))]))
-        got = grads(model, x, session)
-        assert torch.equal(got["conv1.weight"], ref["conv1.weight"])
-        assert torch.equal(got["conv1.bias"], ref["conv1.bias"])
+
+
+def test_relu_then_max_pool_stores_only_the_mask():
+    model, x = conv_relu_pool(), batch()
+    ref = grads(model, x)
+    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    got = grads(model, x, session)
+    relu = next(t for t in session.stats.tensors if t.layer == "relu1")
+    assert relu.saved_by == ("relu1", "pool1") and relu.mode == "mask"
+    assert relu.stored_bytes < relu.raw_bytes / 24
+    # Backward to conv1 reads the model output (for the loss), fc's weight, the pool's
+    # indices, the ReLU mask (for ReLU and the pool) and conv1's input; with the output and the
+    # input kept, conv1's gradient is exact although fc's input values are lossy.
+    for n in ref:
+        assert rel_err(got[n], ref[n]) < 0.02, n
+    session = actpack.offload(policy=Policy.auto(
+        min_bytes=0, rules=[Rule("keep", op=("input", "linear"))]))
+    got = grads(model, x, session)
+    assert torch.equal(got["conv1.weight"], ref["conv1.weight"])
+    assert torch.equal(got["conv1.bias"], ref["conv1.bias"])
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1),
+                                  nn.AdaptiveMaxPool2d(5)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_max_pool_input_is_stored_as_a_mask_with_exact_gradients(pool, workers):
+    # conv -> max pool, no ReLU: the pool's backward reads the saved indices and the input's
+    # shape only, so a mask (which says nothing of the values) gives exact gradients.
+    model = seeded(3, lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), pool,
+                                            nn.Flatten(), nn.LazyLinear(4)))
+    x = batch()
+    model(x)  # materialize the lazy layer
+    ref = grads(model, x)
+    session = actpack.offload(policy=Policy.auto(conv="keep", values="keep", min_bytes=0),
+                              workers=workers)
+    got = grads(model, x, session)
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+    conv_out = next(t for t in session.stats.tensors if t.layer == "1")
+    assert conv_out.mode == "mask"
 
 
 def test_relu_mask_alone_is_used_when_nothing_else_saves_it():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from offload_testlib import batch, conv_relu_pool, grads, modes, rel_err
+from offload_testlib import batch, conv_relu_conv, conv_relu_pool, grads, modes, rel_err
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,7 +21,7 @@ MASKS_ONLY = Policy.auto(conv="keep", values="keep", min_bytes=0)
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast(dtype):
-    model, x = conv_relu_pool(), batch()
+    model, x = conv_relu_conv(), batch()
 
     def step(session=None):
         model.zero_grad(set_to_none=True)
