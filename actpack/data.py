@@ -12,6 +12,8 @@ channels: small, but the shapes real conv layers produce. Everything is seeded a
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -104,6 +106,7 @@ class TrainResult:
 
     steps: int
     losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # forward + backward + update
     train_accuracy: float = float("nan")
     test_accuracy: float = float("nan")
 
@@ -121,30 +124,42 @@ def evaluate(model: nn.Module, data: Digits, *, batch: int = 256) -> float:
 
 
 def train_digits(model: nn.Module, steps: int, seed: int = 0, *, batch: int = 64,
-                 lr: float = 2e-3, progress: bool | None = None) -> TrainResult:
+                 lr: float = 2e-3, lr_decay: bool = False, session=None,
+                 progress: bool | None = None, desc: str = "train digits") -> TrainResult:
     """Train ``model`` on the digits for ``steps`` Adam steps of ``batch`` images (reshuffled each
     epoch by a generator seeded with ``seed``). ``progress=None`` shows a tqdm bar on a TTY only.
-    Returns the per-step losses and the final train/test accuracy."""
+    ``lr_decay`` decays the rate linearly to 0 (two runs that differ only in float rounding then
+    end close together instead of wherever the last batches push them); ``session`` (an
+    ``actpack.offload`` session) is entered around every forward and backward.
+    Returns the per-step losses and times and the final train/test accuracy."""
     if steps < 0:
         raise ValueError(f"steps: must be >= 0, got {steps}")
     train, test = load_digits()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / max(steps, 1))
+             if lr_decay else None)
     loss_fn = nn.CrossEntropyLoss()
+    ctx = session if session is not None else contextlib.nullcontext()
     result = TrainResult(steps=steps)
     model.train()
     order, pos = torch.randperm(len(train), generator=gen), 0
-    bar = tqdm(range(steps), desc="train digits", unit="step", leave=False,
+    bar = tqdm(range(steps), desc=desc, unit="step", leave=False,
                disable=None if progress is None else not progress)
     for _ in bar:
         if pos + batch > len(order):
             order, pos = torch.randperm(len(train), generator=gen), 0
         idx = order[pos:pos + batch]
         pos += batch
-        loss = loss_fn(model(train.x[idx]), train.y[idx])
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with ctx:
+            loss = loss_fn(model(train.x[idx]), train.y[idx])
+            loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
+        result.step_seconds.append(time.perf_counter() - t0)
         result.losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}", refresh=False)
     bar.close()

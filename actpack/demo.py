@@ -1,13 +1,14 @@
-"""``actpack demo`` (what ``make demo`` runs): compress the real activations of a small CNN.
+"""``actpack demo`` (what ``make demo`` runs): train a small CNN with and without actpack.
 
-Steps, each a function so later demos can reuse or replace them:
-
-1. ``train`` the digits CNN (``actpack.data``) for a few hundred steps and report test accuracy;
-2. ``capture_activations`` of its conv, ReLU and linear layers on a batch of test digits;
-3. ``compress_all``: every codec mode (torch path) on every layer: ratio and error;
-4. ``check_numpy``: the numpy reference model gives the same bytes on a subset;
-5. ``plot``: docs/demo.png, ratio per layer and mode, and what one activation map looks like
-   after each mode.
+1. ``train`` the digits CNN (``actpack.data``) twice from the same weights, data order and seed:
+   once plainly, once inside ``actpack.offload(policy="auto")``; print test accuracy, saved
+   activation bytes per step and step time of both, and the per-layer table of one step;
+2. ``--device sim`` (or any device name): a few steps on that device next to the reference
+   model, showing that gradients and stored frames agree byte for byte;
+3. the codec on the trained model's activations: every mode on every layer, ratio and error
+   (``compress_all``), and the numpy reference model against the torch path (``check_numpy``);
+4. ``plot_offload`` / ``plot``: docs/demo.png (loss curves, saved memory over one step, per
+   layer) and docs/demo-codec.png (ratio per layer and mode, one activation map per mode).
 
 About a minute on 2 CPU cores.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from actpack.data import (
     train_digits,
 )
 
-__all__ = ["MODES", "add_arguments", "check_numpy", "compress_all", "plot", "run", "train"]
+__all__ = ["MODES", "add_arguments", "check_device", "check_numpy", "compress_all", "plot",
+           "plot_offload", "run", "train", "train_both"]
 
 EB_FACTOR = 0.02  # the eb mode's bound, as a fraction of each layer's std
 
@@ -56,15 +59,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test images the activations are captured on (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", default="ref",
+                   help="where offload compresses: 'ref' (software model, default) or a card "
+                        "device such as 'sim'; a card device also runs a few steps next to "
+                        "'ref' and checks they agree byte for byte")
+    p.add_argument("--policy", default="auto", help="offload policy (default 'auto')")
+    p.add_argument("--no-codec", action="store_true",
+                   help="skip the per-mode codec table on the trained model's activations")
     p.add_argument("--plot", metavar="PATH", default=None,
-                   help="where the figure goes (default: docs/demo.png of the checkout)")
-    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+                   help="where the figure goes (default: docs/demo.png of the checkout; the "
+                        "codec figure goes beside it as demo-codec.png)")
+    p.add_argument("--no-plot", action="store_true", help="skip the figures")
 
 
-def train(steps: int, seed: int):
+def train(steps: int, seed: int, *, session=None, desc: str = "train digits"):
+    """The digits CNN trained ``steps`` steps (linear rate decay), inside ``session`` if given."""
     model = digits_cnn(seed=seed)
-    result = train_digits(model, steps, seed)
+    result = train_digits(model, steps, seed, lr=3e-3, lr_decay=True, session=session,
+                          desc=desc)
     return model, result
+
+
+def train_both(steps: int, seed: int, *, device: str = "ref", policy="auto"):
+    """Train without and with ``actpack.offload``; returns (model, result) of both and the
+    offload session (its stats cover every step)."""
+    import actpack
+
+    plain = train(steps, seed, desc="without actpack")
+    session = actpack.offload(device=device, policy=policy)
+    packed = train(steps, seed, session=session, desc=f"with actpack ({device})")
+    return plain, packed, session
+
+
+def one_step_session(model, seed: int, *, device: str = "ref", policy="auto"):
+    """One more training step of ``model`` in a fresh session, for its timeline and table."""
+    import actpack
+
+    session = actpack.offload(device=device, policy=policy)
+    train_digits(model, 1, seed + 1, session=session, progress=False)
+    return session
+
+
+def check_device(device: str, seed: int, steps: int = 3) -> list[str]:
+    """``steps`` training steps on ``device`` and on "ref" from the same weights and data;
+    returns what differs (gradients bit for bit, stored bytes per tensor; empty: all agree)."""
+    import actpack
+
+    x = digits_batch(16).x
+    y = torch.arange(16) % 10
+    problems = []
+    for step in range(steps):
+        runs = []
+        for dev in (device, "ref"):
+            model = digits_cnn(seed=seed + step)
+            session = actpack.offload(device=dev, policy=actpack.Policy.auto(min_bytes=0))
+            with session:
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+            runs.append(({n: p.grad for n, p in model.named_parameters()},
+                         [(t.label, t.mode, t.stored_bytes) for t in session.stats.tensors]))
+        (g_dev, s_dev), (g_ref, s_ref) = runs
+        problems += [f"step {step}: gradient of {n} differs" for n in g_ref
+                     if not torch.equal(g_dev[n], g_ref[n])]
+        if s_dev != s_ref:
+            problems.append(f"step {step}: stored tensors differ: {s_dev} vs {s_ref}")
+    return problems
 
 
 def codec_for(label: str, x: torch.Tensor, backend: str = "torch") -> Codec:
@@ -191,6 +249,46 @@ def plot(rows: list[dict], acts: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+def plot_offload(plain, packed, step_session, path: Path) -> Path:
+    """docs/demo.png: loss per step of both runs, saved-tensor memory over one step, and raw
+    vs stored bytes per layer (log scale)."""
+    from matplotlib.figure import Figure
+
+    from actpack.host.stats import draw_timeline
+
+    (_, r_plain), (_, r_packed) = plain, packed
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 3, 1)
+    ax.plot(r_plain.losses, label=f"without actpack: test {r_plain.test_accuracy:.1%}", lw=1)
+    ax.plot(r_packed.losses, label=f"with actpack: test {r_packed.test_accuracy:.1%}", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("digits CNN, same seed and data order")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    st = step_session.stats
+    draw_timeline(fig.add_subplot(1, 3, 2), st,
+                  title=f"one step: {st.raw_bytes / 2**20:.1f} MiB saved -> "
+                        f"{st.stored_bytes / 2**20:.2f} MiB ({st.ratio:.1f}x)")
+    ax = fig.add_subplot(1, 3, 3)
+    layers = [ls for ls in st.layers if ls.raw_bytes >= 4096]
+    xs = range(len(layers))
+    ax.bar([x - 0.2 for x in xs], [ls.raw_bytes / 1024 for ls in layers], 0.4, label="raw")
+    ax.bar([x + 0.2 for x in xs], [ls.stored_bytes / 1024 for ls in layers], 0.4,
+           label="stored")
+    ax.set_xticks(list(xs), [f"{ls.layer or '-'}\n{ls.op}\n{ls.mode.split(':')[0]}"
+                             for ls in layers], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("KiB per step")
+    ax.set_title("per layer (policy auto)")
+    ax.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (20 if args.quick else 300)
     batch = args.batch or (8 if args.quick else 64)
@@ -202,35 +300,79 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(old_threads)
 
 
+def _median_ms(seconds: list[float]) -> float:
+    return 1e3 * statistics.median(seconds[len(seconds) // 10:] or seconds or [math.nan])
+
+
 def _run(args, steps: int, batch: int) -> int:
+    import actpack
+
     t0 = time.perf_counter()
-    print(f"training the digits CNN for {steps} steps (seed {args.seed}) ...")
-    model, trained = train(steps, args.seed)
-    print(f"final loss {trained.losses[-1] if trained.losses else float('nan'):.4f}, "
-          f"train accuracy {trained.train_accuracy:.1%}, "
-          f"test accuracy {trained.test_accuracy:.1%} ({time.perf_counter() - t0:.0f} s)")
+    if args.device != "ref":
+        try:
+            actpack.offload(device=args.device)
+        except actpack.OffloadError as exc:
+            print(f"actpack demo: {exc}")
+            return 2
+    print(f"training the digits CNN for {steps} steps (seed {args.seed}), without and with "
+          f"actpack.offload(device={args.device!r}, policy={args.policy!r}) ...")
+    plain, packed, session = train_both(steps, args.seed, device=args.device,
+                                        policy=args.policy)
+    (model, r_plain), (_, r_packed) = plain, packed
+    st = session.stats
+    per_step_raw, per_step_stored = st.raw_bytes / max(steps, 1), st.stored_bytes / max(steps, 1)
+    ms_plain, ms_packed = _median_ms(r_plain.step_seconds), _median_ms(r_packed.step_seconds)
+    print(f"\n{'':<16} {'test accuracy':>13} {'saved per step':>15} {'step (median)':>14}")
+    print(f"{'without actpack':<16} {r_plain.test_accuracy:>13.2%} "
+          f"{per_step_raw / 2**20:>11.2f} MiB {ms_plain:>11.1f} ms")
+    print(f"{'with actpack':<16} {r_packed.test_accuracy:>13.2%} "
+          f"{per_step_stored / 2**20:>11.2f} MiB {ms_packed:>11.1f} ms")
+    print(f"saved activations {st.ratio:.2f}x smaller; accuracy "
+          f"{100 * (r_packed.test_accuracy - r_plain.test_accuracy):+.2f} points; step time "
+          f"x{ms_packed / ms_plain:.2f} (the software codec on the same CPU cores; a card "
+          "takes that work off them)\n")
+    step_session = one_step_session(packed[0], args.seed, device=args.device,
+                                    policy=args.policy)
+    print("one training step, per saved tensor:")
+    step_session.report()
 
-    acts = capture_activations(model, digits_batch(batch).x)
-    kinds = layer_kinds(model)
-    total = sum(t.numel() * t.element_size() for t in acts.values())
-    print(f"captured {len(acts)} activations on {batch} test digits: {total / 1e6:.1f} MB fp32\n")
+    bad = []
+    if args.device != "ref":
+        t1 = time.perf_counter()
+        problems = check_device(args.device, args.seed)
+        if problems:
+            print(f"\nMISMATCH between device {args.device!r} and the reference:")
+            print("\n".join(f"  {p}" for p in problems))
+            bad.append(args.device)
+        else:
+            print(f"\ndevice {args.device!r} == reference model: gradients bit for bit and the "
+                  f"same stored bytes over 3 steps ({time.perf_counter() - t1:.0f} s)")
 
-    t1 = time.perf_counter()
-    rows = compress_all(acts, kinds)
-    print_table(rows)
-    print(f"(every layer compressed and decompressed in every mode in "
-          f"{time.perf_counter() - t1:.0f} s)")
-
-    t1 = time.perf_counter()
-    bad = check_numpy(acts, kinds, images=1)
-    if bad:
-        print(f"\nMISMATCH: numpy model and torch path differ on {bad}")
-    else:
-        print(f"\nnumpy reference model == torch path, byte for byte, on the first image of every "
-              f"layer ({len(MODES)} modes; {time.perf_counter() - t1:.0f} s)")
+    rows, acts = [], {}
+    if not args.no_codec:
+        acts = capture_activations(model, digits_batch(batch).x)
+        kinds = layer_kinds(model)
+        total = sum(t.numel() * t.element_size() for t in acts.values())
+        print(f"\nthe codec on {len(acts)} activations of the trained model ({batch} test "
+              f"digits, {total / 1e6:.1f} MB fp32), every mode:\n")
+        t1 = time.perf_counter()
+        rows = compress_all(acts, kinds)
+        print_table(rows)
+        print(f"(every layer compressed and decompressed in every mode in "
+              f"{time.perf_counter() - t1:.0f} s)")
+        t1 = time.perf_counter()
+        mismatched = check_numpy(acts, kinds, images=1)
+        if mismatched:
+            print(f"\nMISMATCH: numpy model and torch path differ on {mismatched}")
+            bad += mismatched
+        else:
+            print(f"\nnumpy reference model == torch path, byte for byte, on the first image of "
+                  f"every layer ({len(MODES)} modes; {time.perf_counter() - t1:.0f} s)")
 
     if not args.no_plot:
-        path = args.plot or default_results_path().parent / "demo.png"
-        print(f"wrote {plot(rows, acts, path)}")
+        path = Path(args.plot or default_results_path().parent / "demo.png")
+        print(f"wrote {plot_offload(plain, packed, step_session, path)}")
+        if rows:
+            print(f"wrote {plot(rows, acts, path.with_name(path.stem + '-codec' + path.suffix))}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 1 if bad else 0

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerStats", "Stats", "TensorStats", "format_bytes", "plot_timeline"]
+__all__ = ["LayerStats", "Stats", "TensorStats", "draw_timeline", "format_bytes",
+           "plot_timeline"]
 
 
 def format_bytes(n: float) -> str:
@@ -212,17 +213,9 @@ def timeline_of(tensors: Sequence[TensorStats], now: float) -> tuple[tuple[float
     return tuple(points)
 
 
-def plot_timeline(stats: Stats, path, *, title: str | None = None) -> None:
-    """Saved-tensor memory over the session as a PNG/SVG/PDF (by ``path``'s suffix).
-
-    Uses matplotlib's Agg canvas directly: no pyplot, no global backend change.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+def draw_timeline(ax, stats: Stats, *, title: str | None = None) -> None:
+    """Draw saved-tensor memory over the session on a matplotlib ``Axes``: without actpack (raw),
+    with it (resident: raw until each frame is ready), and the frames alone."""
     pts = stats.timeline
     start = pts[1][0] if len(pts) > 1 else 0.0  # the first save, not the session's creation
     t = [max(p[0] - start, 0.0) * 1e3 for p in pts]
@@ -237,4 +230,17 @@ def plot_timeline(stats: Stats, path, *, title: str | None = None) -> None:
                           f"{format_bytes(stats.stored_bytes)} ({stats.ratio:.2f}x)")
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+
+
+def plot_timeline(stats: Stats, path, *, title: str | None = None) -> None:
+    """Saved-tensor memory over the session as a PNG/SVG/PDF (by ``path``'s suffix).
+
+    Uses matplotlib's Agg canvas directly: no pyplot, no global backend change.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_timeline(fig.add_subplot(), stats, title=title)
     fig.savefig(path)

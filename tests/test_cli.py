@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import actpack
 from actpack.bench import update_results
 from actpack.cli import main
 from actpack.data import capture_activations, digits_batch, digits_cnn, layer_kinds, train_digits
@@ -112,7 +113,43 @@ def test_demo_quick(tmp_path, capsys):
     png = tmp_path / "demo.png"
     assert main(["demo", "--quick", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out
-    assert "byte for byte" in out
-    assert "relu1" in out and "dct/optH" in out
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test accuracy" in out and "without actpack" in out and "with actpack" in out
+    ratio = float(out.split("saved activations ")[1].split("x smaller")[0])
+    assert ratio > 8  # the offload issue's goal for policy "auto" on this CNN
+    assert "relu1" in out and " mask " in out and "lossless" in out  # the per-layer table
+    assert "byte for byte" in out and "dct/optH" in out  # the codec section
+    for path in (png, tmp_path / "demo-codec.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_device_that_is_not_there_says_so(capsys):
+    assert main(["demo", "--quick", "--device", "nope", "--no-plot"]) == 2
+    assert "unknown device 'nope'" in capsys.readouterr().out
+
+
+class _Flaky:
+    """A device whose frames decode to slightly different values from the second tensor on."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.calls = 0
+
+    def compress(self, tensor, codec):
+        self.calls += 1
+        return codec.compress(tensor * 1.01 if self.calls > 1 else tensor)
+
+    def decompress(self, frame, *, device):
+        return actpack.decompress(frame, device=device)
+
+
+def test_check_device_agreement_and_disagreement(monkeypatch):
+    from actpack.demo import check_device
+    from actpack.host import device
+
+    # registered for this test only
+    monkeypatch.setitem(device._FACTORIES, "ref_copy", device.RefDevice)
+    monkeypatch.setitem(device._FACTORIES, "flaky", _Flaky)
+    assert check_device("ref_copy", seed=0, steps=1) == []
+    problems = check_device("flaky", seed=0, steps=1)
+    assert problems and any("gradient of" in p for p in problems)
