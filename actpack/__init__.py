@@ -27,6 +27,7 @@ from actpack.host import (
     UnknownDeviceError,
     UnpackMismatchError,
     offload,
+    open_device,
 )
 
 __all__ = [
@@ -45,5 +46,6 @@ __all__ = [
     "UnpackMismatchError",
     "decompress",
     "offload",
+    "open_device",
 ]
 __version__ = "0.1.0"

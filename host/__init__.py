@@ -7,8 +7,15 @@ reports what it stored (``stats``). The card's register-level driver is tracked 
 card/driver issue.
 """
 
-from .device import Device, RefDevice, device_names, register_device
+from .card import CardDevice, FallbackDevice
+from .device import Device, RefDevice, device_names, open_device, register_device
 from .errors import (
+    CardCapabilityError,
+    CardError,
+    CardFrameError,
+    CardMismatchError,
+    CardProtocolError,
+    CardTimeoutError,
     CompileWarning,
     DeviceUnavailableError,
     OffloadError,
@@ -22,9 +29,17 @@ from .stats import LayerStats, Stats, TensorStats
 
 __all__ = [
     "OPS",
+    "CardCapabilityError",
+    "CardDevice",
+    "CardError",
+    "CardFrameError",
+    "CardMismatchError",
+    "CardProtocolError",
+    "CardTimeoutError",
     "CompileWarning",
     "Device",
     "DeviceUnavailableError",
+    "FallbackDevice",
     "LayerStats",
     "OffloadError",
     "OffloadSession",
@@ -39,5 +54,6 @@ __all__ = [
     "UnpackMismatchError",
     "device_names",
     "offload",
+    "open_device",
     "register_device",
 ]

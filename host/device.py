@@ -1,16 +1,18 @@
 """Where saved tensors are compressed and restored: the ``device=`` seam of ``actpack.offload``.
 
-A ``Device`` turns a tensor into an ``actpack.Frame`` with a given ``Codec`` setting and back. Only
-``"ref"`` exists today: the software codec (``actpack.Codec``, torch backend; CPU kernels that
-release the GIL, or CUDA). The card's drivers plug in here under their own names:
+A ``Device`` turns a tensor into an ``actpack.Frame`` with a given ``Codec`` setting and back.
+``"ref"`` is the software codec (``actpack.Codec``, torch backend; CPU kernels that release the
+GIL, or CUDA). The card's driver (``host.card.CardDevice``, docs/card.md) plugs in under its own
+names:
 
-- ``"sim"``: the gateware under simulation, behind the card's register map and framing;
-- ``"xdma"``: a PCIe card through the Xilinx XDMA character devices.
+- ``"xdma"`` / ``"xdma:<prefix>"``: a PCIe card through the Xilinx XDMA character devices;
+- ``"model"``: the card's behavioural model (``host.cardmodel``) behind the same driver;
+- ``"sim"``: the RTL card under simulation (not built yet).
 
-Both are built on the register-level transport of the design (``reg_read``/``reg_write``,
-``submit``/``receive``) and must give the same frames as ``"ref"``, byte for byte. A new device
-registers a factory with ``register_device(name, factory)``; ``offload(device=...)`` also takes
-a ``Device`` object directly (tests use this to inject faults).
+All are built on the register-level transport of the design (``reg_read``/``reg_write``,
+``submit``/``receive``) and give the same frames as ``"ref"``, byte for byte. ``open_device(spec)``
+opens one by name; a new device registers a factory with ``register_device(name, factory)``;
+``offload(device=...)`` also takes a ``Device`` object directly (tests use this to inject faults).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from actpack.codec import Codec, Frame
 
 from .errors import DeviceUnavailableError, UnknownDeviceError
 
-__all__ = ["PLANNED_DEVICES", "Device", "RefDevice", "device_names", "register_device",
-           "resolve_device"]
+__all__ = ["PLANNED_DEVICES", "Device", "RefDevice", "device_names", "open_device",
+           "register_device", "resolve_device"]
 
 
 @runtime_checkable
@@ -68,10 +70,21 @@ class RefDevice:
 
 # Names reserved for the card's drivers; what each will be, for the error message.
 PLANNED_DEVICES = {
-    "sim": "the compression gateware under simulation, behind the card's register map",
-    "xdma": "a PCIe card through the Xilinx XDMA driver (/dev/xdma0_*)",
+    "sim": "the RTL card under simulation, behind the card's register map; the RTL Card "
+           "top level does not exist yet (its engines' blocks are in hw/), so there is nothing to "
+           "simulate; device 'model' runs the card's behavioural model through the same driver",
 }
-_FACTORIES: dict[str, Callable[[], Device]] = {"ref": RefDevice}
+
+
+def _xdma() -> Device:
+    return open_device("xdma")
+
+
+def _model() -> Device:
+    return open_device("model")
+
+
+_FACTORIES: dict[str, Callable[[], Device]] = {"ref": RefDevice, "xdma": _xdma, "model": _model}
 
 
 def register_device(name: str, factory: Callable[[], Device]) -> None:
@@ -89,8 +102,43 @@ def device_names() -> tuple[str, ...]:
     return tuple(sorted(_FACTORIES))
 
 
+def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Device:
+    """A device by name: ``"ref"`` (the software codec, default), ``"xdma"`` or
+    ``"xdma:<prefix>"`` (a card through the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``,
+    prefix ``/dev/xdma0`` by default), ``"model"`` (the card's behavioural model in-process),
+    ``"sim"`` (not built yet), or any name given to ``register_device``.
+
+    ``device.compress(tensor, codec)`` gives the bytes of ``codec.compress(tensor)`` whatever the
+    device, and ``device.decompress(frame)`` the same tensor. ``options`` go to the card driver
+    (e.g. ``timeout=`` seconds). ``fallback=True`` wraps a card in ``FallbackDevice``: a card
+    fault (or no card at all) logs a warning and the reference codec does the job.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec: expected a device name such as 'ref' or 'xdma:/dev/xdma0', got "
+                        f"{type(spec).__name__}")
+    name, sep, arg = spec.partition(":")
+    if name in ("xdma", "model"):
+        from . import card
+
+        try:
+            dev = card.open_xdma(arg or "/dev/xdma0", **options) if name == "xdma" else (
+                card.open_model(**options))
+        except DeviceUnavailableError as exc:
+            if not fallback:
+                raise
+            card.log.warning("device %r is unavailable (%s); using 'ref'", spec, exc)
+            return RefDevice()
+        return card.FallbackDevice(dev) if fallback else dev
+    if sep or options:
+        what = "an argument" if sep else f"options {sorted(options)}"
+        raise UnknownDeviceError(f"device {name!r} takes no {what}; 'xdma:<prefix>' does")
+    return resolve_device(name)
+
+
 def resolve_device(device) -> Device:
     """``device=`` as a ``Device``: a registered name or an object with compress/decompress."""
+    if isinstance(device, str) and ":" in device:
+        return open_device(device)
     if isinstance(device, str):
         factory = _FACTORIES.get(device)
         if factory is not None:

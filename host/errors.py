@@ -6,7 +6,15 @@ classes here cover what is specific to offloading.
 
 from __future__ import annotations
 
+from actpack.errors import FrameError
+
 __all__ = [
+    "CardCapabilityError",
+    "CardError",
+    "CardFrameError",
+    "CardMismatchError",
+    "CardProtocolError",
+    "CardTimeoutError",
     "CompileWarning",
     "DeviceUnavailableError",
     "OffloadError",
@@ -26,6 +34,39 @@ class UnknownDeviceError(OffloadError, ValueError):
 
 class DeviceUnavailableError(OffloadError):
     """``device=`` names a device that is planned or registered but cannot be used here."""
+
+
+class CardError(OffloadError):
+    """The card (or its transport) failed a job. ``actpack.host.FallbackDevice`` catches these
+    and redoes the job on the reference codec."""
+
+
+class CardMismatchError(CardError, DeviceUnavailableError):
+    """What answers at the device path is not a card this driver can use: wrong MAGIC (no
+    card, a foreign bitstream, or a dead link reading all ones), or a VERSION of the frame
+    format, register map or job protocol other than the driver's. Load a matching bitstream or
+    install the matching actpack."""
+
+
+class CardTimeoutError(CardError, TimeoutError):
+    """The card did not answer within the timeout (a job, a register handshake, a DMA
+    transfer). The driver soft-resets the card before its next job; counters stay readable."""
+
+
+class CardProtocolError(CardError):
+    """The card rejected a job (its status record names the code) or sent bytes that are not a
+    frame or status record."""
+
+
+class CardFrameError(CardError, FrameError):
+    """A frame failed its checks on the card's side of the link: the frame the card produced
+    does not parse (CRC mismatch, bad fields), or the card found the frame given to it corrupted.
+    Also a ``FrameError``, so callers that handle corrupted frames handle this one."""
+
+
+class CardCapabilityError(CardError):
+    """The card cannot run this job: mode or dtype not in its CAPS, or a frame larger than its
+    frame buffer. The reference codec can."""
 
 
 class UnpackMismatchError(OffloadError):

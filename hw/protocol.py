@@ -78,7 +78,10 @@ class ProtocolError(ValueError):
 
 
 class Op(enum.IntEnum):
-    """Job operation: the descriptor's ``op`` and the CONTROL register's ``OP`` field."""
+    """Job operation: the descriptor's ``op`` and the CONTROL register's ``OP`` field.
+
+    ``NONE`` with ``in_bytes`` 0 is a fence: the card answers with an OK status record echoing the
+    tag; after a soft reset the driver drops every C2H byte up to that record."""
 
     NONE = 0
     COMPRESS = 1

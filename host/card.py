@@ -1,0 +1,460 @@
+"""The card as an actpack ``Device``: ``CardDevice`` over any ``Transport``, and ``FallbackDevice``.
+
+``CardDevice`` probes the card (MAGIC, VERSION, CAPS, CONFIG_HASH, BUFFER_KIB; a mismatch raises
+``CardMismatchError``), soft-resets it, and then runs one job at a time (docs/card.md):
+
+- compress: the host does what needs the whole tensor (the per-group max |x| reduction and the
+  scales, ``spec.sfpr_scales``/``spec.eb_scale``) and the tiling into padded 8 x 8 blocks
+  (``reference.tile``); it loads the quantization table through the TABLE window, streams
+  descriptor + shape + scale records + tiles, receives the frame and checks that it parses. The
+  frame's bytes are ``codec.compress(tensor)``'s.
+- decompress: streams the frame, receives the decoded blocks and the status record, and untiles
+  them (``reference.untile``).
+
+Faults raise ``CardError`` subclasses (``host.errors``): ``CardTimeoutError`` when the card does
+not answer in ``timeout`` seconds (the next job soft-resets it first), ``CardFrameError`` for a
+frame that fails its checks, ``CardProtocolError`` for a rejected job, ``CardCapabilityError`` for
+a job the card cannot run. ``counters()`` reads the card's counters and the driver's own.
+
+``FallbackDevice(primary)`` redoes a failed job on the reference codec (same bytes, so no tensor is
+lost) and logs one warning.
+
+Private codec helpers used here (one definition, not copied): ``reference._group_maxabs``,
+``codec._INT_VIEW``/``_NUMPY_BITS``, ``Codec._header``, ``frame._SCALE``/``_FIXED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from actpack.codec import Codec, Frame, reference, spec, torchpath
+from actpack.codec.codec import _INT_VIEW, _NUMPY_BITS
+from actpack.codec.frame import _FIXED, _SCALE, MAGIC, frame_bound, parse_frame
+from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
+from actpack.errors import FrameError
+from actpack.hw.protocol import (
+    STATUS_BYTES,
+    STATUS_MAGIC,
+    Descriptor,
+    ErrorCode,
+    Op,
+    ProtocolError,
+    StatusRecord,
+    align,
+    pack_shape,
+    table_crc,
+    values_bytes,
+)
+from actpack.hw.regs import (
+    CARD_MAGIC,
+    FORMAT_VERSION,
+    REGMAP_VERSION,
+    REGS,
+    Caps,
+    version_word,
+)
+
+from .cardmodel import BITS, CardModel, ModelTransport
+from .device import Device, RefDevice
+from .errors import (
+    CardCapabilityError,
+    CardError,
+    CardFrameError,
+    CardMismatchError,
+    CardProtocolError,
+    CardTimeoutError,
+)
+from .transport import Transport
+
+__all__ = ["CardDevice", "CardInfo", "FallbackDevice", "open_model", "open_xdma"]
+
+log = logging.getLogger("actpack.host.card")
+
+_SIGNED = {2: np.int16, 4: np.int32}
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What the probe read."""
+
+    version: int
+    caps: Caps
+    config_hash: int
+    buffer_bytes: int
+
+
+def _frame_expect(data: bytes) -> int | None:
+    """Length of the frame (or status record) that starts ``data``, once its header tells."""
+    if len(data) >= 4 and data[:4] == STATUS_MAGIC:
+        return STATUS_BYTES
+    if len(data) < _FIXED.size:
+        return None
+    _, _, mode, _, ndim, _, _, _, ngroups, nblocks, payload, _ = _FIXED.unpack_from(data, 0)
+    hlen = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
+    return align(hlen + 4) + align(2 * nblocks) + align(payload) + 64
+
+
+def _early_status(data: bytes) -> bool:
+    """A decompress answer that is only a status record (the card rejected the frame early)."""
+    return len(data) >= STATUS_BYTES and data[:4] == STATUS_MAGIC and StatusRecord.looks_like(
+        data[:STATUS_BYTES]) and StatusRecord.from_bytes(data[:STATUS_BYTES]).code != ErrorCode.OK
+
+
+def _frame_layout(data: bytes) -> tuple[Mode, DType, tuple[int, ...]] | None:
+    """Mode, dtype and shape from a frame's fixed header fields, or None if they are not valid
+    (the card then rejects the frame)."""
+    try:
+        magic, _, mode, dtype, ndim = struct.unpack_from("<4sHBBB", data, 0)
+        shape = struct.unpack_from(f"<{ndim}Q", data, _FIXED.size)
+        if magic != MAGIC or ndim > 8:
+            return None
+        return Mode(mode), DType(dtype), shape
+    except (struct.error, ValueError):
+        return None
+
+
+def host_scales(tiles: np.ndarray, mode: Mode, dtype: DType, param: float, geo) -> list:
+    """The frame's scales from the tiled input (the reduction the host does for the card):
+    exactly what ``reference.compress`` computes."""
+    if mode is Mode.MASK:
+        return []
+    x = reference.to_float32(tiles, dtype)
+    groups = reference.block_groups(geo)
+    if mode is Mode.EB:
+        amax = reference._group_maxabs(x, np.zeros_like(groups), 1)[0]
+        return [spec.eb_scale(param, amax, dtype)]
+    return spec.sfpr_scales(reference._group_maxabs(x, groups, geo.groups), param)
+
+
+class CardDevice:
+    """An actpack ``Device`` on a card behind ``transport``. Thread-safe: jobs run one at a time.
+
+    ``timeout``: seconds to wait for the card to take a job and to answer it;
+    ``reset_timeout``: seconds for a soft reset (and the fence after it) to complete.
+    """
+
+    def __init__(self, transport: Transport, *, name: str | None = None, timeout: float = 10.0,
+                 reset_timeout: float = 2.0):
+        self.transport = transport
+        self.name = name if name is not None else transport.name
+        self.timeout = float(timeout)
+        self.reset_timeout = float(reset_timeout)
+        self._lock = threading.Lock()
+        self._tag = 0
+        self._control: int | None = None
+        self._table: int | None = None
+        self._needs_reset = True
+        self.host_counters = {"timeouts": 0, "crc_errors": 0, "frame_errors": 0, "rejected": 0,
+                              "resets": 0}
+        self.info = self._probe()
+        with self._lock:
+            self._reset()
+
+    # ---------------------------------------------------------------- probe, reset, registers
+
+    def _probe(self) -> CardInfo:
+        t = self.transport
+        magic = t.reg_read(REGS.MAGIC.offset)
+        if magic != CARD_MAGIC:
+            why = (" (all ones: the card does not answer; link down or BAR not mapped)"
+                   if magic == 0xFFFFFFFF else "")
+            raise CardMismatchError(f"device {self.name!r}: no actpack card at {t!r}: MAGIC reads "
+                                    f"{magic:#010x}{why}, expected {CARD_MAGIC:#010x} ('ACTC')")
+        version = t.reg_read(REGS.VERSION.offset)
+        if version != version_word():
+            got, want = REGS.VERSION.decode(version), REGS.VERSION.decode(version_word())
+            raise CardMismatchError(f"device {self.name!r}: the card speaks {got}, this driver "
+                                    f"{want} (frame format {FORMAT_VERSION}, register map "
+                                    f"{REGMAP_VERSION}); load a matching bitstream or actpack")
+        return CardInfo(version, t.caps(), t.reg_read(REGS.CONFIG_HASH.offset),
+                        t.reg_read(REGS.BUFFER_KIB.offset) * 1024)
+
+    def _set_control(self, op: Op) -> None:
+        value = REGS.CONTROL.value(RUN=1, OP=int(op))
+        if value != self._control:
+            self.transport.write(REGS.CONTROL, value)
+            self._control = value
+
+    def _reset(self) -> None:
+        """Soft reset, then a fence job: every C2H byte before its status record is dropped."""
+        t = self.transport
+        c, s = REGS.CONTROL, REGS.STATUS
+        t.write(c, c.value(RUN=1, SOFT_RESET=1))
+        self._control = None
+        self.host_counters["resets"] += 1
+        deadline = time.monotonic() + self.reset_timeout
+        while (c.SOFT_RESET.get(t.read(c)) or s.RESETTING.get(t.read(s))):
+            if time.monotonic() > deadline:
+                self.host_counters["timeouts"] += 1
+                raise CardTimeoutError(f"device {self.name!r}: the card did not finish a soft "
+                                       f"reset within {self.reset_timeout:g} s; "
+                                       f"{self._counter_text()}")
+            time.sleep(0.0005)
+        t.flush()
+        self._table = None
+        self._set_control(Op.NONE)
+        tag = self._next_tag()
+
+        def fence(data: bytes) -> int | None:
+            at = data.find(STATUS_MAGIC)
+            while at >= 0 and len(data) >= at + STATUS_BYTES:
+                record = data[at : at + STATUS_BYTES]
+                if StatusRecord.looks_like(record) and StatusRecord.from_bytes(record).tag == tag:
+                    return at + STATUS_BYTES
+                at = data.find(STATUS_MAGIC, at + 1)
+            return None
+
+        t.submit(Descriptor(Op.NONE, 0, tag).to_bytes())
+        t.wait(self.reset_timeout)
+        t.receive(fence, limit=1 << 62, timeout=self.reset_timeout)
+        self._needs_reset = False
+
+    def reset(self) -> None:
+        """Soft-reset the card (the driver does this itself after a fault)."""
+        with self._lock:
+            self._reset()
+
+    def _next_tag(self) -> int:
+        self._tag = (self._tag + 1) & 0xFFFFFFFF
+        return self._tag
+
+    def counters(self) -> dict[str, int]:
+        """The card's 64-bit counters (lower-case register names) and the driver's own
+        (``host_``-prefixed: timeouts, CRC and other frame errors, rejected jobs, resets)."""
+        out = {r.name.lower(): self.transport.read(r) for r in REGS if r.width == 64}
+        out.update({f"host_{k}": v for k, v in self.host_counters.items()})
+        return out
+
+    def _counter_text(self) -> str:
+        try:
+            c = self.counters()
+        except Exception as exc:  # a card gone from the bus: report that, not a second error
+            return f"counters unreadable ({exc})"
+        return "counters: " + ", ".join(f"{k}={v}" for k, v in c.items())
+
+    # ---------------------------------------------------------------- jobs
+
+    def _run(self, op: Op, desc: Descriptor, body: bytes, expect, limit: int) -> bytes:
+        if self._needs_reset:
+            self._reset()
+        self._set_control(op)
+        t = self.transport
+        try:
+            t.submit(desc.to_bytes() + body)
+            t.wait(self.timeout)
+            return t.receive(expect, limit=limit, timeout=self.timeout)
+        except CardTimeoutError as exc:
+            self._needs_reset = True
+            self.host_counters["timeouts"] += 1
+            raise CardTimeoutError(f"device {self.name!r}: {exc}; the card will be reset before "
+                                   f"the next job; {self._counter_text()}") from exc
+        except CardError:
+            self._needs_reset = True
+            raise
+
+    def _check_caps(self, mode: Mode, dtype: DType, engine: str) -> None:
+        caps = self.info.caps
+        if not getattr(caps, engine) or mode not in caps.modes or dtype not in caps.dtypes:
+            raise CardCapabilityError(f"device {self.name!r}: this card cannot {engine} mode "
+                                      f"{mode.label!r} {dtype.label} (CAPS {caps})")
+
+    def _rejected(self, status: StatusRecord, what: str) -> CardError:
+        self.host_counters["rejected"] += 1
+        text = (f"device {self.name!r}: the card rejected the {what} job: {status.code.name} "
+                f"(detail {status.detail})")
+        if status.code in (ErrorCode.HEADER_CRC, ErrorCode.BODY_CRC, ErrorCode.BAD_FRAME):
+            return CardFrameError(f"{text}: the frame is corrupted")
+        if status.code in (ErrorCode.UNSUPPORTED, ErrorCode.TOO_LARGE):
+            return CardCapabilityError(text)
+        self._needs_reset = True
+        return CardProtocolError(text)
+
+    def compress(self, tensor: torch.Tensor, codec: Codec) -> Frame:
+        if not isinstance(codec, Codec):
+            raise TypeError(f"codec: expected an actpack.Codec, got {type(codec).__name__}")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"t: expected a torch.Tensor, got {type(tensor).__name__}")
+        header = codec._header(tensor)  # the codec's own checks of dtype
+        geo = header.geometry
+        if len(header.shape) > 8 or geo.groups > MAX_GROUPS:
+            return codec.compress(tensor)  # raises the codec's error for this tensor
+        mode, dtype = header.mode, header.dtype
+        self._check_caps(mode, dtype, "compress")
+        bound = frame_bound(header.shape, dtype, mode)
+        if bound > self.info.buffer_bytes:
+            raise CardCapabilityError(f"device {self.name!r}: a {tuple(header.shape)} tensor "
+                                      f"may need {bound} bytes, the card buffers "
+                                      f"{self.info.buffer_bytes}")
+        bits = tensor.detach().contiguous().cpu().view(_INT_VIEW[dtype]).numpy()
+        bits = bits.view(_NUMPY_BITS[dtype]).reshape(-1)
+        tiles = reference.tile(bits, geo) if geo.nblocks else np.zeros((0, 8, 8), bits.dtype)
+        scales = host_scales(tiles, mode, dtype, header.param, geo)
+        records = b"".join(_SCALE.pack(s.mantissa, s.exponent, s.inverse) for s in scales)
+        body = b"".join([pack_shape(header.shape), records, bytes(align(len(records)) -
+                         len(records)), tiles.astype(BITS[dtype]).tobytes()])
+        tcrc = table_crc(codec.table) if mode is Mode.DCT else 0
+        with self._lock:
+            desc = Descriptor(Op.COMPRESS, len(body), self._next_tag(), int(mode), int(dtype),
+                              len(header.shape), header.table_id, header.table_arg, len(scales),
+                              geo.nblocks, float(header.param), tcrc)
+            if self._needs_reset:
+                self._reset()
+            if mode is Mode.DCT and self._table != tcrc:
+                self._load_table(codec.table, tcrc)
+            msg = self._run(Op.COMPRESS, desc, body, _frame_expect, bound)
+            if len(msg) == STATUS_BYTES and StatusRecord.looks_like(msg):
+                raise self._rejected(StatusRecord.from_bytes(msg), "compress")
+        try:
+            parse_frame(msg)
+        except FrameError as exc:
+            key = "crc_errors" if "CRC" in str(exc) else "frame_errors"
+            self.host_counters[key] += 1
+            raise CardFrameError(f"device {self.name!r}: the frame the card sent fails its "
+                                 f"checks: {exc}") from exc
+        return Frame(msg, device=tensor.device)
+
+    def _load_table(self, table, crc: int) -> None:
+        words = np.frombuffer(np.asarray(table, dtype=np.uint8).tobytes(), dtype="<u4")
+        for offset, word in zip(REGS.TABLE.words, words, strict=True):
+            self.transport.reg_write(offset, int(word))
+        self._table = crc
+
+    def decompress(self, frame, *, device=None) -> torch.Tensor:
+        if isinstance(frame, Frame):
+            target = frame.device if device is None else torch.device(device)
+        elif isinstance(frame, (bytes, bytearray, memoryview)):
+            target = torch.device("cpu") if device is None else torch.device(device)
+        else:
+            raise TypeError(f"frame: expected a Frame or bytes, got {type(frame).__name__}")
+        data = bytes(frame)
+        layout = _frame_layout(data)
+        nvalues = 0
+        if layout is not None:
+            mode, dtype, shape = layout
+            self._check_caps(mode, dtype, "decompress")
+            nvalues = values_bytes(dtype, geometry(shape).nblocks)
+
+        def expect(buf: bytes) -> int:
+            return STATUS_BYTES if _early_status(buf) else nvalues + STATUS_BYTES
+
+        with self._lock:
+            desc = Descriptor(Op.DECOMPRESS, len(data), self._next_tag())
+            msg = self._run(Op.DECOMPRESS, desc, data, expect, nvalues + STATUS_BYTES)
+            try:
+                status = StatusRecord.from_bytes(msg[-STATUS_BYTES:])
+            except ProtocolError as exc:
+                self._needs_reset = True
+                raise CardProtocolError(f"device {self.name!r}: the card's answer does not end "
+                                        f"with a status record ({exc})") from exc
+            if status.tag != desc.tag:
+                self._needs_reset = True
+                raise CardProtocolError(f"device {self.name!r}: status record of job "
+                                        f"{status.tag}, expected {desc.tag}")
+            if status.code is not ErrorCode.OK:
+                if status.code.is_crc:
+                    self.host_counters["crc_errors"] += 1
+                raise self._rejected(status, "decompress")
+        if layout is None or len(msg) != nvalues + STATUS_BYTES:
+            raise CardProtocolError(f"device {self.name!r}: the card sent {len(msg)} bytes for a "
+                                    f"frame that decodes to {nvalues} (+ status)")
+        mode, dtype, shape = layout
+        geo = geometry(shape)
+        tiles = np.frombuffer(msg, dtype=BITS[dtype], count=64 * geo.nblocks).reshape(-1, 8, 8)
+        bits = (reference.untile(tiles, geo) if geo.nblocks
+                else np.zeros(0, dtype=BITS[dtype])).reshape(shape)
+        signed = bits.astype(BITS[dtype].newbyteorder("=")).view(_SIGNED[dtype.itemsize])
+        t = torch.from_numpy(np.array(signed, copy=True))
+        return t.view(torchpath._TORCH_OF[dtype]).to(target)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CardDevice({self.transport!r})"
+
+
+class FallbackDevice:
+    """``primary`` with the reference codec behind it.
+
+    A job that fails on the primary with a ``CardError`` (timeout, dead card, corrupted frame,
+    rejected or unsupported job) is redone on ``fallback`` (default ``RefDevice()``): the frames
+    are the same bytes whoever makes them, so nothing is lost and decompress works on frames from
+    either. The first fault logs one warning on the ``actpack.host.card`` logger. With ``sticky``
+    (default) later jobs go straight to the fallback: a dead card would cost a timeout each.
+    ``faults`` counts the fallbacks; ``last_error`` keeps the latest fault.
+    """
+
+    def __init__(self, primary: Device, fallback: Device | None = None, *, sticky: bool = True):
+        self.primary = primary
+        self.fallback = fallback if fallback is not None else RefDevice()
+        self.sticky = sticky
+        self.name = primary.name
+        self.faults = 0
+        self.last_error: BaseException | None = None
+        self._failed = False
+        self._lock = threading.Lock()
+
+    def _fault(self, exc: CardError) -> None:
+        with self._lock:
+            self.faults += 1
+            self.last_error = exc
+            first, self._failed = not self._failed, True
+        if first:
+            log.warning("device %r failed (%s); using %r from now on%s", self.primary.name, exc,
+                        self.fallback.name, "" if self.sticky else " for failed jobs")
+
+    @property
+    def using_fallback(self) -> bool:
+        return self._failed and self.sticky
+
+    def compress(self, tensor: torch.Tensor, codec: Codec) -> Frame:
+        if not self.using_fallback:
+            try:
+                return self.primary.compress(tensor, codec)
+            except CardError as exc:
+                self._fault(exc)
+        return self.fallback.compress(tensor, codec)
+
+    def decompress(self, frame, *, device=None) -> torch.Tensor:
+        if device is None:
+            device = frame.device if isinstance(frame, Frame) else torch.device("cpu")
+        if not self.using_fallback:
+            try:
+                return self.primary.decompress(frame, device=device)
+            except CardError as exc:
+                self._fault(exc)
+        return self.fallback.decompress(frame, device=device)
+
+    def __repr__(self) -> str:
+        return f"FallbackDevice({self.primary!r}, {self.fallback!r})"
+
+
+def open_xdma(prefix: str = "/dev/xdma0", *, timeout: float = 10.0, **transport_args
+              ) -> CardDevice:
+    """A ``CardDevice`` on the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``."""
+    from .xdma import XdmaTransport
+
+    transport = XdmaTransport(prefix, **transport_args)
+    try:
+        return CardDevice(transport, timeout=timeout)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def open_model(*, timeout: float = 10.0, **model_args) -> CardDevice:
+    """A ``CardDevice`` on the behavioural card model in-process (``host.cardmodel``)."""
+    return CardDevice(ModelTransport(CardModel(**model_args)), timeout=timeout)
