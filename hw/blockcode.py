@@ -208,17 +208,19 @@ class BlockEncoder(wiring.Component):
     ``count`` and ``last``); ZERO and RAW blocks produce no beats. A block's index entry leaves
     before its first beat.
 
-    Throughput: one block per 8 cycles (8 symbols per cycle, ``i`` never stalled) while every
-    block's coded bytes leave within 8 beats, which covers every dct and sfpr8 block and mask
-    mode. A block with more than 7 beats of coded bytes (eb, float32: over 112 bytes) can
-    hold the next block for one or two cycles (the packer emits one beat a cycle and starts a
-    block only once the previous block's last beat has left).
+    Throughput: one block per 8 cycles (8 symbols per cycle, ``i`` never stalled) as long as
+    each block's last beat leaves within 8 cycles of its first slot. The packer emits one beat
+    a cycle and starts a block only once the previous block's last beat has left, so a block
+    holds the next one back by a cycle when more than 16 of its bytes are still waiting after
+    its last group went in: possible for DENSE blocks and CODED blocks of more than 56 nonzero
+    symbols (group 7 carries bits), certain for blocks over 128 bytes (9 beats; eb, float32).
 
     Latency (unstalled, the previous block's bytes gone): ``INDEX_LATENCY`` = 3 cycles from the
-    transfer of a block's last row to that of its index entry; ``BEAT_LATENCY`` = 4 cycles to
-    its first beat. The last beat follows ``ngroups - 1`` cycles later for a CODED block
-    (``ngroups`` = ceil(nonzeros / 8)), 7 for DENSE, at once in mask mode (and the beats in
-    between one a cycle).
+    transfer of a block's last row to that of its index entry. Its last beat leaves
+    ``BEAT_LATENCY`` + ``e`` cycles after the last row, one more if more than 16 bytes were
+    waiting then, where ``e`` is the last group with bits: 0 in mask mode, ``ceil(n / 8) - 1``
+    for CODED (``n`` nonzero symbols), 7 for DENSE. Earlier beats leave as soon as 16 bytes
+    are ready.
 
     Structure: (A) per row: codes, nonzero mask, prefix popcount, compaction of the nonzero
     codes into a rank-ordered 64-entry buffer, dense codes, into one of two banks; (B) per
@@ -234,7 +236,7 @@ class BlockEncoder(wiring.Component):
     """
 
     INDEX_LATENCY = 3
-    BEAT_LATENCY = 4
+    BEAT_LATENCY = 3
 
     def __init__(self, *, mode, dtype=DType.FLOAT32):
         self.mode = Mode.parse(mode)  # ValueError naming ``mode``
@@ -317,8 +319,16 @@ class BlockEncoder(wiring.Component):
                          row_wide_d.eq(Cat(*wide_d_bits).any())]
             compact_bits = Cat(*compact)
             # entry e takes compact slot e - rank0 if that is 0..7; the first row clears the rest
-            offsets = [Signal(6, name=f"offset{e}") for e in range(64)]
-            m.d.comb += [offsets[e].eq(e - rank0) for e in range(64)]
+            entry_we = Signal(64)
+            entry_data = [Signal(_CODE, name=f"entry_data{e}") for e in range(64)]
+            for e in range(64):
+                offset = Signal(6, name=f"offset{e}")
+                hit = offset < N
+                m.d.comb += [
+                    offset.eq(e - rank0),
+                    entry_we[e].eq(hit | first_row),
+                    entry_data[e].eq(Mux(hit, compact_bits.word_select(offset[:3], _CODE), 0)),
+                ]
 
         with m.If(write):
             m.d.sync += w_row.eq(w_row + 1)
@@ -341,10 +351,8 @@ class BlockEncoder(wiring.Component):
                             wide_d[k].eq((wide_d[k] & keep) | row_wide_d),
                         ]
                         for e in range(64):
-                            hit = offsets[e] < N
-                            with m.If(hit | first_row):
-                                m.d.sync += ranks[k][e].eq(Mux(
-                                    hit, compact_bits.word_select(offsets[e][:3], _CODE), 0))
+                            with m.If(entry_we[e]):
+                                m.d.sync += ranks[k][e].eq(entry_data[e])
                         with m.Switch(w_row):
                             for r in range(N):
                                 with m.Case(r):
@@ -477,49 +485,74 @@ class BlockEncoder(wiring.Component):
         m.d.sync += full.eq((full | set_full) & ~clear_full)
 
         # ------------------------------------------------------- C: bit packer and the outputs
+        # Each cycle: (1) if the bits waiting make a beat (16 bytes, or the rest of a complete
+        # block), it goes out; otherwise (2) the slot from B is appended first and the beat is
+        # cut from the result, so a slot's bits can leave in the cycle they arrive. A block's
+        # first slot waits until the previous block's last beat has gone (beats never mix
+        # blocks); a later slot needs room for a whole group.
         acc = Signal(_ACC_BITS)  # bits waiting, LSB first; zero above ``fill``
         fill = Signal(range(_ACC_BITS + 1))
         left = Signal(range(_MAX_BLOCK + 1))  # bytes of the current block not yet emitted
         fed = Signal()  # every slot with bits of the current block is in ``acc``
-        emit = Signal()
-        count = Signal(range(BEAT_BYTES + 1))
-        fill_e = Signal.like(fill)
-        left_e = Signal.like(left)
-        acc_e = Signal.like(acc)
+        o_free = ~o.valid | o.ready
+
+        def beat_out(bits, nleft):
+            """Next-state of ``o`` for a beat cut from ``bits`` with ``nleft`` bytes to go."""
+            return [
+                o.valid.eq(1),
+                o.payload.data.eq(bits[:_BEAT_BITS]),
+                o.payload.count.eq(Mux(nleft >= BEAT_BYTES, BEAT_BYTES, nleft)),
+                o.payload.last.eq(nleft <= BEAT_BYTES),
+            ]
+
+        def after_beat(bits, nfill, nleft):
+            """(acc, fill, left) once a beat has been cut from them."""
+            return (bits >> _BEAT_BITS, Mux(nfill >= _BEAT_BITS, nfill - _BEAT_BITS, 0),
+                    Mux(nleft >= BEAT_BYTES, nleft - BEAT_BYTES, 0))
+
+        emit_old = Signal()  # (1): a beat from the bits already waiting
+        acc_e, fill_e, left_e = Signal.like(acc), Signal.like(fill), Signal.like(left)
         m.d.comb += [
-            emit.eq((~o.valid | o.ready) & (left != 0) & ((fill >= _BEAT_BITS) | fed)),
-            count.eq(Mux(left >= BEAT_BYTES, BEAT_BYTES, left)),
-            fill_e.eq(Mux(emit, Mux(fill >= _BEAT_BITS, fill - _BEAT_BITS, 0), fill)),
-            left_e.eq(Mux(emit, left - count, left)),
-            acc_e.eq(Mux(emit, acc >> _BEAT_BITS, acc)),
-            # a block starts on an empty packer (its index entry register free); a later slot
-            # needs room for a whole group
+            emit_old.eq(o_free & (left != 0) & ((fill >= _BEAT_BITS) | fed)),
+            *_assign((acc_e, fill_e, left_e), after_beat(acc, fill, left), (acc, fill, left),
+                     emit_old),
             c_take.eq(s_valid & Mux(s_first, (left_e == 0) & (~index.valid | index.ready),
                                     fill_e <= _ACC_BITS - _GROUP_BITS)),
         ]
-        with m.If(emit):
-            m.d.sync += [
-                o.valid.eq(1),
-                o.payload.data.eq(acc[:_BEAT_BITS]),
-                o.payload.count.eq(count),
-                o.payload.last.eq(left <= BEAT_BYTES),
-            ]
+        acc_t, fill_t, left_t = Signal.like(acc), Signal.like(fill), Signal.like(left)
+        emit_new = Signal()  # (2): a beat from the waiting bits and the slot taken now
+        m.d.comb += [
+            acc_t.eq(acc_e | (s_bits << fill_e[:8])),
+            fill_t.eq(fill_e + s_len),
+            left_t.eq(Mux(s_first, s_total, left_e)),
+            emit_new.eq(o_free & ~emit_old & c_take & (left_t != 0)
+                        & ((fill_t >= _BEAT_BITS) | s_end)),
+        ]
+        with m.If(emit_old):
+            m.d.sync += beat_out(acc, left)
+        with m.Elif(emit_new):
+            m.d.sync += beat_out(acc_t, left_t)
         with m.Elif(o.ready):
             m.d.sync += o.valid.eq(0)
-        with m.If(c_take):
-            m.d.sync += [
-                acc.eq(acc_e | (s_bits << fill_e[:8])),
-                fill.eq(fill_e + s_len),
-                left.eq(Mux(s_first, s_total, left_e)),
-                fed.eq(s_end),
-            ]
+        with m.If(emit_new):
+            m.d.sync += [r.eq(v) for r, v in zip((acc, fill, left),
+                                                 after_beat(acc_t, fill_t, left_t), strict=True)]
+        with m.Elif(c_take):
+            m.d.sync += [acc.eq(acc_t), fill.eq(fill_t), left.eq(left_t)]
         with m.Else():
             m.d.sync += [acc.eq(acc_e), fill.eq(fill_e), left.eq(left_e)]
+        with m.If(c_take):
+            m.d.sync += fed.eq(s_end)
         with m.If(c_take & s_first):
             m.d.sync += [index.valid.eq(1), index.payload.eq(s_entry)]
         with m.Elif(index.ready):
             m.d.sync += index.valid.eq(0)
         return m
+
+
+def _assign(targets, if_true, if_false, cond):
+    """``target.eq(Mux(cond, a, b))`` for each target (values zero-extended to the target)."""
+    return [t.eq(Mux(cond, a, b)) for t, a, b in zip(targets, if_true, if_false, strict=True)]
 
 
 def _or(values):

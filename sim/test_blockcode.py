@@ -20,6 +20,7 @@ import numpy as np
 from amaranth.lib import data
 
 from actpack.codec import reference, spec
+from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import NAMED_TABLES, ZIGZAG
 
@@ -188,9 +189,9 @@ class EncoderTB(StreamTB):
                 out += raw[:want]
             assert out == chunk, f"{ctx}: bytes\n{out.hex()}\nexpected\n{chunk.hex()}"
         if timing:
-            self._timing(expected)
+            self._timing(blocks, expected)
 
-    def _timing(self, expected):
+    def _timing(self, blocks, expected):
         ins = np.array(self.src.transfers)
         assert np.all(np.diff(ins) == 1), (
             f"input stalled {int(np.sum(np.diff(ins) - 1))} cycles")
@@ -198,11 +199,17 @@ class EncoderTB(StreamTB):
         idx = np.array(self.entries.transfers)
         lat = set((idx - last_rows).tolist())
         assert lat == {BlockEncoder.INDEX_LATENCY}, f"index latency {lat}"
+        # a block's last beat: BEAT_LATENCY + its last slot with bits, + 1 if two beats were left
         beats = np.array(self.beats.transfers)
-        starts = np.cumsum([0] + [-(-len(c) // BEAT_BYTES) for _, c in expected])[:-1]
-        coded = [b for b, (_, c) in enumerate(expected) if c]
-        lat = set((beats[starts[coded]] - last_rows[coded]).tolist())
-        assert lat == {BlockEncoder.BEAT_LATENCY}, f"first beat latency {lat}"
+        ends = np.cumsum([-(-len(c) // BEAT_BYTES) for _, c in expected]) - 1
+        for b, (entry, chunk) in enumerate(expected):
+            if not chunk:
+                continue
+            kind = entry >> 14
+            slot = 0 if MODE is Mode.MASK else 7 if kind == Kind.DENSE else (
+                -(-np.count_nonzero(blocks[b]) // 8) - 1)
+            extra = beats[ends[b]] - last_rows[b] - BlockEncoder.BEAT_LATENCY - slot
+            assert extra in (0, 1), f"block {b}: last beat {extra} cycles late"
         self.dut._log.info("%s %s: %d blocks, %d input cycles, %d beats", MODE.label,
                            DTYPE.label, len(expected), ins[-1] - ins[0] + 1, len(beats))
 
