@@ -1,0 +1,120 @@
+"""The ``eb`` mode's Lorenzo predictor and its inverse (docs/format.md 6.4), bit-exact with
+``actpack.codec.reference.lorenzo`` / ``unlorenzo``, one raster row of a block per cycle.
+
+Both work within 8 x 8 blocks (values outside a block count as 0). A row's index is the number
+of rows transferred on ``i`` since reset, modulo 8: streams carry whole blocks, rows 0..7.
+
+Predictor: with the row's horizontal differences ``h[x] = q[x] - q[x-1]`` (``q[-1] = 0``),
+``d[y, x] = h[y, x] - h[y-1, x]`` (``h[-1, .] = 0``), which is ``q - up - left + up_left``.
+Reconstructor: column sums ``D[y, x] = D[y-1, x] + d[y, x]``, then the row's prefix sum
+``q[y, x] = sum_{j <= x} D[y, j]``.
+"""
+
+from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from actpack.codec import spec
+
+from .quant import LEVEL, LevelRow
+
+__all__ = ["ACC", "COL", "DIFF", "QROW", "AccRow", "DiffRow", "LorenzoPredictor",
+           "LorenzoReconstructor"]
+
+N = spec.BLOCK
+
+# Encoder: q = SFPR(x, s, 2**15); d sums four of them with signs.
+Q = Shape.cast(range(-spec.EB_Q_SAT, spec.EB_Q_SAT + 1))  # signed(17)
+DIFF = Shape.cast(range(-4 * spec.EB_Q_SAT, 4 * spec.EB_Q_SAT + 1))  # signed(19)
+QROW = data.ArrayLayout(Q, N)
+DiffRow = data.ArrayLayout(DIFF, N)
+
+
+def _level_bounds() -> tuple[int, int]:
+    return -(1 << (LEVEL.width - 1)), (1 << (LEVEL.width - 1)) - 1
+
+
+# Decoder: d as the entropy decoder delivers it (``LevelRow``: coded values have |d| <= 2**14,
+# the port carries any int16). Column sums of 8 and row sums of 8 of those: |D| <= 2**18,
+# q in [-2**21, 2**21 - 64]: 22-bit accumulators (format 6.4), so no port value ever wraps.
+_LO, _HI = _level_bounds()
+COL = Shape.cast(range(N * _LO, N * _HI + 1))  # signed(20)
+ACC = Shape.cast(range(N * N * _LO, N * N * _HI + 1))  # signed(22)
+AccRow = data.ArrayLayout(ACC, N)
+
+
+class LorenzoPredictor(wiring.Component):
+    """Lorenzo residuals of q rows: ``d = q - up - left + up_left`` within each 8 x 8 block.
+
+    Input ``i``: ``QROW`` (``FloatToFixed(limit=2**15)`` values, signed 17-bit), rows 0..7 of
+    each block. Output ``o``: rows of ``DIFF`` (signed 19-bit, |d| <= 2**17), same order.
+    Throughput: 8 values per cycle, no bubbles between rows or blocks. Latency: ``LATENCY`` =
+    1 cycle. Backpressure: ``o`` is a register; ``i.ready = ~o.valid | o.ready``. Bad input:
+    none (every port value is predicted exactly); a stream that does not carry whole blocks
+    shifts the row index of every later row.
+    """
+
+    i: In(stream.Signature(QROW))
+    o: Out(stream.Signature(DiffRow))
+
+    LATENCY = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        row = Signal(range(N))
+        prev = [Signal(range(-2 * spec.EB_Q_SAT, 2 * spec.EB_Q_SAT + 1), name=f"h_prev_{x}")
+                for x in range(N)]
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(i.ready):
+            m.d.sync += o.valid.eq(i.valid)
+            for x in range(N):
+                h = Signal.like(prev[x], name=f"h_{x}")
+                m.d.comb += h.eq(i.payload[x] - (i.payload[x - 1] if x else 0))
+                up = Signal.like(prev[x], name=f"h_up_{x}")
+                m.d.comb += up.eq(Mux(row != 0, prev[x], 0))
+                m.d.sync += o.payload[x].eq(h - up)
+                with m.If(i.valid):
+                    m.d.sync += prev[x].eq(h)
+            with m.If(i.valid):
+                m.d.sync += row.eq(row + 1)
+        return m
+
+
+class LorenzoReconstructor(wiring.Component):
+    """The decoder's 2-D prefix sum: q rows from Lorenzo residual rows, within each block.
+
+    Input ``i``: ``LevelRow`` (signed 16-bit residuals), rows 0..7 of each block. Output ``o``:
+    rows of ``ACC`` (signed 22-bit), ready for ``FixedToFloat(width=22)``. Column sums are
+    registers (one per lane, cleared by row 0); the row's prefix sum is combinational.
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle. Backpressure:
+    as ``LorenzoPredictor``. Bad input: none: every int16 residual is summed exactly (the
+    accumulators cannot wrap).
+    """
+
+    i: In(stream.Signature(LevelRow))
+    o: Out(stream.Signature(AccRow))
+
+    LATENCY = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        row = Signal(range(N))
+        cols = [Signal(COL, name=f"col_{x}") for x in range(N)]
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(i.ready):
+            m.d.sync += o.valid.eq(i.valid)
+            total = 0
+            for x in range(N):
+                col = Signal(COL, name=f"col_next_{x}")
+                m.d.comb += col.eq(Mux(row != 0, cols[x], 0) + i.payload[x])
+                with m.If(i.valid):
+                    m.d.sync += cols[x].eq(col)
+                acc = Signal(ACC, name=f"acc_{x}")
+                m.d.comb += acc.eq(total + col)
+                total = acc
+                m.d.sync += o.payload[x].eq(acc)
+            with m.If(i.valid):
+                m.d.sync += row.eq(row + 1)
+        return m
