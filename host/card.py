@@ -316,6 +316,7 @@ class CardDevice:
         except FrameError as exc:
             key = "crc_errors" if "CRC" in str(exc) else "frame_errors"
             self.host_counters[key] += 1
+            self._needs_reset = True  # a card that sent a bad frame may be out of step
             raise CardFrameError(f"device {self.name!r}: the frame the card sent fails its "
                                  f"checks: {exc}") from exc
         return Frame(msg, device=tensor.device)

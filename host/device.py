@@ -130,7 +130,7 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
             return RefDevice()
         return card.FallbackDevice(dev) if fallback else dev
     if sep or options:
-        what = "an argument" if sep else f"options {sorted(options)}"
+        what = "argument" if sep else f"options {sorted(options)}"
         raise UnknownDeviceError(f"device {name!r} takes no {what}; 'xdma:<prefix>' does")
     return resolve_device(name)
 

@@ -219,17 +219,17 @@ class XdmaTransport(Transport):
         ended = False
         while True:
             if buf:
+                if ended and self.tlast_reads:
+                    # The read ended at tlast: the message is what the card sent, whatever its
+                    # header claims (the caller's checks judge it).
+                    return bytes(buf)
                 need = expect(bytes(buf))
-                if need is not None and need > limit:
-                    raise CardProtocolError(f"the card announced a {need}-byte message; this "
-                                            f"job produces at most {limit}")
                 if need is not None and len(buf) >= need:
                     self._rest = bytes(buf[need:])
                     return bytes(buf[:need])
-                if ended and self.tlast_reads:
-                    return bytes(buf)  # tlast came first: the caller sees what the card sent
-                if len(buf) > limit:
-                    raise CardProtocolError(f"the card sent more than {limit} bytes for a job")
+                if (need or 0) > limit or len(buf) > limit:
+                    raise CardProtocolError(f"the card is sending a message of more than "
+                                            f"{limit} bytes, the most this job produces")
             try:
                 item = self._chunks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -267,7 +267,6 @@ class XdmaTransport(Transport):
         self._close_fds()
         if self._sent.is_set():
             self._tx.close()  # else the pending writer still reads it; it is freed with self
-        self._reader.join(0.2)
 
     def __repr__(self) -> str:
         return f"XdmaTransport({self.prefix!r})"
