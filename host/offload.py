@@ -209,6 +209,16 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
+def _channel_rows(shape) -> tuple[int, int, int] | None:
+    """How a 4-D (N, C, H, W) tensor whose planes are smaller than one 8 x 8 block is stored:
+    as (N, H * W, C), so the codec's planes are (position, channel) rows and not 8 x 8 blocks
+    mostly made of padding (a 4 x 4 plane is a quarter of its block: ResNet-18's last stage at
+    128 x 128 input). None for every other tensor, stored in its own shape."""
+    if len(shape) == 4 and shape[2] * shape[3] < 64 and shape[1] >= 8:
+        return shape[0], shape[2] * shape[3], shape[1]
+    return None
+
+
 def _codec_label(codec: Codec | Lossless | None) -> str:
     if codec is None:
         return "keep"
@@ -487,6 +497,9 @@ class OffloadSession:
                 if isinstance(codec, Lossless):  # exact host-side packing, no frame
                     frame = codec.compress(tensor)
                 else:
+                    rows = _channel_rows(rec.shape)
+                    if rows is not None:
+                        tensor = tensor.permute(0, 2, 3, 1).reshape(rows)
                     frame = self.device.compress(tensor, codec)
             if not isinstance(frame, Frame) and not isinstance(codec, Lossless):
                 raise TypeError(f"device {self.device.name!r}: compress returned "
@@ -553,6 +566,12 @@ class OffloadSession:
                     t = LOSSLESS.decompress(frame, device=rec.device)
                 else:
                     t = self.device.decompress(frame, device=rec.device)
+                    rows = _channel_rows(rec.shape)
+                    if rows is not None and isinstance(t, torch.Tensor) and t.shape == rows:
+                        n, c, h, w = rec.shape
+                        t = t.reshape(n, h, w, c).permute(0, 3, 1, 2)
+                        if rec.stride is None:
+                            t = t.contiguous()
         except FrameError as exc:
             raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})") from exc
         if not isinstance(t, torch.Tensor):

@@ -19,9 +19,13 @@ from torch import nn
 
 import actpack
 from actpack import Policy, Rule
+from actpack.host.policy import SFPR8_FULL_RANGE
 
 # Only masks are lossy-free-compressed; everything that carries values is kept.
-MASKS_ONLY = Policy.auto(conv="keep", values="keep", min_bytes=0)
+MASKS_ONLY = Policy.auto(conv="keep", spatial="keep", values="keep", min_bytes=0)
+# The lossy setting these tests check gradients against: their inputs are random, and optH (the
+# "auto" DCT table) is for real activations (see test_offload_training).
+SFPR8 = f"sfpr8:{SFPR8_FULL_RANGE}"
 
 MODELS = {"conv_relu_conv": conv_relu_conv, "conv_relu_pool": conv_relu_pool,
           "relu_only_mask": relu_only_mask}
@@ -48,7 +52,7 @@ def test_masks_and_kept_tensors_give_exact_gradients(name):
 def test_relu_output_read_by_another_op_stores_values_and_mask():
     model, x = conv_relu_conv(), batch()
     ref = grads(model, x)
-    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    session = actpack.offload(policy=Policy.auto(min_bytes=0, conv=SFPR8, spatial=SFPR8))
     got = grads(model, x, session)
     m = modes(session)
     assert m["relu1"] == "mask+sfpr8:3.96875"
@@ -61,7 +65,7 @@ def test_relu_output_read_by_another_op_stores_values_and_mask():
 def test_relu_then_max_pool_stores_only_the_mask():
     model, x = conv_relu_pool(), batch()
     ref = grads(model, x)
-    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    session = actpack.offload(policy=Policy.auto(min_bytes=0, conv=SFPR8, spatial=SFPR8))
     got = grads(model, x, session)
     relu = next(t for t in session.stats.tensors if t.layer == "relu1")
     assert relu.saved_by == ("relu1", "pool1") and relu.mode == "mask"
@@ -72,7 +76,7 @@ def test_relu_then_max_pool_stores_only_the_mask():
     for n in ref:
         assert rel_err(got[n], ref[n]) < 0.02, n
     session = actpack.offload(policy=Policy.auto(
-        min_bytes=0, rules=[Rule("keep", op=("input", "linear"))]))
+        min_bytes=0, conv=SFPR8, spatial=SFPR8, rules=[Rule("keep", op=("input", "linear"))]))
     got = grads(model, x, session)
     assert torch.equal(got["conv1.weight"], ref["conv1.weight"])
     assert torch.equal(got["conv1.bias"], ref["conv1.bias"])
@@ -89,8 +93,7 @@ def test_max_pool_input_is_stored_as_a_mask_with_exact_gradients(pool, workers):
     x = batch()
     model(x)  # materialize the lazy layer
     ref = grads(model, x)
-    session = actpack.offload(policy=Policy.auto(conv="keep", values="keep", min_bytes=0),
-                              workers=workers)
+    session = actpack.offload(policy=MASKS_ONLY, workers=workers)
     got = grads(model, x, session)
     for n in ref:
         assert torch.equal(got[n], ref[n]), n
@@ -101,7 +104,7 @@ def test_max_pool_input_is_stored_as_a_mask_with_exact_gradients(pool, workers):
 def test_relu_mask_alone_is_used_when_nothing_else_saves_it():
     model, x = relu_only_mask(), batch()
     ref = grads(model, x)
-    session = actpack.offload(policy=Policy.auto(min_bytes=0))
+    session = actpack.offload(policy=Policy.auto(min_bytes=0, conv=SFPR8, spatial=SFPR8))
     got = grads(model, x, session)
     assert modes(session)["relu1"] == "mask"
     # conv1's gradient depends on its input (sfpr8) and the exact mask only.
@@ -126,7 +129,8 @@ def test_inplace_relu_after_conv():
 def test_lossy_settings_give_close_gradients(setting, bound):
     model, x = conv_relu_conv(), batch()
     ref = grads(model, x)
-    session = actpack.offload(policy=Policy.auto(conv=setting, values=setting, min_bytes=0))
+    session = actpack.offload(policy=Policy.auto(conv=setting, spatial=setting, values=setting,
+                                                           min_bytes=0))
     got = grads(model, x, session)
     for n in ref:
         assert rel_err(got[n], ref[n]) < bound, (n, rel_err(got[n], ref[n]))
@@ -150,7 +154,7 @@ def test_functional_relu_outside_modules_is_masked():
 
 def test_retain_graph_second_backward_reads_again():
     model, x = conv_relu_pool(), batch()
-    with actpack.offload(policy=Policy.auto(min_bytes=0)):
+    with actpack.offload(policy=Policy.auto(min_bytes=0, conv=SFPR8, spatial=SFPR8)):
         loss = (model(x) ** 2).mean()
         g1 = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
         g2 = torch.autograd.grad(loss, list(model.parameters()))
