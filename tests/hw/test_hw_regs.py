@@ -140,3 +140,16 @@ def test_sections():
     # shape + one padded scale section + 12 float16 blocks
     assert protocol.compress_in_bytes(DType.FLOAT16, 3, 12) == 64 + 64 + 12 * 128
     assert protocol.compress_in_bytes(DType.FLOAT32, 0, 0) == 64
+
+
+def test_docs_table_lists_every_register():
+    """docs/card.md's register table names each register at its offset, and nothing else."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "card.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `0x")]
+    documented = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        documented[cells[1].strip("`")] = int(cells[0].split("`")[1], 16)
+    assert documented == {r.name: r.offset for r in REGS}
