@@ -153,3 +153,23 @@ def test_check_device_agreement_and_disagreement(monkeypatch):
     assert check_device("ref_copy", seed=0, steps=1) == []
     problems = check_device("flaky", seed=0, steps=1)
     assert problems and any("gradient of" in p for p in problems)
+
+
+def test_bench_offload_quick(tmp_path):
+    results, out_json = tmp_path / "results.md", tmp_path / "offload.json"
+    results.write_text("# mine\n")
+    assert main(["bench", "offload", "--quick", "--results", str(results),
+                 "--json", str(out_json)]) == 0
+    text = results.read_text()
+    assert text.startswith("# mine\n") and "<!-- bench offload: begin -->" in text
+    assert "| digits CNN |" in text and "| ResNet-18 |" in text
+    data = json.loads(out_json.read_text())
+    rows = {r["model"]: r for r in data["models"]}
+    assert rows["digits CNN"]["ratio"] > 8  # what "auto" stores: masks, dct, narrowed indices
+    for r in rows.values():
+        assert r["raw_bytes"] > r["stored_bytes"] > 0
+        assert set(r["step_ms"]) == {"plain", "offload, 2 workers", "offload, inline"}
+        assert all(ms > 0 for ms in r["step_ms"].values())
+    assert "mask" in rows["ResNet-18"]["modes"] and "lossless" in rows["ResNet-18"]["modes"]
+    assert 0 < data["accuracy"]["plain"] <= 1 and 0 < data["accuracy"]["offload"] <= 1
+    assert len(data["targets"]) == 5

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # name -> module (imported lazily by the CLI so `actpack --help` stays fast)
-BENCHMARKS = {"codec": "actpack.bench.codec"}
+BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload"}
 
 _RESULTS_INTRO = """\
 # actpack — measured results
