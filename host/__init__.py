@@ -2,9 +2,10 @@
 
 ``actpack.offload`` compresses the tensors autograd saves for backward (module ``offload``),
 choosing a codec setting per tensor (``policy``), on a device behind one small protocol
-(``device``: "ref", the software codec, today; the simulated card and the XDMA card later), and
-reports what it stored (``stats``). The card's register-level driver is tracked in the
-card/driver issue.
+(``device``: "ref", the software codec; "xdma" and "model" for the card; "sim" later), and
+reports what it stored (``stats``). The card's driver: ``card`` (``CardDevice``,
+``FallbackDevice``) over a ``transport`` (``xdma``, or the behavioural ``cardmodel``); see
+docs/card.md and ``open_device``.
 """
 
 from .card import CardDevice, FallbackDevice
