@@ -390,12 +390,16 @@ class CardDevice:
 class FallbackDevice:
     """``primary`` with the reference codec behind it.
 
-    A job that fails on the primary with a ``CardError`` (timeout, dead card, corrupted frame,
-    rejected or unsupported job) is redone on ``fallback`` (default ``RefDevice()``): the frames
-    are the same bytes whoever makes them, so nothing is lost and decompress works on frames from
+    A job that fails on the primary with a ``CardError`` (timeout, dead card, a bad frame from
+    the card, a rejected job) is redone on ``fallback`` (default ``RefDevice()``): the frames are
+    the same bytes whoever makes them, so nothing is lost and decompress works on frames from
     either. The first fault logs one warning on the ``actpack.host.card`` logger. With ``sticky``
     (default) later jobs go straight to the fallback: a dead card would cost a timeout each.
     ``faults`` counts the fallbacks; ``last_error`` keeps the latest fault.
+
+    Not card faults: a job the card cannot run (``CardCapabilityError``: mode, dtype, size) goes
+    to the fallback alone (counted in ``unsupported``); a frame that is itself corrupted raises
+    ``FrameError`` from the fallback as it would from any device, and the card stays in use.
     """
 
     def __init__(self, primary: Device, fallback: Device | None = None, *, sticky: bool = True):
@@ -404,6 +408,7 @@ class FallbackDevice:
         self.sticky = sticky
         self.name = primary.name
         self.faults = 0
+        self.unsupported = 0
         self.last_error: BaseException | None = None
         self._failed = False
         self._lock = threading.Lock()
@@ -425,6 +430,8 @@ class FallbackDevice:
         if not self.using_fallback:
             try:
                 return self.primary.compress(tensor, codec)
+            except CardCapabilityError:
+                self.unsupported += 1  # this job only: the card is fine
             except CardError as exc:
                 self._fault(exc)
         return self.fallback.compress(tensor, codec)
@@ -435,6 +442,14 @@ class FallbackDevice:
         if not self.using_fallback:
             try:
                 return self.primary.decompress(frame, device=device)
+            except CardCapabilityError:
+                self.unsupported += 1
+            except CardFrameError as exc:
+                # A corrupted frame is not the card's fault: the fallback raises FrameError for
+                # it too, and the card stays in use. If the fallback decodes it, the card erred.
+                out = self.fallback.decompress(frame, device=device)
+                self._fault(exc)
+                return out
             except CardError as exc:
                 self._fault(exc)
         return self.fallback.decompress(frame, device=device)
@@ -443,19 +458,23 @@ class FallbackDevice:
         return f"FallbackDevice({self.primary!r}, {self.fallback!r})"
 
 
-def open_xdma(prefix: str = "/dev/xdma0", *, timeout: float = 10.0, **transport_args
-              ) -> CardDevice:
-    """A ``CardDevice`` on the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``."""
+def open_xdma(prefix: str = "/dev/xdma0", *, timeout: float = 10.0, reset_timeout: float = 2.0,
+              **transport_args) -> CardDevice:
+    """A ``CardDevice`` on the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``
+    (``transport_args`` go to ``XdmaTransport``)."""
     from .xdma import XdmaTransport
 
     transport = XdmaTransport(prefix, **transport_args)
     try:
-        return CardDevice(transport, timeout=timeout)
+        return CardDevice(transport, timeout=timeout, reset_timeout=reset_timeout)
     except BaseException:
         transport.close()
         raise
 
 
-def open_model(*, timeout: float = 10.0, **model_args) -> CardDevice:
-    """A ``CardDevice`` on the behavioural card model in-process (``host.cardmodel``)."""
-    return CardDevice(ModelTransport(CardModel(**model_args)), timeout=timeout)
+def open_model(*, timeout: float = 10.0, reset_timeout: float = 2.0, **model_args
+               ) -> CardDevice:
+    """A ``CardDevice`` on the behavioural card model in-process (``host.cardmodel``;
+    ``model_args`` go to ``CardModel``)."""
+    return CardDevice(ModelTransport(CardModel(**model_args)), timeout=timeout,
+                      reset_timeout=reset_timeout)

@@ -123,7 +123,7 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
         try:
             dev = card.open_xdma(arg or "/dev/xdma0", **options) if name == "xdma" else (
                 card.open_model(**options))
-        except DeviceUnavailableError as exc:
+        except (DeviceUnavailableError, card.CardError) as exc:  # absent, foreign or dead
             if not fallback:
                 raise
             card.log.warning("device %r is unavailable (%s); using 'ref'", spec, exc)

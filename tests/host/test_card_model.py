@@ -17,6 +17,7 @@ from actpack.host import (
     CardMismatchError,
     CardProtocolError,
     DeviceUnavailableError,
+    FallbackDevice,
     UnknownDeviceError,
 )
 from actpack.host.card import open_model
@@ -199,3 +200,19 @@ def test_open_device_names():
         actpack.open_device(3)
     assert actpack.open_device("model").name == "model"
     assert actpack.offload(device="model").device.name == "model"
+
+
+def test_fallback_is_not_triggered_by_the_data():
+    """A job the card cannot run, or a frame that is itself corrupted, is not a card fault."""
+    caps = Caps(modes=frozenset({Mode.SFPR8}))
+    device = FallbackDevice(open_model(config=CardConfig(caps=caps)))
+    x = torch.randn(3, 20)
+    dct = actpack.Codec(mode="dct")
+    assert bytes(device.compress(x, dct)) == bytes(dct.compress(x))  # on the fallback
+    frame = device.compress(x, actpack.Codec(mode="sfpr8"))
+    data = bytearray(bytes(frame))
+    data[-70] ^= 1
+    with pytest.raises(actpack.FrameError, match="payload CRC"):  # the fallback's own words
+        device.decompress(bytes(data))
+    assert device.unsupported == 1 and device.faults == 0 and not device.using_fallback
+    assert device.primary.counters()["frames"] == 1

@@ -180,7 +180,8 @@ def test_foreign_card_is_named(tmp_path):
 def test_card_that_takes_no_data(tmp_path):
     """The H2C write blocks (a one-page FIFO nobody reads): the transfer times out."""
     with XdmaEmulator(tmp_path, pipe_bytes=4096) as emu:
-        device = actpack.open_device(f"xdma:{emu.prefix}", timeout=FAULT_TIMEOUT)
+        device = actpack.open_device(f"xdma:{emu.prefix}", timeout=FAULT_TIMEOUT,
+                                     reset_timeout=FAULT_TIMEOUT)
         emu.dead = True
         start = time.monotonic()
         with pytest.raises(CardTimeoutError, match=r"did not take the job within 0\.3 s"):
@@ -197,6 +198,15 @@ def test_missing_card(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="actpack.host.card"):
         device = actpack.open_device(f"xdma:{tmp_path}/xdma0", fallback=True)
     assert isinstance(device, RefDevice) and "unavailable" in caplog.text
+
+
+def test_dead_card_at_open_with_fallback(tmp_path, caplog):
+    with XdmaEmulator(tmp_path) as emu:
+        emu.dead = True
+        with caplog.at_level(logging.WARNING, logger="actpack.host.card"):
+            device = actpack.open_device(f"xdma:{emu.prefix}", fallback=True,
+                                         timeout=FAULT_TIMEOUT, reset_timeout=FAULT_TIMEOUT)
+        assert isinstance(device, RefDevice) and "soft reset" in caplog.text
 
 
 def test_fallback_keeps_results_under_a_dead_card(card, emulator, caplog):
