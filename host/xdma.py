@@ -42,6 +42,7 @@ import mmap
 import os
 import queue
 import select
+import sys
 import threading
 import time
 
@@ -99,6 +100,8 @@ class XdmaTransport(Transport):
                  c2h_buffer: int = 4 << 20, tlast_reads: bool = True):
         if c2h_buffer < _PAGE or c2h_buffer % _PAGE:
             raise ValueError(f"c2h_buffer: a multiple of the page size {_PAGE}, got {c2h_buffer}")
+        if sys.byteorder != "little":  # register words are read as native 32-bit integers
+            raise DeviceUnavailableError("device 'xdma': the driver needs a little-endian host")
         self.prefix = prefix
         self.paths = node_paths(prefix, channel)
         for path in self.paths.values():
