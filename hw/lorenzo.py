@@ -43,7 +43,28 @@ ACC = Shape.cast(range(N * N * _LO, N * N * _HI + 1))  # signed(22)
 AccRow = data.ArrayLayout(ACC, N)
 
 
-class LorenzoPredictor(wiring.Component):
+class _BlockRows(wiring.Component):
+    """A one-cycle row stage that knows each row's index inside its block (rows transferred
+    since reset, modulo 8) and keeps per-lane state from row to row: subclasses give
+    ``rows(m, row, advance)``, which drives ``o.payload`` (registered, updated while the stage
+    accepts) and updates its state when ``advance`` (a row transfers on ``i``)."""
+
+    LATENCY = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o = self.i, self.o
+        row = Signal(range(N))
+        m.d.comb += i.ready.eq(~o.valid | o.ready)
+        with m.If(i.ready):
+            m.d.sync += o.valid.eq(i.valid)
+            with m.If(i.valid):
+                m.d.sync += row.eq(row + 1)
+        self.rows(m, row, i.ready & i.valid)
+        return m
+
+
+class LorenzoPredictor(_BlockRows):
     """Lorenzo residuals of q rows: ``d = q - up - left + up_left`` within each 8 x 8 block.
 
     Input ``i``: ``QROW`` (``FloatToFixed(limit=2**15)`` values, signed 17-bit), rows 0..7 of
@@ -57,31 +78,23 @@ class LorenzoPredictor(wiring.Component):
     i: In(stream.Signature(QROW))
     o: Out(stream.Signature(DiffRow))
 
-    LATENCY = 1
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        row = Signal(range(N))
-        prev = [Signal(range(-2 * spec.EB_Q_SAT, 2 * spec.EB_Q_SAT + 1), name=f"h_prev_{x}")
-                for x in range(N)]
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
-        with m.If(i.ready):
-            m.d.sync += o.valid.eq(i.valid)
-            for x in range(N):
-                h = Signal.like(prev[x], name=f"h_{x}")
-                m.d.comb += h.eq(i.payload[x] - (i.payload[x - 1] if x else 0))
-                up = Signal.like(prev[x], name=f"h_up_{x}")
-                m.d.comb += up.eq(Mux(row != 0, prev[x], 0))
-                m.d.sync += o.payload[x].eq(h - up)
-                with m.If(i.valid):
-                    m.d.sync += prev[x].eq(h)
-            with m.If(i.valid):
-                m.d.sync += row.eq(row + 1)
-        return m
+    def rows(self, m, row, advance):
+        q = self.i.payload
+        for x in range(N):
+            prev = Signal(range(-2 * spec.EB_Q_SAT, 2 * spec.EB_Q_SAT + 1), name=f"h_prev_{x}")
+            h = Signal.like(prev, name=f"h_{x}")
+            up = Signal.like(prev, name=f"h_up_{x}")
+            m.d.comb += [
+                h.eq(q[x] - (q[x - 1] if x else 0)),
+                up.eq(Mux(row != 0, prev, 0)),
+            ]
+            with m.If(self.i.ready):
+                m.d.sync += self.o.payload[x].eq(h - up)
+            with m.If(advance):
+                m.d.sync += prev.eq(h)
 
 
-class LorenzoReconstructor(wiring.Component):
+class LorenzoReconstructor(_BlockRows):
     """The decoder's 2-D prefix sum: q rows from Lorenzo residual rows, within each block.
 
     Input ``i``: ``LevelRow`` (signed 16-bit residuals), rows 0..7 of each block. Output ``o``:
@@ -95,26 +108,18 @@ class LorenzoReconstructor(wiring.Component):
     i: In(stream.Signature(LevelRow))
     o: Out(stream.Signature(AccRow))
 
-    LATENCY = 1
-
-    def elaborate(self, platform):
-        m = Module()
-        i, o = self.i, self.o
-        row = Signal(range(N))
-        cols = [Signal(COL, name=f"col_{x}") for x in range(N)]
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
-        with m.If(i.ready):
-            m.d.sync += o.valid.eq(i.valid)
-            total = 0
-            for x in range(N):
-                col = Signal(COL, name=f"col_next_{x}")
-                m.d.comb += col.eq(Mux(row != 0, cols[x], 0) + i.payload[x])
-                with m.If(i.valid):
-                    m.d.sync += cols[x].eq(col)
-                acc = Signal(ACC, name=f"acc_{x}")
-                m.d.comb += acc.eq(total + col)
-                total = acc
-                m.d.sync += o.payload[x].eq(acc)
-            with m.If(i.valid):
-                m.d.sync += row.eq(row + 1)
-        return m
+    def rows(self, m, row, advance):
+        total = 0
+        for x in range(N):
+            col = Signal(COL, name=f"col_{x}")
+            col_next = Signal(COL, name=f"col_next_{x}")
+            acc = Signal(ACC, name=f"acc_{x}")
+            m.d.comb += [
+                col_next.eq(Mux(row != 0, col, 0) + self.i.payload[x]),
+                acc.eq(total + col_next),
+            ]
+            total = acc
+            with m.If(self.i.ready):
+                m.d.sync += self.o.payload[x].eq(acc)
+            with m.If(advance):
+                m.d.sync += col.eq(col_next)

@@ -23,6 +23,7 @@ __all__ = [
     "Bundle",
     "NestedCodec",
     "bound_reference",
+    "check_full_rate",
     "eb_scales",
     "edge_bits",
     "lorenzo_stages",
@@ -110,6 +111,15 @@ def sink(tb, prefix: str, layout: data.Layout, *, backpressure=None) -> StreamSi
     """A ``StreamSink`` on ``tb`` that unpacks nested payloads."""
     port = tb.sink(prefix, data.ArrayLayout(unsigned(1), layout.size), backpressure=backpressure)
     return _with_codec(port, layout)
+
+
+def check_full_rate(src: StreamSource, snk: StreamSink, latency: int) -> None:
+    """With no inserter: one transfer per cycle on both sides and ``latency`` cycles from each
+    input row to its output row."""
+    i_at, o_at = np.array(src.transfers), np.array(snk.transfers)
+    assert np.all(np.diff(i_at) == 1), "input stalled"
+    assert np.all(np.diff(o_at) == 1), "output bubble"
+    assert set((o_at - i_at).tolist()) == {latency}, f"latency {set((o_at - i_at).tolist())}"
 
 
 def random_bits(rng, dtype: DType, n: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from actpack.codec import reference, spec
 
 from ..hw.lorenzo import QROW, AccRow, DiffRow, LorenzoPredictor, LorenzoReconstructor
 from ..hw.quant import LEVEL, LevelRow
-from . import stimulus
+from . import rows, stimulus
 from .stream import StreamTB, random_pauses
 
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
@@ -96,8 +96,5 @@ async def run_test(dut, unit, data, idle, backpressure):
                            f" input {blocks[bad[0]].tolist()} expected "
                            f"{expected[bad[0]].tolist()} got {got[bad[0]].tolist()}")
     if not idle and not backpressure:
-        i_at, o_at = np.array(src.transfers), np.array(snk.transfers)
-        assert np.all(np.diff(i_at) == 1), "input stalled"
-        assert np.all(np.diff(o_at) == 1), "output bubble"
-        assert set((o_at - i_at).tolist()) == {cls.LATENCY}, f"latency {set(o_at - i_at)}"
+        rows.check_full_rate(src, snk, cls.LATENCY)
     await tb.finish(drain_cycles=16)
