@@ -60,9 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default="ref",
-                   help="where offload compresses: 'ref' (software model, default) or a card "
-                        "device such as 'sim'; a card device also runs a few steps next to "
-                        "'ref' and checks they agree byte for byte")
+                   help="where offload compresses: 'ref' (software model, default), "
+                        "'xdma:/dev/xdma0' (a card), 'model' (the card's behavioural model); "
+                        "another device also runs a few steps next to 'ref' and checks they "
+                        "agree bit for bit")
     p.add_argument("--policy", default="auto", help="offload policy (default 'auto')")
     p.add_argument("--no-codec", action="store_true",
                    help="skip the per-mode codec table on the trained model's activations")
@@ -327,10 +328,11 @@ def _run(args, steps: int, batch: int) -> int:
           f"{per_step_raw / 2**20:>11.2f} MiB {ms_plain:>11.1f} ms")
     print(f"{'with actpack':<16} {r_packed.test_accuracy:>13.2%} "
           f"{per_step_stored / 2**20:>11.2f} MiB {ms_packed:>11.1f} ms")
+    where = ("the software codec on the same CPU cores; a card takes that work off them"
+             if args.device == "ref" else f"device {args.device!r}")
     print(f"saved activations {st.ratio:.2f}x smaller; accuracy "
           f"{100 * (r_packed.test_accuracy - r_plain.test_accuracy):+.2f} points; step time "
-          f"x{ms_packed / ms_plain:.2f} (the software codec on the same CPU cores; a card "
-          "takes that work off them)\n")
+          f"x{ms_packed / ms_plain:.2f} ({where})\n")
     step_session = one_step_session(packed[0], args.seed, device=args.device,
                                     policy=args.policy)
     print("one training step, per saved tensor:")
