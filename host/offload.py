@@ -94,17 +94,17 @@ def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
 
     ``device``: "ref" (the software codec), a card ("xdma" or "xdma:<node prefix>", see
     docs/card.md; "model" is the card's behavioural model in-process), or a ``Device`` object
-    (``actpack.open_device(spec, fallback=True)`` gives one that falls back to "ref" when the
-    card fails, without losing a tensor). ``policy``: "auto" (JPEG-ACT's assignment, see
-    ``actpack.host.policy``), "keep", a setting for every large float tensor ("sfpr8",
-    "dct:optH", "eb:0.01"), a ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads; 0 compresses
-    in the saving op's thread and decompresses when backward asks (no overlap, no threads:
-    where training already keeps every CPU core busy, threads only compete with it; see
-    ``actpack bench offload`` in docs/results.md for measured step times). ``prefetch``: how
-    many stored tensors backward decompresses ahead (with ``workers`` > 0).
-    ``max_pending_bytes``: when set, a save waits while more raw bytes than this are still
-    waiting for compression, which bounds the memory compression in flight holds
-    (``stats.peak_resident_bytes``) at the cost of stalling forward; None never waits.
+    (``actpack.open_device(spec, fallback=True)`` gives one that falls back to "ref" when the card
+    fails, without losing a tensor). ``policy``: "auto" (JPEG-ACT's assignment, see
+    ``actpack.host.policy``), "keep", a setting for every large float tensor ("sfpr8", "dct:optH",
+    "eb:0.01"), a ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads; 0
+    compresses in the saving op's thread and decompresses when backward asks (no overlap, no
+    threads: where training already keeps every CPU core busy, threads only compete with it; see
+    ``actpack bench offload`` in docs/results.md for measured step times). ``prefetch``: how many
+    stored tensors backward decompresses ahead (with ``workers`` > 0). ``max_pending_bytes``: when
+    set, a save waits while more raw bytes than this are still waiting for compression, which bounds
+    the memory compression in flight holds (``stats.peak_resident_bytes``) at the cost of stalling
+    forward; None never waits.
 
     Enter it around forward and backward (``with offload() as session:``); it can be entered
     again for later steps, and its figures add up. Tensors saved inside it are restored by
