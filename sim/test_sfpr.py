@@ -34,7 +34,7 @@ from ..hw.sfpr import (
     sfpr_in_layout,
     sfpr_out_layout,
 )
-from . import rows
+from . import rows, stimulus
 from .stream import StreamTB, random_pauses
 
 DTYPE = DType[os.environ.get("ACTPACK_TB_DTYPE", "float32").upper()]
@@ -48,11 +48,14 @@ def _rows_of(bits: np.ndarray) -> list[list[int]]:
 
 
 def _activations(rng, n: int) -> np.ndarray:
-    """Activation-like values (ReLU'd smooth fields plus signed noise at several magnitudes),
-    as bits of the dtype, ``n`` a multiple of 8."""
-    x = np.maximum(rng.standard_normal(n) + rng.standard_normal() * 0.5, 0)
-    x = np.where(rng.random(n) < 0.3, rng.standard_normal(n), x)
-    return reference.from_float32((x * rng.choice([1e-4, 1.0, 50.0])).astype(np.float32), DTYPE)
+    """Activation-like values, as bits of the dtype (``n`` a multiple of 8): up to half real images
+    (scikit-learn's digits, 0..1), half ReLU'd noise with signed outliers, each at a random
+    magnitude."""
+    images = stimulus.digits(rng, n // 128).reshape(-1) / spec.SFPR_MAX
+    x = np.maximum(rng.standard_normal(n - images.size) + rng.standard_normal() * 0.5, 0)
+    x = np.where(rng.random(x.size) < 0.3, rng.standard_normal(x.size), x)
+    x = np.concatenate([images, x]) * rng.choice([1e-4, 1.0, 50.0])
+    return reference.from_float32(x.astype(np.float32), DTYPE)
 
 
 def _scales(rng, bits: np.ndarray, limit: int):
@@ -127,7 +130,7 @@ def bound_case(rng):
     ins, outs = [], []
     for k in range(max(ROWS // 16, 4)):
         eb = float(rng.choice([1e-3, 0.02, 0.05, 1 / 3, np.exp(rng.uniform(-60, 60))]))
-        real = _activations(rng, 64)
+        real = _activations(rng, 128)
         x = reference.to_float32(real, DTYPE)
         amax = float(np.abs(x).max())
         scale = rows.eb_scales(eb, amax, DTYPE)[k % 3]
