@@ -12,8 +12,9 @@ How a block is decoded in 8 cycles (section 12): the mask (``mb`` <= 8 bytes) an
 nibbles (<= 4 bytes) are parsed in one cycle. Then scan row ``j`` takes mask byte ``j``: its
 ``c = popcount`` set bits hold the codes of ranks ``R_j .. R_j + c - 1`` (``R_j`` = set bits
 before row ``j``), which lie in groups ``R_j // 8`` and ``R_j // 8 + 1`` and are contiguous in the
-value bit string starting at a pointer ``ptr`` kept from row to row. A 16-byte window at byte
-``ptr // 8`` shifted by ``ptr % 8`` holds all of them (<= 120 bits); eight extractors take code
+value bit string starting at a pointer ``ptr`` kept from row to row. The 128 bits from bit
+``ptr`` hold all of them (<= 120 bits); they lie in buffer beats ``ptr // 128`` and the one after
+it, so a 9-way beat-pair select and a shift by ``ptr % 128`` find them. Eight extractors take code
 ``t`` at ``sum_{s < t} w(R_j + s)`` bits into the window, and lane ``i`` (scan position
 ``8 j + i``) takes code ``popcount(mask byte j below bit i)`` if its mask bit is set, else 0.
 A DENSE block is the same machine with an all-ones mask, ``R_j = 8 j`` and its own code map:
@@ -23,7 +24,7 @@ like a sparse block's values.
 
 import enum
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,44 +32,26 @@ from actpack.codec import spec
 from actpack.codec.frame import DENSE_HEADER, Kind
 from actpack.codec.tables import ZIGZAG
 
+from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from .dct import N
 from .quant import LEVEL, LevelRow
 
 __all__ = [
-    "BEAT_BYTES",
     "BUFFER_BEATS",
-    "Beat",
     "BlockDecoder",
     "BlockError",
     "DecodedRow",
-    "IndexEntry",
     "Unzigzag",
 ]
 
 # --------------------------------------------------------------------------------- interfaces
-
-_LENGTH_BITS, _MB_BITS, _KIND_BITS = 11, 3, 2  # index entry fields, docs/format.md section 2.3
-
-#: One u16 entry of the frame's block index (``frame.pack_index``): ``kind << 14 | (mb - 1) << 11
-#: | length``. The layout's bits are the u16's bits, so a splitter passes the entry unchanged.
-IndexEntry = data.StructLayout({
-    "length": unsigned(_LENGTH_BITS),  # payload bytes of the block
-    "mb_minus_1": unsigned(_MB_BITS),  # CODED: mask bytes - 1; 0 for the other kinds
-    "kind": unsigned(_KIND_BITS),  # frame.Kind
-})
-
-BEAT_BYTES = 16  # a 128-bit window holds the codes of any scan row (section 12)
-
-#: One beat of a block's payload. Byte ``k`` of the beat is ``data`` bits ``8k .. 8k + 7``
-#: (little-endian, like AXI-Stream ``tdata``); ``count`` (1..16) is the number of valid bytes,
-#: ``last`` marks the block's final beat. Every block starts on a fresh beat: a block of
-#: ``length`` bytes is ``ceil(length / 16)`` beats, all but the last full (count 16), and a block
-#: of length 0 (ZERO) has none. Bytes past ``count`` are don't-care.
-Beat = data.StructLayout({
-    "data": unsigned(8 * BEAT_BYTES),
-    "count": unsigned((BEAT_BYTES).bit_length()),
-    "last": unsigned(1),
-})
+#
+# Input layouts are the encoder's (``blockcode``), so a coded stream loops back unchanged:
+# ``IndexEntry`` is the frame's u16 index entry bit for bit (``length`` bits 0..10, ``mb_minus_1``
+# bits 11..13, ``kind`` bits 14..15); ``CodeBeat`` carries 16 payload bytes (byte k in ``data``
+# bits 8k .. 8k + 7), ``count`` (1..16) valid bytes and ``last``. A block's bytes start on a
+# fresh beat: ``ceil(length / 16)`` beats, all but the last full; a block of length 0 (ZERO) has
+# none. Bytes past ``count`` are don't-care here.
 
 # The longest well-formed coded block is 8 mask + 4 width + 120 value bytes (section 8.1); a
 # block buffer holds the beats that can contain it. Longer blocks are malformed: their extra
@@ -76,7 +59,8 @@ Beat = data.StructLayout({
 _HEADER_BYTES = N + N // 2  # mask (<= 8 bytes) and width nibbles (<= 8 groups)
 _MAX_CODED = _HEADER_BYTES + spec.WIDTH_MAX * N * N // 8  # + 64 codes of 15 bits: 132 bytes
 BUFFER_BEATS = -(-_MAX_CODED // BEAT_BYTES)  # 9
-_MAX_BEATS = -(-((1 << _LENGTH_BITS) - 1) // BEAT_BYTES)  # 128: the longest entry's beats
+# the beats of the longest length an entry can hold (2047 bytes: 128 beats)
+_MAX_BEATS = -(-((1 << Shape.cast(IndexEntry["length"].shape).width) - 1) // BEAT_BYTES)
 
 
 class BlockError(enum.IntFlag):
@@ -145,7 +129,7 @@ class BlockDecoder(wiring.Component):
     Bit-exact with ``reference.decode_block`` (CODED; ``with_values`` unless ``mode`` is
     ``mask``) and ``reference.decode_dense`` (DENSE); a ZERO block gives 64 zeros.
 
-    Ports: ``index`` (``IndexEntry``, one per block, in block order), ``data`` (``Beat``: the
+    Ports: ``index`` (``IndexEntry``, one per block, in block order), ``data`` (``CodeBeat``: the
     ``ceil(length / 16)`` beats of each block that has payload bytes, same order), ``o``
     (``DecodedRow``: 8 rows per block, ``o.payload.symbols`` is a ``LevelRow`` in scan order,
     ``last`` on row 7). The decoder takes as many beats as the entry's length says, whatever
@@ -183,7 +167,7 @@ class BlockDecoder(wiring.Component):
         self.mode = spec.Mode.parse(mode)  # raises ValueError naming ``mode``
         super().__init__({
             "index": In(stream.Signature(IndexEntry)),
-            "data": In(stream.Signature(Beat)),
+            "data": In(stream.Signature(CodeBeat)),
             "o": Out(stream.Signature(DecodedRow)),
         })
 
@@ -243,9 +227,9 @@ class BlockDecoder(wiring.Component):
         row = Signal(range(N))
         nxt = Signal()
         m.d.comb += nxt.eq(Mux(active, ~rsel, rsel))
-        buf = Signal.like(bufs[0])
+        buf = Signal(8 * _HEADER_BYTES)  # the parse needs only the mask and width bytes
         ent = Signal(IndexEntry)
-        m.d.comb += [buf.eq(Mux(nxt, bufs[1], bufs[0])),
+        m.d.comb += [buf.eq(Mux(nxt, bufs[1], bufs[0])[:8 * _HEADER_BYTES]),
                      ent.eq(Mux(nxt, entries[1].as_value(), entries[0].as_value()))]
         length, mbm1 = ent.length, ent.mb_minus_1
         mb = Signal(range(N + 1))
@@ -263,7 +247,7 @@ class BlockDecoder(wiring.Component):
             wbytes.eq((ngroups + 1) >> 1),
         ]
         # the width bytes follow the mask
-        sparse_w = _shift_down(m, buf[:8 * _HEADER_BYTES], mb << 3, 4 * N, "wbytes")
+        sparse_w = _shift_down(m, buf, mb << 3, 4 * N, "wbytes")
         dense_w = buf[:4 * N]  # DENSE_HEADER bytes of nibbles
         w_sparse = Cat(*(Mux(g < ngroups, sparse_w[4 * g:4 * g + 4], 0) for g in range(N)))
         # group g holds the nonzero symbols of rank 8g .. 8g + 7: min(8, max(0, n - 8g)) codes
@@ -307,12 +291,18 @@ class BlockDecoder(wiring.Component):
             m.d.comb += off.eq(offsets[-1] + wt)
             widths.append(wt)
             offsets.append(off)
-        cur = Signal.like(bufs[0])
-        m.d.comb += cur.eq(Mux(rsel, bufs[1], bufs[0]))
-        # Ref: docs/format.md section 12: a row's codes are <= 120 bits, inside the 16 bytes
-        # from byte ptr // 8 once shifted by ptr % 8.
-        window = Signal(8 * BEAT_BYTES)
-        m.d.comb += window.eq(_shift_down(m, cur, e_ptr, 8 * BEAT_BYTES, "window"))
+        # Ref: docs/format.md section 12: a row's codes are <= 120 bits, so they lie in the 16
+        # bytes from bit ptr; those start in beat ptr // 128 and end in the beat after it.
+        beat_bits = 8 * BEAT_BYTES
+        padded = [Cat(b, Const(0, beat_bits)) for b in bufs]
+        pairs = [Array(p[beat_bits * s:beat_bits * (s + 2)] for s in range(BUFFER_BEATS))
+                 for p in padded]
+        pair = Signal(2 * beat_bits)
+        beat_index = e_ptr >> (beat_bits.bit_length() - 1)
+        m.d.comb += pair.eq(Mux(rsel, pairs[1][beat_index], pairs[0][beat_index]))
+        window = Signal(beat_bits)
+        m.d.comb += window.eq(_shift_down(m, pair, e_ptr[:beat_bits.bit_length() - 1],
+                                          beat_bits, "window"))
         codes = []
         for t in range(N):
             code = Signal(spec.WIDTH_MAX, name=f"code_{t}")
