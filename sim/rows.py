@@ -20,6 +20,7 @@ from .stream import LayoutCodec, StreamSink, StreamSource
 __all__ = [
     "BITS_DTYPE",
     "LIMITS",
+    "X2F_WIDTHS",
     "Bundle",
     "NestedCodec",
     "bound_reference",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 LIMITS = (spec.SFPR_MAX, spec.EB_Q_SAT)
+# FixedToFloat widths of the decoders: sfpr8/dct values (int8) and eb prefix sums (int22).
+X2F_WIDTHS = (8, 22)
 BITS_DTYPE = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
 
 
@@ -178,13 +181,14 @@ class Bundle(wiring.Component):
 
 def value_stages(dtype: str) -> Bundle:
     """The test top of one dtype: ``f2x127``/``f2x32768`` (``FloatToFixed`` at both limits),
-    ``x2f`` (``FixedToFloat``, width 22), ``bound`` (``BoundCheck``), ``menc``/``mdec``
-    (``MaskEncoder``/``MaskDecoder``)."""
+    ``x2f8``/``x2f22`` (``FixedToFloat`` at ``X2F_WIDTHS``), ``bound`` (``BoundCheck``),
+    ``menc``/``mdec`` (``MaskEncoder``/``MaskDecoder``)."""
     from ..hw.maskpack import MaskDecoder, MaskEncoder
     from ..hw.sfpr import BoundCheck, FixedToFloat, FloatToFixed
 
     parts = {f"f2x{limit}": FloatToFixed(dtype=dtype, limit=limit) for limit in LIMITS}
-    return Bundle(**parts, x2f=FixedToFloat(dtype=dtype), bound=BoundCheck(dtype=dtype),
+    parts.update({f"x2f{w}": FixedToFloat(dtype=dtype, width=w) for w in X2F_WIDTHS})
+    return Bundle(**parts, bound=BoundCheck(dtype=dtype),
                   menc=MaskEncoder(dtype=dtype), mdec=MaskDecoder(dtype=dtype))
 
 

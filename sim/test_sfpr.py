@@ -1,6 +1,6 @@
 """cocotb testbench of the value stages of one dtype (top ``rows.value_stages``):
-``FloatToFixed`` at both limits, ``FixedToFloat``, ``BoundCheck``, ``MaskEncoder`` and
-``MaskDecoder``, each against the reference functions (``reference.sfpr``,
+``FloatToFixed`` at both limits, ``FixedToFloat`` at widths 8 and 22, ``BoundCheck``,
+``MaskEncoder`` and ``MaskDecoder``, each against the reference functions (``reference.sfpr``,
 ``dequantize_values`` + ``from_float32``, the bound test of ``reference._symbols``, ``x > 0``).
 
 Run through ``actpack.sim.build`` (see tests/hw/test_hw_sfpr.py). Environment:
@@ -40,7 +40,6 @@ from .stream import StreamTB, random_pauses
 DTYPE = DType[os.environ.get("ACTPACK_TB_DTYPE", "float32").upper()]
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
 ROWS = int(os.environ.get("ACTPACK_TB_ROWS", "256"))
-X2F_WIDTH = 22  # the top's FixedToFloat width (the eb prefix sums)
 
 
 def _rows_of(bits: np.ndarray) -> list[list[int]]:
@@ -120,18 +119,19 @@ def _inverse_bits(rng, count: int) -> list[int]:
     return out
 
 
-def x2f_case(rng):
+def x2f_case(rng, width: int):
     n = 8 * ROWS
-    lim = 1 << (X2F_WIDTH - 1)
+    lim = 1 << (width - 1)
+    small = min(lim, spec.SFPR_MAX + 1)
     v = np.concatenate([
         rng.integers(-lim, lim, n // 2),
-        rng.integers(-200, 201, n // 4),  # dct/sfpr8-sized values
-        rng.integers(-spec.EB_Q_SAT, spec.EB_Q_SAT + 1, n // 4),
-        np.tile([0, 1, -1, lim - 1, -lim, spec.SFPR_MAX, -spec.SFPR_MAX, spec.EB_Q_SAT], 4),
+        rng.integers(-small, small, n // 4),  # dct/sfpr8-sized values
+        rng.integers(-min(lim, spec.EB_Q_SAT), min(lim, spec.EB_Q_SAT), n // 4),
+        np.tile([0, 1, -1, lim - 1, -lim, spec.SFPR_MAX, -spec.SFPR_MAX, small - 1], 4),
     ]).reshape(-1, 8)
     r = _inverse_bits(rng, len(v))
     r[-4:] = [int(np.float32(s.inverse).view(np.uint32)) for s in _scales(rng, _activations(
-        rng, 32), spec.EB_Q_SAT)]  # eb inverses with the 22-bit extremes
+        rng, 32), spec.EB_Q_SAT)]  # eb inverses with the width's extremes
     expected = [reference.from_float32(reference.dequantize_values(
         row, np.array(rb, dtype=np.uint32).view(np.float32)), DTYPE).astype(np.int64).tolist()
         for row, rb in zip(v, r, strict=True)]
@@ -180,7 +180,8 @@ UNITS = {
                lambda rng: f2x_case(rng, spec.SFPR_MAX)),
     "f2x32768": (FloatToFixed, sfpr_in_layout(DTYPE), sfpr_out_layout(spec.EB_Q_SAT),
                  lambda rng: f2x_case(rng, spec.EB_Q_SAT)),
-    "x2f": (FixedToFloat, fixed_in_layout(X2F_WIDTH), raw_row(DTYPE), x2f_case),
+    **{f"x2f{w}": (FixedToFloat, fixed_in_layout(w), raw_row(DTYPE),
+                   lambda rng, w=w: x2f_case(rng, w)) for w in rows.X2F_WIDTHS},
     "bound": (BoundCheck, bound_in_layout(DTYPE), BoundOut, bound_case),
     "menc": (MaskEncoder, raw_row(DTYPE), MaskRow, menc_case),
     "mdec": (MaskDecoder, MaskRow, raw_row(DTYPE), mdec_case),
