@@ -137,8 +137,9 @@ class BlockDecoder(wiring.Component):
     the next block's beats.
 
     Throughput: one row per cycle, 8 cycles per block, no bubbles between blocks of up to
-    ``FULL_RATE_BEATS`` = 7 beats (112 bytes: every ``dct``, ``sfpr8`` and ``mask`` block, and
-    ZERO blocks; only ``eb`` blocks reach 132 bytes). Blocks are stored and forwarded: a block's
+    ``FULL_RATE_BEATS`` = 7 beats (112 bytes: every block a ``dct``, ``sfpr8`` or ``mask`` encoder
+    writes, at most 100 / 76 / 8 bytes, and ZERO blocks; ``eb`` blocks reach 132 bytes, 9 beats,
+    and any 15-bit codes do). Blocks are stored and forwarded: a block's
     rows start once all its beats are in. The loader takes the entry, then one beat a cycle, into
     one of two block buffers while the emitter reads the other; the next block's header is parsed
     in the cycle the current block's last row is loaded. A block of ``b`` beats therefore takes
@@ -150,7 +151,8 @@ class BlockDecoder(wiring.Component):
     (entry register, commit, parse, output register). Backpressure: ``o.valid``/``o.payload`` are
     registers; while ``o`` stalls the decoder keeps taking entries and beats until both block
     buffers are full. ``index.ready``/``data.ready`` are registered state only (they depend on
-    neither ``valid`` nor ``o.ready``).
+    neither ``valid`` nor ``o.ready``). Timing (not yet synthesized): the header parse (64-bit
+    popcount, width sum, length compare) is one combinational cycle, the longest path.
 
     Bad input: every check of docs/format.md section 8.2, and the index checks (#21) that concern
     one entry; a malformed block still yields its 8 rows, all zero, with ``error`` set
