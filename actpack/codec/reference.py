@@ -220,6 +220,8 @@ def encode_dense(symbols: np.ndarray) -> bytes | None:
 
 def decode_dense(data: bytes) -> np.ndarray:
     """Inverse of ``encode_dense``. Raises FrameError unless ``data`` is exactly one such block."""
+    if len(data) < DENSE_HEADER:
+        raise FrameError("dense block length does not match its widths")
     widths = [data[g // 2] >> (4 * (g % 2)) & 15 for g in range(8)]
     if len(data) != DENSE_HEADER + sum(widths):
         raise FrameError("dense block length does not match its widths")

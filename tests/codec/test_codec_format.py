@@ -319,6 +319,12 @@ def test_dense_code_round_trips(values, keep):
     assert np.array_equal(reference.decode_dense(data), sym)
 
 
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00\x00", b"\x11\x00\x00\x00\xff"])
+def test_short_or_inconsistent_dense_block_is_a_frame_error(data):
+    with pytest.raises(FrameError, match="dense block length"):
+        reference.decode_dense(data)
+
+
 def _chosen_symbols(kind: int, chunk: bytes, mb: int, mode: Mode) -> np.ndarray:
     if kind == Kind.DENSE:
         return reference.decode_dense(chunk)
