@@ -4,12 +4,14 @@
 raw float bit patterns of any codec dtype and a scale ``m * 2**e`` in, ``SFPR(x, s, L)`` out.
 ``FixedToFloat`` is the decoder's last stage (``reference.dequantize_values`` then
 ``reference.from_float32``, format 4 and 6): an integer times the float32 inverse scale ``r``,
-rounded to float32, clamped and rounded to the dtype.
+rounded to float32, clamped and rounded to the dtype. ``BoundCheck`` is the ``eb`` encoder's
+test of what the decoder will output against the error bound (format 6.4), exact in integers.
 
 Next to the gateware sit numpy integer models of the same algorithms (``sfpr_model``,
-``fixed_to_float_model``), written the way the hardware computes (fields, integer products,
-shifts); tests/hw/test_hw_sfpr.py checks them against the reference over millions of values and
-the cocotb testbench checks the gateware against the reference directly.
+``fixed_to_float_model``, ``bound_check_model``), written the way the hardware computes
+(fields, integer products, shifts); tests/hw/test_hw_sfpr.py checks them against the reference
+over millions of values and the cocotb testbench checks the gateware against the reference
+directly.
 
 Every block here carries 8 values (one raster row of a block) per transfer and has no state
 besides its pipeline, so row and block order do not matter to it.
@@ -239,7 +241,7 @@ def fixed_to_float_model(v, r_bits: int, dtype: DType) -> np.ndarray:
     sign = (v < 0).astype(np.int64) ^ r_sign
     mag = np.minimum(_f32_product_magnitude(np.abs(v), r_bits), _max_bits32(dtype))
     if dtype is DType.FLOAT32:
-        return (sign << 31) | mag
+        return (sign << (_F32.width - 1)) | mag
     if dtype is DType.BFLOAT16:  # format 4: (b + 0x7FFF + ((b >> 16) & 1)) >> 16
         rounded = (mag + _BF16_HALF + ((mag >> _BF16_SHIFT) & 1)) >> _BF16_SHIFT
         return (sign << (_BF16.width - 1)) | rounded
@@ -481,8 +483,8 @@ class FixedToFloat(wiring.Component):
 # formed exactly: both aligned significands stay below 2**52, so the difference (or sum) fits
 # binary64's 53 bits and equals the reference's binary64 subtraction. Outside it, the values'
 # magnitudes differ by more than 2**28 and the lane fails (see BoundCheck).
-BOUND_WINDOW = 52 - _F32.sig_bits
-_F64 = FloatFormat(width=64, exp_bits=11, frac_bits=52)
+_F64 = FloatFormat(width=64, exp_bits=11, frac_bits=52)  # binary64, the error bound's type
+BOUND_WINDOW = _F64.frac_bits - _F32.sig_bits
 
 
 def bound_check_model(x_bits, q, r_bits: int, eb: float, dtype: DType) -> np.ndarray:

@@ -127,9 +127,9 @@ def test_fixed_to_float_rejects_bad_parameters(kwargs, name):
 
 @pytest.mark.parametrize("dtype", [d.label for d in DType])
 def test_verilator(verilator, seed, dtype):
-    """FloatToFixed (both limits), FixedToFloat, BoundCheck, MaskEncoder and MaskDecoder of one
-    dtype, bit-exact vs the reference on random/edge/real rows, inserters crossed, row per
-    cycle and latency (sim/test_sfpr.py)."""
+    """FloatToFixed (both limits), FixedToFloat (widths 8, 22), BoundCheck, MaskEncoder and
+    MaskDecoder of one dtype, bit-exact vs the reference on random/edge/real rows, inserters
+    crossed, row per cycle and latency (sim/test_sfpr.py)."""
     sim = build(value_stages, name=f"values_{dtype}", params={"dtype": dtype})
     sim.run("actpack.sim.test_sfpr", seed=seed,
             env={"ACTPACK_TB_DTYPE": dtype, "ACTPACK_TB_SEED": str(seed)})
