@@ -208,26 +208,26 @@ class BlockEncoder(wiring.Component):
     ``count`` and ``last``); ZERO and RAW blocks produce no beats. A block's index entry leaves
     before its first beat.
 
-    Throughput: one block per 8 cycles (8 symbols per cycle, ``i`` never stalled) as long as
-    each block's last beat leaves within 8 cycles of its first slot. The packer emits one beat
-    a cycle and starts a block only once the previous block's last beat has left, so a block
-    holds the next one back by a cycle when more than 16 of its bytes are still waiting after
-    its last group went in: possible for DENSE blocks and CODED blocks of more than 56 nonzero
-    symbols (group 7 carries bits), certain for blocks over 128 bytes (9 beats; eb, float32).
+    Throughput: one block per 8 cycles (8 symbols per cycle, ``i`` never stalled) for any
+    sequence of blocks of at most 128 coded bytes (8 beats): every dct, sfpr8 and mask block
+    in practice, and every DENSE block (at most 124 bytes). The packer emits one beat a cycle
+    and starts a block only once the previous block's last beat has left; a block over 128
+    bytes (9 beats: CODED with 64 codes of 15 bits, eb float32 or dct levels beyond the
+    Quantizer's range) holds the input for at most one cycle.
 
-    Latency (unstalled, the previous block's bytes gone): ``INDEX_LATENCY`` = 3 cycles from the
+    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 3 cycles from the
     transfer of a block's last row to that of its index entry. Its last beat leaves
-    ``BEAT_LATENCY`` + ``e`` cycles after the last row, one more if more than 16 bytes were
-    waiting then, where ``e`` is the last group with bits: 0 in mask mode, ``ceil(n / 8) - 1``
-    for CODED (``n`` nonzero symbols), 7 for DENSE. Earlier beats leave as soon as 16 bytes
-    are ready.
+    ``BEAT_LATENCY`` + ``e`` cycles after the last row, or one cycle later if more than 16
+    bytes were still waiting once group ``e`` was in, where ``e`` is the last group with bits:
+    0 in mask mode, ``ceil(n / 8) - 1`` for CODED (``n`` nonzero symbols), 7 for DENSE. Earlier
+    beats leave as soon as 16 bytes are ready.
 
     Structure: (A) per row: codes, nonzero mask, prefix popcount, compaction of the nonzero
     codes into a rank-ordered 64-entry buffer, dense codes, into one of two banks; (B) per
     group, one a cycle from the full bank: widths (``bitlen`` of the OR of 8 codes), lengths
     and kind (on group 0), 8 barrel shifters packing the chosen group; (C) a 256-bit packer that
-    appends each slot at its bit position and emits a beat whenever 128 bits are waiting or
-    the block is complete.
+    appends each slot at its bit position and cuts a beat whenever 128 bits are waiting or the
+    block is complete, from the bits waiting plus the slot arriving in the same cycle.
 
     Backpressure: every output ``valid``/``payload`` is a register; ``i.ready`` is low while
     both banks hold blocks (a stalled ``o`` or ``index`` stops the packer, then the bank reads,

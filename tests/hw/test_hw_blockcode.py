@@ -1,5 +1,9 @@
 """Zigzag / BlockEncoder: the software model ``block_model`` against ``reference.compress``,
-parameters, and Verilator runs of sim/test_blockcode.py for every mode."""
+parameters, and Verilator runs of sim/test_blockcode.py for every mode (random, real-ish,
+digits-CNN, long and edge-case symbols)."""
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,34 @@ from actpack.hw.blockcode import BlockEncoder, Zigzag, block_model
 from actpack.sim.build import build
 
 _PARAM = {Mode.DCT: 4.5, Mode.SFPR8: 4.5, Mode.EB: 1e-3, Mode.MASK: 0.0}
+_CNN_BLOCKS = 160  # digits-CNN blocks per encoder run (simulation time)
+
+
+def _compress(bits: np.ndarray, mode: Mode, dtype: DType, param: float):
+    """``reference.compress`` of ``bits``: (frame, the blocks' symbols, their force_raw flags)
+    as compress computed them (its ``_symbols`` is wrapped for the call)."""
+    seen = []
+    symbols_of = reference._symbols
+
+    def spy(*args):
+        seen.append(symbols_of(*args))  # compress ORs non-finite blocks into force_raw in place
+        return seen[-1]
+
+    table_id, table_arg, table = resolve_table("optL") if mode is Mode.DCT else (0, 0, None)
+    header = Header(mode, dtype, bits.shape, param, table_id, table_arg, table)
+    reference._symbols = spy
+    try:
+        frame = reference.compress(bits, header)
+    finally:
+        reference._symbols = symbols_of
+    (symbols, force), = seen
+    return frame, symbols, force
+
+
+def _bits(x: np.ndarray, dtype: DType) -> np.ndarray:
+    if dtype is DType.FLOAT32:
+        return x.astype(np.float32).view(np.uint32)
+    return x.astype(np.float16).view(np.uint16)
 
 
 def _tensor(rng, dtype: DType) -> np.ndarray:
@@ -24,30 +56,17 @@ def _tensor(rng, dtype: DType) -> np.ndarray:
     x[1, 0] = 0
     x[1, 2, 3, 4] = np.nan
     x[1, 2, 9, 17] = np.inf
-    if dtype is DType.FLOAT32:
-        return x.astype(np.float32).view(np.uint32)
-    return x.astype(np.float16).view(np.uint16)
+    return _bits(x, dtype)
 
 
 @pytest.mark.parametrize("mode", list(Mode))
 @pytest.mark.parametrize("dtype", [DType.FLOAT32, DType.FLOAT16])
-def test_block_model_is_reference_compress(monkeypatch, mode, dtype):
+def test_block_model_is_reference_compress(mode, dtype):
     """``block_model`` on the symbols ``reference.compress`` codes gives the frame's index
     entries and payload bytes (RAW blocks: the entry; their bytes are the input values)."""
-    seen = []
-    symbols_of = reference._symbols
-
-    def spy(*args):
-        out = symbols_of(*args)
-        seen.append(out)  # compress ORs the non-finite blocks into force_raw in place
-        return out
-
-    monkeypatch.setattr(reference, "_symbols", spy)
-    table_id, table_arg, table = resolve_table("optL") if mode is Mode.DCT else (0, 0, None)
     bits = _tensor(np.random.default_rng(int(mode) * 7 + int(dtype)), dtype)
-    header = Header(mode, dtype, bits.shape, _PARAM[mode], table_id, table_arg, table)
-    _, index, payload = parse_frame(reference.compress(bits, header))
-    (symbols, force), = seen
+    frame, symbols, force = _compress(bits, mode, dtype, _PARAM[mode])
+    _, index, payload = parse_frame(frame)
     kinds, _, lengths = unpack_index(index)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for b in range(len(index)):
@@ -74,6 +93,34 @@ def test_zigzag_bad_shape():
         Zigzag(shape="wide")
 
 
+@pytest.fixture(scope="module")
+def cnn_activations() -> dict[str, np.ndarray]:
+    """Conv and ReLU outputs of the digits CNN of tests/codec/activations.py (float32)."""
+    path = Path(__file__).parents[1] / "codec" / "activations.py"
+    spec = importlib.util.spec_from_file_location("_actpack_tests_hw_activations", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    acts = module.digits_activations(batch=16, steps=40)
+    return {k: acts[k].numpy() for k in ("conv1", "relu1", "conv2", "relu2")}
+
+
+def _cnn_symbols(acts, mode: Mode, dtype: DType, path: Path) -> Path:
+    """A sample of the blocks ``reference.compress`` makes of the CNN's activations (for eb
+    at two bounds), saved for the testbench."""
+    layers = ("relu1", "relu2") if mode is Mode.MASK else ("conv1", "relu1", "conv2", "relu2")
+    params = (1e-2, 1e-3) if mode is Mode.EB else (_PARAM[mode],)
+    symbols, force = [], []
+    for layer in layers:
+        for param in params:
+            _, s, f = _compress(_bits(acts[layer], dtype), mode, dtype, param)
+            symbols.append(s)
+            force.append(f)
+    symbols, force = np.concatenate(symbols), np.concatenate(force)
+    pick = np.sort(np.random.default_rng(0).choice(len(symbols), _CNN_BLOCKS, replace=False))
+    np.savez(path, symbols=symbols[pick], force_raw=force[pick])
+    return path
+
+
 def test_verilator_zigzag(verilator, seed):
     """Scan order, 8 values/cycle with no bubbles, latency 9, inserters crossed."""
     sim = build(Zigzag, name="zigzag")
@@ -86,11 +133,15 @@ def test_verilator_zigzag(verilator, seed):
     # blocks (levels up to 2**14), eb float32 reaches the 132-byte, 9-beat blocks
     ("dct", "float16"), ("sfpr8", "float32"), ("eb", "float32"), ("mask", "float32"),
 ])
-def test_verilator_encoder(verilator, seed, mode, dtype):
-    """Every index entry and byte vs ``block_model`` on random, real and edge symbols, inserters
-    crossed; throughput and latency on real data (sim/test_blockcode.py)."""
+def test_verilator_encoder(verilator, seed, cnn_activations, tmp_path, mode, dtype):
+    """Every index entry and byte vs ``block_model`` on random, real-ish, digits-CNN, long and
+    edge symbols, inserters crossed; throughput and latency without them
+    (sim/test_blockcode.py)."""
+    cnn = _cnn_symbols(cnn_activations, Mode.parse(mode), DType[dtype.upper()],
+                       tmp_path / "cnn.npz")
     sim = build(BlockEncoder, name=f"blockenc_{mode}_{dtype}",
                 params={"mode": mode, "dtype": dtype})
     sim.run("actpack.sim.test_blockcode", seed=seed,
             env={"ACTPACK_TB_UNIT": "encoder", "ACTPACK_TB_MODE": mode,
-                 "ACTPACK_TB_DTYPE": dtype, "ACTPACK_TB_SEED": str(seed)})
+                 "ACTPACK_TB_DTYPE": dtype, "ACTPACK_TB_SEED": str(seed),
+                 "ACTPACK_TB_CNN": str(cnn)})
