@@ -1,0 +1,394 @@
+"""The compress engine: tiled rows of raw values in, the frame's block index and payload out,
+bit-exact with ``actpack.codec.reference.compress`` (docs/format.md 6-8).
+
+``Compressor`` chains the per-stage blocks of this package per mode:
+
+- ``dct``: ``FloatToFixed(limit=127)`` -> ``DCT2D`` -> ``Quantizer`` -> ``Zigzag`` ->
+  ``BlockEncoder``
+- ``sfpr8``: ``FloatToFixed(limit=127)`` -> ``BlockEncoder``
+- ``eb``: ``FloatToFixed(limit=2**15)`` -> ``LorenzoPredictor`` -> ``BlockEncoder``, with
+  ``BoundCheck`` on the same values forcing RAW
+- ``mask``: ``MaskEncoder`` -> ``BlockEncoder``
+
+and stores RAW blocks (non-finite values, failed eb bound checks, blocks no coding fits) as the
+block's raw input values, kept in a row buffer until the encoder has decided. The frame header
+(scale records, shape, ``payload_bytes``, CRCs) is assembled around these two streams by the
+card's top level, which does not exist yet.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from actpack.codec import spec
+from actpack.codec.frame import Kind
+from actpack.codec.spec import DType, Mode
+from actpack.codec.tables import resolve_table
+
+from .blockcode import BEAT_BYTES, BlockEncoder, CodeBeat, IndexEntry, Zigzag
+from .dct import COEF, DCT2D
+from .lorenzo import DiffRow, LorenzoPredictor
+from .maskpack import MaskEncoder
+from .quant import Quantizer, TableWrite
+from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, _dtype, raw_row
+
+__all__ = ["LANES", "RAW_ROWS", "Compressor", "row_layout"]
+
+N = spec.BLOCK
+LANES = (1, 2, 4)
+# Rows of raw input a lane keeps for its RAW blocks: the rows in flight between the input and
+# the encoder's decision (about 40 in dct mode) plus slack for output stalls; 16 blocks.
+RAW_ROWS = 16 * N
+_SIDE_DEPTH = N  # FIFOs beside a pipeline: more than its latency (BoundCheck: 5) so both flow
+_BEAT_BITS = 8 * BEAT_BYTES
+
+
+def row_layout(mode, dtype) -> data.StructLayout:
+    """One input row: ``x``, 8 raw values of ``dtype`` (column 0 first), and except in mask mode
+    ``scale`` (``m``, ``e``: the scale of the row's block's group, as the frame's scale record
+    holds it); in eb mode also ``r`` (float32 bits of the scale's inverse, the record's third
+    field) and ``eb`` (binary64 bits of the error bound, the header's ``param``)."""
+    mode, dtype = Mode.parse(mode), _dtype(dtype)
+    fields = {"x": raw_row(dtype)}
+    if mode is not Mode.MASK:
+        fields["scale"] = ScaleLayout
+    if mode is Mode.EB:
+        fields["r"] = unsigned(32)
+        fields["eb"] = unsigned(64)
+    return data.StructLayout(fields)
+
+
+# ----------------------------------------------------------------------------- stream plumbing
+
+
+class _Port:
+    """valid / payload / ready of one side of a transfer, plain signals or a stream interface."""
+
+    def __init__(self, valid, payload, ready):
+        self.valid, self.payload, self.ready = valid, payload, ready
+
+
+def _fork(m: Module, src, sinks, name: str):
+    """Broadcast ``src`` (valid, ready) to ``sinks``: each sink sees ``valid`` until it has taken
+    the item; ``src.ready`` once all have. Sink ``valid`` depends on registers and ``src.valid``
+    only (never on a ``ready``)."""
+    taken = [Signal(name=f"{name}_taken{k}") for k in range(len(sinks))]
+    done = [t | s.ready for t, s in zip(taken, sinks, strict=True)]
+    all_done = Signal(name=f"{name}_done")
+    m.d.comb += [all_done.eq(Cat(*done).all()), src.ready.eq(all_done)]
+    for t, s, d in zip(taken, sinks, done, strict=True):
+        m.d.comb += s.valid.eq(src.valid & ~t)
+        with m.If(src.valid):
+            m.d.sync += t.eq(~all_done & d)
+
+
+def _join(m: Module, sources, sink):
+    """``sink`` takes one item of every source at once (valid when all are)."""
+    valids = [s.valid for s in sources]
+    m.d.comb += sink.valid.eq(Cat(*valids).all())
+    for k, s in enumerate(sources):
+        others = Cat(*(v for j, v in enumerate(valids) if j != k)).all()
+        m.d.comb += s.ready.eq(sink.ready & others)
+
+
+def _fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFOBuffered:
+    fifo = SyncFIFOBuffered(width=width, depth=depth)
+    m.submodules[name] = fifo
+    return fifo
+
+
+def _merge(m: Module, *, entry, beats, index, o, pick, busy, accept=1, name: str):
+    """Emit blocks in order: a block's index entry from ``entry`` onto ``index``, then, unless
+    ``busy(entry)`` is 0, its beats from source ``pick(entry)`` of ``beats`` onto ``o`` up to
+    the one with ``last``. The next entry is taken in the cycle of the last beat (no bubble
+    between blocks) and only when ``accept``. Returns the signal of an entry being taken."""
+    active = Signal(name=f"{name}_active")
+    cur = Signal(range(len(beats)), name=f"{name}_cur")
+    o_free = ~o.valid | o.ready
+    idx_free = ~index.valid | index.ready
+    src_valid = Signal(name=f"{name}_src_valid")
+    src_beat = Signal(CodeBeat, name=f"{name}_src_beat")
+    with m.Switch(cur):
+        for k, b in enumerate(beats):
+            with m.Case(k):
+                m.d.comb += [src_valid.eq(b.valid), src_beat.eq(b.payload)]
+                m.d.comb += b.ready.eq(active & o_free)
+    take_beat = active & src_valid & o_free
+    idle = ~active | (take_beat & src_beat.last)
+    take = Signal(name=f"{name}_take")
+    m.d.comb += [
+        entry.ready.eq(idle & idx_free & accept),
+        take.eq(entry.valid & entry.ready),
+    ]
+    with m.If(take_beat):
+        m.d.sync += [o.valid.eq(1), o.payload.eq(src_beat)]
+    with m.Elif(o.ready):
+        m.d.sync += o.valid.eq(0)
+    with m.If(take):
+        m.d.sync += [index.valid.eq(1), index.payload.eq(entry.payload),
+                     active.eq(busy(entry.payload)), cur.eq(pick(entry.payload))]
+    with m.Else():
+        with m.If(index.ready):
+            m.d.sync += index.valid.eq(0)
+        with m.If(idle):
+            m.d.sync += active.eq(0)
+    return take
+
+
+# ----------------------------------------------------------------------------- one lane
+
+
+class _Lane(wiring.Component):
+    """One block at a time through one mode's chain (see ``Compressor``), RAW blocks from the
+    row buffer. Input: ``row_layout`` rows; outputs as ``Compressor``."""
+
+    def __init__(self, *, mode: Mode, dtype: DType, table):
+        self.mode, self.dtype, self.table = mode, dtype, table
+        members = {
+            "i": In(stream.Signature(row_layout(mode, dtype))),
+            "index": Out(stream.Signature(IndexEntry)),
+            "o": Out(stream.Signature(CodeBeat)),
+        }
+        if mode is Mode.DCT:
+            members["table_wr"] = In(TableWrite())
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        mode, dtype, i = self.mode, self.dtype, self.i
+        m.submodules.enc = enc = BlockEncoder(mode=mode, dtype=dtype)
+        x_bits = raw_row(dtype).size
+
+        if mode is Mode.MASK:  # mask blocks are never RAW: no row buffer
+            m.submodules.menc = menc = MaskEncoder(dtype=dtype)
+            m.d.comb += [menc.i.valid.eq(i.valid), menc.i.payload.eq(i.payload.x),
+                         i.ready.eq(menc.i.ready)]
+            m.d.comb += [enc.i.valid.eq(menc.o.valid), enc.i.payload.symbols.eq(menc.o.payload),
+                         menc.o.ready.eq(enc.i.ready)]
+            _merge(m, entry=enc.index, beats=[enc.o], index=self.index, o=self.o,
+                   pick=lambda e: 0, busy=lambda e: e.kind != Kind.ZERO, name="merge")
+            return m
+
+        limit = spec.EB_Q_SAT if mode is Mode.EB else spec.SFPR_MAX
+        m.submodules.f2x = f2x = FloatToFixed(dtype=dtype, limit=limit)
+        raw = _fifo(m, "raw", x_bits, RAW_ROWS)
+        m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale),
+                     raw.w_data.eq(i.payload.x)]
+        sinks = [f2x.i, _Port(raw.w_en, None, raw.w_rdy)]
+        if mode is Mode.EB:
+            xq = _fifo(m, "xq", x_bits + 32 + 64, _SIDE_DEPTH)  # x, r, eb beside FloatToFixed
+            m.d.comb += xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb))
+            sinks.append(_Port(xq.w_en, None, xq.w_rdy))
+        _fork(m, i, sinks, "in")
+
+        # the chain from q rows to the encoder's rows (symbols, force_raw)
+        if mode is Mode.SFPR8:
+            m.d.comb += [enc.i.valid.eq(f2x.o.valid), f2x.o.ready.eq(enc.i.ready),
+                         enc.i.payload.symbols.eq(f2x.o.payload.q),
+                         enc.i.payload.force_raw.eq(f2x.o.payload.nonfinite)]
+        elif mode is Mode.DCT:
+            self._dct_chain(m, f2x, enc)
+        else:
+            self._eb_chain(m, f2x, xq, enc, x_bits)
+
+        # RAW rows: the merger pushes each block's decision; rows of other blocks are dropped
+        dec = _fifo(m, "dec", 1, 4)
+        per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
+        rrow = Signal(range(N))
+        rsub = Signal(range(per_row))
+        rb = _Port(Signal(name="rb_valid"), Signal(CodeBeat, name="rb_beat"), Signal())
+        with m.If(rb.ready):
+            m.d.sync += rb.valid.eq(0)
+        row_done = Signal()
+        with m.If(dec.r_rdy & raw.r_rdy):
+            with m.If(~dec.r_data[0]):
+                m.d.comb += row_done.eq(1)
+            with m.Elif(~rb.valid | rb.ready):
+                m.d.sync += [
+                    rb.valid.eq(1),
+                    rb.payload.data.eq(raw.r_data.word_select(rsub, _BEAT_BITS)
+                                       if per_row > 1 else raw.r_data),
+                    rb.payload.count.eq(BEAT_BYTES),
+                    rb.payload.last.eq((rrow == N - 1) & (rsub == per_row - 1)),
+                ]
+                if per_row > 1:
+                    m.d.sync += rsub.eq(Mux(rsub == per_row - 1, 0, rsub + 1))
+                m.d.comb += row_done.eq(rsub == per_row - 1)
+        with m.If(row_done):
+            m.d.comb += [raw.r_en.eq(1), dec.r_en.eq(rrow == N - 1)]
+            m.d.sync += rrow.eq(rrow + 1)
+
+        take = _merge(m, entry=enc.index, beats=[enc.o, rb], index=self.index, o=self.o,
+                      pick=lambda e: e.kind == Kind.RAW, busy=lambda e: e.kind != Kind.ZERO,
+                      accept=dec.w_rdy, name="merge")
+        m.d.comb += [dec.w_en.eq(take), dec.w_data.eq(enc.index.payload.kind == Kind.RAW)]
+        return m
+
+    def _dct_chain(self, m, f2x, enc):
+        m.submodules.dct = dct = DCT2D()
+        m.submodules.quant = quant = Quantizer(table=self.table)
+        m.submodules.zigzag = zz = Zigzag(shape=COEF)
+        for key in ("addr", "data", "en"):
+            m.d.comb += getattr(quant.table_wr, key).eq(getattr(self.table_wr, key))
+        # nonfinite: ORed over a block's rows, one flag per block beside the transform
+        flags = _fifo(m, "flags", 1, _SIDE_DEPTH)
+        frow = Signal(range(N))
+        acc = Signal()
+        fsink = _Port(Signal(name="flag_valid"), None, Signal(name="flag_ready"))
+        m.d.comb += [
+            dct.i.payload.eq(f2x.o.payload.q),
+            fsink.ready.eq((frow != N - 1) | flags.w_rdy),
+            flags.w_data.eq(acc | f2x.o.payload.nonfinite),
+        ]
+        _fork(m, f2x.o, [dct.i, fsink], "f2x")
+        with m.If(fsink.valid & fsink.ready):
+            m.d.sync += [frow.eq(frow + 1),
+                         acc.eq(Mux(frow == N - 1, 0, acc | f2x.o.payload.nonfinite))]
+            m.d.comb += flags.w_en.eq(frow == N - 1)
+        wiring.connect(m, dct.o, quant.i)
+        wiring.connect(m, quant.o, zz.i)
+        erow = Signal(range(N))
+        _join(m, [zz.o, _Port(flags.r_rdy, None, Signal(name="flags_pop"))], enc.i)
+        m.d.comb += [enc.i.payload.symbols[u].eq(zz.o.payload[u]) for u in range(N)]
+        m.d.comb += enc.i.payload.force_raw.eq(flags.r_data)
+        with m.If(enc.i.valid & enc.i.ready):
+            m.d.sync += erow.eq(erow + 1)
+            m.d.comb += flags.r_en.eq(erow == N - 1)
+
+    def _eb_chain(self, m, f2x, xq, enc, x_bits):
+        m.submodules.lorenzo = lor = LorenzoPredictor()
+        m.submodules.bound = bc = BoundCheck(dtype=self.dtype)
+        diffs = _fifo(m, "diffs", DiffRow.size, _SIDE_DEPTH)  # residuals wait for the check
+        bsink = _Port(Signal(name="bound_valid"), None, Signal(name="bound_ready"))
+        m.d.comb += [lor.i.payload.eq(f2x.o.payload.q), bc.i.payload.q.eq(f2x.o.payload.q)]
+        _fork(m, f2x.o, [lor.i, bsink], "f2x")
+        # BoundCheck takes q with its x (and r, eb) from the side FIFO
+        _join(m, [bsink, _Port(xq.r_rdy, None, xq.r_en)], bc.i)
+        m.d.comb += [
+            bc.i.payload.x.eq(xq.r_data[:x_bits]),
+            bc.i.payload.r.eq(xq.r_data[x_bits:x_bits + 32]),
+            bc.i.payload.eb.eq(xq.r_data[x_bits + 32:]),
+        ]
+        m.d.comb += [diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
+                     lor.o.ready.eq(diffs.w_rdy)]
+        _join(m, [_Port(diffs.r_rdy, None, diffs.r_en), bc.o], enc.i)
+        m.d.comb += [enc.i.payload.symbols.eq(diffs.r_data),
+                     enc.i.payload.force_raw.eq(~bc.o.payload.ok)]
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Compressor(wiring.Component):
+    """Compress engine of one mode and dtype: tiled rows in, block index entries and payload
+    bytes out, exactly the index and payload of ``reference.compress`` (``Codec(mode=...,
+    backend="numpy").compress``) of the tensor the rows tile.
+
+    Parameters (keyword-only): ``mode`` (dct, sfpr8, eb, mask), ``dtype`` (float32, float16,
+    bfloat16), ``table`` (dct only: the Quantizer's table after configuration; any table can be
+    loaded at run time through ``table_wr``), ``lanes`` (1, 2 or 4 identical chains).
+
+    Input ``i``: ``ArrayLayout(row_layout(mode, dtype), lanes)``: ``lanes`` consecutive rows of
+    the stream of padded 8 x 8 blocks in block order (raster rows 0..7 of a block, as the job
+    protocol's values section holds them), each row with its block's group scale ``(m, e)``
+    (and in eb mode ``r`` and the bound's ``eb`` bits); ``8 / lanes`` transfers per block,
+    counted from reset. Outputs: ``index``, one ``IndexEntry`` (the frame's u16) per block in
+    block order, and ``o``, the payload as ``CodeBeat`` beats (16 bytes, ``count``, ``last`` on
+    a block's final beat; a block's bytes never share a beat): CODED/DENSE blocks their coded
+    bytes, RAW blocks their 64 raw input values little-endian (``64 * itemsize`` bytes), ZERO
+    blocks nothing. A block's entry leaves no later than its first beat.
+
+    Throughput: each lane takes one row (8 values) a cycle and codes a block per 8 cycles; its
+    output carries one beat a cycle, so a lane runs at full rate while its blocks average at
+    most 8 beats (every typical block; a RAW block costs ``4 * itemsize`` cycles: float32 RAW
+    data runs at half rate). With ``lanes`` > 1 blocks go round-robin to the lanes and are
+    merged back in order through one beat a cycle: ``8 * lanes`` values a cycle while blocks
+    average at most ``8 / lanes`` beats. Latency (first row to first entry, measured by
+    ``actpack bench rtl``): about 17 cycles (sfpr8), 39 (dct), 19 (eb), 15 (mask).
+
+    Backpressure: ``index`` and ``o`` are registers; a stalled output stops the merger, then the
+    encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost).
+    Bad input: none; every bit pattern is coded as the reference codes it (NaN/inf blocks and
+    failed eb bounds RAW). Scales outside the codec's range are applied as ``FloatToFixed``
+    documents. Write ``table_wr`` only while no block is in flight.
+    """
+
+    def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
+        self.mode = Mode.parse(mode)  # ValueError naming ``mode``
+        self.dtype = _dtype(dtype)
+        if lanes not in LANES:
+            raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
+        self.lanes = lanes
+        if self.mode is Mode.DCT:
+            resolve_table(table)  # ValueError/TypeError naming ``table`` now, not at elaborate
+        self.table = table
+        self.row_layout = row_layout(self.mode, self.dtype)
+        members = {
+            "i": In(stream.Signature(data.ArrayLayout(self.row_layout, lanes))),
+            "index": Out(stream.Signature(IndexEntry)),
+            "o": Out(stream.Signature(CodeBeat)),
+        }
+        if self.mode is Mode.DCT:
+            members["table_wr"] = In(TableWrite())
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = [_Lane(mode=self.mode, dtype=self.dtype, table=self.table)
+                 for _ in range(self.lanes)]
+        for k, lane in enumerate(lanes):
+            m.submodules[f"lane{k}"] = lane
+            if self.mode is Mode.DCT:
+                for key in ("addr", "data", "en"):
+                    m.d.comb += getattr(lane.table_wr, key).eq(getattr(self.table_wr, key))
+        if self.lanes == 1:
+            lane, = lanes
+            m.d.comb += [lane.i.valid.eq(self.i.valid), lane.i.payload.eq(self.i.payload[0]),
+                         self.i.ready.eq(lane.i.ready)]
+            wiring.connect(m, lane.index, wiring.flipped(self.index))
+            wiring.connect(m, lane.o, wiring.flipped(self.o))
+            return m
+
+        # deal: a block's 8 / lanes transfers go to lane (block mod lanes), each lane through a
+        # FIFO of two blocks that hands out one row a cycle
+        words = N // self.lanes
+        word_bits = self.i.payload.shape().size
+        w_lane = Signal(range(self.lanes))
+        w_word = Signal(range(words))
+        readies = []
+        for k, lane in enumerate(lanes):
+            fifo = _fifo(m, f"deal{k}", word_bits, 2 * words)
+            readies.append(fifo.w_rdy)
+            m.d.comb += [fifo.w_data.eq(self.i.payload),
+                         fifo.w_en.eq(self.i.valid & (w_lane == k) & fifo.w_rdy)]
+            sub = Signal(range(self.lanes), name=f"sub{k}")
+            m.d.comb += [
+                lane.i.valid.eq(fifo.r_rdy),
+                lane.i.payload.eq(fifo.r_data.word_select(sub, self.row_layout.size)),
+                fifo.r_en.eq(lane.i.ready & (sub == self.lanes - 1)),
+            ]
+            with m.If(lane.i.valid & lane.i.ready):
+                m.d.sync += sub.eq(sub + 1)
+        m.d.comb += self.i.ready.eq(Cat(*readies).bit_select(w_lane, 1))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += w_word.eq(w_word + 1)
+            with m.If(w_word == words - 1):
+                m.d.sync += w_lane.eq(w_lane + 1)
+
+        # merge back in block order: entry of lane ``nxt``, then that lane's beats
+        nxt = Signal(range(self.lanes))
+        entry = _Port(Signal(name="entry_valid"), Signal(IndexEntry, name="entry"),
+                      Signal(name="entry_ready"))
+        with m.Switch(nxt):
+            for k, lane in enumerate(lanes):
+                with m.Case(k):
+                    m.d.comb += [entry.valid.eq(lane.index.valid),
+                                 entry.payload.eq(lane.index.payload),
+                                 lane.index.ready.eq(entry.ready)]
+        take = _merge(m, entry=entry, beats=[lane.o for lane in lanes], index=self.index,
+                      o=self.o, pick=lambda e: nxt, busy=lambda e: e.kind != Kind.ZERO,
+                      name="merge")
+        with m.If(take):
+            m.d.sync += nxt.eq(nxt + 1)
+        return m

@@ -1,0 +1,58 @@
+"""Engine stimulus from real frames: the tiled input a host sends the card for a tensor
+(docs/card.md 3.2: padded 8 x 8 blocks in block order, each block's group scale) and the block
+index and payload of the reference frame ``Codec(mode=..., backend="numpy").compress(t)`` for it.
+
+``frame_case`` returns them as arrays; ``write_case`` saves them as the ``.npz`` that
+sim/test_compressor.py reads (and ``actpack bench rtl`` measures with).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from actpack.codec import reference
+from actpack.codec.frame import parse_frame
+from actpack.codec.spec import Mode
+
+__all__ = ["frame_case", "write_case"]
+
+
+def frame_case(t, codec) -> dict[str, np.ndarray]:
+    """Tiles (nblocks, 64) as unsigned bit patterns, per-block scale ``m``, ``e`` and inverse
+    ``r`` (float32 bits), ``eb`` (binary64 bits of the header's param), the frame's ``index``
+    (u16) and ``payload`` (u8), and for dct the ``table`` the frame was coded with."""
+    from actpack.codec.codec import _INT_VIEW, _NUMPY_BITS
+
+    frame = bytes(codec.compress(t))
+    header, index, payload = parse_frame(frame)
+    geo = header.geometry
+    bits_t = _NUMPY_BITS[header.dtype]
+    bits = t.detach().contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()
+    bits = bits.view(bits_t).reshape(-1)
+    tiles = reference.tile(bits, geo).reshape(-1, 64)
+    groups = reference.block_groups(geo)
+    if header.mode is Mode.EB:
+        groups = np.zeros_like(groups)
+    scales = list(header.scales)
+    m = np.array([scales[g].mantissa for g in groups] if scales else [0] * len(tiles))
+    e = np.array([scales[g].exponent for g in groups] if scales else [0] * len(tiles))
+    r = np.array([int(np.float32(scales[g].inverse).view(np.uint32)) for g in groups]
+                 if scales else [0] * len(tiles), dtype=np.int64)
+    out = {
+        "tiles": tiles,
+        "m": m.astype(np.int64), "e": e.astype(np.int64), "r": r,
+        "eb": np.array(int(np.float64(header.param).view(np.uint64)), dtype=np.uint64),
+        "index": np.asarray(index, dtype=np.uint16),
+        "payload": np.frombuffer(bytes(payload), dtype=np.uint8),
+    }
+    if header.table is not None:
+        out["table"] = np.asarray(header.table, dtype=np.int64).reshape(64)
+    return out
+
+
+def write_case(path, t, codec, *, full_rate: bool = False) -> Path:
+    """``frame_case`` saved to ``path`` (``.npz``); ``full_rate`` asks the testbench to check
+    that the input never stalls (typical data on one lane)."""
+    path = Path(path)
+    np.savez(path, full_rate=np.array(full_rate), **frame_case(t, codec))
+    return path
