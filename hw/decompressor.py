@@ -1,0 +1,391 @@
+"""The decompress engine: per block its index entry, inverse scale and payload beats in, the
+block's 8 rows of raw dtype values out, bit-exact with ``actpack.codec.reference.decompress``
+before it untiles (docs/format.md 6-8, 12).
+
+``Decompressor`` chains the per-stage blocks of this package per mode:
+
+- ``dct``: ``BlockDecoder`` -> ``Unzigzag`` -> ``Dequantizer`` -> ``IDCT2D`` ->
+  ``FixedToFloat(width=8)``
+- ``sfpr8``: ``BlockDecoder`` -> ``FixedToFloat(width=8)`` (``|v| > 127`` flagged RANGE)
+- ``eb``: ``BlockDecoder`` -> ``LorenzoReconstructor`` -> ``FixedToFloat(width=22)``
+- ``mask``: ``BlockDecoder`` -> ``MaskDecoder``
+
+and copies RAW blocks' payload bytes into rows around the chain. The frame header (parsing,
+scale records, CRCs) and the untiling are the card's top level / the host's.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from actpack.codec import spec
+from actpack.codec.frame import Kind
+from actpack.codec.spec import DType, Mode
+from actpack.codec.tables import resolve_table
+
+from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from .blockdecode import _MAX_BEATS, BlockDecoder, BlockError, Unzigzag
+from .compressor import LANES, _fork, _join, _Port
+from .dct import IDCT2D
+from .lorenzo import LorenzoReconstructor
+from .maskpack import MaskDecoder
+from .quant import Dequantizer, TableWrite
+from .sfpr import FixedToFloat, _dtype, raw_row
+
+__all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
+
+N = spec.BLOCK
+_BEAT_BITS = 8 * BEAT_BYTES
+_ERROR_BITS = len(BlockError)
+# Rows beside a chain (errors) or behind it: more than the chain holds (dct: Unzigzag's two
+# banks, IDCT2D's, the 1-cycle stages and FixedToFloat's 3), so a full side FIFO never starves
+# the chain of what it needs to drain.
+_SIDE_ROWS = {Mode.DCT: 64, Mode.SFPR8: 16, Mode.EB: 16, Mode.MASK: 16}
+_BLOCK_FIFO = 4  # blocks whose entry is taken but whose rows have not left
+
+
+def block_layout(mode) -> data.StructLayout:
+    """One ``blocks`` transfer: ``entry``, the block's u16 index entry as the frame's index holds
+    it (``IndexEntry``), and except in mask mode ``r``, the float32 bits of the inverse scale of
+    the block's group (the third field of the frame's scale record for group
+    ``reference.block_groups(geo)[b]``; in eb mode the single record's)."""
+    fields = {"entry": IndexEntry}
+    if Mode.parse(mode) is not Mode.MASK:
+        fields["r"] = unsigned(32)
+    return data.StructLayout(fields)
+
+
+def out_row(dtype) -> data.StructLayout:
+    """One output row: ``x``, 8 bit patterns of ``dtype`` (column 0 first); ``error``, the
+    ``BlockError`` bits known when the row leaves (the block's verdict is its last row's);
+    ``last`` on a block's row 7."""
+    return data.StructLayout({"x": raw_row(_dtype(dtype)), "error": unsigned(_ERROR_BITS),
+                              "last": unsigned(1)})
+
+
+def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
+    fifo = SyncFIFO(width=width, depth=depth)  # first-word fall-through: readable a cycle on
+    m.submodules[name] = fifo
+    return fifo
+
+
+def _w(fifo) -> _Port:
+    return _Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
+
+
+def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
+    """Take a block from ``blk`` when ``ready`` (the caller's FIFOs have room for it), then pass
+    the next ``nbeats`` beats of ``beats`` to ``sinks[dest]`` (``dest`` sampled with the entry).
+    The next block is taken in the cycle of the current block's last beat. Returns the signal
+    of a block being taken. Sink ``valid`` depends on registers and ``beats.valid`` only."""
+    busy = Signal(name=f"{name}_busy")
+    left = Signal(range(_MAX_BEATS + 1), name=f"{name}_left")
+    cur = Signal(range(max(2, len(sinks))), name=f"{name}_cur")
+    sink_ready = Signal(name=f"{name}_sink_ready")
+    for k, s in enumerate(sinks):
+        m.d.comb += [s.valid.eq(beats.valid & busy & (cur == k)), s.payload.eq(beats.payload)]
+        with m.If(cur == k):
+            m.d.comb += sink_ready.eq(s.ready)
+    step = Signal(name=f"{name}_step")
+    free = Signal(name=f"{name}_free")
+    take = Signal(name=f"{name}_take")
+    m.d.comb += [
+        beats.ready.eq(busy & sink_ready),
+        step.eq(beats.valid & beats.ready),
+        free.eq(~busy | (step & (left == 1))),
+        blk.ready.eq(free & ready),
+        take.eq(blk.valid & blk.ready),
+    ]
+    with m.If(step):
+        m.d.sync += left.eq(left - 1)
+        with m.If(left == 1):
+            m.d.sync += busy.eq(0)
+    with m.If(take):
+        m.d.sync += [busy.eq(nbeats != 0), left.eq(nbeats), cur.eq(dest)]
+    return take
+
+
+def _forward_table(m: Module, src, dst):
+    m.d.comb += [getattr(dst, key).eq(getattr(src, key)) for key in ("addr", "data", "en")]
+
+
+def _nbeats(entry):
+    return (entry.length + BEAT_BYTES - 1) >> (BEAT_BYTES.bit_length() - 1)
+
+
+# ----------------------------------------------------------------------------- one lane
+
+
+class _Lane(wiring.Component):
+    """One block at a time through one mode's chain (see ``Decompressor``), RAW blocks beside
+    it. Ports as ``Decompressor`` with ``lanes=1`` (``o`` carries ``out_row`` directly)."""
+
+    def __init__(self, *, mode: Mode, dtype: DType, table):
+        self.mode, self.dtype, self.table = mode, dtype, table
+        members = {
+            "blocks": In(stream.Signature(block_layout(mode))),
+            "data": In(stream.Signature(CodeBeat)),
+            "o": Out(stream.Signature(out_row(dtype))),
+        }
+        if mode is Mode.DCT:
+            members["table_wr"] = In(TableWrite())
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        mode, dtype = self.mode, self.dtype
+        blk, beats = self.blocks, self.data
+        m.submodules.dec = dec = BlockDecoder(mode=mode)
+        x_bits = raw_row(dtype).size
+        has_r = mode is not Mode.MASK
+
+        # ---- splitter: well-formed RAW blocks to the row assembler, all else to the decoder
+        # (which flags any other RAW entry INDEX and still yields its 8 rows)
+        entry = blk.payload.entry
+        raw_bytes = N * N * dtype.itemsize
+        to_raw = Signal()
+        m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
+                              & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
+        order = _sync_fifo(m, "order", 1, _BLOCK_FIFO)  # per block: its rows come from raw
+        dix = _sync_fifo(m, "dix", IndexEntry.size, 2)
+        ready = order.w_rdy & dix.w_rdy
+        if has_r:
+            rq = _sync_fifo(m, "rq", 32, _BLOCK_FIFO)
+            ready = ready & rq.w_rdy
+        per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
+        raw_in = _Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
+        take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
+                      sinks=[dec.data, raw_in], name="split")
+        m.d.comb += [
+            order.w_en.eq(take), order.w_data.eq(to_raw),
+            dix.w_en.eq(take & ~to_raw), dix.w_data.eq(entry),
+            dec.index.valid.eq(dix.r_rdy), dec.index.payload.eq(dix.r_data),
+            dix.r_en.eq(dec.index.ready),
+        ]
+        if has_r:
+            m.d.comb += [rq.w_en.eq(take & ~to_raw), rq.w_data.eq(blk.payload.r)]
+
+        # ---- RAW rows: 64 * itemsize bytes little-endian in raster order are the rows' bits
+        rawq = _sync_fifo(m, "rawq", x_bits + _ERROR_BITS, _SIDE_ROWS[Mode.SFPR8])
+        rbeat = Signal(range(N * per_row))
+        rerr = Signal()
+        held = Signal(_BEAT_BITS * max(1, per_row - 1))
+        final = rbeat == N * per_row - 1
+        bad = (raw_in.payload.count != BEAT_BYTES) | (raw_in.payload.last != final)
+        row_end = (rbeat[0] == 1) if per_row == 2 else 1
+        m.d.comb += raw_in.ready.eq(~row_end | rawq.w_rdy)
+        err_now = rerr | bad
+        with m.If(raw_in.valid & raw_in.ready):
+            m.d.sync += [rbeat.eq(Mux(final, 0, rbeat + 1)), rerr.eq(err_now & ~final)]
+            m.d.comb += rawq.w_en.eq(row_end)
+            if per_row == 2:
+                m.d.sync += held.eq(raw_in.payload.data)
+        row_bits = Cat(held, raw_in.payload.data) if per_row == 2 else raw_in.payload.data
+        m.d.comb += rawq.w_data.eq(Cat(row_bits, Mux(err_now, BlockError.BEATS, 0)))
+
+        # ---- the decoded path: the decoder's rows forked into the chain and their error bits
+        errq = _sync_fifo(m, "errq", _ERROR_BITS, _SIDE_ROWS[mode])
+        head = _Port(Signal(name="chain_valid"), None, Signal(name="chain_ready"))
+        _fork(m, dec.o, [head, _w(errq)], "dec")
+        m.d.comb += errq.w_data.eq(dec.o.payload.error)
+        symbols = dec.o.payload.symbols
+        if mode is Mode.MASK:
+            m.submodules.mdec = mdec = MaskDecoder(dtype=dtype)
+            m.d.comb += [mdec.i.valid.eq(head.valid), head.ready.eq(mdec.i.ready),
+                         mdec.i.payload.eq(Cat(*(symbols[k][0] for k in range(N))))]
+            values = mdec.o
+        else:
+            values = self._chain(m, head, symbols, rq)
+        drow = _Port(Signal(name="drow_valid"), None, Signal(name="drow_ready"))
+        _join(m, [values, _Port(errq.r_rdy, None, errq.r_en)], drow)
+
+        # ---- merge in block order: 8 rows of a block from the path its ``order`` bit names
+        o = self.o
+        orow = Signal(range(N))
+        sel = order.r_data[0]
+        src_valid = Mux(sel, rawq.r_rdy, drow.valid)
+        go = Signal()
+        m.d.comb += [
+            go.eq(order.r_rdy & src_valid & (~o.valid | o.ready)),
+            rawq.r_en.eq(go & sel),
+            drow.ready.eq(go & ~sel),
+            order.r_en.eq(go & (orow == N - 1)),
+        ]
+        with m.If(go):
+            m.d.sync += [
+                o.valid.eq(1), orow.eq(orow + 1), o.payload.last.eq(orow == N - 1),
+                o.payload.x.eq(Mux(sel, rawq.r_data[:x_bits], values.payload)),
+                o.payload.error.eq(Mux(sel, rawq.r_data[x_bits:], errq.r_data)),
+            ]
+        with m.Elif(o.ready):
+            m.d.sync += o.valid.eq(0)
+        return m
+
+    def _chain(self, m, head, symbols, rq):
+        """Decoder rows (``head`` handshake, ``symbols``) -> ``FixedToFloat`` output stream,
+        each block's ``r`` from ``rq`` joined at ``FixedToFloat``'s input."""
+        mode = self.mode
+        width = 22 if mode is Mode.EB else 8  # Ref: format 6.4 (22-bit q), 6.1/6.3 (int8)
+        m.submodules.x2f = x2f = FixedToFloat(dtype=self.dtype, width=width)
+        if mode is Mode.SFPR8:
+            # |v| > 127 is flagged RANGE by the decoder; the low 8 bits pass (a flagged block)
+            tail = _Port(head.valid, None, head.ready)
+            vals = [symbols[u][:width] for u in range(N)]
+        elif mode is Mode.DCT:
+            m.submodules.unzigzag = uz = Unzigzag()
+            m.submodules.dequant = deq = Dequantizer(table=self.table)
+            m.submodules.idct = idct = IDCT2D()
+            _forward_table(m, self.table_wr, deq.table_wr)
+            m.d.comb += [uz.i.valid.eq(head.valid), head.ready.eq(uz.i.ready),
+                         uz.i.payload.eq(symbols)]
+            wiring.connect(m, uz.o, deq.i)
+            wiring.connect(m, deq.o, idct.i)
+            tail, vals = idct.o, [idct.o.payload[u] for u in range(N)]
+        else:
+            m.submodules.lorenzo = lor = LorenzoReconstructor()
+            m.d.comb += [lor.i.valid.eq(head.valid), head.ready.eq(lor.i.ready),
+                         lor.i.payload.eq(symbols)]
+            tail, vals = lor.o, [lor.o.payload[u] for u in range(N)]
+        xrow = Signal(range(N))
+        rport = _Port(rq.r_rdy, None, Signal(name="rq_pop"))
+        _join(m, [tail, rport], x2f.i)
+        m.d.comb += [*(x2f.i.payload.v[u].eq(vals[u]) for u in range(N)),
+                     x2f.i.payload.r.eq(rq.r_data)]
+        with m.If(x2f.i.valid & x2f.i.ready):
+            m.d.sync += xrow.eq(xrow + 1)
+            m.d.comb += rq.r_en.eq(xrow == N - 1)
+        return x2f.o
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Decompressor(wiring.Component):
+    """Decompress engine of one mode and dtype: per block its index entry, inverse scale and
+    payload beats in, its 8 rows of ``dtype`` bit patterns out, in block order: exactly the
+    padded block ``reference.decompress`` computes before it untiles (RAW blocks: their bytes).
+
+    Parameters (keyword-only): ``mode`` (dct, sfpr8, eb, mask), ``dtype`` (float32, float16,
+    bfloat16), ``table`` (dct only: the Dequantizer's table after configuration; load a frame's
+    table at run time through ``table_wr``, ``addr`` = ``8 v + u``, one entry a cycle, while no
+    block is in flight), ``lanes`` (1, 2 or 4 identical chains).
+
+    Inputs: ``blocks`` (``block_layout(mode)``): per block in block order, its u16 index entry
+    and (except mask) ``r``, the float32 bits of its group's inverse scale; ``data``
+    (``CodeBeat``): the payload, each block's ``length`` bytes in ``ceil(length / 16)`` beats
+    starting on a fresh beat (``count`` bytes valid, ``last`` on its final beat; ZERO blocks
+    have none). Output ``o``: ``ArrayLayout(out_row(dtype), lanes)``, ``lanes`` consecutive
+    rows of the block stream a transfer (rows 0..7 of a block, blocks in order; ``8 / lanes``
+    transfers a block), each row with ``error`` (``BlockError`` bits: the block's verdict on
+    its row 7) and ``last``.
+
+    Throughput: a lane delivers one row (8 values) a cycle while its blocks have at most 6
+    beats (96 bytes: every dct, sfpr8 and mask block the encoder writes, typical eb blocks);
+    longer ones take ``beats + 2`` cycles (float32 RAW blocks 16 beats: half rate). With
+    ``lanes`` > 1 blocks are dealt round-robin to the lanes by their entries' byte counts and
+    merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
+    ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
+    beat to first row, measured by ``sim.test_decompressor.measure_decompressor``): see
+    hw/README.md.
+
+    Backpressure: ``o`` is a register; a stalled output stops the merger, the chains, the
+    decoder and then ``blocks``/``data`` (nothing is lost). Bad input: every check of
+    ``BlockDecoder`` (format 8.2 and the index checks of #21 for one entry); a RAW entry whose
+    length is not ``64 * itemsize`` or with an ``mb`` field, or in mask mode, is flagged INDEX,
+    RAW beats whose ``count``/``last`` disagree BEATS. A flagged block still yields 8 rows
+    (values unspecified) and the next block decodes normally. Reset recovers from any state.
+    """
+
+    def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
+        self.mode = Mode.parse(mode)  # ValueError naming ``mode``
+        self.dtype = _dtype(dtype)
+        if lanes not in LANES:
+            raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
+        self.lanes = lanes
+        if self.mode is Mode.DCT:
+            resolve_table(table)  # ValueError/TypeError naming ``table`` now, not at elaborate
+        self.table = table
+        members = {
+            "blocks": In(stream.Signature(block_layout(self.mode))),
+            "data": In(stream.Signature(CodeBeat)),
+            "o": Out(stream.Signature(data.ArrayLayout(out_row(self.dtype), lanes))),
+        }
+        if self.mode is Mode.DCT:
+            members["table_wr"] = In(TableWrite())
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes = [_Lane(mode=self.mode, dtype=self.dtype, table=self.table)
+                 for _ in range(self.lanes)]
+        for k, lane in enumerate(lanes):
+            m.submodules[f"lane{k}"] = lane
+            if self.mode is Mode.DCT:  # every lane's table gets every write
+                _forward_table(m, self.table_wr, lane.table_wr)
+        if self.lanes == 1:
+            lane, = lanes
+            wiring.connect(m, wiring.flipped(self.blocks), lane.blocks)
+            wiring.connect(m, wiring.flipped(self.data), lane.data)
+            m.d.comb += [self.o.valid.eq(lane.o.valid), self.o.payload[0].eq(lane.o.payload),
+                         lane.o.ready.eq(self.o.ready)]
+            return m
+
+        # deal: block k's entry and its beats to lane k mod lanes, through per-lane FIFOs
+        blk_bits = self.blocks.payload.shape().size
+        w_lane = Signal(range(self.lanes))
+        bfifos, dfifos = [], []
+        for k, lane in enumerate(lanes):
+            bf = _sync_fifo(m, f"blk{k}", blk_bits, _BLOCK_FIFO)
+            df = _sync_fifo(m, f"beats{k}", CodeBeat.size, 2 * N)
+            bfifos.append(bf)
+            dfifos.append(df)
+            m.d.comb += [
+                bf.w_data.eq(self.blocks.payload),
+                lane.blocks.valid.eq(bf.r_rdy), lane.blocks.payload.eq(bf.r_data),
+                bf.r_en.eq(lane.blocks.ready),
+                lane.data.valid.eq(df.r_rdy), lane.data.payload.eq(df.r_data),
+                df.r_en.eq(lane.data.ready),
+            ]
+        take = _route(m, self.blocks, self.data, nbeats=_nbeats(self.blocks.payload.entry),
+                      dest=w_lane, ready=Array(bf.w_rdy for bf in bfifos)[w_lane],
+                      sinks=[_w(df) for df in dfifos], name="deal")
+        for k, bf in enumerate(bfifos):
+            m.d.comb += bf.w_en.eq(take & (w_lane == k))
+        with m.If(take):
+            m.d.sync += w_lane.eq(w_lane + 1)
+
+        # gather: each lane's rows into words of ``lanes`` rows, then words in block order
+        row_bits = out_row(self.dtype).size
+        words = N // self.lanes
+        wfifos = []
+        for k, lane in enumerate(lanes):
+            wf = _sync_fifo(m, f"words{k}", row_bits * self.lanes, 2 * words)
+            wfifos.append(wf)
+            acc = Signal(row_bits * (self.lanes - 1), name=f"acc{k}")
+            sub = Signal(range(self.lanes), name=f"sub{k}")
+            full = sub == self.lanes - 1
+            m.d.comb += [lane.o.ready.eq(~full | wf.w_rdy),
+                         wf.w_data.eq(Cat(acc, lane.o.payload))]
+            with m.If(lane.o.valid & lane.o.ready):
+                m.d.sync += sub.eq(sub + 1)
+                m.d.comb += wf.w_en.eq(full)
+                for j in range(self.lanes - 1):
+                    with m.If(sub == j):
+                        m.d.sync += acc.word_select(j, row_bits).eq(lane.o.payload)
+        o = self.o
+        nxt = Signal(range(self.lanes))
+        word = Signal(range(words))
+        head_rdy = Array(wf.r_rdy for wf in wfifos)[nxt]
+        head = Array(wf.r_data for wf in wfifos)[nxt]
+        go = Signal()
+        m.d.comb += go.eq(head_rdy & (~o.valid | o.ready))
+        for k, wf in enumerate(wfifos):
+            m.d.comb += wf.r_en.eq(go & (nxt == k))
+        with m.If(go):
+            m.d.sync += [o.valid.eq(1), o.payload.eq(head), word.eq(word + 1)]
+            with m.If(word == words - 1):
+                m.d.sync += [word.eq(0), nxt.eq(nxt + 1)]
+        with m.Elif(o.ready):
+            m.d.sync += o.valid.eq(0)
+        return m
