@@ -4,7 +4,10 @@ Run through ``actpack.sim.build`` (see tests/hw/test_hw_compressor.py). Environm
 ``ACTPACK_TB_MODE``, ``ACTPACK_TB_DTYPE``, ``ACTPACK_TB_LANES`` (the build's parameters),
 ``ACTPACK_TB_STIM``: a folder of ``<case>.npz`` files, each the tiled input of one tensor and
 the index and payload of its reference frame (``Codec(mode=..., backend="numpy").compress``),
-written by ``stimulus_case`` below; ``ACTPACK_TB_SEED``.
+written by ``actpack.sim.frames.write_case``; ``ACTPACK_TB_SEED``. With ``ACTPACK_TB_MEASURE``
+(a folder) the module instead runs each case once without inserters, checks it the same way
+and writes ``<case>.json`` with the cycles from the first input transfer to the first and to
+the last output transfer (``actpack bench rtl``).
 
 Every case runs with the idle inserter (source) and the backpressure inserter (both sinks) each
 on and off. Every index entry and every payload byte is compared, beat framing included (16
@@ -12,6 +15,7 @@ bytes a beat, ``count`` and ``last`` on a block's final beat, zero bytes beyond 
 Cases marked ``full_rate`` also check, without inserters, that the input never stalls.
 """
 
+import json
 import os
 import zlib
 from pathlib import Path
@@ -36,6 +40,7 @@ LANES = int(os.environ.get("ACTPACK_TB_LANES", "1"))
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
 STIM = Path(os.environ.get("ACTPACK_TB_STIM", "."))
 CASES = sorted(p.stem for p in STIM.glob("*.npz")) or ["none"]
+MEASURE = os.environ.get("ACTPACK_TB_MEASURE")
 
 
 def case_rows(case) -> list:
@@ -113,6 +118,10 @@ class CompressorTB(StreamTB):
                            len(ins), cycles, len(beats))
         if timing:
             assert cycles == len(ins), f"{name}: input stalled {cycles - len(ins)} cycles"
+        outs = self.entries.transfers + self.beats.transfers
+        return {"blocks": n, "values": 64 * n, "transfers": len(ins), "beats": len(beats),
+                "input_cycles": cycles, "first_out": int(min(outs) - ins[0]),
+                "last_out": int(max(outs) - ins[0])}
 
 
 def _beats_per_block(index) -> np.ndarray:
@@ -128,17 +137,42 @@ def _pauses(rng, on: bool):
     return random_pauses(rng, 0.3) if on else None
 
 
-@cocotb.test()
-@cocotb.parametrize(stim=CASES, idle=[False, True], backpressure=[False, True])
-async def compressor(dut, stim, idle, backpressure):
+def _load(stim: str) -> dict:
     with np.load(STIM / f"{stim}.npz") as f:
-        case = {k: f[k] for k in f.files}
-    rng = _rng(stim, idle, backpressure)
-    tb = CompressorTB(dut, idle=_pauses(rng, idle), backpressure=_pauses(rng, backpressure),
-                      backpressure_index=_pauses(rng, backpressure))
+        return {k: f[k] for k in f.files}
+
+
+async def _start(dut, case, **pauses) -> CompressorTB:
+    tb = CompressorTB(dut, **pauses)
     await tb.reset()
     if MODE is Mode.DCT:
         await tb.load_table(case["table"])
-    timing = bool(case["full_rate"]) and not idle and not backpressure
-    await tb.check(stim, case, timing=timing)
-    await tb.finish(drain_cycles=64)
+    return tb
+
+
+if MEASURE:
+
+    @cocotb.test()
+    @cocotb.parametrize(stim=CASES)
+    async def measure(dut, stim):
+        """Timing of a case, no stalls: first input -> first / last output."""
+        case = _load(stim)
+        tb = await _start(dut, case)
+        result = await tb.check(stim, case, timing=False)
+        await tb.finish(drain_cycles=64)
+        (Path(MEASURE) / f"{stim}.json").write_text(json.dumps(result))
+
+
+else:
+
+    @cocotb.test()
+    @cocotb.parametrize(stim=CASES, idle=[False, True], backpressure=[False, True])
+    async def compressor(dut, stim, idle, backpressure):
+        case = _load(stim)
+        rng = _rng(stim, idle, backpressure)
+        tb = await _start(dut, case, idle=_pauses(rng, idle),
+                          backpressure=_pauses(rng, backpressure),
+                          backpressure_index=_pauses(rng, backpressure))
+        timing = bool(case["full_rate"]) and not idle and not backpressure
+        await tb.check(stim, case, timing=timing)
+        await tb.finish(drain_cycles=64)
