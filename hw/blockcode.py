@@ -205,8 +205,8 @@ class BlockEncoder(wiring.Component):
     (``force_raw``, or neither coding has all widths <= 15 bits and length <= 64 * itemsize;
     length 64 * itemsize; the frame builder supplies the raw values). Output ``o``: the coded
     bytes of each CODED/DENSE block as ``CodeBeat`` beats (16 bytes a beat, the last beat with
-    ``count`` and ``last``); ZERO and RAW blocks produce no beats. A block's index entry leaves
-    before its first beat.
+    ``count`` and ``last``); ZERO and RAW blocks produce no beats. A block's index entry is
+    offered no later than its first beat; the two streams stall independently.
 
     Throughput: one block per 8 cycles (8 symbols per cycle, ``i`` never stalled) for any
     sequence of blocks of at most 128 coded bytes (8 beats): every dct, sfpr8 and mask block
