@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 # name -> module (imported lazily by the CLI so `actpack --help` stays fast)
-BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload"}
+BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload",
+              "rtl": "actpack.bench.rtl"}
 
 _RESULTS_INTRO = """\
 # actpack — measured results

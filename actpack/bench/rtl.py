@@ -1,0 +1,202 @@
+"""Cycle-accurate throughput and latency of the compress engine (``actpack.hw.compressor``) in
+Verilator simulation: values per cycle and cycles to the first output, per mode and lane count,
+on typical activations and on worst-case data.
+
+For each mode at lanes 1, 2, 4 the Compressor (float32) compresses tiled tensors with input
+always valid and outputs always ready; every output byte is checked against the reference frame
+(sim/test_compressor.py in measure mode). Figures:
+
+- values/cycle: padded input values / cycles from the first input transfer to the last output
+  transfer (one lane's ceiling is 8);
+- latency: cycles from the first input transfer to the first output transfer (an index entry).
+
+Data: ``relu1`` and ``conv1``, activations of the digits CNN (``actpack.data``) on one test
+image; ``dense``, uniform noise in [-1, 1] (no zeros; eb at error bound 1e-4, so wide codes and
+long blocks); ``raw``, the same noise with a NaN in every block (every block stored RAW, the most
+payload bytes; mask mode has no RAW blocks and codes them like ``dense``).
+
+Decompressor rows come from ``measure_decompressor(mode, lanes, data)`` in
+``actpack.hw.decompressor`` once that module provides it (same signature and result keys as
+``measure_compressor`` here); until then the section says it is not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from actpack.bench import default_results_path, machine_info, source_info, update_results
+
+__all__ = ["LANES", "MODES", "add_arguments", "measure_compressor", "measure_compressor_cases",
+           "run", "workloads"]
+
+MODES = ("dct", "sfpr8", "eb", "mask")
+LANES = (1, 2, 4)
+_EB_TYPICAL, _EB_DENSE = 1e-2, 1e-4
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--results", metavar="PATH", default=None,
+                   help="markdown file whose 'bench rtl' section is rewritten "
+                        "(default: docs/results.md of the checkout)")
+    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for tests: mask mode at lanes 1 and 2, a few blocks")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    p.add_argument("--lanes", default=",".join(map(str, LANES)), help="comma-separated lanes")
+
+
+def _codec(mode: str, error_bound: float = _EB_TYPICAL):
+    from actpack.codec import Codec
+
+    if mode == "eb":
+        return Codec(mode="eb", error_bound=error_bound, backend="numpy")
+    return Codec(mode=mode, backend="numpy")
+
+
+def workloads(*, quick: bool = False) -> dict[str, torch.Tensor]:
+    """The benchmark's tensors (float32): digits-CNN ``relu1`` and ``conv1`` of one image, and
+    ``dense`` / ``raw`` noise (see the module docstring); ``quick`` crops them to a few blocks."""
+    from actpack.data import capture_activations, digits_batch, digits_cnn
+
+    acts = capture_activations(digits_cnn(seed=0), digits_batch(1).x)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand((1, 8, 32, 32), generator=gen) * 2 - 1
+    noise[noise == 0] = 0.5
+    raw = noise.clone()
+    raw[..., ::8, ::8] = float("nan")
+    out = {"relu1": acts["relu1"], "conv1": acts["conv1"], "dense": noise, "raw": raw}
+    if quick:
+        out = {k: v[:, :1, :16, :16].contiguous() for k, v in out.items()}
+    return out
+
+
+def _decompressor_measure():
+    """``measure_decompressor`` of ``actpack.hw.decompressor``, or None while it has none."""
+    try:
+        module = importlib.import_module("actpack.hw.decompressor")
+    except ImportError:
+        return None
+    return getattr(module, "measure_decompressor", None)
+
+
+def measure_compressor_cases(mode: str, lanes: int, cases: dict, *, dtype: str = "float32"):
+    """Run the Compressor (one Verilator build per configuration, shared with the tests) on
+    ``cases`` (name -> (tensor, codec)) without stalls; per case a dict: ``blocks``, ``values``,
+    ``beats``, ``values_per_cycle`` and ``latency`` (cycles, first input to first output),
+    ``cycles`` (first input to last output, inclusive). Every output byte is checked."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from actpack.hw.compressor import Compressor
+    from actpack.sim.build import build, verilator_bin
+    from actpack.sim.frames import write_case
+
+    verilator_bin()
+    sim = build(Compressor, name=f"compressor_{mode}_{dtype}_{lanes}",
+                params={"mode": mode, "dtype": dtype, "lanes": lanes})
+    with tempfile.TemporaryDirectory() as tmp:
+        stim, out = Path(tmp) / "stim", Path(tmp) / "out"
+        stim.mkdir()
+        out.mkdir()
+        for name, (t, codec) in cases.items():
+            write_case(stim / f"{name}.npz", t, codec)
+        sim.run("actpack.sim.test_compressor", tag=f"bench-{mode}-{lanes}",
+                env={"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
+                     "ACTPACK_TB_LANES": str(lanes), "ACTPACK_TB_STIM": str(stim),
+                     "ACTPACK_TB_MEASURE": str(out)})
+        results = {name: json.loads((out / f"{name}.json").read_text()) for name in cases}
+    for r in results.values():
+        r["cycles"] = r["last_out"] + 1
+        r["values_per_cycle"] = r["values"] / r["cycles"]
+        r["latency"] = r["first_out"]
+    return results
+
+
+def measure_compressor(mode: str, lanes: int, data: torch.Tensor, *, codec=None) -> dict:
+    """``measure_compressor_cases`` for one tensor (the codec's defaults for ``mode`` unless
+    ``codec`` is given): the shape of result ``measure_decompressor`` returns too."""
+    cases = {"data": (data, codec if codec is not None else _codec(mode))}
+    return measure_compressor_cases(mode, lanes, cases)["data"]
+
+
+def _cases(mode: str, tensors: dict) -> dict:
+    out = {}
+    for name, t in tensors.items():
+        if name == "raw" and mode == "mask":
+            continue  # mask blocks are never RAW
+        eb = _EB_DENSE if name in ("dense", "raw") else _EB_TYPICAL
+        out[name] = (t, _codec(mode, eb))
+    return out
+
+
+def _markdown(rows: list[dict], decomp: str, info: dict, quick: bool) -> str:
+    lines = [
+        "## RTL engines: cycles in simulation (`actpack bench rtl`)",
+        "",
+        f"{info['date']}, commit {info.get('commit', '?')}; Verilator, float32 inputs, input "
+        "always valid and outputs always ready; every output byte checked against the "
+        "reference frame. values/cycle = padded input values / cycles from the first input "
+        "to the last output; latency = cycles from the first input to the first output."
+        + (" **Quick run (--quick): a few blocks; figures are not representative.**"
+           if quick else ""),
+        "",
+        ("| engine | mode | lanes | data | blocks | payload beats | cycles | values/cycle | "
+         "latency |"),
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['mode']} | {r['lanes']} | {r['data']} | "
+                     f"{r['blocks']} | {r['beats']} | {r['cycles']} | "
+                     f"{r['values_per_cycle']:.2f} | {r['latency']} |")
+    lines += ["", f"Decompressor: {decomp}"]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    quick = args.quick
+    modes = ("mask",) if quick else tuple(m for m in args.modes.split(",") if m)
+    lanes_list = (1, 2) if quick else tuple(int(x) for x in args.lanes.split(",") if x)
+    for mode in modes:
+        if mode not in MODES:
+            raise SystemExit(f"--modes: unknown mode {mode!r}; expected some of {MODES}")
+    for lanes in lanes_list:
+        if lanes not in LANES:
+            raise SystemExit(f"--lanes: {lanes} is not one of {LANES}")
+    tensors = workloads(quick=quick)
+    rows = []
+    for mode in modes:
+        for lanes in lanes_list:
+            res = measure_compressor_cases(mode, lanes, _cases(mode, tensors))
+            for name, r in res.items():
+                rows.append({"engine": "compressor", "mode": mode, "lanes": lanes,
+                             "data": name, **r})
+                print(f"compressor {mode:5s} lanes {lanes} {name:6s}: "
+                      f"{r['values_per_cycle']:.2f} values/cycle, latency {r['latency']}")
+    measure_d = _decompressor_measure()
+    if measure_d is None:
+        decomp = "not built yet (`actpack.hw.decompressor.measure_decompressor` is missing)."
+    else:
+        decomp = "rows above."
+        for mode in modes:
+            for lanes in lanes_list:
+                for name, (t, _) in _cases(mode, tensors).items():
+                    r = measure_d(mode, lanes, t)
+                    rows.append({"engine": "decompressor", "mode": mode, "lanes": lanes,
+                                 "data": name, **r})
+    info = {**machine_info(), **source_info()}
+    md = _markdown(rows, decomp, info, quick)
+    result = {"quick": quick, "machine": info, "rows": rows, "decompressor": decomp}
+    if not args.no_results:
+        path = update_results(args.results or default_results_path(), "rtl", md)
+        print(f"updated {path}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
