@@ -154,43 +154,131 @@ def _block_index(b, geo, src, dst):
             dst[8 * i + j] = base + row * w + col if row < h and col < w else -1
 
 
+@njit(cache=True)
+def _block_origin(b, geo):
+    """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry)."""
+    plane, r = divmod(b, geo[5])
+    by, bx = divmod(r, geo[4])
+    return plane * geo[2] * geo[3], by * 8, bx * 8
+
+
+@njit(cache=True)
+def _interior(b, geo):
+    """(True, flat index of the block's first element, row stride) for a block lying wholly
+    inside the tensor (no replicated padding), else (False, 0, 0): the fast paths read and write
+    such blocks row by row instead of through ``_block_index``."""
+    if geo[0]:
+        if (b + 1) * 64 <= geo[1]:
+            return True, b * 64, 8
+        return False, 0, 0
+    base, y0, x0 = _block_origin(b, geo)
+    h, w = geo[2], geo[3]
+    if y0 + 8 > h or x0 + 8 > w:
+        return False, 0, 0
+    return True, base + y0 * w + x0, w
+
+
+@njit(cache=True)
+def _load_bits(flat, geo, b, bits, src, dst):
+    """Bit patterns of block ``b`` (edge replicated) into ``bits`` (64 uint32)."""
+    full, o, s = _interior(b, geo)
+    if full:
+        for i in range(8):
+            r = o + i * s
+            for j in range(8):
+                bits[8 * i + j] = flat[r + j]
+    else:
+        _block_index(b, geo, src, dst)
+        for k in range(64):
+            bits[k] = flat[src[k]]
+
+
+@njit(cache=True)
+def _store_bits(out, geo, b, bits, src, dst):
+    """Write block ``b``'s 64 bit patterns to ``out``, dropping padding positions."""
+    full, o, s = _interior(b, geo)
+    if full:
+        for i in range(8):
+            r = o + i * s
+            for j in range(8):
+                out[r + j] = bits[8 * i + j]
+    else:
+        _block_index(b, geo, src, dst)
+        for k in range(64):
+            if dst[k] >= 0:
+                out[dst[k]] = bits[k]
+
+
+@njit(cache=True)
+def _bits_to_f32(bits, dtype, x):
+    """float32 values of 64 bit patterns (float32 patterns are reinterpreted, no conversion)."""
+    if dtype == _F32:
+        for k in range(64):
+            x[k] = np.uint32(bits[k]).view(np.float32)
+    else:
+        for k in range(64):
+            x[k] = _to_f32(bits[k], dtype)
+
+
+@njit(cache=True)
+def _bit_length(v):
+    """Bit length of 0 <= v < 2**52: the exponent of float64(v) (exact), 0 for 0."""
+    if v == 0:
+        return 0
+    return np.int64((np.float64(v).view(np.uint64) >> np.uint64(52)) - np.uint64(1022))
+
+
+@njit(cache=True)
+def _positive_limit(dtype):
+    """x > 0 <=> 0 < bits <= this (the bits of +inf; NaN patterns are above it)."""
+    if dtype == _F32:
+        return np.uint32(0x7F800000)
+    if dtype == _BF16:
+        return np.uint32(0x7F80)
+    return np.uint32(0x7C00)
+
+
 @njit(cache=True, nogil=True)
 def _block_maxabs(flat, geo, b0, b1, dtype, out):
-    """Max |x| over finite values of blocks b0..b1-1 into ``out``."""
-    src = np.empty(64, np.int64)
-    dst = np.empty(64, np.int64)
+    """Max |x| over finite values of blocks b0..b1-1 into ``out``. Works on bit patterns:
+    magnitudes order as their sign-cleared patterns do and the non-finite ones are those from
+    infinity's up; replicated padding repeats counted values, so only real elements are read."""
+    top = _positive_limit(dtype)
+    magnitude = np.uint32(0x7FFFFFFF) if dtype == _F32 else np.uint32(0x7FFF)
     for b in range(b0, b1):
-        _block_index(b, geo, src, dst)
-        m = np.float32(0)
-        for k in range(64):
-            v = _to_f32(flat[src[k]], dtype)
-            if np.isfinite(v):
-                m = max(m, abs(v))
-        out[b] = m
+        if geo[0]:
+            o, s, rows, cols = b * 64, 64, 1, min(64, geo[1] - b * 64)
+        else:
+            base, y0, x0 = _block_origin(b, geo)
+            o, s = base + y0 * geo[3] + x0, geo[3]
+            rows, cols = min(8, geo[2] - y0), min(8, geo[3] - x0)
+        m = np.uint32(0)
+        for i in range(rows):
+            r = o + i * s
+            for j in range(cols):
+                a = np.uint32(flat[r + j]) & magnitude
+                m = max(m, a if a < top else np.uint32(0))
+        out[b] = _to_f32(m, dtype)
 
 
 # ----------------------------------------------------------------------------- encoder
 
 
 @njit(cache=True)
-def _symbols(x, mode, scale, inv, table, error_bound, dtype, sym, p):
+def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p):
     """Fill ``sym`` (64 int64, scan order); return False if the block must be stored raw.
-    ``p`` is scratch space (64 int64)."""
+    ``tablef`` is the quantization table as float64; ``p`` is scratch space (64 int64)."""
     ok = True
     if mode == _MASK:
         for k in range(64):
             sym[k] = 1 if x[k] > 0 else 0
         return True
-    for k in range(64):
-        if not np.isfinite(x[k]):
-            ok = False
-    if mode == _SFPR8:
+    if mode != _EB:  # sfpr8 or dct
         for k in range(64):
+            ok &= np.isfinite(x[k])
             sym[k] = _sfpr(x[k], scale, _SFPR_MAX)
-        return ok
-    if mode == _DCT:
-        for k in range(64):
-            sym[k] = _sfpr(x[k], scale, _SFPR_MAX)
+        if mode == _SFPR8:
+            return ok
         # Even/odd butterflies: K[u, 7 - c] = (-1)**u K[u, c] holds exactly for the integer
         # matrix, so each pass needs 32 multiplies per row instead of 64 (same sums, same bits).
         for i in range(8):  # row pass: sym -> p
@@ -208,7 +296,10 @@ def _symbols(x, mode, scale, inv, table, error_bound, dtype, sym, p):
                     a, b = p[8 * i + u], p[8 * (7 - i) + u]
                     acc += _K[v, i] * (a - b if v & 1 else a + b)
                 y = _rshift_round(acc, _S2)
-                q = abs(y) // table[8 * v + u]
+                # |y| // table as a float64 quotient truncated: exact for operands below 2**26
+                # (a quotient just under an integer k is at least 1/(|y| + table) below it,
+                # far above float64's rounding error), and much cheaper than an integer divide.
+                q = np.int64(np.float64(abs(y)) / tablef[8 * v + u])
                 sym[_IZZ[8 * v + u]] = -q if y < 0 else q
         return ok
     # Error-bounded: pre-quantize, check exactly what the decoder will produce, Lorenzo.
@@ -228,106 +319,107 @@ def _symbols(x, mode, scale, inv, table, error_bound, dtype, sym, p):
 
 
 @njit(cache=True)
-def _pack(sym, with_values, out, codes):
-    """Code one block's symbols into ``out``. Returns (length, mask bytes); length -1: too wide.
-    ``codes`` is scratch space (64 int64)."""
+def _put(out, pos, acc, nbits, code, w):
+    """Append ``w``-bit ``code`` to the little-endian bit stream (``acc`` holds ``nbits`` < 32
+    pending bits); whole 32-bit words go out at once. Returns the new (pos, acc, nbits)."""
+    acc |= code << nbits
+    nbits += w
+    if nbits >= 32:
+        out[pos] = acc & 0xFF
+        out[pos + 1] = (acc >> 8) & 0xFF
+        out[pos + 2] = (acc >> 16) & 0xFF
+        out[pos + 3] = (acc >> 24) & 0xFF
+        pos += 4
+        acc >>= 32
+        nbits -= 32
+    return pos, acc, nbits
+
+
+@njit(cache=True)
+def _flush(out, pos, acc, nbits):
+    """Write the pending bits (zero-padded to a byte); return the end position."""
+    while nbits > 0:
+        out[pos] = acc & 0xFF
+        pos += 1
+        acc >>= 8
+        nbits -= 8
+    return pos
+
+
+@njit(cache=True)
+def _code(sym, with_values, raw_len, out, codes):
+    """Code one block's symbols into ``out``: the shorter of CODED (sparse) and DENSE, ties to
+    CODED, neither when longer than ``raw_len`` or too wide for a width nibble. Both lengths are
+    computed before any byte is written, so only the winner is packed. Returns (kind, mask
+    bytes, length); kind as in the index (0 zero, 1 coded, 2 raw, 3 dense). ``codes`` is scratch
+    space (64 int64)."""
     n = 0
+    last = 0
     mask = np.uint64(0)
-    wide = False
-    for k in range(64):
-        v = sym[k]
-        if v != 0:
-            mask |= np.uint64(1) << np.uint64(k)
-            u = 2 * (abs(v) - 1) + (1 if v < 0 else 0)
-            codes[n] = u
-            if u >> _WIDTH_MAX:
-                wide = True
-            n += 1
+    dense_widths = 0
+    dense_len = 4
+    dense_wide = False
+    for g in range(8):
+        o = 0
+        for i in range(8):
+            k = 8 * g + i
+            v = sym[k]
+            a = abs(v)
+            s = 1 if v < 0 else 0
+            o |= 2 * a - s  # the DENSE code
+            if v != 0:
+                mask |= np.uint64(1) << np.uint64(k)
+                codes[n] = 2 * (a - 1) + s  # the CODED code
+                n += 1
+                last = k
+        w = _bit_length(o)
+        dense_wide |= w > _WIDTH_MAX
+        dense_widths |= (w & 15) << (4 * g)
+        dense_len += w
     if n == 0:
-        return 0, 1
-    last = 63
-    while not (mask >> np.uint64(last)) & np.uint64(1):
-        last -= 1
+        return 0, 1, 0
     mb = last // 8 + 1
-    for j in range(mb):
-        out[j] = (mask >> np.uint64(8 * j)) & np.uint64(0xFF)
     if not with_values:
-        return mb, mb
-    if wide:
-        return -1, mb
+        for j in range(mb):
+            out[j] = (mask >> np.uint64(8 * j)) & np.uint64(0xFF)
+        return 1, mb, mb
     ngroups = (n + 7) // 8
     wbytes = (ngroups + 1) // 2
-    pos = mb + wbytes
-    acc = 0
+    widths = 0
     nbits = 0
+    wide = False
     for g in range(ngroups):
         hi = min(8 * g + 8, n)
         o = 0
         for i in range(8 * g, hi):
             o |= codes[i]
-        w = 0  # bit length of the OR = largest bit length in the group
-        while o:
-            w += 1
-            o >>= 1
-        if g & 1:
-            out[mb + g // 2] |= w << 4
-        else:
-            out[mb + g // 2] = w
-        for i in range(8 * g, hi):
-            acc |= codes[i] << nbits
-            nbits += w
-            while nbits >= 8:
-                out[pos] = acc & 0xFF
-                pos += 1
-                acc >>= 8
-                nbits -= 8
-    if nbits > 0:
-        out[pos] = acc & 0xFF
-        pos += 1
-    return pos, mb
-
-
-@njit(cache=True)
-def _dense_widths(sym):
-    """Width nibbles (group g at bits 4g..4g+3) of the DENSE coding and its length; -1 if a
-    group needs more than 15 bits."""
-    widths = 0
-    total = 4
-    for g in range(8):
-        o = 0
-        for i in range(8 * g, 8 * g + 8):
-            v = sym[i]
-            o |= 2 * abs(v) - (1 if v < 0 else 0)
-        w = 0
-        while o:
-            w += 1
-            o >>= 1
-        if w > _WIDTH_MAX:
-            return 0, -1
-        widths |= w << (4 * g)
-        total += w
-    return widths, total
-
-
-@njit(cache=True)
-def _pack_dense(sym, widths, out):
-    """Write the DENSE coding of ``sym`` into ``out`` (see reference.encode_dense)."""
-    for j in range(4):
-        out[j] = (widths >> (8 * j)) & 0xFF
-    pos = 4
-    acc = 0
-    nbits = 0
-    for g in range(8):
-        w = (widths >> (4 * g)) & 15
-        for i in range(8):
-            v = sym[8 * g + i]
-            acc |= (2 * abs(v) - (1 if v < 0 else 0)) << nbits
-            nbits += w
-            while nbits >= 8:  # 8 codes of w bits: the group ends on a byte
-                out[pos] = acc & 0xFF
-                pos += 1
-                acc >>= 8
-                nbits -= 8
+        w = _bit_length(o)
+        wide |= w > _WIDTH_MAX
+        widths |= (w & 15) << (4 * g)
+        nbits += (hi - 8 * g) * w
+    sparse_len = mb + wbytes + (nbits + 7) // 8
+    sparse_ok = not wide and sparse_len <= raw_len
+    if not dense_wide and dense_len <= raw_len and (not sparse_ok or dense_len < sparse_len):
+        for j in range(4):
+            out[j] = (dense_widths >> (8 * j)) & 0xFF
+        pos, acc, nb = 4, 0, 0
+        for k in range(64):
+            v = sym[k]
+            pos, acc, nb = _put(out, pos, acc, nb, 2 * abs(v) - (1 if v < 0 else 0),
+                                (dense_widths >> (4 * (k // 8))) & 15)
+        _flush(out, pos, acc, nb)  # 8 codes of w bits: every group ends on a byte
+        return 3, 1, dense_len
+    if not sparse_ok:
+        return 2, 1, raw_len
+    for j in range(mb):
+        out[j] = (mask >> np.uint64(8 * j)) & np.uint64(0xFF)
+    for j in range(wbytes):
+        out[mb + j] = (widths >> (8 * j)) & 0xFF
+    pos, acc, nb = mb + wbytes, 0, 0
+    for i in range(n):
+        pos, acc, nb = _put(out, pos, acc, nb, codes[i], (widths >> (4 * (i // 8))) & 15)
+    _flush(out, pos, acc, nb)
+    return 1, mb, sparse_len
 
 
 @njit(cache=True, nogil=True)
@@ -337,31 +429,19 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     with_values = mode != _MASK
     src = np.empty(64, np.int64)
     dst = np.empty(64, np.int64)
+    bits = np.empty(64, np.uint32)
     x = np.empty(64, np.float32)
     sym = np.empty(64, np.int64)
     work = np.empty(64, np.int64)
     codes = np.empty(64, np.int64)
+    tablef = table.astype(np.float64)
     for b in range(b0, b1):
-        _block_index(b, geo, src, dst)
-        for k in range(64):
-            x[k] = _to_f32(flat[src[k]], dtype)
-        ok = _symbols(x, mode, scale_blk[b], inv_blk[b], table, error_bound, dtype, sym, work)
-        kind[b], mbs[b], length[b] = 0, 1, 0
-        if not ok:
-            kind[b], length[b] = 2, raw_len
-            continue
-        n, mb = _pack(sym, with_values, scratch[b], codes)
-        if n == 0:
-            continue  # zero block
-        if 0 < n <= raw_len:
-            kind[b], mbs[b], length[b] = 1, mb, n
-        if with_values:  # the shorter of sparse and dense; ties go to sparse
-            widths, d = _dense_widths(sym)
-            if 0 < d <= raw_len and (kind[b] == 0 or d < n):
-                _pack_dense(sym, widths, scratch[b])
-                kind[b], mbs[b], length[b] = 3, 1, d
-        if kind[b] == 0:
-            kind[b], length[b] = 2, raw_len
+        _load_bits(flat, geo, b, bits, src, dst)
+        _bits_to_f32(bits, dtype, x)
+        if _symbols(x, mode, scale_blk[b], inv_blk[b], tablef, error_bound, dtype, sym, work):
+            kind[b], mbs[b], length[b] = _code(sym, with_values, raw_len, scratch[b], codes)
+        else:
+            kind[b], mbs[b], length[b] = 2, 1, raw_len
 
 
 @njit(cache=True, nogil=True)
@@ -370,15 +450,16 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
     size = raw_len // 64
     src = np.empty(64, np.int64)
     dst = np.empty(64, np.int64)
+    bits = np.empty(64, np.uint32)
     for b in range(b0, b1):
         o = offsets[b]
         if kind[b] == 1 or kind[b] == 3:
             for j in range(length[b]):
                 payload[o + j] = scratch[b, j]
         elif kind[b] == 2:
-            _block_index(b, geo, src, dst)
+            _load_bits(flat, geo, b, bits, src, dst)
             for k in range(64):
-                v = np.uint32(flat[src[k]])
+                v = bits[k]
                 for j in range(size):  # little-endian
                     payload[o + size * k + j] = (v >> np.uint32(8 * j)) & np.uint32(0xFF)
 
@@ -387,17 +468,20 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
 
 
 @njit(cache=True)
-def _unpack(data, start, length, mb, with_values, sym):
-    """Decode one coded block into ``sym`` (zeroed by the caller); 0 or an error code."""
+def _unpack(data, start, length, mb, with_values, sym, where):
+    """Decode one coded block into ``sym`` (zeroed by the caller); 0 or an error code.
+    ``where`` is scratch space (64 int64) for the positions of the mask's ones."""
     if data[start + mb - 1] == 0:
         return 1
     n = 0
     for j in range(mb):
         byte = data[start + j]
-        for b in range(8):
-            if byte >> b & 1:
-                sym[8 * j + b] = 1
-                n += 1
+        if byte:
+            for b in range(8):
+                if byte >> b & 1:
+                    sym[8 * j + b] = 1
+                    where[n] = 8 * j + b
+                    n += 1
     if not with_values:
         return 0 if length == mb else 4
     ngroups = (n + 7) // 8
@@ -413,22 +497,19 @@ def _unpack(data, start, length, mb, with_values, sym):
     pos = start + mb + wbytes
     acc = 0
     have = 0
-    i = 0
-    for k in range(64):
-        if sym[k] == 0:
-            continue
-        g = i // 8
+    for g in range(ngroups):
         w = (data[start + mb + g // 2] >> (4 * (g % 2))) & 15
-        while have < w:
-            acc |= np.int64(data[pos]) << have
-            pos += 1
-            have += 8
-        u = acc & ((1 << w) - 1)
-        acc >>= w
-        have -= w
-        mag = (u >> 1) + 1
-        sym[k] = -mag if u & 1 else mag
-        i += 1
+        low = (1 << w) - 1
+        for i in range(8 * g, min(8 * g + 8, n)):
+            while have < w:
+                acc |= np.int64(data[pos]) << have
+                pos += 1
+                have += 8
+            u = acc & low
+            acc >>= w
+            have -= w
+            mag = (u >> 1) + 1
+            sym[where[i]] = -mag if u & 1 else mag
     return 0
 
 
@@ -522,6 +603,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
     sym = np.empty(64, np.int64)
     p = np.empty(64, np.int64)
     y = np.empty(64, np.int64)
+    where = np.empty(64, np.int64)
     for b in range(b0, b1):
         errors[b] = 0
         if kind[b] == 2:
@@ -534,7 +616,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
         else:
             sym[:] = 0
             if kind[b] == 1:
-                err = _unpack(data, offsets[b], length[b], mbs[b], with_values, sym)
+                err = _unpack(data, offsets[b], length[b], mbs[b], with_values, sym, where)
             elif kind[b] == 3:
                 err = _unpack_dense(data, offsets[b], length[b], sym)
             else:
@@ -546,10 +628,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
             if err:
                 errors[b] = err
                 continue
-        _block_index(b, geo, src, dst)
-        for k in range(64):
-            if dst[k] >= 0:
-                out[dst[k]] = row[k]
+        _store_bits(out, geo, b, row, src, dst)
 
 
 # ----------------------------------------------------------------------------- mask mode
@@ -558,51 +637,22 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
 # to the generic path's (the backend tests run both).
 
 
-@njit(cache=True)
-def _positive_limit(dtype):
-    """x > 0 <=> 0 < bits <= this (the bits of +inf; NaN patterns are above it)."""
-    if dtype == _F32:
-        return np.uint32(0x7F800000)
-    if dtype == _BF16:
-        return np.uint32(0x7F80)
-    return np.uint32(0x7C00)
-
-
-@njit(cache=True)
-def _block_origin(b, geo):
-    """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry)."""
-    plane, r = divmod(b, geo[5])
-    by, bx = divmod(r, geo[4])
-    return plane * geo[2] * geo[3], by * 8, bx * 8
-
-
 @njit(cache=True, nogil=True)
 def _mask_encode_range(flat, geo, b0, b1, dtype, rows, mbs, length):
     """Mask bytes of blocks b0..b1-1 into ``rows`` (8 per block), with their trimmed length."""
     top = _positive_limit(dtype)
     src = np.empty(64, np.int64)
     dst = np.empty(64, np.int64)
-    h, w = geo[2], geo[3]
+    bits = np.empty(64, np.uint32)
     for b in range(b0, b1):
-        if geo[0] or (b % geo[4] + 1) * 8 > w or ((b % geo[5]) // geo[4] + 1) * 8 > h:
-            _block_index(b, geo, src, dst)  # flat or edge block: padded by replication
-            for i in range(8):
-                byte = 0
-                for j in range(8):
-                    v = np.uint32(flat[src[8 * i + j]])
-                    if v != 0 and v <= top:
-                        byte |= 1 << j
-                rows[b, i] = byte
-        else:
-            base, y0, x0 = _block_origin(b, geo)
-            for i in range(8):
-                o = base + (y0 + i) * w + x0
-                byte = 0
-                for j in range(8):
-                    v = np.uint32(flat[o + j])
-                    if v != 0 and v <= top:
-                        byte |= 1 << j
-                rows[b, i] = byte
+        _load_bits(flat, geo, b, bits, src, dst)
+        for i in range(8):
+            byte = 0
+            for j in range(8):
+                v = bits[8 * i + j]
+                if v != 0 and v <= top:
+                    byte |= 1 << j
+            rows[b, i] = byte
         mb = 8
         while mb > 0 and rows[b, mb - 1] == 0:
             mb -= 1
@@ -623,6 +673,7 @@ def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, erro
     one = _from_f32(np.float32(1.0), dtype)
     src = np.empty(64, np.int64)
     dst = np.empty(64, np.int64)
+    row = np.empty(64, np.uint32)
     for b in range(b0, b1):
         errors[b] = 0
         n, mb, o = length[b], mbs[b], offsets[b]
@@ -633,13 +684,11 @@ def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, erro
             if n != mb:
                 errors[b] = 4
                 continue
-        _block_index(b, geo, src, dst)
         for i in range(8):
             byte = data[o + i] if i < n else 0
             for j in range(8):
-                k = dst[8 * i + j]
-                if k >= 0:
-                    out[k] = one if byte >> j & 1 else 0
+                row[8 * i + j] = one if byte >> j & 1 else 0
+        _store_bits(out, geo, b, row, src, dst)
 
 
 def mask_encode_blocks(flat, geo, nb, dtype, threads=1):
