@@ -1,0 +1,271 @@
+"""Frame builder: the header template, the block index and the coded payload of one job in, the
+complete frame out (docs/format.md section 2), bit-exact with ``actpack.codec.frame.build_frame``.
+
+Why it buffers: the header carries ``payload_bytes`` and a CRC over it, and the index comes
+before the payload, so no byte of a frame can leave before the last block is coded (format.md
+section 12, "Encoder side"). The builder collects the job in three memories, then streams it out.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.crc import catalog
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+
+__all__ = ["SECTION", "FrameBeat", "FrameBuilder"]
+
+SECTION = 64  # every section starts on a 64-byte boundary (format.md section 2)
+_WORD = 8  # bytes the generator emits (and the CRC takes) per step
+_ENTRIES_PER_ROW = BEAT_BYTES // 2  # u16 index entries per memory row
+
+FrameBeat = data.StructLayout({
+    "data": unsigned(8 * BEAT_BYTES),  # byte k in bits 8k .. 8k + 7 (little-endian)
+    "last": unsigned(1),  # the frame's last beat
+})
+"""16 bytes of a frame. A frame is a multiple of 64 bytes, so every beat is full."""
+
+
+def _align(nbytes, width):
+    """``nbytes`` rounded up to a multiple of ``SECTION`` (an Amaranth value)."""
+    return ((nbytes + (SECTION - 1)) >> 6 << 6)[:width]
+
+
+class FrameBuilder(wiring.Component):
+    """Assemble one frame per job.
+
+    Ports (all ``lib.stream``; ``valid``/``payload`` never depend on ``ready``):
+
+    - ``header``: the header template, bytes ``[0, hlen)`` of format.md 2.1 (fixed part, shape,
+      table, scale records) as ``CodeBeat``s, ``last`` on its final beat. ``hlen`` is a multiple
+      of 8 (every header field list is); its ``payload_bytes`` field (bytes 24..31) is ignored
+      and replaced by the count of payload bytes; ``nblocks`` (bytes 16..23) says how many index
+      entries the job has. The host computes everything else (docs/card.md).
+    - ``index``: one ``IndexEntry`` per block, in block order;
+    - ``payload``: the blocks' bytes as ``CodeBeat``s (a block's last beat may be partial);
+    - ``status``: sampled when the trailer is written (0: good; format.md 2.5);
+    - ``o``: the frame as ``FrameBeat``s.
+
+    A job ends when the header is in, ``nblocks`` entries are in and the payload bytes received
+    equal the sum of the entries' lengths; then the frame streams out and the next job may start.
+    The three inputs may run ahead into the next job: entries are taken only once ``nblocks`` is
+    known and up to it, payload bytes only up to the lengths of the entries taken.
+    Throughput: inputs one beat (or entry) a cycle while collecting; output 8 bytes a cycle (the
+    CRC takes a 64-bit word per cycle; half the 16-byte beat rate, enough for coded frames, whose
+    payload a lane produces at 1-3 bytes a cycle on activations). Latency: the whole job, then
+    one cycle to the first output beat. Capacity: ``max_header``, ``max_blocks`` and
+    ``max_payload`` bytes/entries (memories sized at elaboration); a job that exceeds one sets
+    ``overflow`` and its frame carries status 1 with the data that fitted (the host sizes jobs by
+    ``frame_bound`` so this never happens in a well-behaved system).
+    """
+
+    def __init__(self, *, max_header: int = 1024, max_blocks: int = 1024,
+                 max_payload: int = 64 * 1024):
+        for name, value in (("max_header", max_header), ("max_blocks", max_blocks),
+                            ("max_payload", max_payload)):
+            if not isinstance(value, int) or value < SECTION or value % SECTION:
+                raise ValueError(f"{name}: expected a positive multiple of {SECTION}, got "
+                                 f"{value!r}")
+        self.max_header, self.max_blocks, self.max_payload = max_header, max_blocks, max_payload
+        super().__init__({
+            "header": In(stream.Signature(CodeBeat)),
+            "index": In(stream.Signature(IndexEntry)),
+            "payload": In(stream.Signature(CodeBeat)),
+            "status": In(32),
+            "o": Out(stream.Signature(FrameBeat)),
+            "overflow": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rows_h = self.max_header // BEAT_BYTES
+        rows_i = self.max_blocks // _ENTRIES_PER_ROW
+        rows_p = self.max_payload // BEAT_BYTES
+        m.submodules.mem_h = mem_h = Memory(shape=unsigned(128), depth=rows_h, init=[])
+        m.submodules.mem_i = mem_i = Memory(shape=unsigned(128), depth=rows_i, init=[])
+        m.submodules.mem_p = mem_p = Memory(shape=unsigned(128), depth=rows_p, init=[])
+        wh, wi, wp = mem_h.write_port(), mem_i.write_port(), mem_p.write_port()
+        rh = mem_h.read_port(domain="comb")
+        ri = mem_i.read_port(domain="comb")
+        rp = mem_p.read_port(domain="comb")
+
+        # ------------------------------------------------------------------ collect
+        hlen = Signal(range(self.max_header + 1))  # header template bytes received
+        h_done = Signal()
+        nblocks = Signal(64)
+        n_index = Signal(64)  # entries received
+        expected = Signal(32)  # sum of the entries' lengths
+        received = Signal(32)  # payload bytes received
+        i_row = Signal(128)  # index entries being packed into a memory row
+        p_acc = Signal(256)  # payload bytes not yet written: the low ``p_fill`` bytes
+        p_fill = Signal(range(BEAT_BYTES))
+        p_rows = Signal(range(rows_p + 1))
+        overflow = Signal()
+        collecting = Signal(init=1)
+        job_done = Signal()
+        m.d.comb += self.overflow.eq(overflow)
+
+        nb_known = Signal()  # header bytes 16..23 (nblocks) are in
+        entries_in = Signal()  # every entry of this job is in: later ones belong to the next job
+        m.d.comb += [
+            entries_in.eq(nb_known & (n_index == nblocks)),
+            self.header.ready.eq(collecting & ~h_done),
+            # Entries only once nblocks is known, payload only for blocks whose entries are in:
+            # the sources run ahead into the next job, and this keeps the jobs apart.
+            self.index.ready.eq(collecting & nb_known & (n_index < nblocks)),
+            self.payload.ready.eq(collecting & (received < expected)),
+        ]
+        with m.If(self.header.valid & self.header.ready):
+            beat = self.header.payload
+            row = hlen >> 4
+            with m.If(row < rows_h):
+                m.d.comb += [wh.addr.eq(row), wh.data.eq(beat.data), wh.en.eq(1)]
+            with m.Else():
+                m.d.sync += overflow.eq(1)
+            with m.If(row == 1):  # bytes 16..23: nblocks
+                m.d.sync += [nblocks.eq(beat.data[:64]), nb_known.eq(1)]
+            m.d.sync += [hlen.eq(hlen + beat.count), h_done.eq(beat.last)]
+        with m.If(self.index.valid & self.index.ready):
+            slot = n_index[:3]
+            entry = self.index.payload.as_value()
+            new_row = Signal(128)
+            m.d.comb += new_row.eq(i_row | (entry << (slot * 16)))
+            m.d.sync += [n_index.eq(n_index + 1),
+                         expected.eq(expected + self.index.payload.length)]
+            with m.If(slot == _ENTRIES_PER_ROW - 1):
+                with m.If((n_index >> 3) < rows_i):
+                    m.d.comb += [wi.addr.eq(n_index >> 3), wi.data.eq(new_row), wi.en.eq(1)]
+                with m.Else():
+                    m.d.sync += overflow.eq(1)
+                m.d.sync += i_row.eq(0)
+            with m.Else():
+                m.d.sync += i_row.eq(new_row)
+        with m.If(self.payload.valid & self.payload.ready):
+            beat = self.payload.payload
+            merged = Signal(256)
+            fill = Signal(range(2 * BEAT_BYTES))
+            m.d.comb += [merged.eq(p_acc | (beat.data << (p_fill * 8))),
+                         fill.eq(p_fill + beat.count)]
+            m.d.sync += received.eq(received + beat.count)
+            with m.If(fill >= BEAT_BYTES):
+                with m.If(p_rows < rows_p):
+                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(merged[:128]), wp.en.eq(1)]
+                with m.Else():
+                    m.d.sync += overflow.eq(1)
+                m.d.sync += [p_rows.eq(p_rows + 1), p_acc.eq(merged[128:]),
+                             p_fill.eq(fill - BEAT_BYTES)]
+            with m.Else():
+                m.d.sync += [p_acc.eq(merged), p_fill.eq(fill)]
+        m.d.comb += job_done.eq(collecting & h_done & entries_in & (received == expected))
+
+        # ------------------------------------------------------------------ emit
+        # One 8-byte word per step, in sections; ``off`` counts words within the section.
+        hw = Signal(range(self.max_header // _WORD + 1))  # header words: hlen / 8
+        h_words = Signal(range(self.max_header // _WORD + 9))  # A(hlen + 4) / 8
+        i_words = Signal(range(self.max_blocks // 4 + 9))  # ceil(nblocks / 4)
+        i_total = Signal.like(i_words)  # A(2 nblocks) / 8
+        p_words = Signal(range(self.max_payload // _WORD + 9))  # ceil(payload / 8)
+        p_total = Signal.like(p_words)  # A(payload) / 8
+        total = Signal(64)  # frame length
+        off = Signal(range(max(self.max_payload, self.max_header, self.max_blocks) // 2 + 16))
+        word = Signal(64)
+        feed = Signal()  # the word goes into the CRC
+        produce = Signal()  # the generator has a word this cycle
+        step = Signal()  # the generator hands ``word`` on this cycle
+        last_word = Signal()
+        status = Signal(32)
+
+        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
+        m.d.comb += [crc.data.eq(word), crc.valid.eq(step & feed)]
+
+        # 2:1 gearbox: two words make a beat
+        low = Signal(64)
+        half = Signal()
+        m.d.comb += step.eq(produce & (~half | ~self.o.valid | self.o.ready))
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(step):
+            with m.If(~half):
+                m.d.sync += [low.eq(word), half.eq(1)]
+            with m.Else():
+                m.d.sync += [self.o.payload.data.eq(Cat(low, word)),
+                             self.o.payload.last.eq(last_word), self.o.valid.eq(1),
+                             half.eq(0)]
+
+        def half_of(row_data, index):
+            return Mux(index[0], row_data[64:], row_data[:64])
+
+        payload_bytes = Signal(32)
+        m.d.comb += payload_bytes.eq(received)
+
+        with m.FSM():
+            with m.State("COLLECT"), m.If(job_done):
+                m.d.sync += [
+                    collecting.eq(0),
+                    hw.eq(hlen >> 3),
+                    h_words.eq(_align(hlen + 4, 32) >> 3),
+                    i_words.eq((nblocks + 3) >> 2),
+                    i_total.eq(_align(nblocks * 2, 40) >> 3),
+                    p_words.eq((received + 7) >> 3),
+                    p_total.eq(_align(received, 40) >> 3),
+                    total.eq(_align(hlen + 4, 32) + _align(nblocks * 2, 40)
+                             + _align(received, 40) + SECTION),
+                    off.eq(0),
+                ]
+                # the last partly filled rows
+                with m.If(n_index[:3] != 0):
+                    m.d.comb += [wi.addr.eq(n_index >> 3), wi.data.eq(i_row), wi.en.eq(1)]
+                with m.If(p_fill != 0):
+                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(p_acc[:128]), wp.en.eq(1)]
+                m.d.comb += crc.start.eq(1)
+                m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += [rh.addr.eq(off >> 1), produce.eq(1)]
+                with m.If(off < hw):
+                    m.d.comb += [word.eq(Mux(off == 3, payload_bytes, half_of(rh.data, off))),
+                                 feed.eq(1)]
+                with m.Elif(off == hw):
+                    m.d.comb += word.eq(crc.crc)  # header CRC, then zero padding
+                with m.If(step):
+                    m.d.sync += off.eq(off + 1)
+                    with m.If(off + 1 == h_words):
+                        m.d.sync += off.eq(0)
+                        m.d.comb += crc.start.eq(1)
+                        m.next = "INDEX"
+            # Body sections: ``words`` words from memory, zero words to ``total``, all into the
+            # body CRC; an empty section is skipped without a word. Entries past nblocks in
+            # the index's last row are zero (the row was packed from 0), so are payload bytes.
+            def body_section(name, read, words, total, then, on_leave=()):
+                with m.State(name):
+                    m.d.comb += [read.addr.eq(off >> 1), feed.eq(1), produce.eq(total != 0)]
+                    with m.If(off < words):
+                        m.d.comb += word.eq(half_of(read.data, off))
+                    with m.If((total == 0) | (step & (off + 1 == total))):
+                        m.d.sync += [off.eq(0), *on_leave]
+                        m.next = then
+                    with m.Elif(step):
+                        m.d.sync += off.eq(off + 1)
+
+            body_section("INDEX", ri, i_words, i_total, "PAYLOAD")
+            body_section("PAYLOAD", rp, p_words, p_total, "TRAILER",
+                         [status.eq(self.status | overflow)])
+            with m.State("TRAILER"):
+                m.d.comb += produce.eq(1)
+                with m.Switch(off):
+                    with m.Case(0):
+                        m.d.comb += word.eq(Cat(crc.crc, status))
+                    with m.Case(1):
+                        m.d.comb += word.eq(total)
+                m.d.comb += last_word.eq(off == SECTION // _WORD - 1)
+                with m.If(step):
+                    m.d.sync += off.eq(off + 1)
+                    with m.If(last_word):
+                        m.d.sync += [
+                            off.eq(0), collecting.eq(1), hlen.eq(0), h_done.eq(0), nb_known.eq(0),
+                            nblocks.eq(0), n_index.eq(0), expected.eq(0), received.eq(0),
+                            i_row.eq(0), p_acc.eq(0), p_fill.eq(0), p_rows.eq(0),
+                            overflow.eq(0),
+                        ]
+                        m.next = "COLLECT"
+        return m
