@@ -42,7 +42,10 @@ _ERROR_BITS = len(BlockError)
 # banks, IDCT2D's, the 1-cycle stages and FixedToFloat's 3), so a full side FIFO never starves
 # the chain of what it needs to drain.
 _SIDE_ROWS = {Mode.DCT: 64, Mode.SFPR8: 16, Mode.EB: 16, Mode.MASK: 16}
-_BLOCK_FIFO = 4  # blocks whose entry is taken but whose rows have not left
+# Blocks whose entry is taken but whose rows have not all left: the splitter runs ahead of the
+# output by the whole chain (dct: about 40 cycles from an entry to its block's last row, 5
+# blocks); fewer places stall the input (a bubble every 4 blocks with 4).
+_BLOCK_FIFO = 8
 
 
 def block_layout(mode) -> data.StructLayout:
