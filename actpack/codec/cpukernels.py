@@ -42,7 +42,8 @@ _F16_MAX = np.float32(65504.0)
 _BF16_MAX = np.float32(spec.DType.BFLOAT16.max_finite)
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 
-SCRATCH = 8 + 4 + 120  # mask bytes + width nibbles + 8 groups of at most 15 bytes
+# mask bytes + width nibbles + 8 groups of at most 15 bytes, + 3 bytes _put may overshoot
+SCRATCH = 8 + 4 + 120 + 3
 
 # Decoder error codes -> messages (0 = fine).
 DECODE_ERRORS = {
@@ -130,6 +131,15 @@ def _rshift_round(v, s):
 
 
 @njit(cache=True)
+def _divmod(a, d):
+    """divmod of non-negative ints below 2**40 via a truncated float64 quotient: exact (a
+    quotient just under an integer k is at least 1/(a + d) below it, far above float64's
+    rounding error) and several times cheaper than a 64-bit integer divide."""
+    q = np.int64(np.float64(a) / np.float64(d))
+    return q, a - q * d
+
+
+@njit(cache=True)
 def _block_index(b, geo, src, dst):
     """Element indices of block ``b``: ``src[k]`` the flat index that fills position ``k`` (edge
     replication), ``dst[k]`` the same or -1 for a padding position.
@@ -143,8 +153,8 @@ def _block_index(b, geo, src, dst):
             src[k] = min(i, n - 1)
         return
     h, w = geo[2], geo[3]
-    plane, r = divmod(b, geo[5])
-    by, bx = divmod(r, geo[4])
+    plane, r = _divmod(b, geo[5])
+    by, bx = _divmod(r, geo[4])
     base = plane * h * w
     for i in range(8):
         row = by * 8 + i
@@ -157,8 +167,8 @@ def _block_index(b, geo, src, dst):
 @njit(cache=True)
 def _block_origin(b, geo):
     """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry)."""
-    plane, r = divmod(b, geo[5])
-    by, bx = divmod(r, geo[4])
+    plane, r = _divmod(b, geo[5])
+    by, bx = _divmod(r, geo[4])
     return plane * geo[2] * geo[3], by * 8, bx * 8
 
 
@@ -265,9 +275,10 @@ def _block_maxabs(flat, geo, b0, b1, dtype, out):
 
 
 @njit(cache=True)
-def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p):
+def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p, eo):
     """Fill ``sym`` (64 int64, scan order); return False if the block must be stored raw.
-    ``tablef`` is the quantization table as float64; ``p`` is scratch space (64 int64)."""
+    ``tablef`` is the quantization table as float64; ``p`` (64) and ``eo`` (8 int64) are
+    scratch space."""
     ok = True
     if mode == _MASK:
         for k in range(64):
@@ -281,20 +292,25 @@ def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p):
             return ok
         # Even/odd butterflies: K[u, 7 - c] = (-1)**u K[u, c] holds exactly for the integer
         # matrix, so each pass needs 32 multiplies per row instead of 64 (same sums, same bits).
+        # The sums and differences are formed once per row/column (``eo``: 4 even, 4 odd).
         for i in range(8):  # row pass: sym -> p
             r = 8 * i
+            for c in range(4):
+                eo[c] = sym[r + c] + sym[r + 7 - c]
+                eo[4 + c] = sym[r + c] - sym[r + 7 - c]
             for u in range(8):
-                acc = 0
-                for c in range(4):
-                    a, b = sym[r + c], sym[r + 7 - c]
-                    acc += _K[u, c] * (a - b if u & 1 else a + b)
+                h = 4 * (u & 1)
+                acc = _K[u, 0] * eo[h] + _K[u, 1] * eo[h + 1] + _K[u, 2] * eo[h + 2] \
+                    + _K[u, 3] * eo[h + 3]
                 p[r + u] = _rshift_round(acc, _S1)
         for u in range(8):  # column pass, quantization, zigzag: p -> sym
+            for i in range(4):
+                eo[i] = p[8 * i + u] + p[8 * (7 - i) + u]
+                eo[4 + i] = p[8 * i + u] - p[8 * (7 - i) + u]
             for v in range(8):
-                acc = 0
-                for i in range(4):
-                    a, b = p[8 * i + u], p[8 * (7 - i) + u]
-                    acc += _K[v, i] * (a - b if v & 1 else a + b)
+                h = 4 * (v & 1)
+                acc = _K[v, 0] * eo[h] + _K[v, 1] * eo[h + 1] + _K[v, 2] * eo[h + 2] \
+                    + _K[v, 3] * eo[h + 3]
                 y = _rshift_round(acc, _S2)
                 # |y| // table as a float64 quotient truncated: exact for operands below 2**26
                 # (a quotient just under an integer k is at least 1/(|y| + table) below it,
@@ -306,9 +322,14 @@ def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p):
     q = p
     for k in range(64):
         q[k] = _sfpr(x[k], scale, _EB_Q_SAT)
-        xhat = _to_f32(_from_f32(np.float32(q[k]) * inv, dtype), dtype)
-        if not abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound:
-            ok = False
+    if dtype == _F32:  # the decoder's value is the clamped product itself
+        for k in range(64):
+            xhat = min(max(np.float32(q[k]) * inv, -_F32_MAX), _F32_MAX)
+            ok &= abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound
+    else:
+        for k in range(64):
+            xhat = _to_f32(_from_f32(np.float32(q[k]) * inv, dtype), dtype)
+            ok &= abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound
     for i in range(8):
         for j in range(8):
             up = q[8 * (i - 1) + j] if i > 0 else 0
@@ -320,30 +341,18 @@ def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p):
 
 @njit(cache=True)
 def _put(out, pos, acc, nbits, code, w):
-    """Append ``w``-bit ``code`` to the little-endian bit stream (``acc`` holds ``nbits`` < 32
-    pending bits); whole 32-bit words go out at once. Returns the new (pos, acc, nbits)."""
+    """Append ``w``-bit ``code`` to the little-endian bit stream at ``out[pos]`` (``acc`` holds
+    ``nbits`` < 8 pending bits). Branch-free: the three bytes that can hold the bits are stored
+    every time (later stores rewrite the partial one), then the whole bytes are stepped over, so
+    up to 3 bytes past the stream's end are written (scratch rows have room). Returns the new
+    (pos, acc, nbits); the last partial byte is already in ``out``."""
     acc |= code << nbits
     nbits += w
-    if nbits >= 32:
-        out[pos] = acc & 0xFF
-        out[pos + 1] = (acc >> 8) & 0xFF
-        out[pos + 2] = (acc >> 16) & 0xFF
-        out[pos + 3] = (acc >> 24) & 0xFF
-        pos += 4
-        acc >>= 32
-        nbits -= 32
-    return pos, acc, nbits
-
-
-@njit(cache=True)
-def _flush(out, pos, acc, nbits):
-    """Write the pending bits (zero-padded to a byte); return the end position."""
-    while nbits > 0:
-        out[pos] = acc & 0xFF
-        pos += 1
-        acc >>= 8
-        nbits -= 8
-    return pos
+    out[pos] = acc & 0xFF
+    out[pos + 1] = (acc >> 8) & 0xFF
+    out[pos + 2] = (acc >> 16) & 0xFF
+    whole = nbits >> 3
+    return pos + whole, acc >> (8 * whole), nbits & 7
 
 
 @njit(cache=True)
@@ -367,11 +376,13 @@ def _code(sym, with_values, raw_len, out, codes):
             a = abs(v)
             s = 1 if v < 0 else 0
             o |= 2 * a - s  # the DENSE code
-            if v != 0:
-                mask |= np.uint64(1) << np.uint64(k)
-                codes[n] = 2 * (a - 1) + s  # the CODED code
-                n += 1
-                last = k
+            # Branch-free (zeros are unpredictable): the CODED code is always stored and kept
+            # only when v != 0 (the next store overwrites it otherwise).
+            nz = v != 0
+            mask |= np.uint64(nz) << np.uint64(k)
+            codes[n] = 2 * (a - 1) + s
+            n += nz
+            last = k if nz else last
         w = _bit_length(o)
         dense_wide |= w > _WIDTH_MAX
         dense_widths |= (w & 15) << (4 * g)
@@ -407,7 +418,6 @@ def _code(sym, with_values, raw_len, out, codes):
             v = sym[k]
             pos, acc, nb = _put(out, pos, acc, nb, 2 * abs(v) - (1 if v < 0 else 0),
                                 (dense_widths >> (4 * (k // 8))) & 15)
-        _flush(out, pos, acc, nb)  # 8 codes of w bits: every group ends on a byte
         return 3, 1, dense_len
     if not sparse_ok:
         return 2, 1, raw_len
@@ -418,7 +428,6 @@ def _code(sym, with_values, raw_len, out, codes):
     pos, acc, nb = mb + wbytes, 0, 0
     for i in range(n):
         pos, acc, nb = _put(out, pos, acc, nb, codes[i], (widths >> (4 * (i // 8))) & 15)
-    _flush(out, pos, acc, nb)
     return 1, mb, sparse_len
 
 
@@ -435,10 +444,12 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     work = np.empty(64, np.int64)
     codes = np.empty(64, np.int64)
     tablef = table.astype(np.float64)
+    eo = np.empty(8, np.int64)
     for b in range(b0, b1):
         _load_bits(flat, geo, b, bits, src, dst)
         _bits_to_f32(bits, dtype, x)
-        if _symbols(x, mode, scale_blk[b], inv_blk[b], tablef, error_bound, dtype, sym, work):
+        if _symbols(x, mode, scale_blk[b], inv_blk[b], tablef, error_bound, dtype, sym, work,
+                    eo):
             kind[b], mbs[b], length[b] = _code(sym, with_values, raw_len, scratch[b], codes)
         else:
             kind[b], mbs[b], length[b] = 2, 1, raw_len
@@ -468,20 +479,31 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
 
 
 @njit(cache=True)
+def _get(data, at, w):
+    """The ``w``-bit (<= 15) little-endian field at bit ``at`` of ``data``, branch-free: three
+    bytes read at once. Indices past the buffer's end are clamped; that only changes bits beyond
+    the field, which the callers have checked to lie inside its block."""
+    last = data.size - 1
+    p = at >> 3
+    word = (np.int64(data[min(p, last)]) | (np.int64(data[min(p + 1, last)]) << 8)
+            | (np.int64(data[min(p + 2, last)]) << 16))
+    return (word >> (at & 7)) & ((1 << w) - 1)
+
+
+@njit(cache=True)
 def _unpack(data, start, length, mb, with_values, sym, where):
     """Decode one coded block into ``sym`` (zeroed by the caller); 0 or an error code.
     ``where`` is scratch space (64 int64) for the positions of the mask's ones."""
     if data[start + mb - 1] == 0:
         return 1
     n = 0
-    for j in range(mb):
+    for j in range(mb):  # branch-free: mask bits are unpredictable
         byte = data[start + j]
-        if byte:
-            for b in range(8):
-                if byte >> b & 1:
-                    sym[8 * j + b] = 1
-                    where[n] = 8 * j + b
-                    n += 1
+        for b in range(8):
+            bit = (byte >> b) & 1
+            sym[8 * j + b] = bit
+            where[n] = 8 * j + b
+            n += bit
     if not with_values:
         return 0 if length == mb else 4
     ngroups = (n + 7) // 8
@@ -494,20 +516,12 @@ def _unpack(data, start, length, mb, with_values, sym, where):
         nbits += min(8, n - 8 * g) * w
     if length != mb + wbytes + (nbits + 7) // 8:
         return 2
-    pos = start + mb + wbytes
-    acc = 0
-    have = 0
+    at = 8 * (start + mb + wbytes)
     for g in range(ngroups):
         w = (data[start + mb + g // 2] >> (4 * (g % 2))) & 15
-        low = (1 << w) - 1
         for i in range(8 * g, min(8 * g + 8, n)):
-            while have < w:
-                acc |= np.int64(data[pos]) << have
-                pos += 1
-                have += 8
-            u = acc & low
-            acc >>= w
-            have -= w
+            u = _get(data, at, w)
+            at += w
             mag = (u >> 1) + 1
             sym[where[i]] = -mag if u & 1 else mag
     return 0
@@ -521,21 +535,27 @@ def _unpack_dense(data, start, length, sym):
         total += (data[start + g // 2] >> (4 * (g % 2))) & 15
     if length != total:
         return 5
-    pos = start + 4
+    at = 8 * (start + 4)
     for g in range(8):
         w = (data[start + g // 2] >> (4 * (g % 2))) & 15
-        acc = 0
-        have = 0
         for i in range(8):
-            while have < w:
-                acc |= np.int64(data[pos]) << have
-                pos += 1
-                have += 8
-            u = acc & ((1 << w) - 1)
-            acc >>= w
-            have -= w
+            u = _get(data, at, w)
+            at += w
             sym[8 * g + i] = -((u + 1) >> 1) if u & 1 else u >> 1
     return 0
+
+
+@njit(cache=True)
+def _dequantize(p, inv, dtype, out_row):
+    """``out_row[k]`` = the bits of ``p[k] * inv`` in ``dtype``. For float32 that is a clamp and
+    a reinterpretation, in a loop of its own (no per-element dtype dispatch)."""
+    if dtype == _F32:
+        for k in range(64):
+            v = min(max(np.float32(p[k]) * inv, -_F32_MAX), _F32_MAX)
+            out_row[k] = np.float32(v).view(np.uint32)
+    else:
+        for k in range(64):
+            out_row[k] = _from_f32(np.float32(p[k]) * inv, dtype)
 
 
 @njit(cache=True)
@@ -585,8 +605,7 @@ def _reconstruct(sym, mode, inv, table, dtype, out_row, p, y):
                 p[8 * r + c] = min(max(_rshift_round(even + odd, _IS2), -_SFPR_MAX), _SFPR_MAX)
                 p[8 * (7 - r) + c] = min(max(_rshift_round(even - odd, _IS2), -_SFPR_MAX),
                                          _SFPR_MAX)
-    for k in range(64):
-        out_row[k] = _from_f32(np.float32(p[k]) * inv, dtype)
+    _dequantize(p, inv, dtype, out_row)
     return 0
 
 

@@ -244,3 +244,23 @@ def test_backends_agree_on_many_random_blocks(mode, dtype):
     x[3] = torch.round(x[3] * 4) / 4
     kw = {"mode": mode, **({"error_bound": 0.004} if mode == "eb" else {})}
     check_backends_agree(kw, x.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", list(INT_OF), ids=str)
+@pytest.mark.parametrize("mode", ["dct", "eb", "sfpr8", "mask"])
+def test_backends_agree_on_interior_and_edge_blocks(mode, dtype):
+    """The CPU kernels read and write blocks lying wholly inside the tensor row by row and use
+    the replicated-padding index only for edge blocks: planes of whole blocks only, planes with
+    edge blocks on the right and bottom, flat tensors with and without a partial last block;
+    NaN and inf in interior and edge blocks (RAW); ReLU'd copies for sparse and zero blocks."""
+    g = torch.Generator().manual_seed(5)
+    shapes = [(2, 3, 16, 24), (2, 13, 19), (64 * 5,), (64 * 5 + 9,)]
+    kw = {"mode": mode, **({"error_bound": 0.004} if mode == "eb" else {})}
+    for shape in shapes:
+        t = torch.randn(shape, generator=g)
+        check_backends_agree(kw, t.to(dtype))
+        check_backends_agree(kw, (torch.relu(t) * 3).to(dtype))
+        special = t.clone().view(-1)
+        special[70] = float("nan")  # interior of every shape above
+        special[-1] = float("inf")  # an edge block where there are any
+        check_backends_agree(kw, special.view(shape).to(dtype))
