@@ -24,6 +24,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/actpack bench codec
+	$(VENV)/bin/actpack bench offload
+	$(VENV)/bin/actpack bench rtl
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis
