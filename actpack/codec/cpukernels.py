@@ -275,10 +275,9 @@ def _block_maxabs(flat, geo, b0, b1, dtype, out):
 
 
 @njit(cache=True)
-def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p, eo):
+def _symbols(x, mode, scale, inv, table, recip, error_bound, dtype, sym, p, eo):
     """Fill ``sym`` (64 int64, scan order); return False if the block must be stored raw.
-    ``tablef`` is the quantization table as float64; ``p`` (64) and ``eo`` (8 int64) are
-    scratch space."""
+    ``recip`` is 1 / ``table`` (float64); ``p`` (64) and ``eo`` (8 int64) are scratch space."""
     ok = True
     if mode == _MASK:
         for k in range(64):
@@ -312,10 +311,12 @@ def _symbols(x, mode, scale, inv, tablef, error_bound, dtype, sym, p, eo):
                 acc = _K[v, 0] * eo[h] + _K[v, 1] * eo[h + 1] + _K[v, 2] * eo[h + 2] \
                     + _K[v, 3] * eo[h + 3]
                 y = _rshift_round(acc, _S2)
-                # |y| // table as a float64 quotient truncated: exact for operands below 2**26
-                # (a quotient just under an integer k is at least 1/(|y| + table) below it,
-                # far above float64's rounding error), and much cheaper than an integer divide.
-                q = np.int64(np.float64(abs(y)) / tablef[8 * v + u])
+                # |y| // table without a divide: the float64 estimate a * (1/t) is within one
+                # of the quotient (two roundings, operands far below 2**52), then corrected.
+                a = abs(y)
+                t = table[8 * v + u]
+                q = np.int64(np.float64(a) * recip[8 * v + u])
+                q += ((q + 1) * t <= a) - (q * t > a)
                 sym[_IZZ[8 * v + u]] = -q if y < 0 else q
         return ok
     # Error-bounded: pre-quantize, check exactly what the decoder will produce, Lorenzo.
@@ -443,13 +444,13 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     sym = np.empty(64, np.int64)
     work = np.empty(64, np.int64)
     codes = np.empty(64, np.int64)
-    tablef = table.astype(np.float64)
+    recip = 1.0 / table.astype(np.float64)
     eo = np.empty(8, np.int64)
     for b in range(b0, b1):
         _load_bits(flat, geo, b, bits, src, dst)
         _bits_to_f32(bits, dtype, x)
-        if _symbols(x, mode, scale_blk[b], inv_blk[b], tablef, error_bound, dtype, sym, work,
-                    eo):
+        if _symbols(x, mode, scale_blk[b], inv_blk[b], table, recip, error_bound, dtype, sym,
+                    work, eo):
             kind[b], mbs[b], length[b] = _code(sym, with_values, raw_len, scratch[b], codes)
         else:
             kind[b], mbs[b], length[b] = 2, 1, raw_len
@@ -587,6 +588,13 @@ def _reconstruct(sym, mode, inv, table, dtype, out_row, p, y):
         # Even/odd butterflies (see _symbols): T[v, c] = E + O and T[v, 7 - c] = E - O.
         for v in range(8):  # row pass: T = Y K
             r = 8 * v
+            nonzero = 0
+            for u in range(8):
+                nonzero |= y[r + u]
+            if nonzero == 0:  # most high-frequency rows: the rounded shift of 0 is 0
+                for c in range(8):
+                    t[r + c] = 0
+                continue
             for c in range(4):
                 even = 0
                 odd = 0
