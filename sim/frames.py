@@ -3,7 +3,9 @@
 index and payload of the reference frame ``Codec(mode=..., backend="numpy").compress(t)`` for it.
 
 ``frame_case`` returns them as arrays; ``write_case`` saves them as the ``.npz`` that
-sim/test_compressor.py reads (and ``actpack bench rtl`` measures with).
+sim/test_compressor.py reads (and ``actpack bench rtl`` measures with). ``compressor_bundle``
+puts several small engine configurations into one simulation top (``BUNDLE``): a Verilator
+build has a large fixed cost, so the tests and ``bench rtl --quick`` share one.
 """
 
 from pathlib import Path
@@ -14,7 +16,27 @@ from actpack.codec import reference
 from actpack.codec.frame import parse_frame
 from actpack.codec.spec import Mode
 
-__all__ = ["frame_case", "write_case"]
+__all__ = ["BUNDLE", "bundle_prefix", "compressor_bundle", "frame_case", "write_case"]
+
+# (mode, dtype, lanes) of the shared small build: every dtype's RAW row width and value decoding,
+# and the lane dealing and merging (mask lanes build in seconds; a dct or eb lane takes a minute)
+BUNDLE = (("sfpr8", "float32", 1), ("sfpr8", "float16", 1), ("mask", "float32", 1),
+          ("mask", "bfloat16", 1), ("mask", "float32", 2), ("mask", "float32", 4))
+
+
+def bundle_prefix(mode: str, dtype: str, lanes: int) -> str:
+    """Port prefix of a configuration inside ``compressor_bundle``."""
+    return f"{mode}_{dtype}_{lanes}_"
+
+
+def compressor_bundle(configs=BUNDLE):
+    """One simulation top holding a ``Compressor`` per (mode, dtype, lanes) of ``configs``; the
+    ports of each carry ``bundle_prefix``."""
+    from ..hw.compressor import Compressor
+    from .rows import Bundle
+
+    return Bundle(**{bundle_prefix(*c)[:-1]: Compressor(mode=c[0], dtype=c[1], lanes=c[2])
+                     for c in configs})
 
 
 def frame_case(t, codec) -> dict[str, np.ndarray]:

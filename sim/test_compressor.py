@@ -1,7 +1,8 @@
 """cocotb testbench of ``Compressor`` against reference frames.
 
 Run through ``actpack.sim.build`` (see tests/hw/test_hw_compressor.py). Environment:
-``ACTPACK_TB_MODE``, ``ACTPACK_TB_DTYPE``, ``ACTPACK_TB_LANES`` (the build's parameters),
+``ACTPACK_TB_MODE``, ``ACTPACK_TB_DTYPE``, ``ACTPACK_TB_LANES`` (the engine's parameters),
+``ACTPACK_TB_PREFIX`` (its ports' prefix: ``<name>_`` in a ``frames.compressor_bundle`` top),
 ``ACTPACK_TB_STIM``: a folder of ``<case>.npz`` files, each the tiled input of one tensor and
 the index and payload of its reference frame (``Codec(mode=..., backend="numpy").compress``),
 written by ``actpack.sim.frames.write_case``; ``ACTPACK_TB_SEED``. With ``ACTPACK_TB_MEASURE``
@@ -38,6 +39,7 @@ MODE = Mode.parse(os.environ.get("ACTPACK_TB_MODE", "sfpr8"))
 DTYPE = DType[os.environ.get("ACTPACK_TB_DTYPE", "float32").upper()]
 LANES = int(os.environ.get("ACTPACK_TB_LANES", "1"))
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
+PREFIX = os.environ.get("ACTPACK_TB_PREFIX", "")
 STIM = Path(os.environ.get("ACTPACK_TB_STIM", "."))
 CASES = sorted(p.stem for p in STIM.glob("*.npz")) or ["none"]
 MEASURE = os.environ.get("ACTPACK_TB_MEASURE")
@@ -76,19 +78,20 @@ class CompressorTB(StreamTB):
         layout = row_layout(MODE, DTYPE)
         from amaranth.lib import data
 
-        self.src = rows.source(self, "i", data.ArrayLayout(layout, LANES), idle=idle)
-        self.beats = self.sink("o", CodeBeat, backpressure=backpressure)
-        self.entries = self.sink("index", IndexEntry, backpressure=backpressure_index)
+        self.src = rows.source(self, f"{PREFIX}i", data.ArrayLayout(layout, LANES), idle=idle)
+        self.beats = self.sink(f"{PREFIX}o", CodeBeat, backpressure=backpressure)
+        self.entries = self.sink(f"{PREFIX}index", IndexEntry, backpressure=backpressure_index)
 
     async def load_table(self, table):
         """Write the 64 entries through ``table_wr``, one a cycle (before any block)."""
         edge = RisingEdge(self.dut.clk)
+        port = {k: getattr(self.dut, f"{PREFIX}table_wr__{k}") for k in ("addr", "data", "en")}
         for addr, q in enumerate(table):
-            self.dut.table_wr__addr.value = addr
-            self.dut.table_wr__data.value = int(q)
-            self.dut.table_wr__en.value = 1
+            port["addr"].value = addr
+            port["data"].value = int(q)
+            port["en"].value = 1
             await edge
-        self.dut.table_wr__en.value = 0
+        port["en"].value = 0
         await edge
 
     async def check(self, name, case, *, timing: bool):

@@ -87,19 +87,27 @@ def _decompressor_measure():
     return getattr(module, "measure_decompressor", None)
 
 
-def measure_compressor_cases(mode: str, lanes: int, cases: dict, *, dtype: str = "float32"):
+def measure_compressor_cases(mode: str, lanes: int, cases: dict, *, dtype: str = "float32",
+                             shared: bool = False):
     """Run the Compressor (one Verilator build per configuration, shared with the tests) on
     ``cases`` (name -> (tensor, codec)) without stalls; per case a dict: ``blocks``, ``values``,
     ``beats``, ``values_per_cycle`` and ``latency`` (cycles, first input to first output),
-    ``cycles`` (first input to last output, inclusive). Every output byte is checked."""
+    ``cycles`` (first input to last output, inclusive). Every output byte is checked.
+    ``shared``: run inside the tests' bundled build (``frames.BUNDLE``) when it holds the
+    configuration (the other engines there idle; timing is the same, simulation slower)."""
     os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
     from actpack.hw.compressor import Compressor
     from actpack.sim.build import build, verilator_bin
-    from actpack.sim.frames import write_case
+    from actpack.sim.frames import BUNDLE, bundle_prefix, compressor_bundle, write_case
 
     verilator_bin()
-    sim = build(Compressor, name=f"compressor_{mode}_{dtype}_{lanes}",
-                params={"mode": mode, "dtype": dtype, "lanes": lanes})
+    env = {}
+    if shared and (mode, dtype, lanes) in BUNDLE:
+        sim = build(compressor_bundle, name="compressor_bundle", params={"configs": BUNDLE})
+        env["ACTPACK_TB_PREFIX"] = bundle_prefix(mode, dtype, lanes)
+    else:
+        sim = build(Compressor, name=f"compressor_{mode}_{dtype}_{lanes}",
+                    params={"mode": mode, "dtype": dtype, "lanes": lanes})
     with tempfile.TemporaryDirectory() as tmp:
         stim, out = Path(tmp) / "stim", Path(tmp) / "out"
         stim.mkdir()
@@ -107,7 +115,7 @@ def measure_compressor_cases(mode: str, lanes: int, cases: dict, *, dtype: str =
         for name, (t, codec) in cases.items():
             write_case(stim / f"{name}.npz", t, codec)
         sim.run("actpack.sim.test_compressor", tag=f"bench-{mode}-{lanes}",
-                env={"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
+                env={**env, "ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
                      "ACTPACK_TB_LANES": str(lanes), "ACTPACK_TB_STIM": str(stim),
                      "ACTPACK_TB_MEASURE": str(out)})
         results = {name: json.loads((out / f"{name}.json").read_text()) for name in cases}
@@ -172,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for mode in modes:
         for lanes in lanes_list:
-            res = measure_compressor_cases(mode, lanes, _cases(mode, tensors))
+            res = measure_compressor_cases(mode, lanes, _cases(mode, tensors), shared=quick)
             for name, r in res.items():
                 rows.append({"engine": "compressor", "mode": mode, "lanes": lanes,
                              "data": name, **r})

@@ -13,7 +13,7 @@ from actpack.codec import Codec
 from actpack.codec.frame import Kind, unpack_index
 from actpack.hw.compressor import Compressor
 from actpack.sim.build import build
-from actpack.sim.frames import frame_case, write_case
+from actpack.sim.frames import BUNDLE, bundle_prefix, compressor_bundle, frame_case, write_case
 
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,22 +84,21 @@ def test_bad_parameters(kwargs, match):
 
 
 @pytest.mark.parametrize("mode, dtype, lanes", [
-    ("sfpr8", "float32", 1), ("dct", "float32", 1), ("eb", "float32", 1), ("mask", "float32", 1),
-    # 16-bit dtypes: RAW rows of one beat (sfpr8), bfloat16 decoding (mask). Lanes in mask mode:
-    # dealing and merging do not depend on the chain, and a mask lane builds in seconds (an
-    # sfpr8 lane takes ~45 s, four of them ~3 min).
-    ("sfpr8", "float16", 1), ("mask", "bfloat16", 1),
-    ("mask", "float32", 2), ("mask", "float32", 4),
+    ("dct", "float32", 1), ("eb", "float32", 1), *BUNDLE,
 ])
 def test_verilator_compressor(verilator, seed, cnn, tmp_path, mode, dtype, lanes):
     """Every index entry and payload byte of reference frames (random, digits CNN, edge cases,
-    one block), inserters crossed; no input stall on the CNN data at one lane."""
+    one block), inserters crossed; no input stall on the CNN data at one lane. The small
+    configurations share one build (``frames.BUNDLE``); dct and eb have one each."""
     kinds = _write_cases(tmp_path / "stim", cnn, seed, mode, dtype, lanes)
     if mode != "mask":  # the edge tensor reaches RAW blocks (NaN/inf; eb: failed bounds too)
         assert Kind.RAW in kinds["edge"], kinds
-    sim = build(Compressor, name=f"compressor_{mode}_{dtype}_{lanes}",
-                params={"mode": mode, "dtype": dtype, "lanes": lanes})
-    sim.run("actpack.sim.test_compressor", seed=seed,
-            env={"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
-                 "ACTPACK_TB_LANES": str(lanes), "ACTPACK_TB_SEED": str(seed),
-                 "ACTPACK_TB_STIM": str(tmp_path / "stim")})
+    env = {"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype, "ACTPACK_TB_LANES": str(lanes),
+           "ACTPACK_TB_SEED": str(seed), "ACTPACK_TB_STIM": str(tmp_path / "stim")}
+    if (mode, dtype, lanes) in BUNDLE:
+        sim = build(compressor_bundle, name="compressor_bundle", params={"configs": BUNDLE})
+        env["ACTPACK_TB_PREFIX"] = bundle_prefix(mode, dtype, lanes)
+    else:
+        sim = build(Compressor, name=f"compressor_{mode}_{dtype}_{lanes}",
+                    params={"mode": mode, "dtype": dtype, "lanes": lanes})
+    sim.run("actpack.sim.test_compressor", seed=seed, env=env)
