@@ -165,15 +165,27 @@ def _block_index(b, geo, src, dst):
 
 
 @njit(cache=True)
-def _block_origin(b, geo):
-    """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry)."""
-    plane, r = _divmod(b, geo[5])
-    by, bx = _divmod(r, geo[4])
+def _block_origin(b, geo, cur):
+    """(first flat index of the plane, first row, first column) of block ``b`` (2-D geometry).
+    ``cur`` (4 int64, -1 before the first call) keeps the last block's (plane, row, column,
+    number): kernels go through blocks in order, so the next block is a step, not two divides."""
+    if b == cur[3] + 1 and cur[3] >= 0:
+        plane, by, bx = cur[0], cur[1], cur[2] + 1
+        if bx == geo[4]:
+            bx = 0
+            by += 1
+            if by * geo[4] == geo[5]:
+                by = 0
+                plane += 1
+    else:
+        plane, r = _divmod(b, geo[5])
+        by, bx = _divmod(r, geo[4])
+    cur[0], cur[1], cur[2], cur[3] = plane, by, bx, b
     return plane * geo[2] * geo[3], by * 8, bx * 8
 
 
 @njit(cache=True)
-def _interior(b, geo):
+def _interior(b, geo, cur):
     """(True, flat index of the block's first element, row stride) for a block lying wholly
     inside the tensor (no replicated padding), else (False, 0, 0): the fast paths read and write
     such blocks row by row instead of through ``_block_index``."""
@@ -181,7 +193,7 @@ def _interior(b, geo):
         if (b + 1) * 64 <= geo[1]:
             return True, b * 64, 8
         return False, 0, 0
-    base, y0, x0 = _block_origin(b, geo)
+    base, y0, x0 = _block_origin(b, geo, cur)
     h, w = geo[2], geo[3]
     if y0 + 8 > h or x0 + 8 > w:
         return False, 0, 0
@@ -189,14 +201,14 @@ def _interior(b, geo):
 
 
 @njit(cache=True)
-def _load_bits(flat, geo, b, bits, src, dst):
+def _load_bits(flat, geo, b, bits, src, dst, cur):
     """Bit patterns of block ``b`` (edge replicated) into ``bits`` (64 uint32)."""
-    full, o, s = _interior(b, geo)
+    full, o, s = _interior(b, geo, cur)
     if full:
         for i in range(8):
-            r = o + i * s
+            r = np.uint64(o + i * s)  # unsigned: no negative-index fix-up per element
             for j in range(8):
-                bits[8 * i + j] = flat[r + j]
+                bits[8 * i + j] = flat[r + np.uint64(j)]
     else:
         _block_index(b, geo, src, dst)
         for k in range(64):
@@ -204,14 +216,14 @@ def _load_bits(flat, geo, b, bits, src, dst):
 
 
 @njit(cache=True)
-def _store_bits(out, geo, b, bits, src, dst):
+def _store_bits(out, geo, b, bits, src, dst, cur):
     """Write block ``b``'s 64 bit patterns to ``out``, dropping padding positions."""
-    full, o, s = _interior(b, geo)
+    full, o, s = _interior(b, geo, cur)
     if full:
         for i in range(8):
-            r = o + i * s
+            r = np.uint64(o + i * s)  # unsigned: no negative-index fix-up per element
             for j in range(8):
-                out[r + j] = bits[8 * i + j]
+                out[r + np.uint64(j)] = bits[8 * i + j]
     else:
         _block_index(b, geo, src, dst)
         for k in range(64):
@@ -255,11 +267,12 @@ def _block_maxabs(flat, geo, b0, b1, dtype, out):
     infinity's up; replicated padding repeats counted values, so only real elements are read."""
     top = _positive_limit(dtype)
     magnitude = np.uint32(0x7FFFFFFF) if dtype == _F32 else np.uint32(0x7FFF)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     for b in range(b0, b1):
         if geo[0]:
             o, s, rows, cols = b * 64, 64, 1, min(64, geo[1] - b * 64)
         else:
-            base, y0, x0 = _block_origin(b, geo)
+            base, y0, x0 = _block_origin(b, geo, cur)
             o, s = base + y0 * geo[3] + x0, geo[3]
             rows, cols = min(8, geo[2] - y0), min(8, geo[3] - x0)
         m = np.uint32(0)
@@ -438,6 +451,7 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     """Code blocks b0..b1-1 into their ``scratch`` rows; set kind, mask bytes and length."""
     with_values = mode != _MASK
     src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     bits = np.empty(64, np.uint32)
     x = np.empty(64, np.float32)
@@ -447,7 +461,7 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     recip = 1.0 / table.astype(np.float64)
     eo = np.empty(8, np.int64)
     for b in range(b0, b1):
-        _load_bits(flat, geo, b, bits, src, dst)
+        _load_bits(flat, geo, b, bits, src, dst, cur)
         _bits_to_f32(bits, dtype, x)
         if _symbols(x, mode, scale_blk[b], inv_blk[b], table, recip, error_bound, dtype, sym,
                     work, eo):
@@ -461,6 +475,7 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
     """Copy blocks b0..b1-1 (coded from scratch, raw from the tensor) to their payload offsets."""
     size = raw_len // 64
     src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     bits = np.empty(64, np.uint32)
     for b in range(b0, b1):
@@ -469,7 +484,7 @@ def _assemble_range(flat, geo, b0, b1, kind, length, offsets, scratch, raw_len, 
             for j in range(length[b]):
                 payload[o + j] = scratch[b, j]
         elif kind[b] == 2:
-            _load_bits(flat, geo, b, bits, src, dst)
+            _load_bits(flat, geo, b, bits, src, dst, cur)
             for k in range(64):
                 v = bits[k]
                 for j in range(size):  # little-endian
@@ -625,6 +640,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
     with_values = mode != _MASK
     size = out.itemsize
     src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     row = np.empty(64, np.uint32)
     sym = np.empty(64, np.int64)
@@ -655,7 +671,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
             if err:
                 errors[b] = err
                 continue
-        _store_bits(out, geo, b, row, src, dst)
+        _store_bits(out, geo, b, row, src, dst, cur)
 
 
 # ----------------------------------------------------------------------------- mask mode
@@ -669,10 +685,11 @@ def _mask_encode_range(flat, geo, b0, b1, dtype, rows, mbs, length):
     """Mask bytes of blocks b0..b1-1 into ``rows`` (8 per block), with their trimmed length."""
     top = _positive_limit(dtype)
     src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     bits = np.empty(64, np.uint32)
     for b in range(b0, b1):
-        _load_bits(flat, geo, b, bits, src, dst)
+        _load_bits(flat, geo, b, bits, src, dst, cur)
         for i in range(8):
             byte = 0
             for j in range(8):
@@ -699,6 +716,7 @@ def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, erro
     """Decode mask blocks b0..b1-1 (kinds ZERO and CODED only) into ``out``."""
     one = _from_f32(np.float32(1.0), dtype)
     src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     row = np.empty(64, np.uint32)
     for b in range(b0, b1):
@@ -715,7 +733,7 @@ def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, erro
             byte = data[o + i] if i < n else 0
             for j in range(8):
                 row[8 * i + j] = one if byte >> j & 1 else 0
-        _store_bits(out, geo, b, row, src, dst)
+        _store_bits(out, geo, b, row, src, dst, cur)
 
 
 def mask_encode_blocks(flat, geo, nb, dtype, threads=1):
