@@ -551,12 +551,19 @@ def _unpack_dense(data, start, length, sym):
         total += (data[start + g // 2] >> (4 * (g % 2))) & 15
     if length != total:
         return 5
-    at = 8 * (start + 4)
-    for g in range(8):
+    pos = start + 4
+    for g in range(8):  # a group's codes fill whole bytes: a refill loop as regular as w
         w = (data[start + g // 2] >> (4 * (g % 2))) & 15
+        acc = 0
+        have = 0
         for i in range(8):
-            u = _get(data, at, w)
-            at += w
+            while have < w:
+                acc |= np.int64(data[pos]) << have
+                pos += 1
+                have += 8
+            u = acc & ((1 << w) - 1)
+            acc >>= w
+            have -= w
             sym[8 * g + i] = -((u + 1) >> 1) if u & 1 else u >> 1
     return 0
 
