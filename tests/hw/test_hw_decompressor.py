@@ -36,7 +36,7 @@ def cnn() -> torch.Tensor:
     from actpack import data
 
     model = data.digits_cnn(size=16)
-    data.train_digits(model, steps=20, progress=False)
+    data.train_digits(model, steps=10, progress=False)
     acts = data.capture_activations(model, data.digits_batch(1).x)
     return torch.cat([acts["conv1"], acts["relu1"]])
 
@@ -60,10 +60,11 @@ def _tensors(cnn, seed: int) -> dict[str, torch.Tensor]:
             "single": torch.from_numpy(rng.standard_normal((5, 7)).astype(np.float32))}
 
 
-def _corruptions(case: dict, rng) -> list:
+def _corruptions(case: dict, rng, mode: str) -> list:
     """Malformed blocks among good ones: a flipped bit in every block of the first few with
     payload (some stay well-formed: the model says), a length one short and one long, a ZERO
-    entry with a length, a RAW entry of the wrong length; each followed by good blocks."""
+    entry with a length, a RAW entry of the wrong length, a level of 200; each followed by good
+    blocks."""
     kinds, _, lengths = unpack_index(case["index"])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     payload = bytes(case["payload"])
@@ -83,6 +84,11 @@ def _corruptions(case: dict, rng) -> list:
             chunk = bytearray(16)
             entry = (int(Kind.RAW) << 14) | 16
         out.append((b, entry, bytes(chunk)))
+    if mode != "mask" and len(coded) > 2:  # a level of 200: sfpr8 flags it (#27), others decode
+        symbols = np.zeros(64, dtype=np.int64)
+        symbols[5] = 200
+        mb, chunk = reference.encode_block(symbols)
+        out.append((coded[1], (int(Kind.CODED) << 14) | ((mb - 1) << 11) | len(chunk), chunk))
     zeros = [b for b in range(len(kinds) - 1) if kinds[b] == Kind.ZERO]
     if zeros:
         out.append((zeros[0], (int(Kind.ZERO) << 14) | 3, b"abc"))
@@ -103,7 +109,7 @@ def _write_cases(folder: Path, cnn, seed: int, mode: str, dtype: str, *, lanes: 
         write_case(folder / f"{name}.npz", case, mode=mode, dtype=DType[dtype.upper()])
         kinds[name] = set(k.tolist())
         if malformed and name == "random":
-            corrupt = _corruptions(case, rng)
+            corrupt = _corruptions(case, rng, mode)
             path = write_case(folder / "malformed.npz", case, mode=mode,
                               dtype=DType[dtype.upper()], corrupt=corrupt)
             with np.load(path) as f:
