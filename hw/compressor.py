@@ -12,8 +12,9 @@ bit-exact with ``actpack.codec.reference.compress`` (docs/format.md 6-8).
 
 and stores RAW blocks (non-finite values, failed eb bound checks, blocks no coding fits) as the
 block's raw input values, kept in a row buffer until the encoder has decided. The frame header
-(scale records, shape, ``payload_bytes``, CRCs) is assembled around these two streams by the
-card's top level, which does not exist yet.
+(scale records, shape, ``payload_bytes``, CRCs) goes around these two streams in
+``framebuild.FrameBuilder`` (same ``IndexEntry`` / ``CodeBeat`` layouts); the card top level
+joining the two is not built yet.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
