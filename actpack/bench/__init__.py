@@ -9,8 +9,10 @@ it is.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -21,9 +23,11 @@ from pathlib import Path
 
 __all__ = [
     "BENCHMARKS",
+    "add_output_arguments",
     "best_of",
     "default_results_path",
     "machine_info",
+    "publish",
     "source_info",
     "update_results",
 ]
@@ -131,3 +135,24 @@ def update_results(path: str | os.PathLike, name: str, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def add_output_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The options every benchmark has for where its figures go (see ``publish``)."""
+    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    p.add_argument("--results", metavar="PATH", default=None,
+                   help=f"markdown file whose 'bench {name}' section is rewritten "
+                        "(default: docs/results.md of the checkout)")
+    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+
+
+def publish(args: argparse.Namespace, name: str, markdown: str, result: dict) -> None:
+    """Rewrite benchmark ``name``'s section of the results file with ``markdown`` (unless
+    ``--no-results``) and write ``result`` as JSON to ``--json`` when given."""
+    if not args.no_results:
+        path = update_results(args.results or default_results_path(), name, markdown)
+        print(f"wrote section 'bench {name}' of {path}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")

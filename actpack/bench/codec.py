@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,11 +31,11 @@ from tqdm import tqdm
 from actpack import Codec, decompress
 from actpack.bench import (
     _version,
+    add_output_arguments,
     best_of,
-    default_results_path,
     machine_info,
+    publish,
     source_info,
-    update_results,
 )
 from actpack.data import (
     KINDS,
@@ -58,11 +56,7 @@ _MB = 1e6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
-    p.add_argument("--results", metavar="PATH", default=None,
-                   help="markdown file whose 'bench codec' section is rewritten "
-                        "(default: docs/results.md of the checkout)")
-    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+    add_output_arguments(p, "codec")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: batch 8, 5 training steps, 1 repeat")
     p.add_argument("--batch", type=int, default=None, help="images per capture (default 64)")
@@ -594,13 +588,7 @@ def run(args: argparse.Namespace) -> int:
                      threads=args.threads, quick=quick)
     md = render_markdown(result)
     print(md)
-    if not args.no_results:
-        path = update_results(args.results or default_results_path(), "codec", md)
-        print(f"wrote section 'bench codec' of {path}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    publish(args, "codec", md, result)
     bad_checks = [ch for ch in result["checks"] if not ch["pass"]]
     missed = [t for t in result["targets"] if t["pass"] is False]
     for ch in bad_checks:

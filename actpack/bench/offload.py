@@ -16,16 +16,14 @@ step-time overhead on CPU; accuracy within 0.5 points on digits.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from actpack.bench import default_results_path, machine_info, source_info, update_results
+from actpack.bench import add_output_arguments, machine_info, publish, source_info
 
 __all__ = ["add_arguments", "collect", "render_markdown", "run"]
 
@@ -36,11 +34,7 @@ CONFIGS = {"plain": None, "offload, 2 workers": 2, "offload, inline": 0}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
-    p.add_argument("--results", metavar="PATH", default=None,
-                   help="markdown file whose 'bench offload' section is rewritten "
-                        "(default: docs/results.md of the checkout)")
-    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+    add_output_arguments(p, "offload")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: small ResNet input, few steps, 20 training steps")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
@@ -203,13 +197,7 @@ def run(args: argparse.Namespace) -> int:
                      threads=args.threads)
     md = render_markdown(result)
     print(md)
-    if not args.no_results:
-        path = update_results(args.results or default_results_path(), "offload", md)
-        print(f"wrote section 'bench offload' of {path}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    publish(args, "offload", md, result)
     missed = [t for t in result["targets"] if not t["pass"]]
     for t in missed:
         print(f"goal missed: {t['name']}", file=sys.stderr)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from actpack.bench import default_results_path, machine_info, source_info, update_results
+from actpack.bench import add_output_arguments, machine_info, publish, source_info
 
 __all__ = ["LANES", "MODES", "add_arguments", "measure_compressor", "measure_compressor_cases",
            "run", "workloads"]
@@ -42,11 +42,7 @@ _EB_TYPICAL, _EB_DENSE = 1e-2, 1e-4
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
-    p.add_argument("--results", metavar="PATH", default=None,
-                   help="markdown file whose 'bench rtl' section is rewritten "
-                        "(default: docs/results.md of the checkout)")
-    p.add_argument("--no-results", action="store_true", help="do not touch the markdown file")
+    add_output_arguments(p, "rtl")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: mask mode at lanes 1 and 2, a few blocks")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
@@ -200,11 +196,5 @@ def run(args: argparse.Namespace) -> int:
     info = {**machine_info(), **source_info()}
     md = _markdown(rows, decomp, info, quick)
     result = {"quick": quick, "machine": info, "rows": rows, "decompressor": decomp}
-    if not args.no_results:
-        path = update_results(args.results or default_results_path(), "rtl", md)
-        print(f"updated {path}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    publish(args, "rtl", md, result)
     return 0
