@@ -197,6 +197,7 @@ class _ModuleTracker:
 _SHAPE_ONLY_SAVERS = frozenset({"MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d",
                                 "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"})
 
+
 def _dense(t: torch.Tensor) -> bool:
     """Whether ``t`` covers its memory exactly once (any dim order): then a dense copy with the
     same strides restores it."""
@@ -475,13 +476,12 @@ class OffloadSession:
         if codec is None:
             store.stored_at, store.nbytes = self._now(), rec.raw_bytes
         else:
-            self._pending_bytes += rec.raw_bytes
-            if self._pool is None:  # inline: stored before the op returns
+            if self._pool is None:  # inline: stored before the op returns, never pending
                 store.future = Future()
                 self._compress(rec, store, store.tensor, codec)
                 store.future.set_result(None)
-                self._pending_bytes -= rec.raw_bytes
             else:
+                self._pending_bytes += rec.raw_bytes
                 store.future = self._pool.submit(self._compress, rec, store, store.tensor,
                                                  codec)
                 store.future.add_done_callback(lambda _: self._compressed(rec.raw_bytes))
@@ -503,9 +503,9 @@ class OffloadSession:
                     if rows is not None:
                         tensor = tensor.permute(0, 2, 3, 1).reshape(rows)
                     frame = self.device.compress(tensor, codec)
-            if not isinstance(frame, Frame) and not isinstance(codec, Lossless):
-                raise TypeError(f"device {self.device.name!r}: compress returned "
-                                f"{type(frame).__name__}, not a Frame")
+                    if not isinstance(frame, Frame):
+                        raise TypeError(f"device {self.device.name!r}: compress returned "
+                                        f"{type(frame).__name__}, not a Frame")
         except Exception as exc:
             error = OffloadError(f"{rec.label}: storing it as {codec!r} failed: {exc}")
             error.__cause__ = exc
