@@ -31,10 +31,10 @@ from .blockcode import BEAT_BYTES, BlockEncoder, CodeBeat, IndexEntry, Zigzag
 from .dct import COEF, DCT2D
 from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
-from .quant import Quantizer, TableWrite
+from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, _dtype, raw_row
 
-__all__ = ["LANES", "RAW_ROWS", "Compressor", "row_layout"]
+__all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
 N = spec.BLOCK
 LANES = (1, 2, 4)
@@ -58,6 +58,30 @@ def row_layout(mode, dtype) -> data.StructLayout:
         fields["r"] = unsigned(32)
         fields["eb"] = unsigned(64)
     return data.StructLayout(fields)
+
+
+def engine_params(mode, dtype, table, lanes):
+    """An engine's ``(mode, dtype, table, lanes)``, checked now rather than at elaboration: a bad
+    value raises ``ValueError``/``TypeError`` naming the parameter."""
+    mode = Mode.parse(mode)  # ValueError naming ``mode``
+    dtype = _dtype(dtype)
+    if lanes not in LANES:
+        raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
+    if mode is Mode.DCT:
+        resolve_table(table)  # ValueError/TypeError naming ``table``
+    return mode, dtype, table, lanes
+
+
+def add_lanes(m: Module, engine, lane_class) -> list:
+    """``engine.lanes`` instances of ``lane_class`` as submodules ``lane0``..; in dct mode each
+    lane's table port follows the engine's ``table_wr``."""
+    lanes = [lane_class(mode=engine.mode, dtype=engine.dtype, table=engine.table)
+             for _ in range(engine.lanes)]
+    for k, lane in enumerate(lanes):
+        m.submodules[f"lane{k}"] = lane
+        if engine.mode is Mode.DCT:
+            forward_table(m, engine.table_wr, lane.table_wr)
+    return lanes
 
 
 # ----------------------------------------------------------------------------- stream plumbing
@@ -319,14 +343,7 @@ class Compressor(wiring.Component):
     """
 
     def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
-        self.mode = Mode.parse(mode)  # ValueError naming ``mode``
-        self.dtype = _dtype(dtype)
-        if lanes not in LANES:
-            raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
-        self.lanes = lanes
-        if self.mode is Mode.DCT:
-            resolve_table(table)  # ValueError/TypeError naming ``table`` now, not at elaborate
-        self.table = table
+        self.mode, self.dtype, self.table, self.lanes = engine_params(mode, dtype, table, lanes)
         self.row_layout = row_layout(self.mode, self.dtype)
         members = {
             "i": In(stream.Signature(data.ArrayLayout(self.row_layout, lanes))),
@@ -339,13 +356,7 @@ class Compressor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lanes = [_Lane(mode=self.mode, dtype=self.dtype, table=self.table)
-                 for _ in range(self.lanes)]
-        for k, lane in enumerate(lanes):
-            m.submodules[f"lane{k}"] = lane
-            if self.mode is Mode.DCT:
-                for key in ("addr", "data", "en"):
-                    m.d.comb += getattr(lane.table_wr, key).eq(getattr(self.table_wr, key))
+        lanes = add_lanes(m, self, _Lane)
         if self.lanes == 1:
             lane, = lanes
             m.d.comb += [lane.i.valid.eq(self.i.valid), lane.i.payload.eq(self.i.payload[0]),

@@ -22,15 +22,14 @@ from amaranth.lib.wiring import In, Out
 from actpack.codec import spec
 from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
-from actpack.codec.tables import resolve_table
 
 from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from .blockdecode import _MAX_BEATS, BlockDecoder, BlockError, Unzigzag
-from .compressor import LANES, _fork, _join, _Port
+from .compressor import LANES, _fork, _join, _Port, add_lanes, engine_params
 from .dct import IDCT2D
 from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
-from .quant import Dequantizer, TableWrite
+from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, _dtype, raw_row
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
@@ -107,10 +106,6 @@ def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
     with m.If(take):
         m.d.sync += [busy.eq(nbeats != 0), left.eq(nbeats), cur.eq(dest)]
     return take
-
-
-def _forward_table(m: Module, src, dst):
-    m.d.comb += [getattr(dst, key).eq(getattr(src, key)) for key in ("addr", "data", "en")]
 
 
 def _nbeats(entry):
@@ -239,7 +234,7 @@ class _Lane(wiring.Component):
             m.submodules.unzigzag = uz = Unzigzag()
             m.submodules.dequant = deq = Dequantizer(table=self.table)
             m.submodules.idct = idct = IDCT2D()
-            _forward_table(m, self.table_wr, deq.table_wr)
+            forward_table(m, self.table_wr, deq.table_wr)
             m.d.comb += [uz.i.valid.eq(head.valid), head.ready.eq(uz.i.ready),
                          uz.i.payload.eq(symbols)]
             wiring.connect(m, uz.o, deq.i)
@@ -302,14 +297,7 @@ class Decompressor(wiring.Component):
     """
 
     def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
-        self.mode = Mode.parse(mode)  # ValueError naming ``mode``
-        self.dtype = _dtype(dtype)
-        if lanes not in LANES:
-            raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
-        self.lanes = lanes
-        if self.mode is Mode.DCT:
-            resolve_table(table)  # ValueError/TypeError naming ``table`` now, not at elaborate
-        self.table = table
+        self.mode, self.dtype, self.table, self.lanes = engine_params(mode, dtype, table, lanes)
         members = {
             "blocks": In(stream.Signature(block_layout(self.mode))),
             "data": In(stream.Signature(CodeBeat)),
@@ -321,12 +309,7 @@ class Decompressor(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lanes = [_Lane(mode=self.mode, dtype=self.dtype, table=self.table)
-                 for _ in range(self.lanes)]
-        for k, lane in enumerate(lanes):
-            m.submodules[f"lane{k}"] = lane
-            if self.mode is Mode.DCT:  # every lane's table gets every write
-                _forward_table(m, self.table_wr, lane.table_wr)
+        lanes = add_lanes(m, self, _Lane)
         if self.lanes == 1:
             lane, = lanes
             wiring.connect(m, wiring.flipped(self.blocks), lane.blocks)

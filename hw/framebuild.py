@@ -196,9 +196,6 @@ class FrameBuilder(wiring.Component):
         def half_of(row_data, index):
             return Mux(index[0], row_data[64:], row_data[:64])
 
-        payload_bytes = Signal(32)
-        m.d.comb += payload_bytes.eq(received)
-
         with m.FSM():
             with m.State("COLLECT"), m.If(job_done):
                 m.d.sync += [
@@ -222,8 +219,8 @@ class FrameBuilder(wiring.Component):
                 m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [rh.addr.eq(off >> 1), produce.eq(1)]
-                with m.If(off < hw):
-                    m.d.comb += [word.eq(Mux(off == 3, payload_bytes, half_of(rh.data, off))),
+                with m.If(off < hw):  # word 3 is bytes 24..31: payload_bytes, as counted
+                    m.d.comb += [word.eq(Mux(off == 3, received, half_of(rh.data, off))),
                                  feed.eq(1)]
                 with m.Elif(off == hw):
                     m.d.comb += word.eq(crc.crc)  # header CRC, then zero padding

@@ -25,6 +25,7 @@ __all__ = [
     "LevelRow",
     "Quantizer",
     "TableWrite",
+    "forward_table",
     "reciprocal",
 ]
 
@@ -53,6 +54,11 @@ class TableWrite(wiring.Signature):
 
     def __init__(self):
         super().__init__({"addr": Out(range(N * N)), "data": Out(ENTRY), "en": Out(1)})
+
+
+def forward_table(m: Module, src, dst) -> None:
+    """Drive table write port ``dst`` from ``src`` (an engine's port fanned out to its lanes)."""
+    m.d.comb += [getattr(dst, key).eq(getattr(src, key)) for key in ("addr", "data", "en")]
 
 
 def _table_rows(m: Module, port, entries, shape, row, transform=None):
