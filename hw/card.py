@@ -44,6 +44,7 @@ from actpack.codec import spec
 from actpack.codec.spec import DType, Mode
 
 from . import protocol
+from .axis import AxisToBeats, BeatsToAxis, axis_layout
 from .blockcode import BEAT_BYTES, CodeBeat
 from .compressor import Compressor
 from .decompressor import Decompressor
@@ -51,9 +52,10 @@ from .framebuild import SECTION, FrameBuilder
 from .frameparse import _BITS, FrameCheck, FrameParser
 from .geometry import Geometry, GroupWalker
 from .protocol import ErrorCode, Op
+from .regfile import AXI4Lite, RegisterFile
 from .regs import REGS, CardConfig, field_layout
 
-__all__ = ["CardCore"]
+__all__ = ["Card", "CardCore"]
 
 _DESC_BEATS = protocol.DESCRIPTOR_BYTES // BEAT_BYTES
 _SHAPE_BEATS = protocol.SHAPE_BYTES // BEAT_BYTES
@@ -630,4 +632,69 @@ class CardCore(wiring.Component):
             with m.State("DONE"):
                 end_job()
                 m.next = "IDLE"
+        return m
+
+
+class Card(wiring.Component):
+    """The card as a PCIe DMA core's user logic: ``bus`` (AXI4-Lite slave, the XDMA core's
+    ``M_AXI_LITE``: ``hw.regfile.RegisterFile``), ``h2c`` / ``c2h`` (AXI4-Stream of
+    ``config.caps.stream_bytes`` bytes, ``hw.axis``), ``irq`` (IRQ_STATUS & IRQ_ENABLE).
+
+    ``AxisToBeats`` -> ``CardCore`` -> ``BeatsToAxis``, the register file between the host and the
+    core's card-side ports. CONTROL.SOFT_RESET resets the core and both adapters (the job in
+    flight and whatever it had not sent are gone) and, if an H2C packet is open, drops its bytes
+    up to ``tlast`` with STATUS.RESETTING high; counters and the TABLE window stay. Parameters
+    as ``CardCore``.
+    """
+
+    def __init__(self, *, config=None, max_groups: int = 256, max_blocks: int = 4096):
+        self.config = config if config is not None else CardConfig()
+        self.max_groups, self.max_blocks = max_groups, max_blocks
+        layout = axis_layout(self.config.caps.stream_bytes)
+        super().__init__({
+            "bus": In(AXI4Lite()),
+            "h2c": In(stream.Signature(layout)),
+            "c2h": Out(stream.Signature(layout)),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.config.caps.stream_bytes
+        m.submodules.regs = regs = RegisterFile(config=self.config)
+        soft_reset = regs.control.soft_reset
+        core = CardCore(config=self.config, max_groups=self.max_groups,
+                        max_blocks=self.max_blocks)
+        to_beats, to_axis = AxisToBeats(stream_bytes=n), BeatsToAxis(stream_bytes=n)
+        m.submodules.core = ResetInserter(soft_reset)(core)
+        m.submodules.to_beats = ResetInserter(soft_reset)(to_beats)
+        m.submodules.to_axis = ResetInserter(soft_reset)(to_axis)
+        wiring.connect(m, wiring.flipped(self.bus), regs.bus)
+        wiring.connect(m, to_beats.o, core.h2c)
+        wiring.connect(m, core.c2h, to_axis.i)
+        wiring.connect(m, to_axis.o, wiring.flipped(self.c2h))
+
+        # an H2C packet is open from its first beat to its tlast, across a soft reset
+        in_packet, draining = Signal(), Signal()
+        h2c_take = self.h2c.valid & self.h2c.ready
+        with m.If(h2c_take):
+            m.d.sync += in_packet.eq(~self.h2c.payload.last)
+        with m.If(soft_reset):
+            m.d.sync += draining.eq(in_packet & ~(h2c_take & self.h2c.payload.last))
+        with m.Elif(draining & h2c_take & self.h2c.payload.last):
+            m.d.sync += draining.eq(0)
+        with m.If(draining | soft_reset):
+            m.d.comb += self.h2c.ready.eq(1)  # dropped
+        with m.Else():
+            m.d.comb += [to_beats.i.valid.eq(self.h2c.valid),
+                         to_beats.i.payload.eq(self.h2c.payload),
+                         self.h2c.ready.eq(to_beats.i.ready)]
+
+        m.d.comb += [core.control.eq(regs.control), core.table.eq(regs.table),
+                     regs.status.eq(core.status), regs.status.resetting.eq(draining),
+                     regs.last_tag.eq(core.last_tag), regs.irq_set.eq(core.irq_set),
+                     self.irq.eq(regs.irq)]
+        for r in _COUNTERS:
+            name = f"{r.name.lower()}_inc"
+            m.d.comb += getattr(regs, name).eq(getattr(core, name))
         return m
