@@ -61,9 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--device", default="ref",
                    help="where offload compresses: 'ref' (software model, default), "
-                        "'xdma:/dev/xdma0' (a card), 'model' (the card's behavioural model); "
-                        "another device also runs a few steps next to 'ref' and checks they "
-                        "agree bit for bit")
+                        "'xdma:/dev/xdma0' (a card), 'model' (the card's behavioural model), "
+                        "'sim' (the RTL card under Verilator: too slow to train on, the demo "
+                        "trains on 'ref' and runs 2 steps on it); another device also runs a "
+                        "few steps next to 'ref' and checks they agree bit for bit")
     p.add_argument("--policy", default="auto", help="offload policy (default 'auto')")
     p.add_argument("--no-codec", action="store_true",
                    help="skip the per-mode codec table on the trained model's activations")
@@ -71,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the figure goes (default: docs/demo.png of the checkout; the "
                         "codec figure goes beside it as demo-codec.png)")
     p.add_argument("--no-plot", action="store_true", help="skip the figures")
+
+
+CHECK_ONLY = ("sim",)  # devices too slow to train the demo on: checked for a few steps instead
 
 
 def train(steps: int, seed: int, *, session=None, desc: str = "train digits"):
@@ -101,28 +105,34 @@ def one_step_session(model, seed: int, *, device: str = "ref", policy="auto"):
     return session
 
 
-def check_device(device: str, seed: int, steps: int = 3) -> list[str]:
-    """``steps`` training steps on ``device`` and on "ref" from the same weights and data;
-    returns what differs (gradients bit for bit, stored bytes per tensor; empty: all agree)."""
+def check_device(device, seed: int, steps: int = 3, batch: int = 16) -> list[str]:
+    """``steps`` training steps (``batch`` digits) on ``device`` (a name or a ``Device``, opened
+    once) and on "ref" from the same weights and data; returns what differs (gradients bit for
+    bit, stored bytes per tensor; empty: all agree)."""
     import actpack
 
-    x = digits_batch(16).x
-    y = torch.arange(16) % 10
+    x = digits_batch(batch).x
+    y = torch.arange(batch) % 10
+    dev = actpack.open_device(device) if isinstance(device, str) else device
     problems = []
-    for step in range(steps):
-        runs = []
-        for dev in (device, "ref"):
-            model = digits_cnn(seed=seed + step)
-            session = actpack.offload(device=dev, policy=actpack.Policy.auto(min_bytes=0))
-            with session:
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-            runs.append(({n: p.grad for n, p in model.named_parameters()},
-                         [(t.label, t.mode, t.stored_bytes) for t in session.stats.tensors]))
-        (g_dev, s_dev), (g_ref, s_ref) = runs
-        problems += [f"step {step}: gradient of {n} differs" for n in g_ref
-                     if not torch.equal(g_dev[n], g_ref[n])]
-        if s_dev != s_ref:
-            problems.append(f"step {step}: stored tensors differ: {s_dev} vs {s_ref}")
+    try:
+        for step in range(steps):
+            runs = []
+            for d in (dev, "ref"):
+                model = digits_cnn(seed=seed + step)
+                session = actpack.offload(device=d, policy=actpack.Policy.auto(min_bytes=0))
+                with session:
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                runs.append(({n: p.grad for n, p in model.named_parameters()},
+                             [(t.label, t.mode, t.stored_bytes) for t in session.stats.tensors]))
+            (g_dev, s_dev), (g_ref, s_ref) = runs
+            problems += [f"step {step}: gradient of {n} differs" for n in g_ref
+                         if not torch.equal(g_dev[n], g_ref[n])]
+            if s_dev != s_ref:
+                problems.append(f"step {step}: stored tensors differ: {s_dev} vs {s_ref}")
+    finally:
+        if dev is not device and hasattr(dev, "close"):
+            dev.close()
     return problems
 
 
@@ -309,16 +319,29 @@ def _run(args, steps: int, batch: int) -> int:
     import actpack
 
     t0 = time.perf_counter()
+    check = None  # the device checked next to 'ref', opened once
     if args.device != "ref":
         try:
-            actpack.offload(device=args.device)
+            check = actpack.open_device(args.device)
         except actpack.OffloadError as exc:
             print(f"actpack demo: {exc}")
             return 2
+    try:
+        return _train_and_report(args, steps, batch, check, t0)
+    finally:
+        if hasattr(check, "close"):
+            check.close()
+
+
+def _train_and_report(args, steps: int, batch: int, check, t0: float) -> int:
+
+    # the RTL under simulation runs thousands of times slower than a card: check it, train on ref
+    train_on = "ref" if args.device.partition(":")[0] in CHECK_ONLY else check or "ref"
+    check_steps, check_batch = (2, 2) if train_on == "ref" else (3, 16)
+    shown = args.device if train_on is check else "ref"
     print(f"training the digits CNN for {steps} steps (seed {args.seed}), without and with "
-          f"actpack.offload(device={args.device!r}, policy={args.policy!r}) ...")
-    plain, packed, session = train_both(steps, args.seed, device=args.device,
-                                        policy=args.policy)
+          f"actpack.offload(device={shown!r}, policy={args.policy!r}) ...")
+    plain, packed, session = train_both(steps, args.seed, device=train_on, policy=args.policy)
     (model, r_plain), (_, r_packed) = plain, packed
     st = session.stats
     per_step_raw, per_step_stored = st.raw_bytes / max(steps, 1), st.stored_bytes / max(steps, 1)
@@ -329,26 +352,26 @@ def _run(args, steps: int, batch: int) -> int:
     print(f"{'with actpack':<16} {r_packed.test_accuracy:>13.2%} "
           f"{per_step_stored / 2**20:>11.2f} MiB {ms_packed:>11.1f} ms")
     where = ("the software codec on the same CPU cores; a card takes that work off them"
-             if args.device == "ref" else f"device {args.device!r}")
+             if train_on == "ref" else f"device {args.device!r}")
     print(f"saved activations {st.ratio:.2f}x smaller; accuracy "
           f"{100 * (r_packed.test_accuracy - r_plain.test_accuracy):+.2f} points; step time "
           f"x{ms_packed / ms_plain:.2f} ({where})\n")
-    step_session = one_step_session(packed[0], args.seed, device=args.device,
-                                    policy=args.policy)
+    step_session = one_step_session(packed[0], args.seed, device=train_on, policy=args.policy)
     print("one training step, per saved tensor:")
     step_session.report()
 
     bad = []
-    if args.device != "ref":
+    if check is not None:
         t1 = time.perf_counter()
-        problems = check_device(args.device, args.seed)
+        problems = check_device(check, args.seed, steps=check_steps, batch=check_batch)
         if problems:
             print(f"\nMISMATCH between device {args.device!r} and the reference:")
             print("\n".join(f"  {p}" for p in problems))
             bad.append(args.device)
         else:
             print(f"\ndevice {args.device!r} == reference model: gradients bit for bit and the "
-                  f"same stored bytes over 3 steps ({time.perf_counter() - t1:.0f} s)")
+                  f"same stored bytes over {check_steps} steps of {check_batch} digits "
+                  f"({time.perf_counter() - t1:.0f} s)")
 
     rows, acts = [], {}
     if not args.no_codec:

@@ -7,7 +7,7 @@ names:
 
 - ``"xdma"`` / ``"xdma:<prefix>"``: a PCIe card through the Xilinx XDMA character devices;
 - ``"model"``: the card's behavioural model (``host.cardmodel``) behind the same driver;
-- ``"sim"``: the RTL card under simulation (not built yet).
+- ``"sim"``: the RTL card (``hw.card.Card``) under Verilator in a separate process.
 
 All are built on the register-level transport of the design (``reg_read``/``reg_write``,
 ``submit``/``receive``) and give the same frames as ``"ref"``, byte for byte. ``open_device(spec)``
@@ -26,7 +26,7 @@ from actpack.codec import Codec, Frame
 
 from .errors import DeviceUnavailableError, UnknownDeviceError
 
-__all__ = ["PLANNED_DEVICES", "Device", "RefDevice", "device_names", "open_device",
+__all__ = ["Device", "RefDevice", "device_names", "open_device",
            "register_device", "resolve_device"]
 
 
@@ -68,14 +68,6 @@ class RefDevice:
         return "RefDevice()"
 
 
-# Names reserved for the card's drivers; what each will be, for the error message.
-PLANNED_DEVICES = {
-    "sim": "the RTL card under simulation, behind the card's register map; the RTL Card "
-           "top level does not exist yet (its engines' blocks are in hw/), so there is nothing to "
-           "simulate; device 'model' runs the card's behavioural model through the same driver",
-}
-
-
 def _xdma() -> Device:
     return open_device("xdma")
 
@@ -84,7 +76,12 @@ def _model() -> Device:
     return open_device("model")
 
 
-_FACTORIES: dict[str, Callable[[], Device]] = {"ref": RefDevice, "xdma": _xdma, "model": _model}
+def _sim() -> Device:
+    return open_device("sim")
+
+
+_FACTORIES: dict[str, Callable[[], Device]] = {"ref": RefDevice, "xdma": _xdma, "model": _model,
+                                               "sim": _sim}
 
 
 def register_device(name: str, factory: Callable[[], Device]) -> None:
@@ -106,7 +103,8 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
     """A device by name: ``"ref"`` (the software codec, default), ``"xdma"`` or
     ``"xdma:<prefix>"`` (a card through the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``,
     prefix ``/dev/xdma0`` by default), ``"model"`` (the card's behavioural model in-process),
-    ``"sim"`` (not built yet), or any name given to ``register_device``.
+    ``"sim"`` (the RTL card under Verilator: slow, for checking), or any name given to
+    ``register_device``.
 
     ``device.compress(tensor, codec)`` gives the bytes of ``codec.compress(tensor)`` whatever the
     device, and ``device.decompress(frame)`` the same tensor. ``options`` go to the card driver
@@ -117,12 +115,16 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
         raise TypeError(f"spec: expected a device name such as 'ref' or 'xdma:/dev/xdma0', got "
                         f"{type(spec).__name__}")
     name, sep, arg = spec.partition(":")
-    if name in ("xdma", "model"):
+    if name in ("xdma", "model", "sim"):
         from . import card
 
+        opener = {"xdma": lambda: card.open_xdma(arg or "/dev/xdma0", **options),
+                  "model": lambda: card.open_model(**options),
+                  "sim": lambda: card.open_sim(**options)}[name]
+        if sep and name != "xdma":
+            raise UnknownDeviceError(f"device {name!r} takes no argument; 'xdma:<prefix>' does")
         try:
-            dev = card.open_xdma(arg or "/dev/xdma0", **options) if name == "xdma" else (
-                card.open_model(**options))
+            dev = opener()
         except (DeviceUnavailableError, card.CardError) as exc:  # absent, foreign or dead
             if not fallback:
                 raise
@@ -144,10 +146,6 @@ def resolve_device(device) -> Device:
         if factory is not None:
             return factory()
         known = ", ".join(repr(n) for n in device_names())
-        if device in PLANNED_DEVICES:
-            raise DeviceUnavailableError(
-                f"device {device!r} ({PLANNED_DEVICES[device]}) is not built yet; the devices "
-                f"available are {known} (use device='ref' for the bit-exact software codec)")
         raise UnknownDeviceError(f"device: unknown device {device!r}; expected one of {known} "
                                  "or a Device object")
     if isinstance(device, Device):

@@ -53,9 +53,9 @@ from .frameparse import _BITS, FrameCheck, FrameParser
 from .geometry import Geometry, GroupWalker
 from .protocol import ErrorCode, Op
 from .regfile import AXI4Lite, RegisterFile
-from .regs import REGS, CardConfig, field_layout
+from .regs import REGS, Caps, CardConfig, field_layout
 
-__all__ = ["Card", "CardCore"]
+__all__ = ["SIM_CARD", "SIM_PARAMS", "Card", "CardCore"]
 
 _DESC_BEATS = protocol.DESCRIPTOR_BYTES // BEAT_BYTES
 _SHAPE_BEATS = protocol.SHAPE_BYTES // BEAT_BYTES
@@ -64,6 +64,12 @@ _JOB_MAGIC = int.from_bytes(protocol.JOB_MAGIC, "little")
 _STATUS_MAGIC = int.from_bytes(protocol.STATUS_MAGIC, "little")
 _FRAME_MAGIC = int.from_bytes(fmt.MAGIC, "little")
 _COUNTERS = [r for r in REGS if r.width == 64]
+
+SIM_CARD = CardConfig(caps=Caps(modes=frozenset(Mode), dtypes=frozenset({DType.FLOAT32}),
+                                stream_bytes=64), buffer_kib=1024)
+"""The card ``actpack.open_device("sim")`` simulates: every mode on float32 (what
+``Policy.auto`` offloads), a 512-bit stream as an XDMA Gen3 x16 core gives, a 1 MiB frame buffer."""
+SIM_PARAMS = {"max_groups": 256, "max_blocks": 16384}
 
 
 def _field(value, offset: int, size: int):

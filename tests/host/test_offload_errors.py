@@ -68,8 +68,6 @@ def test_unknown_device_is_named():
 
 
 def test_devices_that_are_not_there_say_why(tmp_path):
-    with pytest.raises(actpack.DeviceUnavailableError, match=r"'sim'.*not built yet"):
-        actpack.offload(device="sim")
     prefix = tmp_path / "xdma0"  # no card here: its nodes do not exist
     with pytest.raises(actpack.DeviceUnavailableError, match=r"'xdma'.*does not exist"):
         actpack.offload(device=f"xdma:{prefix}")
