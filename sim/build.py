@@ -148,7 +148,7 @@ class SimBuild:
                 hdl_toplevel_lang="verilog",  # a fresh runner knows no sources to infer it from
                 testcase=testcase,
                 seed=seed,
-                extra_env=dict(env or {}),
+                extra_env={**_RUN_ENV, **(env or {})},
                 build_dir=self.directory,
                 test_dir=self.directory,
                 results_xml=str(results),
@@ -165,6 +165,11 @@ class SimBuild:
                 + f"\n--- {log} (tail) ---\n{tail}"
             )
         return results
+
+
+# cocotb has pytest rewrite the asserts of every module imported after its hook, uncached: torch,
+# numpy and numba recompiled at each simulator start (~6 s). The testbenches are test_*.py.
+_RUN_ENV = {"COCOTB_REWRITE_ASSERTION_FILES": "test_*.py"}
 
 
 def _failures(results: Path) -> list[str]:
