@@ -19,6 +19,9 @@ per cycle, which is what bounds the simulation's speed.
   back, one per cycle while ``h2c.ready``; ``valid`` and the payload hold until taken.
 - C2H: ``ready`` is high from reset on; beats are collected into messages at ``tlast`` and kept
   until the host asks for them. A beat that breaks ``hw.axis``'s keep rule marks its message bad.
+- Stalls (``ACTPACK_CARD_STALLS=p``, default 0): each cycle with probability ``p`` the next H2C
+  beat is held back (``valid`` low) and, independently, ``c2h.ready`` is low, from a generator
+  seeded by ``ACTPACK_CARD_SEED``: the card's streams under a DMA engine that pauses.
 - AXI4-Lite master: one access at a time; ``bready``/``rready`` always high; AW and W offered
   together and each dropped once accepted. An access not answered within
   ``BUS_TIMEOUT_CYCLES`` is reported to the host and stays posted (AXI forbids withdrawing it).
@@ -42,6 +45,7 @@ Environment overrides: ``ACTPACK_CARD_POLL_CYCLES``, ``ACTPACK_CARD_ACTIVE_CYCLE
 
 import collections
 import os
+import random
 import select
 import socket
 import time
@@ -73,6 +77,7 @@ PERIOD_NS = 10
 POLL_CYCLES = int(os.environ.get("ACTPACK_CARD_POLL_CYCLES", "16"))
 ACTIVE_CYCLES = int(os.environ.get("ACTPACK_CARD_ACTIVE_CYCLES", "512"))
 IDLE_S = float(os.environ.get("ACTPACK_CARD_IDLE_MS", "10")) / 1000
+STALLS = float(os.environ.get("ACTPACK_CARD_STALLS", "0"))
 BUS_TIMEOUT_CYCLES = 4096
 FULL_WSTRB = 0xF
 
@@ -191,11 +196,17 @@ class CardServer:
         c2h_valid, c2h_payload = dut.c2h__valid, dut.c2h__payload
         bus = self.bus
         next_poll = offering = 0
+        pause = random.Random(int(os.environ.get("ACTPACK_CARD_SEED", "1"))).random
+        c2h_ready = dut.c2h__ready
+        ready = 1
         while True:
             await edge
             # Drive.
+            if STALLS:
+                ready = int(pause() >= STALLS)
+                c2h_ready.value = ready
             if self.offered is None:
-                if self.beats:
+                if self.beats and not (STALLS and pause() < STALLS):
                     self.offered = self.beats.popleft()
                     h2c_payload.value = self.offered
                     if not offering:
@@ -217,7 +228,7 @@ class CardServer:
                 self.stats["h2c_beats"] += 1
                 self.quiet_from = self.cycle + ACTIVE_CYCLES
                 self.streaming_until = self.cycle + POLL_CYCLES
-            if c2h_valid.value:
+            if ready and c2h_valid.value:
                 self._c2h_beat(c2h_payload.value.to_unsigned())
             if bus.busy:
                 done = bus.sample()

@@ -54,6 +54,21 @@ def test_frames_and_tensors_equal_the_software_codec(card, kwargs):
     assert counters["crc_errors"] == 0 and counters["host_rejected"] == 0
 
 
+def test_jobs_with_the_streams_stalled_at_random(verilator):
+    """The DMA engine pauses: H2C beats held back and C2H ready low, each 30 % of the cycles."""
+    dev = actpack.open_device("sim", env={"ACTPACK_CARD_STALLS": "0.3", "ACTPACK_CARD_SEED": "7"})
+    try:
+        t = _tensors()[1]  # NaN and -inf: RAW blocks next to coded ones
+        for kwargs in ({"mode": "dct"}, {"mode": "eb", "error_bound": 1e-2}, {"mode": "sfpr8"},
+                       {"mode": "mask"}):
+            codec = Codec(**kwargs)
+            frame = dev.compress(t, codec)
+            assert bytes(frame) == bytes(codec.compress(t)), kwargs
+            assert _same_bits(dev.decompress(frame), actpack.decompress(frame)), kwargs
+    finally:
+        dev.close()
+
+
 def test_corrupted_frames_are_named_and_counted(card):
     frame = bytes(Codec(mode="sfpr8").compress(torch.randn(2, 3, 16, 16)))
     before = card.counters()["crc_errors"]
