@@ -55,7 +55,7 @@ from .protocol import ErrorCode, Op
 from .regfile import AXI4Lite, RegisterFile
 from .regs import REGS, Caps, CardConfig, field_layout
 
-__all__ = ["SIM_CARD", "SIM_PARAMS", "Card", "CardCore"]
+__all__ = ["SIM_CARD", "SIM_PARAMS", "Card", "CardCore", "card_ports"]
 
 _DESC_BEATS = protocol.DESCRIPTOR_BYTES // BEAT_BYTES
 _SHAPE_BEATS = protocol.SHAPE_BYTES // BEAT_BYTES
@@ -641,6 +641,14 @@ class CardCore(wiring.Component):
         return m
 
 
+def card_ports(stream_bytes: int) -> dict:
+    """The card top's ports, what a PCIe DMA core gives user logic: ``bus`` (AXI4-Lite slave),
+    ``h2c`` / ``c2h`` (AXI4-Stream of ``stream_bytes`` bytes, ``hw.axis``), ``irq``."""
+    layout = axis_layout(stream_bytes)  # validates stream_bytes
+    return {"bus": In(AXI4Lite()), "h2c": In(stream.Signature(layout)),
+            "c2h": Out(stream.Signature(layout)), "irq": Out(1)}
+
+
 class Card(wiring.Component):
     """The card as a PCIe DMA core's user logic: ``bus`` (AXI4-Lite slave, the XDMA core's
     ``M_AXI_LITE``: ``hw.regfile.RegisterFile``), ``h2c`` / ``c2h`` (AXI4-Stream of
@@ -656,13 +664,7 @@ class Card(wiring.Component):
     def __init__(self, *, config=None, max_groups: int = 256, max_blocks: int = 4096):
         self.config = config if config is not None else CardConfig()
         self.max_groups, self.max_blocks = max_groups, max_blocks
-        layout = axis_layout(self.config.caps.stream_bytes)
-        super().__init__({
-            "bus": In(AXI4Lite()),
-            "h2c": In(stream.Signature(layout)),
-            "c2h": Out(stream.Signature(layout)),
-            "irq": Out(1),
-        })
+        super().__init__(card_ports(self.config.caps.stream_bytes))
 
     def elaborate(self, platform):
         m = Module()

@@ -18,11 +18,10 @@ SOFT_RESET and CLEAR_COUNTERS act as the register file defines; nothing else is 
 """
 
 from amaranth.hdl import Module
-from amaranth.lib import fifo, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import fifo, wiring
 
-from ..hw.axis import axis_layout
-from ..hw.regfile import AXI4Lite, RegisterFile
+from ..hw.card import card_ports
+from ..hw.regfile import RegisterFile
 from ..hw.regs import Caps, CardConfig
 
 __all__ = ["LoopbackCard"]
@@ -32,18 +31,13 @@ class LoopbackCard(wiring.Component):
     """The card's ports (``bus``, ``h2c``, ``c2h``, ``irq``) around an H2C -> C2H echo."""
 
     def __init__(self, *, stream_bytes: int = 64, depth: int = 16):
-        layout = axis_layout(stream_bytes)  # validates stream_bytes
+        ports = card_ports(stream_bytes)  # validates stream_bytes
         if depth < 2:
             raise ValueError(f"depth: at least 2 beats, got {depth}")
         self.stream_bytes = stream_bytes
         self.depth = depth
         self.config = CardConfig(caps=Caps(stream_bytes=stream_bytes))
-        super().__init__({
-            "bus": In(AXI4Lite()),
-            "h2c": In(stream.Signature(layout)),
-            "c2h": Out(stream.Signature(layout)),
-            "irq": Out(1),
-        })
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
