@@ -14,11 +14,13 @@
   kernel's own DMA timeout (10 s by default) ends a read with ``ETIMEDOUT``, after which the
   reader posts the next read.
 
-``XdmaEmulator(directory)`` creates stand-ins for those nodes, served by ``CardModel`` in a thread,
-so the transport's real file, buffer and thread logic runs in CI without a card:
+``XdmaEmulator(directory, card=...)`` creates stand-ins for those nodes and serves them in a thread,
+so the transport's real file, buffer and thread logic runs in CI without a card. The card behind
+them (a ``CardBackend``) is ``CardModel`` (``card="model"``, the default) or the card behind any
+other ``Transport``, e.g. the RTL card under Verilator (``host.simcard.SimTransport``):
 
 - ``<prefix>_user`` is a regular file of ``REG_SPACE`` bytes; both sides ``mmap`` it. The
-  emulator polls it (``CardModel.sync``): pulses in CONTROL, W1C writes to IRQ_STATUS and stray
+  emulator polls it (``CardBackend.sync``): pulses in CONTROL, W1C writes to IRQ_STATUS and stray
   writes to RO words are acted on within a poll period. Differences from a real AXI4-Lite slave:
   a host write that leaves a word unchanged is invisible (so writing IRQ_STATUS with exactly its
   current value clears nothing), pulses read 1 until the poll acts on them (a real card clears
@@ -31,7 +33,19 @@ so the transport's real file, buffer and thread logic runs in CI without a card:
   transport then completes them from the message's own length (``tlast_reads=False``).
 - Faults for tests: ``dead`` (nothing answers, registers freeze), ``stall_next`` (the next job is
   taken but never answered until a soft reset), ``corrupt_next`` (flip one bit of the next
-  message at that byte offset).
+  message at that byte offset). The emulator injects them, so they work with either card; a card
+  behind a transport never sees a stalled job (its STATUS.BUSY stays 0, the model's reads 1).
+- A card behind a ``Transport`` (``_TransportCard``): each poll mirrors the host's stores into it
+  (register words that changed: RW words, pulses, IRQ_STATUS as a W1C write) and copies its
+  words back (STATUS, IRQ_STATUS, LAST_TAG, the counters; CONTROL while a pulse is pending).
+  Register accesses there are slow (a simulated bus transaction each, ~4 ms under Verilator), so
+  it reads them only after a host store, after each job (before the answer goes out, so a host
+  that has the answer reads the job's counters) and while a pulse or STATUS.RESETTING is
+  pending; other polls restore the words from the last copy. MAGIC, VERSION, CAPS, CONFIG_HASH
+  and BUFFER_KIB are read once. A job is ``submit`` + ``wait`` + one ``receive`` (the transport
+  must end messages at ``tlast``, as ``SimTransport`` does); a card that fails (``CardError``:
+  no answer within ``job_timeout``, the simulator gone) makes the emulator dead, its error in
+  ``XdmaEmulator.error``. The transport stays the caller's to close, after ``stop``.
 """
 
 from __future__ import annotations
@@ -45,15 +59,17 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from actpack.hw.protocol import DESCRIPTOR_BYTES, Descriptor, ProtocolError
-from actpack.hw.regs import REG_SPACE, CardConfig
+from actpack.hw.regs import REG_SPACE, REGS, Access, CardConfig
 
 from .cardmodel import CardModel
 from .errors import CardError, CardProtocolError, CardTimeoutError, DeviceUnavailableError
 from .transport import Expect, Transport
 
-__all__ = ["XdmaEmulator", "XdmaTransport", "node_paths"]
+__all__ = ["CardBackend", "XdmaEmulator", "XdmaTransport", "node_paths"]
 
 _PAGE = mmap.PAGESIZE
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python >= 3.10 has it on Linux; older lack the name)
@@ -281,16 +297,139 @@ def _word(offset: int) -> int:
     return offset >> 2
 
 
+class CardBackend(Protocol):
+    """The card behind ``XdmaEmulator``: what the emulator calls, from its thread only.
+    ``CardModel`` is one (its words are the shared file); ``_TransportCard`` puts any
+    ``Transport`` behind the same calls."""
+
+    @property
+    def running(self) -> bool:
+        """CONTROL.RUN as the card has it (0: H2C stalls, the emulator reads nothing)."""
+
+    def sync(self) -> None:
+        """Act on the host's stores into the shared words and show the card's own words there."""
+
+    def run_job(self, job: bytes) -> bytes:
+        """One H2C transfer (descriptor .. tlast) in, its C2H message out; the words show the
+        job's effects (STATUS, LAST_TAG, IRQ_STATUS, counters) when it returns."""
+
+    def set_busy(self, busy: bool) -> None:
+        """The emulator holds a job (``stall_next``) or has dropped it."""
+
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when a soft reset drops the job in flight."""
+
+
+# Words the host stores that the card must see (RW, and IRQ_STATUS as a W1C write), words the
+# card changes (read after host stores and jobs), and RO words fixed for a build (read once).
+_HOST_WORDS = [w for r in REGS if r.access is not Access.RO for w in r.words]
+_LIVE_WORDS = [w for r in (REGS.STATUS, REGS.IRQ_STATUS, REGS.LAST_TAG) for w in r.words] + [
+    w for r in REGS if r.width == 64 for w in r.words]
+_FIXED_WORDS = [w for r in REGS if r.access is Access.RO for w in r.words
+                if w not in _LIVE_WORDS]
+
+
+class _TransportCard:
+    """A ``CardBackend`` on the card behind ``transport`` (see the module docstring), with the
+    register words mirrored in ``words`` (the shared file). ``timeout``: seconds a job may take
+    to be taken and to be answered."""
+
+    def __init__(self, transport: Transport, words: memoryview, *, timeout: float):
+        self.transport = transport
+        self.timeout = timeout
+        self._words = words
+        self._hooks: list[Callable[[], None]] = []
+        # The file starts as the card's registers; _seen is the file as the emulator last left
+        # it, so a word that differs from it is a host store.
+        self._seen = {w: transport.reg_read(w) for r in REGS for w in r.words}
+        for off, value in self._seen.items():
+            words[off >> 2] = value
+        self._pending = False  # a pulse or STATUS.RESETTING still to see cleared
+
+    @property
+    def running(self) -> bool:
+        return bool(REGS.CONTROL.RUN.get(self._seen[REGS.CONTROL.offset]))
+
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+
+    def set_busy(self, busy: bool) -> None:
+        pass  # the card never saw the held job: nothing to show
+
+    def sync(self) -> None:
+        if self._mirror() or self._pending:
+            self._pull()
+        else:
+            for off in _LIVE_WORDS + _FIXED_WORDS:  # undo stray stores into card-owned words
+                self._words[off >> 2] = self._seen[off]
+
+    def _mirror(self) -> bool:
+        """Write the host's changed words to the card; True if there were any."""
+        changed = [off for off in _HOST_WORDS if self._words[off >> 2] != self._seen[off]]
+        for off in changed:
+            value = self._seen[off] = self._words[off >> 2]
+            self.transport.reg_write(off, value)
+            if off == REGS.CONTROL.offset and REGS.CONTROL.SOFT_RESET.get(value):
+                self.transport.flush()  # what the aborted job had sent is not the next answer
+                for hook in self._hooks:
+                    hook()
+        return bool(changed)
+
+    def _pull(self) -> None:
+        """Copy the card's changing words into the file; CONTROL too while a pulse is pending
+        (the host waits for it then and stores nothing there; otherwise CONTROL is the host's).
+        CONTROL is read first and written last, so the file never shows a cleared pulse next
+        to a STATUS older than it."""
+        ctl = REGS.CONTROL.offset
+        control = None
+        if self._seen[ctl] & REGS.CONTROL.pulse_mask:
+            control = self.transport.reg_read(ctl)
+        for off in _LIVE_WORDS:
+            self._words[off >> 2] = self._seen[off] = self.transport.reg_read(off)
+        if control is not None:
+            self._words[ctl >> 2] = self._seen[ctl] = control
+        self._pending = bool(self._seen[ctl] & REGS.CONTROL.pulse_mask or
+                             REGS.STATUS.RESETTING.get(self._seen[REGS.STATUS.offset]))
+
+    def run_job(self, job: bytes) -> bytes:
+        # The host stored CONTROL.OP and the TABLE window before it wrote the job: the card
+        # must have them before the job's first beat.
+        if self._mirror():
+            self._pull()
+        t = self.transport
+        t.submit(job)
+        t.wait(self.timeout)
+        out = t.receive(_at_tlast, limit=1 << 62, timeout=self.timeout)
+        self._pull()
+        return out
+
+
+def _at_tlast(data: bytes) -> None:
+    return None  # the transport ends each message at tlast
+
+
 class XdmaEmulator:
-    """Emulated XDMA nodes in ``directory`` served by a ``CardModel`` (see the module docstring).
+    """Emulated XDMA nodes in ``directory`` served by a card (see the module docstring).
 
     ``prefix`` is what ``XdmaTransport`` (or ``actpack.open_device("xdma:" + prefix)``) opens.
-    Use as a context manager, or call ``stop``. ``config``/``magic``/``version`` go to the model.
+    Use as a context manager, or call ``stop``.
+
+    ``card``: ``"model"`` (default) for a ``CardModel`` made here (``config``/``magic``/
+    ``version`` go to it; ``model`` is it), or an open ``Transport`` whose card serves the
+    nodes (``model`` is None; the emulator's thread is the transport's only user until ``stop``,
+    and the caller closes it); ``job_timeout``: seconds a job may take on such a card.
+    ``error``: the ``CardError`` that made a transport's card dead, else None.
     """
 
     def __init__(self, directory, *, name: str = "xdma0", channel: int = 0,
-                 config: CardConfig | None = None, pipe_bytes: int = 1 << 20,
-                 poll_s: float = 0.001, **model_args):
+                 card: str | Transport = "model", config: CardConfig | None = None,
+                 pipe_bytes: int = 1 << 20, poll_s: float = 0.001, job_timeout: float = 600.0,
+                 **model_args):
+        if not (isinstance(card, Transport) or card == "model"):
+            raise ValueError(f"card: 'model' or a Transport, got {card!r}")
+        if isinstance(card, Transport) and (config is not None or model_args):
+            raise ValueError("config, magic, version: for card='model' only (a transport's "
+                             "card has its own)")
         self.prefix = os.path.join(os.fspath(directory), name)
         self.paths = node_paths(self.prefix, channel)
         self.poll_s = poll_s
@@ -298,6 +437,7 @@ class XdmaEmulator:
         self.stall_next = False
         self.corrupt_next: int | None = None
         self.jobs_served = 0
+        self.error: CardError | None = None
         fd = os.open(self.paths["user"], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, REG_SPACE)
@@ -305,8 +445,14 @@ class XdmaEmulator:
         finally:
             os.close(fd)
         self._bytes = memoryview(self._map)
-        self.model = CardModel(config=config, words=self._bytes.cast("I"), **model_args)
-        self.model.on_reset(self._drop_job)
+        self._words = self._bytes.cast("I")
+        self.model: CardModel | None = None
+        self.card: CardBackend
+        if isinstance(card, Transport):
+            self.card = _TransportCard(card, self._words, timeout=job_timeout)
+        else:
+            self.card = self.model = CardModel(config=config, words=self._words, **model_args)
+        self.card.on_reset(self._drop_job)
         for key in ("h2c", "c2h"):
             os.mkfifo(self.paths[key], 0o600)
         # O_RDWR: opening a FIFO never blocks then, and each side always has a peer.
@@ -325,7 +471,7 @@ class XdmaEmulator:
         # Soft reset: the job in flight and its unread input are gone, as on the card.
         self._held = None
         self._inbuf.clear()
-        self.model.set_busy(False)
+        self.card.set_busy(False)
 
     def _serve(self) -> None:
         poller = select.poll()
@@ -334,13 +480,17 @@ class XdmaEmulator:
             if self.dead:
                 time.sleep(self.poll_s)
                 continue
-            self.model.sync()
-            if self._held is not None or not self.model.running:
-                time.sleep(self.poll_s)  # H2C stalls: nothing is read
-                continue
-            if poller.poll(self.poll_s * 1000):
-                self._read_input()
-            self._run_jobs()
+            try:
+                self.card.sync()
+                if self._held is not None or not self.card.running:
+                    time.sleep(self.poll_s)  # H2C stalls: nothing is read
+                    continue
+                if poller.poll(self.poll_s * 1000):
+                    self._read_input()
+                self._run_jobs()
+            except CardError as exc:  # a transport's card failed: it is dead from now on
+                self.error = exc
+                self.dead = True
 
     def _read_input(self) -> None:
         while not self.dead:  # a card that dies stops taking data at once (the tests' fault)
@@ -365,9 +515,9 @@ class XdmaEmulator:
             if self.stall_next:
                 self.stall_next = False
                 self._held = job
-                self.model.set_busy(True)
+                self.card.set_busy(True)
                 return
-            out = bytearray(self.model.run_job(job))
+            out = bytearray(self.card.run_job(job))
             self.jobs_served += 1
             if self.corrupt_next is not None:
                 out[self.corrupt_next % len(out)] ^= 0x10
@@ -395,7 +545,7 @@ class XdmaEmulator:
         self._thread.join()
         os.close(self._h2c)
         os.close(self._c2h)
-        self.model._words.release()
+        self._words.release()
         self._bytes.release()
         self._map.close()
 
