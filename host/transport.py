@@ -3,9 +3,9 @@
 ``Transport`` is what ``actpack.host.card.CardDevice`` is written against: 32-bit register reads
 and writes (``hw.regs.REGS``), one H2C transfer per job (``submit``/``wait``) and one C2H message
 per job (``receive``). Implementations: ``host.xdma.XdmaTransport`` (a PCIe card through the
-Xilinx XDMA character devices, or the emulated nodes of ``host.xdma.XdmaEmulator``) and
-``host.cardmodel.ModelTransport`` (the behavioural card model in-process). The RTL under
-simulation will be a third.
+Xilinx XDMA character devices, or the emulated nodes of ``host.xdma.XdmaEmulator``),
+``host.cardmodel.ModelTransport`` (the behavioural card model in-process) and
+``host.simcard.SimTransport`` (the RTL card under Verilator in a separate process).
 """
 
 from __future__ import annotations
