@@ -156,6 +156,11 @@ class CardCore(wiring.Component):
     def __init__(self, *, config=None, max_groups: int = 256,
                  max_blocks: int = 4096):
         self.config = config if config is not None else CardConfig()
+        if not isinstance(self.config, CardConfig):
+            raise TypeError(f"config: expected a CardConfig, got {type(config).__name__}")
+        for name, value in (("max_groups", max_groups), ("max_blocks", max_blocks)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
         caps = self.config.caps
         if caps.lanes != 1:
             raise ValueError(f"config: caps.lanes {caps.lanes}: the card top has one lane")
