@@ -40,7 +40,6 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import frame as fmt
-from actpack.codec import spec
 from actpack.codec.spec import DType, Mode
 
 from . import protocol
@@ -49,9 +48,10 @@ from .blockcode import BEAT_BYTES, CodeBeat
 from .compressor import Compressor
 from .decompressor import Decompressor
 from .framebuild import SECTION, FrameBuilder
-from .frameparse import _BITS, FrameCheck, FrameParser
+from .frameparse import FrameCheck, FrameParser, param_bad, scale_record_bad
 from .geometry import Geometry, GroupWalker
 from .protocol import ErrorCode, Op
+from .quant import forward_table
 from .regfile import AXI4Lite, RegisterFile
 from .regs import REGS, Caps, CardConfig, field_layout
 
@@ -79,8 +79,7 @@ def _field(value, offset: int, size: int):
 
 def _engines(config: CardConfig):
     """The (mode, dtype) pairs a card build has engines for, in a fixed order."""
-    caps = config.caps
-    return [(m, d) for m, d in itertools.product(sorted(caps.modes), sorted(caps.dtypes))]
+    return list(itertools.product(sorted(config.caps.modes), sorted(config.caps.dtypes)))
 
 
 class _StatusWriter(wiring.Component):
@@ -312,9 +311,7 @@ class CardCore(wiring.Component):
             if p[0] is not Mode.MASK:
                 m.d.comb += dec.blocks.payload.r.eq(parser.blocks.payload.r)
             if p[0] is Mode.DCT:
-                m.d.comb += [dec.table_wr.addr.eq(parser.table_wr.addr),
-                             dec.table_wr.data.eq(parser.table_wr.data),
-                             dec.table_wr.en.eq(parser.table_wr.en)]
+                forward_table(m, parser.table_wr, dec.table_wr)
             with m.If(mine):
                 m.d.comb += [parser.blocks.ready.eq(dec.blocks.ready),
                              parser.beats.ready.eq(dec.data.ready)]
@@ -391,8 +388,7 @@ class CardCore(wiring.Component):
         def end_job():
             """Counters, STATUS, LAST_TAG and IRQ causes of a job that ends with
             ``record_code``."""
-            crc_fault = (record_code == ErrorCode.HEADER_CRC) \
-                | (record_code == ErrorCode.BODY_CRC) \
+            crc_fault = Cat(*[record_code == c for c in ErrorCode if c.is_crc]).any() \
                 | ((record_code == ErrorCode.BAD_DESCRIPTOR) & desc_fault & (detail == 1))
             ok = record_code == ErrorCode.OK
             m.d.comb += [self.frames_inc.eq(ok & (op != Op.NONE)),
@@ -558,16 +554,9 @@ class CardCore(wiring.Component):
                 section = ((ngroups * 8 + 63) >> 6) << 2  # beats of the 64-aligned section
                 with m.If(k == section):
                     m.d.sync += k.eq(0)
-                    magnitude = param[:63]
-                    range_ok = ~param[63] & (magnitude >= _BITS[spec.RANGE_MIN_LIMIT]) \
-                        & (magnitude <= _BITS[spec.RANGE_MAX_LIMIT])
-                    eb_ok = ~param[63] & (magnitude >= _BITS[spec.ERROR_BOUND_RANGE[0]]) \
-                        & (magnitude <= _BITS[spec.ERROR_BOUND_RANGE[1]])
-                    param_ok = Mux(mode == int(Mode.EB), eb_ok,
-                                   Mux(mode == int(Mode.MASK), magnitude == 0, range_ok))
                     with m.If(code != ErrorCode.OK):
                         m.next = "DRAIN"
-                    with m.Elif(~param_ok):
+                    with m.Elif(param_bad(mode, param)):
                         m.d.sync += code.eq(ErrorCode.BAD_DESCRIPTOR)
                         m.next = "DRAIN"
                     with m.Else():
@@ -582,8 +571,7 @@ class CardCore(wiring.Component):
                         for j in range(2):
                             record = self.h2c.payload.data.word_select(j, 64)
                             idx = Cat(Const(j, 1), k)
-                            mant, exp = record[:16], record[16:32].as_signed()
-                            with m.If((idx < ngroups) & (~mant[15] | (exp < -400) | (exp > 400))):
+                            with m.If((idx < ngroups) & scale_record_bad(record)):
                                 fault(ErrorCode.BAD_DESCRIPTOR, idx)
             with m.State("HEADER"):
                 # header template words into the builder, two a beat; the dct table into the

@@ -31,7 +31,8 @@ from .framebuild import SECTION, FrameBeat
 from .geometry import Geometry, GroupWalker
 from .quant import TableWrite
 
-__all__ = ["FrameCheck", "FrameInfo", "FrameParser", "ParsedBlock", "Verdict"]
+__all__ = ["FrameCheck", "FrameInfo", "FrameParser", "ParsedBlock", "Verdict", "param_bad",
+           "scale_record_bad"]
 
 _WORD = 8  # bytes the parser takes (and its CRC steps over) per cycle
 _ENTRIES_PER_WORD = _WORD // 2
@@ -83,6 +84,28 @@ Verdict = data.StructLayout({"errors": unsigned(len(FrameCheck)), "info": unsign
 # binary64 bit patterns: a positive double's order is its bits' order
 _BITS = {v: int.from_bytes(struct.pack("<d", v), "little")
          for v in (spec.RANGE_MIN_LIMIT, spec.RANGE_MAX_LIMIT, *spec.ERROR_BOUND_RANGE)}
+
+
+def scale_record_bad(record):
+    """docs/format.md 10 #11 on the 64 bits of a scale record (an Amaranth value): mantissa
+    outside ``[2**15, 2**16)`` or exponent outside ``[-400, 400]``."""
+    mant, exp = record[:16], record[16:32].as_signed()
+    return ~mant[15] | (exp < -400) | (exp > 400)
+
+
+def param_bad(mode, param):
+    """The range part of docs/format.md 10 #15 on a header's ``param`` (binary64 bits) for frame
+    mode ``mode``: dct/sfpr8 ``range_max`` outside ``[1/16, 64]``, eb error bound outside
+    ``[1e-30, 1e30]``, mask not 0; an unknown mode fails elsewhere (#9), not here."""
+    magnitude = param[:63]
+
+    def outside(lo, hi):
+        return param[63] | (magnitude < _BITS[lo]) | (magnitude > _BITS[hi])
+
+    return Mux((mode == int(Mode.DCT)) | (mode == int(Mode.SFPR8)),
+               outside(spec.RANGE_MIN_LIMIT, spec.RANGE_MAX_LIMIT),
+               Mux(mode == int(Mode.EB), outside(*spec.ERROR_BOUND_RANGE),
+                   (mode == int(Mode.MASK)) & (magnitude != 0)))
 
 
 def _align_words(nbytes, width):
@@ -340,8 +363,7 @@ class FrameParser(wiring.Component):
                 with m.Else():
                     m.d.comb += [take.eq(w_valid), crc_feed.eq(1)]
                     with m.If(take):
-                        mant, exp = word[:16], word[16:32].as_signed()
-                        fail(FrameCheck.SCALE, ~mant[15] | (exp < -400) | (exp > 400))
+                        fail(FrameCheck.SCALE, scale_record_bad(word))
                         with m.If(off < self.max_groups):
                             m.d.comb += [wr.addr.eq(off), wr.data.eq(word[32:]), wr.en.eq(1)]
                         took(FrameCheck.TRUNCATED_HEADER)
@@ -359,15 +381,7 @@ class FrameParser(wiring.Component):
                     groups = Mux(mode == int(Mode.EB), 1,
                                  Mux(mode == int(Mode.MASK), 0, geo.groups))
                     fail(FrameCheck.GROUPS, known_mode & ~geo.overflow & (ngroups != groups))
-                    magnitude = param[:63]
-                    fail(FrameCheck.PARAM, Mux(
-                        (mode == int(Mode.DCT)) | (mode == int(Mode.SFPR8)),
-                        param[63] | (magnitude < _BITS[spec.RANGE_MIN_LIMIT])
-                        | (magnitude > _BITS[spec.RANGE_MAX_LIMIT]),
-                        Mux(mode == int(Mode.EB),
-                            param[63] | (magnitude < _BITS[spec.ERROR_BOUND_RANGE[0]])
-                            | (magnitude > _BITS[spec.ERROR_BOUND_RANGE[1]]),
-                            (mode == int(Mode.MASK)) & (magnitude != 0))))
+                    fail(FrameCheck.PARAM, param_bad(mode, param))
                     words_h = _align_words(h_words * 8 + 4, 64)
                     words_i = _align_words(nblocks * 2, 62)
                     words_p = _align_words(payload_bytes, 62)
