@@ -18,6 +18,7 @@ semantics, no threads): ``actpack.open_device("model")``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import struct
 import threading
@@ -49,7 +50,7 @@ from actpack.hw.regs import CARD_MAGIC, REG_SPACE, REGS, Access, CardConfig, ver
 from .errors import CardProtocolError, CardTimeoutError
 from .transport import Expect, Transport
 
-__all__ = ["BITS", "CardModel", "ModelTransport"]
+__all__ = ["BITS", "CardModel", "ModelTransport", "RecordedJob", "RecordingTransport"]
 
 BITS = {DType.FLOAT32: np.dtype("<u4"), DType.FLOAT16: np.dtype("<u2"),
         DType.BFLOAT16: np.dtype("<u2")}
@@ -379,3 +380,31 @@ class ModelTransport(Transport):
 
     def __repr__(self) -> str:
         return f"ModelTransport({self.model.config})"
+
+
+@dataclasses.dataclass
+class RecordedJob:
+    """One H2C job as the driver sent it, with the CONTROL word and TABLE window (64 bytes) it
+    ran under, and what the caller said it was doing (``RecordingTransport.what``)."""
+
+    data: bytes
+    control: int
+    table: bytes
+    what: str = ""
+
+
+class RecordingTransport(ModelTransport):
+    """A ``ModelTransport`` that keeps every job it is given (``jobs``), so that a driver
+    session can be replayed into another card (the RTL under simulation) and the answers
+    compared with the model's."""
+
+    def __init__(self, model: CardModel | None = None):
+        super().__init__(model)
+        self.jobs: list[RecordedJob] = []
+        self.what = ""  # copied into each job: a label for the caller's next driver call
+
+    def submit(self, data) -> None:
+        control = self.model.reg_read(REGS.CONTROL.offset)
+        table = b"".join(self.model.reg_read(w).to_bytes(4, "little") for w in REGS.TABLE.words)
+        self.jobs.append(RecordedJob(bytes(data), control, table, self.what))
+        super().submit(data)

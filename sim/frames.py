@@ -16,12 +16,23 @@ from actpack.codec import reference
 from actpack.codec.frame import parse_frame
 from actpack.codec.spec import Mode
 
-__all__ = ["BUNDLE", "bundle_prefix", "compressor_bundle", "frame_case", "write_case"]
+__all__ = ["BUNDLE", "bundle_prefix", "code_beats", "compressor_bundle", "frame_case",
+           "write_case"]
 
 # (mode, dtype, lanes) of the shared small build: every dtype's RAW row width and value decoding,
 # and the lane dealing and merging (mask lanes build in seconds; a dct or eb lane takes a minute)
 BUNDLE = (("sfpr8", "float32", 1), ("sfpr8", "float16", 1), ("mask", "float32", 1),
           ("mask", "bfloat16", 1), ("mask", "float32", 2), ("mask", "float32", 4))
+
+
+def code_beats(blob: bytes) -> list[dict]:
+    """``blob`` as ``CodeBeat`` payloads: 16 bytes a beat, the last with its ``count`` and
+    ``last``."""
+    from ..hw.blockcode import BEAT_BYTES
+
+    return [{"data": int.from_bytes(blob[i:i + BEAT_BYTES], "little"),
+             "count": len(blob[i:i + BEAT_BYTES]), "last": int(i + BEAT_BYTES >= len(blob))}
+            for i in range(0, len(blob), BEAT_BYTES)]
 
 
 def bundle_prefix(mode: str, dtype: str, lanes: int) -> str:

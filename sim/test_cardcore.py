@@ -1,7 +1,7 @@
 """cocotb testbench of ``CardCore``: the job protocol on 16-byte beats against the card model.
 
 Jobs come from the real driver: ``CardDevice`` runs compress and decompress on real tensors over
-a ``ModelTransport`` that records every H2C job with the CONTROL word and TABLE window it ran
+a ``RecordingTransport`` that keeps every H2C job with the CONTROL word and TABLE window it ran
 under (``record_jobs``); corrupted and crafted jobs are added to them (a bad descriptor CRC, a
 short job, an unknown op, an op that differs from CONTROL.OP, one beat too many and too few,
 modes and dtypes without an engine, a frame too large for the buffer, corrupted frames). Each job
@@ -32,11 +32,12 @@ from actpack.codec import Codec, reference
 from actpack.codec.frame import _FIXED, parse_frame
 from actpack.codec.spec import DType, Mode, geometry
 from actpack.host.card import CardDevice
-from actpack.host.cardmodel import BITS, CardModel, ModelTransport
+from actpack.host.cardmodel import BITS, CardModel, RecordedJob, RecordingTransport
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat
 from ..hw.protocol import STATUS_BYTES, Descriptor, ErrorCode, Op, ProtocolError, StatusRecord
 from ..hw.regs import REGS, Caps, CardConfig
+from .frames import code_beats
 from .stream import StreamTB, random_pauses
 
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
@@ -44,29 +45,6 @@ CONFIG = CardConfig(caps=Caps(modes=frozenset({Mode.SFPR8, Mode.MASK}),
                               dtypes=frozenset({DType.FLOAT32, DType.FLOAT16}), stream_bytes=16),
                     buffer_kib=32)
 PARAMS = {"max_groups": 64, "max_blocks": 1024}
-
-
-@dataclasses.dataclass
-class Job:
-    data: bytes
-    control: int
-    table: bytes
-    what: str
-
-
-class Recorder(ModelTransport):
-    """A ``ModelTransport`` that records each job with the registers it runs under."""
-
-    def __init__(self, config: CardConfig):
-        super().__init__(CardModel(config=config))
-        self.jobs: list[Job] = []
-        self.what = ""
-
-    def submit(self, data) -> None:
-        control = self.model.reg_read(REGS.CONTROL.offset)
-        table = b"".join(self.model.reg_read(w).to_bytes(4, "little") for w in REGS.TABLE.words)
-        self.jobs.append(Job(bytes(data), control, table, self.what))
-        super().submit(data)
 
 
 def _tensors(rng) -> list[tuple[str, dict, torch.Tensor]]:
@@ -86,8 +64,8 @@ def _tensors(rng) -> list[tuple[str, dict, torch.Tensor]]:
     ]
 
 
-def record_jobs(rng) -> list[Job]:
-    rec = Recorder(CONFIG)
+def record_jobs(rng) -> list[RecordedJob]:
+    rec = RecordingTransport(CardModel(config=CONFIG))
     rec.what = "fence"
     dev = CardDevice(rec)
     frames = []
@@ -107,7 +85,7 @@ def record_jobs(rng) -> list[Job]:
     desc = Descriptor.from_bytes(comp.data)
 
     def crafted(what, data, like=comp):
-        jobs.append(Job(data, like.control, like.table, what))
+        jobs.append(RecordedJob(data, like.control, like.table, what))
 
     def redesc(like, body=None, **changes):
         d = dataclasses.replace(Descriptor.from_bytes(like.data), **changes)
@@ -162,7 +140,7 @@ def _hlen(frame: bytes) -> int:
     return 40 + 8 * ndim + (64 if mode == Mode.DCT else 0) + 8 * ngroups
 
 
-def model_answers(jobs: list[Job]) -> tuple[list[bytes], dict]:
+def model_answers(jobs: list[RecordedJob]) -> tuple[list[bytes], dict]:
     model = CardModel(config=CONFIG)
     out = []
     for job in jobs:
@@ -176,7 +154,7 @@ def model_answers(jobs: list[Job]) -> tuple[list[bytes], dict]:
 # ----------------------------------------------------------------------------- comparisons
 
 
-def _compare(job: Job, got: bytes, want: bytes) -> None:
+def _compare(job: RecordedJob, got: bytes, want: bytes) -> None:
     ctx = f"job {job.what!r}"
     op = Descriptor.from_bytes(job.data).op if _parses(job.data) else None
     if op is Op.COMPRESS and not _is_status(want):
@@ -223,15 +201,6 @@ def _is_status(data: bytes) -> bool:
 # ----------------------------------------------------------------------------- the run
 
 
-def _beats(data: bytes) -> list[dict]:
-    out = []
-    for i in range(0, len(data), BEAT_BYTES):
-        chunk = data[i:i + BEAT_BYTES]
-        out.append({"data": int.from_bytes(chunk, "little"), "count": len(chunk),
-                    "last": int(i + BEAT_BYTES >= len(data))})
-    return out
-
-
 async def _counters(dut, sums: dict):
     ports = {r.name: getattr(dut, f"{r.name.lower()}_inc") for r in REGS if r.width == 64}
     edge, settled = RisingEdge(dut.clk), ReadOnly()
@@ -257,7 +226,7 @@ async def _run(dut, jobs, answers, counts, *, idle: bool, backpressure: bool):
     for n, (job, want) in enumerate(zip(jobs, answers, strict=True)):
         dut.control.value = job.control
         dut.table.value = int.from_bytes(job.table, "little")
-        src.send(_beats(job.data))
+        src.send(code_beats(job.data))
         budget = 3000 + 8 * len(job.data) // BEAT_BYTES + 8 * len(want) // BEAT_BYTES
         got = b""
         while True:

@@ -22,6 +22,7 @@ from actpack.codec.spec import Mode
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.framebuild import FrameBeat
+from .frames import code_beats
 from .stream import StreamTB, random_pauses
 
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
@@ -52,24 +53,15 @@ def _job(kwargs: dict, t: torch.Tensor):
     hlen = (40 + 8 * len(header.shape) + (64 if header.mode is Mode.DCT else 0)
             + 8 * len(header.scales))
     template = dataclasses.replace(header, payload_bytes=0).to_bytes()[:hlen]
-    beats = _beats(template)
+    beats = code_beats(template)
     entries = [{"length": int(e) & 0x7FF, "mb_minus_1": int(e) >> 11 & 7, "kind": int(e) >> 14}
                for e in index]
     payload, code, pos = bytes(payload), [], 0
     for e in entries:
         if e["length"]:
-            code += _beats(payload[pos:pos + e["length"]])
+            code += code_beats(payload[pos:pos + e["length"]])
         pos += e["length"]
     return frame, beats, entries, code
-
-
-def _beats(blob: bytes) -> list[dict]:
-    out = []
-    for i in range(0, len(blob), BEAT_BYTES):
-        chunk = blob[i:i + BEAT_BYTES]
-        out.append({"data": int.from_bytes(chunk, "little"), "count": len(chunk),
-                    "last": int(i + BEAT_BYTES >= len(blob))})
-    return out
 
 
 async def _run(dut, jobs, *, idle: bool, backpressure: bool):

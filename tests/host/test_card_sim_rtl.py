@@ -11,7 +11,7 @@ import torch
 import actpack
 from actpack.codec import Codec
 from actpack.host.card import CardDevice
-from actpack.host.cardmodel import CardModel, ModelTransport
+from actpack.host.cardmodel import CardModel, RecordingTransport
 from actpack.host.errors import CardCapabilityError, CardFrameError
 from actpack.hw.card import SIM_CARD
 from actpack.hw.protocol import Op
@@ -116,15 +116,9 @@ def test_soft_reset_in_the_middle_of_a_job_recovers(card):
 
 def _compress_job(t, codec) -> bytes:
     """The H2C bytes the driver sends for ``compress(t, codec)`` (captured on the card model)."""
-    sent = []
-
-    class Capture(ModelTransport):
-        def submit(self, data) -> None:
-            sent.append(bytes(data))
-            super().submit(data)
-
-    CardDevice(Capture(CardModel(config=SIM_CARD))).compress(t, codec)
-    return sent[-1]
+    rec = RecordingTransport(CardModel(config=SIM_CARD))
+    CardDevice(rec).compress(t, codec)
+    return rec.jobs[-1].data
 
 
 def test_offload_on_the_card_matches_the_software_codec(card):
