@@ -25,10 +25,12 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
   own when the tensor's ``grad_fn`` is a ``ReluBackward0`` node created by the op saving right
   now (its sequence number is the last one autograd handed out). Max pooling's backward reads
   nothing of its input but the shape (it scatters the gradient through the saved indices), so
-  its input is served by the mask too: a ReLU -> max-pool pair stores one bit per value. A save
-  counts as max pooling's when the running module is an ``nn.MaxPool*d`` or
-  ``nn.AdaptiveMaxPool*d`` and the tensor is floating point (the only float tensor those ops
-  save). Nothing else is ever stored as a mask, and a mask never serves an op that reads values.
+  its input is served by the mask too: a ReLU -> max-pool pair stores one bit per value. A float
+  save while an ``nn.MaxPool*d`` or ``nn.AdaptiveMaxPool*d`` runs is a claim until the module
+  returns: it counts as max pooling's only if the node that saved it (autograd's sequence
+  number at the save) is a max-pool node the module's output leads to; a save by another op (a
+  hook's ``x * gate``) gets its values stored and read instead. Nothing else is ever stored as a
+  mask, and a mask never serves an op that reads values.
 - **integers**: pool indices and dropout masks are stored exactly by ``host.lossless``
   (narrowed to the smallest integer type that holds them, bools packed 8 to a byte).
 - **who saves**: the Python frames above the op tell ``torch.utils.checkpoint`` saving the input
@@ -38,9 +40,11 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
   checks shape, dtype and device against the handle and raises ``UnpackMismatchError`` if they
   differ, restores the original strides, then starts decompressing the next ``prefetch`` stored
   tensors in reverse save order, the order backward will want them.
-- A corrupted frame raises ``actpack.FrameError`` naming the layer; a tensor modified in place
-  before it was stored raises ``SavedTensorModifiedError`` (autograd's own check is off while
-  hooks are active).
+- A corrupted frame raises ``actpack.FrameError`` naming the layer; a saved tensor modified in
+  place (directly or through a view, before or after it was stored) raises
+  ``SavedTensorModifiedError`` when backward reads it, as plain autograd raises: autograd's own
+  check is off while hooks are active, so each record keeps a storage-less alias of the
+  tensor's version counter, and tensors passed through untouched keep their version too.
 - CUDA tensors are compressed and restored on the stream they were made on; frames live in
   host memory.
 - Tensors saved during backward (``torch.utils.checkpoint`` recomputation, double backward) are
@@ -67,6 +71,7 @@ from torch.nn.modules.module import (
     register_module_forward_hook,
     register_module_forward_pre_hook,
 )
+from torch.utils._pytree import tree_leaves
 
 from actpack.codec import Codec, Frame
 from actpack.errors import FrameError
@@ -137,10 +142,13 @@ class _ModuleTracker:
     trace they do nothing (``is_compiling``), so they add no side effects to compiled graphs.
     """
 
-    def __init__(self):
+    def __init__(self, on_return=None):
         self._local = threading.local()
         self._handles: list = []
         self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # on_return(claims, output): called with what ``claim`` registered during a module's
+        # forward once it returns (output None when it raised)
+        self._on_return = on_return
 
     def _stack(self) -> list:
         stack = getattr(self._local, "stack", None)
@@ -169,8 +177,33 @@ class _ModuleTracker:
         # A forward that raised skipped inner post hooks: unwind to this module.
         for i in range(len(stack) - 1, -1, -1):
             if stack[i] is module:
+                unwound = stack[i:]
                 del stack[i:]
+                claims = getattr(self._local, "claims", None)
+                if claims:
+                    self._settle(claims, module, unwound, output)
                 break
+
+    def _settle(self, claims: list, module, unwound: list, output) -> None:
+        """Hand the claims of the returned modules to ``on_return``: the module's own with its
+        output, those of inner modules whose forward raised with None."""
+        ended = [(m, c) for m, c in claims if any(m is u for u in unwound)]
+        if not ended:
+            return
+        claims[:] = [(m, c) for m, c in claims if not any(m is u for u in unwound)]
+        own = [c for m, c in ended if m is module]
+        raised = [c for m, c in ended if m is not module]
+        if own:
+            self._on_return(own, output)
+        if raised:
+            self._on_return(raised, None)
+
+    def claim(self, claim) -> None:
+        """Hold ``claim`` until the innermost running module returns (see ``on_return``)."""
+        claims = getattr(self._local, "claims", None)
+        if claims is None:
+            claims = self._local.claims = []
+        claims.append((self._stack()[-1], claim))
 
     def current(self) -> tuple[str, str]:
         """(dotted path of the innermost running module, its class name); ("", "") outside."""
@@ -194,8 +227,45 @@ class _ModuleTracker:
 
 # Modules whose op saves its float input only for its shape: max_pool*d_with_indices and
 # adaptive_max_pool*d scatter the gradient through the indices they also save (derivatives.yaml).
+# A float save inside such a module is only a claim until the module returns: it holds if the
+# node that saved it (by sequence number) is one of the pooling nodes below, not another op the
+# module or a hook ran (a pre-hook's ``x * gate`` reads its values).
 _SHAPE_ONLY_SAVERS = frozenset({"MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d",
                                 "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"})
+_SHAPE_ONLY_NODES = ("MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward",
+                     "AdaptiveMaxPool2DBackward", "AdaptiveMaxPool3DBackward")
+
+
+def _version_alias(t: torch.Tensor) -> torch.Tensor:
+    """A tensor sharing ``t``'s version counter but none of its memory: what is saved can be
+    released and an in-place change to it (or to any view of it) still seen, as plain autograd
+    sees it (``Tensor.data =`` swaps the storage and keeps the counter)."""
+    alias = t.detach()
+    alias.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    return alias
+
+
+def _check_version(label: str, alias: torch.Tensor, version: int) -> None:
+    if alias._version != version:
+        raise SavedTensorModifiedError(
+            f"{label}: modified in place after it was saved for backward (version {version} -> "
+            f"{alias._version}); plain autograd raises here too")
+
+
+def _nodes_since(output, first_seq: int) -> dict[int, object]:
+    """The autograd nodes made since sequence number ``first_seq`` (in this thread) that lead
+    to ``output``, by sequence number: the ops a module ran, walked back from what it returned."""
+    todo = [t.grad_fn for t in tree_leaves(output)
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    found: dict[int, object] = {}
+    while todo and len(found) < 4096:
+        node = todo.pop()
+        seq = node._sequence_nr()
+        if seq < first_seq or seq in found:
+            continue
+        found[seq] = node
+        todo.extend(n for n, _ in node.next_functions if n is not None)
+    return found
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -260,9 +330,9 @@ class _Record:
     the form every other saver reads; either may be None (a ReLU output no other op saved has
     no values; a tensor that is not a ReLU output has no mask)."""
 
-    __slots__ = ("device", "dtype", "freed_at", "info", "key", "mask", "packed_at", "raw_bytes",
-                 "refs", "saved_by", "seq", "shape", "stream", "stride", "values", "version",
-                 "weak")
+    __slots__ = ("alias", "device", "dtype", "freed_at", "info", "key", "mask", "packed_at",
+                 "raw_bytes", "refs", "saved_by", "seq", "shape", "stream", "stride", "values",
+                 "version", "weak")
 
     def __init__(self, seq, key, info, t, packed_at, saver):
         self.seq, self.key, self.info = seq, key, info
@@ -272,6 +342,7 @@ class _Record:
         self.stride = t.stride() if not t.is_contiguous() else None
         self.raw_bytes = t.numel() * t.element_size()
         self.version = t._version
+        self.alias = _version_alias(t)
         self.weak = weakref.ref(t)
         self.saved_by = [saver]
         self.packed_at = packed_at
@@ -300,6 +371,21 @@ class _Record:
     def stored_at(self) -> float | None:
         times = [s.stored_at for s in self.stores()]
         return None if None in times else max(times, default=self.packed_at)
+
+
+class _Passed:
+    """A saved tensor passed through untouched, with the version check autograd skips while
+    hooks are set."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, t: torch.Tensor):
+        self.tensor, self.version = t.detach(), t._version
+
+    def unpack(self) -> torch.Tensor:
+        _check_version(f"a {tuple(self.tensor.shape)} {self.tensor.dtype} tensor saved outside "
+                       "actpack's storage", self.tensor, self.version)
+        return self.tensor
 
 
 class _Handle:
@@ -355,7 +441,7 @@ class OffloadSession:
         self._by_key: dict[tuple, _Record] = {}
         self._history: list[_Record] = []
         self._saves = self._passed = 0
-        self._tracker = _ModuleTracker()
+        self._tracker = _ModuleTracker(on_return=self._shape_only_settled)
         self._hooks: list = []
         self._release_fn = self._release
         self._entered = 0
@@ -393,7 +479,7 @@ class OffloadSession:
                 or t.layout != torch.strided or t.device.type == "meta"):
             with self._lock:
                 self._passed += 1
-            return t.detach()
+            return _Passed(t)
         if self.max_pending_bytes is not None:
             with self._lock:
                 self._drained.wait_for(lambda: self._pending_bytes <= self.max_pending_bytes)
@@ -407,7 +493,8 @@ class OffloadSession:
                 CompileWarning, stacklevel=2)
         layer, module_type = self._tracker.current()
         saver = layer or f"<{module_type or 'top level'}>"
-        # Max pooling saving its input: only the shape is read back (see the module docstring).
+        # Max pooling saving its input: only the shape is read back (see the module docstring);
+        # a claim, checked against the op that saved it when the module returns.
         shape_only = module_type in _SHAPE_ONLY_SAVERS and t.is_floating_point()
         key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t._version)
         with self._lock:
@@ -417,7 +504,10 @@ class OffloadSession:
                     rec.saved_by.append(saver)
                 if not shape_only:
                     self._saved_again(rec, t, context)
-                return _Handle(self, rec, rec.values if rec.values is not None else rec.mask)
+                handle = _Handle(self, rec, rec.values if rec.values is not None else rec.mask)
+                if shape_only:
+                    self._claim_shape_only(handle, t)
+                return handle
         gf = t.grad_fn
         gname = type(gf).__name__ if gf is not None else ""
         # ReLU saving its own output: its node is the one autograd created last.
@@ -442,7 +532,39 @@ class OffloadSession:
                 rec.mask = store
             else:
                 rec.values = store
-            return _Handle(self, rec, store)
+            handle = _Handle(self, rec, store)
+            if shape_only:
+                self._claim_shape_only(handle, t)
+            return handle
+
+    def _claim_shape_only(self, handle: _Handle, t: torch.Tensor) -> None:
+        """``handle`` reads only the shape if the op saving it now (the node autograd made
+        last) turns out to be max pooling's; ``_shape_only_settled`` decides."""
+        self._tracker.claim((handle, t.detach(), _next_sequence_nr() - 1))
+
+    def _shape_only_settled(self, claims: list, output) -> None:
+        """A max-pool module returned: each claim whose saving node is a pooling node stands;
+        the others were saved by an op that reads values (a hook's or the module's own), so
+        their values are stored and their handles read those."""
+        nodes = _nodes_since(output, min(seq for _, _, seq in claims))
+        for handle, t, seq in claims:
+            node = nodes.get(seq)
+            if node is not None and type(node).__name__.startswith(_SHAPE_ONLY_NODES):
+                continue
+            with self._lock:
+                rec = handle.record
+                if rec.freed_at is not None:
+                    continue
+                self._saved_again(rec, t, rec.info.context)
+                old, new = handle.store, rec.values
+                if old is new:
+                    continue
+                if not handle.read:
+                    old.unread -= 1
+                    new.unread += 1
+                handle.store = new
+                if old is rec.mask and old.unread == 0 and not rec.info.mask_only:
+                    self._drop(old)
 
     def _saved_again(self, rec: _Record, t: torch.Tensor, context: str) -> None:
         """Another op saves a stored tensor (lock held). It reads values: a ReLU output stored
@@ -509,10 +631,7 @@ class OffloadSession:
         except Exception as exc:
             error = OffloadError(f"{rec.label}: storing it as {codec!r} failed: {exc}")
             error.__cause__ = exc
-        if error is None and tensor._version != rec.version:
-            error = SavedTensorModifiedError(
-                f"{rec.label}: modified in place after it was saved for backward "
-                f"(version {rec.version} -> {tensor._version}); plain autograd raises here too")
+        # (a change in place while this ran is caught by the version check at unpack)
         with self._lock:
             if store.dropped or rec.freed_at is not None:
                 return
@@ -524,8 +643,8 @@ class OffloadSession:
     # ---------------------------------------------------------------- unpack
 
     def _unpack(self, packed):
-        if isinstance(packed, torch.Tensor):
-            return packed
+        if isinstance(packed, _Passed):
+            return packed.unpack()
         rec = packed.record
         t = self._restore(rec, packed.store)
         with self._lock:
@@ -537,17 +656,12 @@ class OffloadSession:
         return t
 
     def _restore(self, rec: _Record, store: _Store) -> torch.Tensor:
+        _check_version(rec.label, rec.alias, rec.version)
         with self._lock:
             if store.dropped:
                 store = rec.values
             if store.codec is None:
-                tensor = store.tensor
-                if tensor._version != rec.version:
-                    raise SavedTensorModifiedError(
-                        f"{rec.label}: modified in place after it was saved for backward "
-                        f"(version {rec.version} -> {tensor._version}); plain autograd raises "
-                        "here too")
-                return tensor
+                return store.tensor
             future, decoded, store.decoded = store.future, store.decoded, None
         if future is not None:
             with contextlib.suppress(Exception):

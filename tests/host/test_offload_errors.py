@@ -183,3 +183,43 @@ def test_compression_failure_is_an_offload_error_naming_the_layer():
     with actpack.offload(device=Broken()), pytest.raises(actpack.OffloadError,
                                                          match=r"layer '.*link down"):
         (model(x) ** 2).mean().backward()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_in_place_change_after_compression_is_caught(workers):
+    # The frame is made and the tensor released; autograd would still raise, so must offload.
+    x = torch.randn(512, 512, requires_grad=True)
+    w = torch.randn(512, 512, requires_grad=True)
+    with actpack.offload(policy="sfpr8", workers=workers) as session:
+        h = torch.sigmoid(x @ w)  # saves its output
+        session.synchronize()
+        assert session.stats.tensors[-1].mode == "sfpr8"
+        h.mul_(2)
+        with pytest.raises(actpack.SavedTensorModifiedError, match="version 0 -> 1"):
+            h.sum().backward()
+
+
+def test_in_place_change_through_a_view_after_compression_is_caught():
+    # Views share the saved tensor's version counter; the saved tensor object itself is gone.
+    x = torch.randn(512, 512, requires_grad=True)
+    with actpack.offload(policy="sfpr8") as session:
+        h = torch.sigmoid(x)
+        out = h.sum()
+        row = h[3]
+        del h
+        session.synchronize()
+        row.zero_()
+        with pytest.raises(actpack.SavedTensorModifiedError, match="modified in place"):
+            out.backward()
+
+
+def test_in_place_change_of_a_tensor_passed_through_is_caught():
+    # Tensors offload does not store (here: saved during backward, by double backward's first
+    # pass: sin's backward computes cos(h), which saves h) keep autograd's version check.
+    x = torch.randn(300, requires_grad=True)
+    with actpack.offload():
+        h = x * 1
+        (g,) = torch.autograd.grad(h.sin().sum(), h, create_graph=True)  # g = cos(h)
+        h.mul_(2)
+        with pytest.raises(actpack.SavedTensorModifiedError, match="saved outside"):
+            g.sum().backward()

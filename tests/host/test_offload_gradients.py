@@ -171,3 +171,45 @@ def test_backward_after_the_with_block():
     loss.backward()
     for n, p in model.named_parameters():
         assert torch.equal(p.grad, ref[n])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_op_a_hook_runs_inside_a_max_pool_reads_values(workers):
+    # A pre-hook's `x * gate` saves x while the MaxPool module runs; only the pool's own op
+    # reads nothing but the shape, so x must come back with its values (it once came back as a
+    # mask: gate's gradient became whole-number counts). The pool input stays a mask.
+    torch.manual_seed(0)
+    gate = torch.rand(1, 8, 1, 1, requires_grad=True)
+    pool = nn.MaxPool2d(2)
+    pool.register_forward_pre_hook(lambda m, args: (args[0] * gate,))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), pool, nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 4))
+    x = batch()
+
+    def step(session):
+        gate.grad = None
+        got = grads(model, x, session)
+        return {**got, "gate": gate.grad.clone()}
+
+    ref = step(None)
+    session = actpack.offload(policy=MASKS_ONLY, workers=workers)
+    got = step(session)
+    for n in ref:
+        assert torch.equal(got[n], ref[n]), n
+    saved = {(t.op, t.mode) for t in session.stats.tensors if t.layer == "1"}
+    assert ("conv", "keep") in saved  # x, for the gate's product
+    assert any(mode == "mask" for _, mode in saved)  # the product, for the pool
+
+
+def test_a_max_pool_module_that_raises_keeps_its_saves_exact():
+    # The claim of a pool whose forward raised is settled without its output: stored as values.
+    class Failing(nn.MaxPool2d):
+        def forward(self, x):
+            super().forward(x * 1.5)
+            raise RuntimeError("boom")
+
+    pool = Failing(2)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with actpack.offload(policy=MASKS_ONLY) as session, pytest.raises(RuntimeError, match="boom"):
+        pool(x)
+    assert all(t.mode != "mask" for t in session.stats.tensors if t.op != "other")
