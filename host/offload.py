@@ -94,7 +94,7 @@ _graph_task_id = torch._C._current_graph_task_id
 
 
 def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
-            max_pending_bytes: int | None = None) -> OffloadSession:
+            max_pending_bytes: int | str | None = "auto") -> OffloadSession:
     """A session that compresses the tensors autograd saves while it is entered.
 
     ``device``: "ref" (the software codec), a card ("xdma" or "xdma:<node prefix>", see
@@ -106,10 +106,13 @@ def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
     compresses in the saving op's thread and decompresses when backward asks (no overlap, no
     threads: where training already keeps every CPU core busy, threads only compete with it; see
     ``actpack bench offload`` in docs/results.md for measured step times). ``prefetch``: how many
-    stored tensors backward decompresses ahead (with ``workers`` > 0). ``max_pending_bytes``: when
-    set, a save waits while more raw bytes than this are still waiting for compression, which bounds
-    the memory compression in flight holds (``stats.peak_resident_bytes``) at the cost of stalling
-    forward; None never waits.
+    stored tensors backward decompresses ahead (with ``workers`` > 0). ``max_pending_bytes``
+    bounds the raw bytes still waiting for compression (what ``stats.peak_resident_bytes``
+    counts beyond the stored bytes), at the cost of forward waiting for the workers: "auto"
+    (the default) lets a save start while nothing is pending or the pending bytes with it stay
+    within half of what the session holds stored, so the resident peak stays within 1.5x the
+    stored peak plus one tensor; an integer waits while more raw bytes than it are pending;
+    None never waits (the fastest forward, the highest peak).
 
     Enter it around forward and backward (``with offload() as session:``); it can be entered
     again for later steps, and its figures add up. Tensors saved inside it are restored by
@@ -413,16 +416,16 @@ class OffloadSession:
     ``plot()`` describe what it stored."""
 
     def __init__(self, *, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
-                 max_pending_bytes: int | None = None):
+                 max_pending_bytes: int | str | None = "auto"):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers: expected an integer >= 0, got {workers!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch: expected an integer >= 0, got {prefetch!r}")
-        if max_pending_bytes is not None and (isinstance(max_pending_bytes, bool) or not
-                                              isinstance(max_pending_bytes, int)
-                                              or max_pending_bytes < 0):
-            raise ValueError(f"max_pending_bytes: expected an integer >= 0 or None, got "
-                             f"{max_pending_bytes!r}")
+        if max_pending_bytes not in (None, "auto") and (
+                isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int)
+                or max_pending_bytes < 0):
+            raise ValueError(f"max_pending_bytes: expected \"auto\", an integer >= 0 or None, "
+                             f"got {max_pending_bytes!r}")
         self.max_pending_bytes = max_pending_bytes
         self.device: Device = resolve_device(device)
         self.policy = resolve_policy(policy)
@@ -480,9 +483,10 @@ class OffloadSession:
             with self._lock:
                 self._passed += 1
             return _Passed(t)
-        if self.max_pending_bytes is not None:
+        if self.max_pending_bytes is not None and self._pool is not None:
+            nbytes = t.numel() * t.element_size()
             with self._lock:
-                self._drained.wait_for(lambda: self._pending_bytes <= self.max_pending_bytes)
+                self._drained.wait_for(lambda: self._may_start(nbytes))
         context = _saver_context()
         if context == "compiled" and not self._warned_compile:
             self._warned_compile = True
@@ -536,6 +540,17 @@ class OffloadSession:
             if shape_only:
                 self._claim_shape_only(handle, t)
             return handle
+
+    def _may_start(self, nbytes: int) -> bool:
+        """Whether a save of ``nbytes`` raw bytes may start compressing (lock held); see
+        ``max_pending_bytes``."""
+        if self.max_pending_bytes != "auto":
+            return self._pending_bytes <= self.max_pending_bytes
+        if self._pending_bytes == 0:
+            return True
+        stored = sum(s.nbytes for r in self._live.values() for s in r.stores()
+                     if s.stored_at is not None)
+        return 2 * (self._pending_bytes + nbytes) <= stored
 
     def _claim_shape_only(self, handle: _Handle, t: torch.Tensor) -> None:
         """``handle`` reads only the shape if the op saving it now (the node autograd made

@@ -114,8 +114,11 @@ def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "without actpack" in out and "with actpack" in out
-    ratio = float(out.split("saved activations ")[1].split("x smaller")[0])
+    peak = float(out.split("peak of saved activations ")[1].split("x lower")[0])
+    ratio = float(out.split("x lower (")[1].split("x fewer bytes saved")[0])
     assert ratio > 8  # the offload issue's goal for policy "auto" on this CNN
+    # the peak falls less: the largest tensor (relu1's 4 MiB) is resident while it is stored
+    assert 2 < peak < ratio
     assert "relu1" in out and " mask " in out and "lossless" in out  # the per-layer table
     assert "byte for byte" in out and "dct/optH" in out  # the codec section
     for path in (png, tmp_path / "demo-codec.png"):

@@ -1,0 +1,39 @@
+"""One step of small models with BatchNorm, depthwise convs, attention and residuals: every
+parameter's gradient under ``policy="auto"`` against plain autograd's (issue #12's bar:
+cosine >= 0.95 where the gradient is not about 0, relative L2 error of all gradients <= 0.1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actpack import Policy
+from actpack.host.gradcheck import gradient_check
+from actpack.models import GRADIENT_MODELS
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_MODELS))
+def test_auto_keeps_every_gradient(name):
+    model, x = GRADIENT_MODELS[name]()
+    check = gradient_check(model, x, policy="auto")
+    assert len(check.cosines) >= 10
+    assert check.min_cosine >= 0.95, (check.worst, check.min_cosine)
+    assert check.rel_l2 <= 0.1
+    assert check.ratio >= 4  # and it still stores a lot less
+
+
+def test_the_check_sees_what_optH_everywhere_does_to_batchnorm():
+    # JPEG-ACT's optH on every 4-D activation (the old "auto"): a BatchNorm weight behind a
+    # depthwise conv gets a gradient pointing elsewhere. The check must be able to fail.
+    model, x = GRADIENT_MODELS["mobile_net"]()
+    check = gradient_check(model, x, policy=Policy.auto(conv="dct:optH", spatial="dct:optH"))
+    assert check.min_cosine < 0.5 and "expand.1.weight" in check.worst
+
+
+def test_the_check_leaves_the_model_as_it_was():
+    model, x = GRADIENT_MODELS["bn_resnet"]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check = gradient_check(model, x, policy="keep")
+    assert check.rel_l2 == 0.0 and check.min_cosine > 1 - 1e-9  # stored as they are: exact
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
