@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .offload import offload
+from .stats import Stats
 
 __all__ = ["GradientCheck", "gradient_check"]
 
@@ -31,15 +32,22 @@ NEGLIGIBLE = 1e-6
 class GradientCheck:
     """Per-parameter cosine between the offloaded step's gradient and plain autograd's
     (``cosines``; parameters with a negligible or no gradient are left out), the smallest and
-    its parameter, the relative L2 error of all gradients together, and the step's saved bytes
-    (raw and stored)."""
+    its parameter, the relative L2 error of all gradients together, and the offloaded step's
+    ``Stats`` (saved bytes, their peaks)."""
 
     cosines: dict[str, float]
     min_cosine: float
     worst: str
     rel_l2: float
-    raw_bytes: int
-    stored_bytes: int
+    stats: Stats
+
+    @property
+    def raw_bytes(self) -> int:
+        return self.stats.raw_bytes
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.stats.stored_bytes
 
     @property
     def ratio(self) -> float:
@@ -93,7 +101,5 @@ def gradient_check(model: nn.Module, inputs, *, policy="auto", device="ref",
             continue
         cosines[name] = float(torch.dot(r64, g64) / (norm * float(g64.norm()) or math.inf))
     worst = min(cosines, key=cosines.get, default="")
-    stats = session.stats
     return GradientCheck(cosines, cosines.get(worst, 1.0), worst,
-                         math.sqrt(err / total) if total else 0.0,
-                         stats.raw_bytes, stats.stored_bytes)
+                         math.sqrt(err / total) if total else 0.0, session.stats)

@@ -175,4 +175,10 @@ def test_bench_offload_quick(tmp_path):
         assert all(ms > 0 for ms in r["step_ms"].values())
     assert "mask" in rows["ResNet-18"]["modes"] and "lossless" in rows["ResNet-18"]["modes"]
     assert 0 < data["accuracy"]["plain"] <= 1 and 0 < data["accuracy"]["offload"] <= 1
-    assert len(data["targets"]) == 5
+    grads = {g["model"]: g for g in data["gradients"]}
+    assert set(grads) >= {"digits CNN", "ResNet-18", "bn_resnet", "mobile_net", "attention"}
+    for g in grads.values():
+        assert g["parameters"] > 0 and 0 <= g["rel_l2"] < 1 and -1 <= g["min_cosine"] <= 1
+        assert g["peak_raw_bytes"] >= g["peak_resident_bytes"] >= g["peak_stored_bytes"] > 0
+    assert "| bn_resnet |" in text and "min gradient cosine" in text
+    assert len(data["targets"]) == 5 + 2 * len(grads)
