@@ -27,8 +27,16 @@ from collections.abc import Callable
 import numpy as np
 
 from actpack.codec import reference
-from actpack.codec.frame import _FIXED, _SCALE, Header, _check_param, frame_bound, parse_frame
-from actpack.codec.spec import MAX_GROUPS, DType, Mode, Scale, geometry
+from actpack.codec.frame import (
+    _FIXED,
+    _SCALE,
+    Header,
+    _check_param,
+    frame_bound,
+    parse_frame,
+    scale_record,
+)
+from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
 from actpack.errors import FrameError
 from actpack.hw.protocol import (
     DESCRIPTOR_BYTES,
@@ -275,11 +283,11 @@ class CardModel:
         records = body[SHAPE_BYTES : SHAPE_BYTES + SCALE_RECORD_BYTES * d.ngroups]
         scales = []
         for i in range(d.ngroups):
-            m, e, r = _SCALE.unpack_from(records, SCALE_RECORD_BYTES * i)
-            if not (1 << 15) <= m < (1 << 16) or not -400 <= e <= 400 or (
-                    np.float32(r) != Scale(m, e).inverse):
-                raise _Reject(ErrorCode.BAD_DESCRIPTOR, i)
-            scales.append(Scale(m, e))
+            try:
+                scales.append(scale_record(i, *_SCALE.unpack_from(records,
+                                                                  SCALE_RECORD_BYTES * i)))
+            except FrameError:
+                raise _Reject(ErrorCode.BAD_DESCRIPTOR, i) from None
         try:
             _check_param(mode, d.param, scales)
         except FrameError:

@@ -28,7 +28,7 @@ from actpack.codec.spec import DType, Mode
 
 from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from .framebuild import SECTION, FrameBeat
-from .geometry import Geometry, GroupWalker
+from .geometry import ElementCount, Geometry, GroupWalker
 from .quant import TableWrite
 
 __all__ = ["FrameCheck", "FrameInfo", "FrameParser", "ParsedBlock", "Verdict", "param_bad",
@@ -54,20 +54,21 @@ class FrameCheck(enum.IntEnum):
     HEADER_CRC = 6  # 8
     HEADER_PADDING = 7  # 8a
     MODE_DTYPE = 8  # 9
-    TABLE_ZERO = 9  # 10
-    SCALE = 10  # 11 (12, the float32 inverse, is the host's)
-    NBLOCKS = 11  # 13
-    GROUPS = 12  # 14
-    PARAM = 13  # 15: the ranges of range_max, the error bound, a mask frame's 0
-    TRUNCATED = 14  # 16
-    TRAILING = 15  # 17
-    TRAILER_RESERVED = 16  # 17a
-    BODY_CRC = 17  # 18
-    LENGTH = 18  # 19
-    STATUS = 19  # 20
-    INDEX_ENTRY = 20  # 21
-    INDEX_SUM = 21  # 22
-    CAPACITY = 22  # more blocks or groups than this parser holds (not a format error)
+    NUMEL = 9  # 9a: more elements than spec.MAX_NUMEL, zero dims counted as 1
+    TABLE_ZERO = 10  # 10
+    SCALE = 11  # 11 (12, the float32 inverse, is the host's)
+    NBLOCKS = 12  # 13
+    GROUPS = 13  # 14
+    PARAM = 14  # 15: the ranges of range_max, the error bound, a mask frame's 0
+    TRUNCATED = 15  # 16
+    TRAILING = 16  # 17
+    TRAILER_RESERVED = 17  # 17a
+    BODY_CRC = 18  # 18
+    LENGTH = 19  # 19
+    STATUS = 20  # 20
+    INDEX_ENTRY = 21  # 21
+    INDEX_SUM = 22  # 22
+    CAPACITY = 23  # more blocks or groups than this parser holds (not a format error)
 
 
 FrameInfo = data.StructLayout({"mode": unsigned(8), "dtype": unsigned(8), "nblocks": unsigned(32)})
@@ -88,9 +89,11 @@ _BITS = {v: int.from_bytes(struct.pack("<d", v), "little")
 
 def scale_record_bad(record):
     """docs/format.md 10 #11 on the 64 bits of a scale record (an Amaranth value): mantissa
-    outside ``[2**15, 2**16)`` or exponent outside ``[-400, 400]``."""
+    outside ``[2**15, 2**16)`` or exponent outside ``spec.SCALE_EXP_RANGE`` (the exponents
+    encoders write; they keep the float32 inverse finite)."""
     mant, exp = record[:16], record[16:32].as_signed()
-    return ~mant[15] | (exp < -400) | (exp > 400)
+    lo, hi = spec.SCALE_EXP_RANGE
+    return ~mant[15] | (exp < lo) | (exp > hi)
 
 
 def param_bad(mode, param):
@@ -138,8 +141,9 @@ class FrameParser(wiring.Component):
 
     Throughput: one 8-byte word a cycle on the input (two cycles a beat) in every section,
     header table words take 8 cycles (one table entry a cycle); out, one beat a cycle while the
-    buffered bytes last. Per frame: about 10 cycles of section changes, the ``Geometry``
-    arithmetic if it outlasts the header, and one cycle to hand over the verdict.
+    buffered bytes last. Per frame: about 10 cycles of section changes, the ``Geometry`` and
+    ``ElementCount`` arithmetic if it outlasts the header (82 cycles; 93 and 106 for ranks 7
+    and 8), and one cycle to hand over the verdict.
     Capacity: ``max_blocks`` index entries and ``max_groups`` scale records (memories sized at
     elaboration); a larger frame is read to ``last`` and flagged ``CAPACITY``.
     """
@@ -172,6 +176,7 @@ class FrameParser(wiring.Component):
         rr = mem_r.read_port(domain="comb")
         m.submodules.geo = geo = Geometry(count_bits=32)
         m.submodules.walker = walker = GroupWalker(count_bits=32)
+        m.submodules.numel = numel = ElementCount(count_bits=spec.NUMEL_BITS)
         m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
 
         # ------------------------------------------------------------ words out of beats
@@ -222,7 +227,8 @@ class FrameParser(wiring.Component):
 
         is_dct = mode == int(Mode.DCT)
         itemsize = Mux(dtype == int(DType.FLOAT32), 4, 2)
-        m.d.comb += [geo.shape.eq(shape), geo.ndim.eq(ndim)]
+        m.d.comb += [geo.shape.eq(shape), geo.ndim.eq(ndim), numel.shape.eq(shape),
+                     numel.ndim.eq(ndim)]
 
         # ------------------------------------------------------------ realigner + emitters
         acc = Signal(8 * _ACC_BYTES)  # payload bytes not yet in a beat: the low ``fill``
@@ -333,7 +339,8 @@ class FrameParser(wiring.Component):
                         m.next = "VERDICT"
             with m.State("SHAPE"):
                 with m.If(off == ndim):
-                    m.d.comb += geo.start.eq(1)  # shape and ndim hold until the verdict
+                    # shape and ndim hold until the verdict
+                    m.d.comb += [geo.start.eq(1), numel.start.eq(1)]
                     m.d.sync += [off.eq(0),
                                  h_words.eq(_FIXED_WORDS + ndim + Mux(is_dct, 8, 0) + ngroups)]
                     m.next = "TABLE"
@@ -370,12 +377,13 @@ class FrameParser(wiring.Component):
             with m.State("HCRC"):
                 # the CRC word: the header's checks that need it all are made here, once the
                 # geometry is known
-                m.d.comb += take.eq(w_valid & geo.done)
+                m.d.comb += take.eq(w_valid & geo.done & numel.done)
                 with m.If(take):
                     fail(FrameCheck.HEADER_CRC, word[:32] != crc.crc)
                     fail(FrameCheck.HEADER_PADDING, word[32:] != 0)
                     known_mode = (mode >= 1) & (mode <= 4)
                     fail(FrameCheck.MODE_DTYPE, ~known_mode | (dtype < 1) | (dtype > 3))
+                    fail(FrameCheck.NUMEL, numel.overflow)
                     fail(FrameCheck.CAPACITY, geo.overflow)
                     fail(FrameCheck.NBLOCKS, ~geo.overflow & (nblocks != geo.nblocks))
                     groups = Mux(mode == int(Mode.EB), 1,

@@ -33,7 +33,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from actpack.codec import Codec, reference
 from actpack.codec.frame import FrameError, crc32c_of, parse_frame
-from actpack.codec.spec import Mode
+from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, Mode, Scale
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat
 from ..hw.framebuild import FrameBeat
@@ -54,6 +54,7 @@ CHECK_OF_MESSAGE = (
     ("header CRC mismatch", FrameCheck.HEADER_CRC),
     ("corrupted header: nonzero padding", FrameCheck.HEADER_PADDING),
     ("corrupted header: mode", FrameCheck.MODE_DTYPE),
+    ("corrupted header: shape", FrameCheck.NUMEL),
     ("corrupted header: quantization table", FrameCheck.TABLE_ZERO),
     ("corrupted header: scale", FrameCheck.SCALE),
     ("corrupted header: range_max", FrameCheck.PARAM),
@@ -192,6 +193,16 @@ def _corrupted(base: list[bytes]) -> list[tuple[bytes, bytes]]:
     for f, b in ((dct[:64], dct), (_rehead(dct, 40 + 8 * 4 + 5, "<B", 0), dct),
                  (_rehead(eb, 32, "<d", 1e31), eb), (_rehead(mask, 32, "<d", 1.0), mask)):
         pairs[out.index(f)] = (f, b)
+    # issue #11: the ends of the scale exponents encoders write, and one beyond each (below,
+    # the inverse is +inf), with the inverse that matches; the element count of a shape, zero
+    # dims counted as 1: an empty (0, 5) tensor with a huge dim, and a nonempty one
+    lo, hi = SCALE_EXP_RANGE
+    with np.errstate(over="ignore"):
+        records = [(1 << 15, e, float(Scale(1 << 15, e).inverse)) for e in (lo - 1, lo, hi, hi + 1)]
+    pairs += [(_rehead(sfpr, scales_at, "<Hhf", *r), sfpr) for r in records]
+    empty = base[5]
+    pairs += [(_rehead(empty, 48, "<Q", d), empty) for d in (1 << 63, MAX_NUMEL, MAX_NUMEL + 1)]
+    pairs.append((_rehead(sfpr, 40, "<Q", 1 << 47), sfpr))  # 2**47 x 3 x 20 x 21
     big = _compress({"mode": "sfpr8"}, torch.ones(2, 4, 8 * 16, 8 * 16))  # 2048 blocks
     pairs.append((big, big))
     return pairs

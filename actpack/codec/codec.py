@@ -13,10 +13,12 @@ from actpack.codec.frame import Header, parse_frame
 from actpack.codec.spec import (
     ERROR_BOUND_RANGE,
     MAX_GROUPS,
+    MAX_NUMEL,
     RANGE_MAX_LIMIT,
     RANGE_MIN_LIMIT,
     DType,
     Mode,
+    nonzero_numel,
 )
 from actpack.codec.tables import resolve_table
 from actpack.errors import FrameError
@@ -177,6 +179,9 @@ class Codec:
         if header.geometry.groups > MAX_GROUPS:
             raise ValueError(f"t: shape {tuple(t.shape)} has {header.geometry.groups} scale "
                              f"groups; a frame carries at most {MAX_GROUPS}")
+        if nonzero_numel(header.shape) > MAX_NUMEL:
+            raise ValueError(f"t: shape {tuple(t.shape)} has more than {MAX_NUMEL} elements "
+                             "(zero dims counted as 1), more than a frame carries")
         t = t.detach()
         if self.backend == "numpy":
             bits = t.contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()

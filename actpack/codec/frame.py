@@ -22,14 +22,17 @@ import numpy as np
 from actpack.codec.spec import (
     ERROR_BOUND_RANGE,
     MAX_GROUPS,
+    MAX_NUMEL,
     RANGE_MAX_LIMIT,
     RANGE_MIN_LIMIT,
+    SCALE_EXP_RANGE,
     DType,
     Geometry,
     Mode,
     Scale,
     eb_scale_range,
     geometry,
+    nonzero_numel,
 )
 from actpack.errors import FrameError
 
@@ -46,6 +49,7 @@ __all__ = [
     "frame_bound",
     "pack_index",
     "parse_frame",
+    "scale_record",
     "unpack_index",
 ]
 
@@ -215,6 +219,9 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     except ValueError:
         _fail(f"corrupted header: mode {mode} / dtype {dtype} unknown")
     shape = struct.unpack_from(f"<{ndim}Q", mv, _FIXED.size)
+    if nonzero_numel(shape) > MAX_NUMEL:
+        _fail(f"corrupted header: shape {shape} has more than {MAX_NUMEL} elements "
+              "(zero dims counted as 1)")
     pos = _FIXED.size + 8 * ndim
     table = None
     if mode is Mode.DCT:
@@ -222,15 +229,8 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
         pos += 64
         if np.any(table == 0):
             _fail("corrupted header: quantization table has a zero entry")
-    scales = []
-    for i in range(ngroups):
-        m, e, inv = _SCALE.unpack_from(mv, pos + _SCALE.size * i)
-        if not (1 << 15) <= m < (1 << 16) or not -400 <= e <= 400:
-            _fail(f"corrupted header: scale {i} is {m} * 2**{e}")
-        s = Scale(m, e)
-        if np.float32(inv) != s.inverse:
-            _fail(f"corrupted header: scale {i} inverse does not match its mantissa and exponent")
-        scales.append(s)
+    scales = [scale_record(i, *_SCALE.unpack_from(mv, pos + _SCALE.size * i))
+              for i in range(ngroups)]
     header = Header(mode, dtype, tuple(shape), param, table_id, table_arg, table, tuple(scales),
                     payload_bytes)
     geo = header.geometry
@@ -260,6 +260,20 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     _check_index(header, index)
     pay = mv[head_total + idx_len : head_total + idx_len + payload_bytes]
     return header, index, pay
+
+
+def scale_record(i: int, mantissa: int, exponent: int, inverse: float) -> Scale:
+    """Scale record ``i`` as a ``Scale`` (docs/format.md 10 #11, #12): a mantissa in
+    ``[2**15, 2**16)``, an exponent an encoder writes (``SCALE_EXP_RANGE``, so the inverse is
+    finite) and the inverse that belongs to them; else ``FrameError``."""
+    lo, hi = SCALE_EXP_RANGE
+    if not (1 << 15) <= mantissa < (1 << 16) or not lo <= exponent <= hi:
+        _fail(f"corrupted header: scale {i} is {mantissa} * 2**{exponent}, outside "
+              f"[2**15, 2**16) * 2**[{lo}, {hi}]")
+    s = Scale(mantissa, exponent)
+    if np.float32(inverse) != s.inverse:
+        _fail(f"corrupted header: scale {i} inverse does not match its mantissa and exponent")
+    return s
 
 
 def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:

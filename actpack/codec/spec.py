@@ -22,8 +22,11 @@ __all__ = [
     "IDCT_SHIFT_1",
     "IDCT_SHIFT_2",
     "MAX_GROUPS",
+    "MAX_NUMEL",
+    "NUMEL_BITS",
     "RANGE_MAX_LIMIT",
     "RANGE_MIN_LIMIT",
+    "SCALE_EXP_RANGE",
     "SFPR_FRAC_BITS",
     "SFPR_MAX",
     "WIDTH_MAX",
@@ -35,6 +38,7 @@ __all__ = [
     "eb_scale_range",
     "geometry",
     "half_ulp",
+    "nonzero_numel",
     "sfpr_scales",
 ]
 
@@ -57,6 +61,11 @@ IDCT_SHIFT_1 = 8
 IDCT_SHIFT_2 = 16
 DCT_COEF_MAX = 2047  # dequantized coefficients saturate to +-2047 in the decoder (12-bit signed)
 MAX_GROUPS = 1 << 24  # scale groups a frame may carry
+# A frame's shape holds fewer than 2**NUMEL_BITS elements, zero dims counted as 1 (nonzero_numel):
+# 1 PiB of float32, beyond any memory, yet it bounds the dims of an empty tensor too, whose
+# other dims would otherwise be unbounded u64s that numpy and torch refuse differently.
+NUMEL_BITS = 48
+MAX_NUMEL = (1 << NUMEL_BITS) - 1
 
 # Error-bounded mode: pre-quantized integers saturate here; a saturated block is stored raw.
 EB_Q_SAT = 1 << 15
@@ -112,6 +121,11 @@ class DType(enum.IntEnum):
             DType.FLOAT16: 65504.0,
             DType.BFLOAT16: float.fromhex("0x1.fe00000000000p+127"),
         }[self]
+
+
+def nonzero_numel(shape) -> int:
+    """The element count of ``shape`` with zero dims counted as 1: what ``MAX_NUMEL`` bounds."""
+    return math.prod(max(int(d), 1) for d in shape)
 
 
 @dataclass(frozen=True)
@@ -278,3 +292,26 @@ def eb_scale_range(error_bound: float) -> tuple[float, float]:
     """Smallest and largest scale value ``eb_scale`` can give for ``error_bound`` (a reader's
     check of a frame's eb scale)."""
     return eb_scale(error_bound).value, _encode_scale(1.0 / error_bound, round_up=True).value
+
+
+def _scale_exp_range() -> tuple[int, int]:
+    # The encoders' extreme scales (sfpr_scales falls with max|x| and rises with range_max,
+    # eb_scale falls with the error bound): max|x| from the largest finite float32 to its
+    # smallest subnormal, range_max and the error bound over their accepted ranges.
+    f32 = np.finfo(np.float32)
+    lo_eb, hi_eb = ERROR_BOUND_RANGE
+    extremes = [
+        _UNIT,
+        *sfpr_scales(np.array([f32.max]), RANGE_MIN_LIMIT),
+        *sfpr_scales(np.array([f32.smallest_subnormal]), RANGE_MAX_LIMIT),
+        eb_scale(hi_eb),
+        _encode_scale(1.0 / lo_eb, round_up=True),  # eb_scale_range(lo_eb)'s upper end
+    ]
+    return min(s.exponent for s in extremes), max(s.exponent for s in extremes)
+
+
+# The exponents an encoder writes, and so the ones a reader accepts (docs/format.md 10 #11).
+# The smallest scale, max|x| = float32 max at range_max 1/16, still has a finite float32 inverse
+# (RANGE_MIN_LIMIT's reason), so every accepted record decodes a zero symbol to a finite 0; the
+# largest ones (a subnormal max|x|) have an inverse that rounds to 0, which decodes finite too.
+SCALE_EXP_RANGE = _scale_exp_range()

@@ -10,30 +10,45 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
+import struct
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import strategies as st
 
 import actpack
 from actpack.codec import torchpath
+from actpack.codec.frame import crc32c_of
 from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT
+from actpack.errors import FrameError
 
 __all__ = [
+    "DECODERS",
     "DTYPES",
+    "FIXED",
     "INT_OF",
     "MODES",
     "NAMED",
+    "OFF_MODE",
+    "OFF_NDIM",
+    "OFF_NGROUPS",
+    "OFF_VERSION",
     "SPECIALS",
+    "Layout",
+    "assert_backends_agree",
+    "assert_rejected",
     "bits",
     "codec_cases",
     "codec_kwargs",
     "compress_all",
     "compress_eager",
+    "decode",
     "decompress_eager",
     "load_local",
     "max_finite_abs",
+    "reseal",
     "tensors",
 ]
 
@@ -281,3 +296,80 @@ def compress_all(kw: dict, t: torch.Tensor) -> tuple[actpack.Frame, actpack.Fram
     fn = actpack.Codec(**kw, backend="numpy").compress(t)
     ft = actpack.Codec(**kw, backend="torch").compress(t)
     return fn, ft, compress_eager(kw, t)
+
+
+# ----------------------------------------------------------------------------- frames and decoders
+
+DECODERS = ("numpy", "torch", "eager")  # the default backend is "torch"
+
+# Byte offsets of the fixed header fields (struct "<4sHBBBBBBIQQd", see frame.Header.to_bytes).
+OFF_VERSION, OFF_MODE, OFF_NDIM, OFF_NGROUPS = 4, 6, 8, 12
+FIXED = 40
+
+
+class Layout:
+    """Where a frame's sections are (mirrors frame.parse_frame)."""
+
+    def __init__(self, buf: bytes):
+        ndim, mode = buf[OFF_NDIM], buf[OFF_MODE]
+        (ngroups,) = struct.unpack_from("<I", buf, OFF_NGROUPS)
+        self.head_len = FIXED + 8 * ndim + (64 if mode == 1 else 0) + 8 * ngroups
+        self.head_total = -(-(self.head_len + 4) // 64) * 64
+        self.total = len(buf)
+        self.trailer = self.total - 64
+        (nblocks,) = struct.unpack_from("<Q", buf, 16)
+        self.index_end = self.head_total + 2 * nblocks
+        self.payload = self.head_total + -(-2 * nblocks // 64) * 64
+        (payload_bytes,) = struct.unpack_from("<Q", buf, 24)
+        self.payload_end = self.payload + payload_bytes
+
+    def checked_bytes(self) -> list[int]:
+        """Bytes a CRC, a length or the status word covers."""
+        return [*range(self.head_len + 4), *range(self.head_total, self.trailer + 16)]
+
+    def padding_bytes(self) -> list[int]:
+        """Zero padding after the header CRC and after the trailer's fields."""
+        return [*range(self.head_len + 4, self.head_total), *range(self.trailer + 16, self.total)]
+
+
+def reseal(buf: bytearray) -> bytes:
+    """Recompute the header CRC and the body CRC, so that a mutation reaches the decoders."""
+    lay = Layout(bytes(buf))
+    struct.pack_into("<I", buf, lay.head_len, crc32c_of(bytes(buf[: lay.head_len])))
+    struct.pack_into("<I", buf, lay.trailer, crc32c_of(bytes(buf[lay.head_total : lay.trailer])))
+    return bytes(buf)
+
+
+def decode(data: bytes, backend: str) -> torch.Tensor:
+    if backend == "eager":  # the torch path's tensor ops (CUDA's decoder), forced on CPU
+        return decompress_eager(data)
+    return actpack.decompress(data, backend=backend)
+
+
+def _outcome(data: bytes, backend: str):
+    """("error", message) for a FrameError, ("ok", bits) for a tensor; anything else fails."""
+    try:
+        t = decode(data, backend)
+    except FrameError as exc:
+        return "error", str(exc)
+    return "ok", bits(t)
+
+
+def assert_rejected(data: bytes, match: str | None = None) -> None:
+    for backend in DECODERS:
+        with pytest.raises(FrameError, match=match):
+            decode(data, backend)
+
+
+def assert_backends_agree(data: bytes) -> str:
+    """All decoders raise FrameError, or all return the same bits. Returns which."""
+    outcomes = {backend: _outcome(data, backend) for backend in DECODERS}
+    kinds = {k for k, _ in outcomes.values()}
+    assert len(kinds) == 1, {b: (k, v if k == "error" else "tensor") for b, (k, v) in
+                             outcomes.items()}
+    kind = kinds.pop()
+    if kind == "ok":
+        ref = outcomes["numpy"][1]
+        for _, v in outcomes.values():
+            assert torch.equal(v, ref)
+    return kind

@@ -5,30 +5,34 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
 
 import numpy as np
 import pytest
 import torch
-from codec_testlib import bits, decompress_eager
+from codec_testlib import (
+    OFF_NGROUPS,
+    OFF_VERSION,
+    Layout,
+    assert_backends_agree,
+    assert_rejected,
+    bits,
+    reseal,
+)
 
 import actpack
 from actpack import FrameError
-from actpack.codec.frame import VERSION, crc32c_of
+from actpack.codec.frame import VERSION, Header, build_frame, parse_frame
+from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, DType, Mode, Scale
 
 BACKENDS = ("numpy", "torch")
-DECODERS = ("numpy", "torch", "eager")
 CONFIGS = {
     "dct": {"mode": "dct", "table": "optL"},
     "eb": {"mode": "eb", "error_bound": 0.01},
     "sfpr8": {"mode": "sfpr8"},
     "mask": {"mode": "mask"},
 }
-
-# Byte offsets of the fixed header fields (struct "<4sHBBBBBBIQQd", see frame.Header.to_bytes).
-OFF_VERSION, OFF_MODE, OFF_NDIM, OFF_NGROUPS = 4, 6, 8, 12
-FIXED = 40
-
 
 def _tensor(dtype=torch.float32) -> torch.Tensor:
     """Two batches, two channels, 9 x 11 planes: zero, coded and raw blocks in one frame."""
@@ -41,74 +45,6 @@ def _tensor(dtype=torch.float32) -> torch.Tensor:
 
 def _frame(mode: str, dtype=torch.float32) -> bytes:
     return bytes(actpack.Codec(**CONFIGS[mode]).compress(_tensor(dtype)))
-
-
-class Layout:
-    """Where a frame's sections are (mirrors frame.parse_frame)."""
-
-    def __init__(self, buf: bytes):
-        ndim, mode = buf[OFF_NDIM], buf[OFF_MODE]
-        (ngroups,) = struct.unpack_from("<I", buf, OFF_NGROUPS)
-        self.head_len = FIXED + 8 * ndim + (64 if mode == 1 else 0) + 8 * ngroups
-        self.head_total = -(-(self.head_len + 4) // 64) * 64
-        self.total = len(buf)
-        self.trailer = self.total - 64
-        (nblocks,) = struct.unpack_from("<Q", buf, 16)
-        self.index_end = self.head_total + 2 * nblocks
-        self.payload = self.head_total + -(-2 * nblocks // 64) * 64
-        (payload_bytes,) = struct.unpack_from("<Q", buf, 24)
-        self.payload_end = self.payload + payload_bytes
-
-    def checked_bytes(self) -> list[int]:
-        """Bytes a CRC, a length or the status word covers."""
-        return [*range(self.head_len + 4), *range(self.head_total, self.trailer + 16)]
-
-    def padding_bytes(self) -> list[int]:
-        """Zero padding after the header CRC and after the trailer's fields."""
-        return [*range(self.head_len + 4, self.head_total), *range(self.trailer + 16, self.total)]
-
-
-def reseal(buf: bytearray) -> bytes:
-    """Recompute the header CRC and the body CRC, so that a mutation reaches the decoders."""
-    lay = Layout(bytes(buf))
-    struct.pack_into("<I", buf, lay.head_len, crc32c_of(bytes(buf[: lay.head_len])))
-    struct.pack_into("<I", buf, lay.trailer, crc32c_of(bytes(buf[lay.head_total : lay.trailer])))
-    return bytes(buf)
-
-
-def _decode(data: bytes, backend: str) -> torch.Tensor:
-    if backend == "eager":  # the torch path's tensor ops (CUDA's decoder), forced on CPU
-        return decompress_eager(data)
-    return actpack.decompress(data, backend=backend)
-
-
-def _outcome(data: bytes, backend: str):
-    """("error", message) for a FrameError, ("ok", bits) for a tensor; anything else fails."""
-    try:
-        t = _decode(data, backend)
-    except FrameError as exc:
-        return "error", str(exc)
-    return "ok", bits(t)
-
-
-def assert_rejected(data: bytes, match: str | None = None) -> None:
-    for backend in DECODERS:
-        with pytest.raises(FrameError, match=match):
-            _decode(data, backend)
-
-
-def assert_backends_agree(data: bytes) -> str:
-    """All decoders raise FrameError, or all return the same bits. Returns which."""
-    outcomes = {backend: _outcome(data, backend) for backend in DECODERS}
-    kinds = {k for k, _ in outcomes.values()}
-    assert len(kinds) == 1, {b: (k, v if k == "error" else "tensor") for b, (k, v) in
-                             outcomes.items()}
-    kind = kinds.pop()
-    if kind == "ok":
-        ref = outcomes["numpy"][1]
-        for _, v in outcomes.values():
-            assert torch.equal(v, ref)
-    return kind
 
 
 # ----------------------------------------------------------------------------- corrupted frames
@@ -273,6 +209,73 @@ def test_resealed_header_mutations_are_rejected_or_agree(mode):
             assert_rejected(bytes(m))
             continue
         assert_backends_agree(sealed)
+
+
+# Issue #11: frames that passed parse_frame, then failed in the decoders with other exceptions
+# (an empty tensor with a 2**63 dim) or decoded ZERO blocks to 0 * inf = NaN (2**15 * 2**-400).
+EMPTY_HUGE_DIM = bytes.fromhex(  # mask, float32, shape (0, 2**63)
+    "41435450010004010200000000000000000000000000000000000000000000000000000000000000"
+    "00000000000000000000000000000080d5573af20000000000000000000000008000000000000000"
+    "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000")
+INF_INVERSE = bytes.fromhex(  # sfpr8, float16, shape (), one ZERO block, inverse +inf
+    "41435450010003020000000001000000010000000000000000000000000000000000000000001240"
+    "008070fe0000807fccbfbe3700000000000000000000000000000000000000000000000000000000"
+    "00000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000067ebc80300000000c00000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000")
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (EMPTY_HUGE_DIM, r"^corrupted header: shape \(0, 9223372036854775808\) has more than"),
+    (INF_INVERSE, r"^corrupted header: scale 0 is 32768 \* 2\*\*-400, outside"),
+], ids=["empty-huge-dim", "inf-inverse"])
+def test_issue_11_reproducers_are_named_by_every_decoder(data, match):
+    assert_rejected(data, match)
+
+
+def _empty_frame(shape) -> bytes:
+    header = Header(Mode.MASK, DType.FLOAT32, tuple(shape), 0.0)
+    return build_frame(header, np.zeros(0, np.uint16), b"")
+
+
+def test_element_count_bound_counts_zero_dims_as_one():
+    for shape in [(0, MAX_NUMEL), (MAX_NUMEL, 0), (0, 1 << 24, (1 << 24) - 1, 0)]:
+        assert assert_backends_agree(_empty_frame(shape)) == "ok"
+        assert actpack.decompress(_empty_frame(shape)).shape == shape
+    for shape in [(0, MAX_NUMEL + 1), (1 << 24, 0, 1 << 24), (0, 1 << 63), (0, (1 << 64) - 1)]:
+        assert_rejected(_empty_frame(shape), r"^corrupted header: shape .* has more than")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_many_elements_name_t(backend):
+    with pytest.raises(ValueError, match=r"^t: shape \(0, 281474976710656\) has more than"):
+        actpack.Codec(mode="mask", backend=backend).compress(torch.zeros(0, MAX_NUMEL + 1))
+
+
+def test_scale_exponent_range_is_what_encoders_write():
+    """The range's ends come from real encoder output (a float32 max at range_max 1/16, the
+    smallest subnormal at range_max 64); every record in it has a finite inverse, and one step
+    beyond either end is rejected."""
+    lo, hi = SCALE_EXP_RANGE
+    assert all(math.isfinite(Scale(m, e).inverse) for m in (1 << 15, (1 << 16) - 1)
+               for e in (lo, hi))
+    f32 = np.finfo(np.float32)
+    for value, range_max, exponent in ((f32.max, 1 / 16, lo), (f32.smallest_subnormal, 64, hi)):
+        t = torch.full((8, 8), float(value))
+        for backend in BACKENDS:
+            data = bytes(actpack.Codec(mode="sfpr8", range_max=range_max, backend=backend)
+                         .compress(t))
+            assert parse_frame(data)[0].scales[0].exponent == exponent
+            assert assert_backends_agree(data) == "ok"
+            at = Layout(data).head_len - 8
+            for e in (exponent - 1, exponent + 1):
+                if lo <= e <= hi:
+                    continue
+                m = bytearray(data)
+                with np.errstate(over="ignore"):  # below lo the inverse is +inf
+                    struct.pack_into("<Hhf", m, at, 1 << 15, e, Scale(1 << 15, e).inverse)
+                assert_rejected(reseal(m), rf"^corrupted header: scale 0 is \d+ \* 2\*\*{e}")
 
 
 # ----------------------------------------------------------------------------- bad arguments

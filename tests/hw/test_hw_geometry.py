@@ -14,7 +14,14 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from actpack.codec import reference, spec
-from actpack.hw.geometry import Geometry, GroupWalker, ShapeLayout, counts_model
+from actpack.hw.geometry import (
+    ElementCount,
+    Geometry,
+    GroupWalker,
+    ShapeLayout,
+    counts_model,
+    numel_overflow_model,
+)
 
 U64 = (1 << 64) - 1
 EDGE_DIMS = (0, 1, 7, 8, 9, 63, 65)
@@ -72,11 +79,17 @@ def random_shapes(rng: random.Random, n: int) -> list[tuple[int, ...]]:
 def simulate_geometry(shapes, count_bits):
     """Run every shape through one Geometry; return its outputs and cycles to ``done`` each."""
     dut = Geometry(count_bits=count_bits)
-    results = []
 
     def outputs(ctx):
         return (ctx.get(dut.nblocks), ctx.get(dut.groups), ctx.get(dut.blocks_per_plane),
                 ctx.get(dut.group_stride), bool(ctx.get(dut.overflow)))
+
+    return dut, _simulate_shapes(dut, shapes, outputs, dut.latency)
+
+
+def _simulate_shapes(dut, shapes, outputs, latency):
+    """Each shape on a ``start`` pulse, dims past ``ndim`` junk; (outputs, cycles) per shape."""
+    results = []
 
     async def testbench(ctx):
         assert ctx.get(dut.done) == 0  # after reset
@@ -94,7 +107,7 @@ def simulate_geometry(shapes, count_bits):
             while not ctx.get(dut.done):
                 await ctx.tick()
                 cycles += 1
-                assert cycles <= dut.latency, shape
+                assert cycles <= latency, shape
             out = outputs(ctx)
             await ctx.tick().repeat(2)
             assert ctx.get(dut.done) and outputs(ctx) == out, shape  # held until the next start
@@ -104,7 +117,38 @@ def simulate_geometry(shapes, count_bits):
     sim.add_clock(1e-8)
     sim.add_testbench(testbench)
     sim.run()
-    return dut, results
+    return results
+
+
+# ElementCount at 48 bits (spec.NUMEL_BITS): 2**48 - 1 elements pass, 2**48 overflow, zero dims
+# count as 1; at 16 bits, products around 2**16.
+NUMEL_48 = [
+    (), (0,), (0, (1 << 48) - 1), (0, 1 << 48), ((1 << 48) - 1, 0), (0, 1 << 63), (0, U64),
+    (1 << 24, 1 << 24), (1 << 24, (1 << 24) - 1), (1 << 24, 0, (1 << 24) - 1), (2, 3, 20, 21),
+    (2**47, 3, 20, 21), (2**47, 2), (2**47, 1, 1, 1, 1, 1, 1, 1), (64,) * 8, (63,) * 8,
+    (0, 0, 0, 0, 0, 0, 0, 0), (65535, 65537, 65535), (65535, 65537, 65536),
+]
+NUMEL_16 = [(65535,), (65536,), (255, 257), (256, 256), (0, 65535, 0), (0, 65536), (U64, 0),
+            (2, 2, 2, 2, 2, 2, 2, 4096), (2, 2, 2, 2, 2, 2, 2, 8191)]
+
+
+@pytest.mark.parametrize("count_bits", [16, 48])
+def test_element_count_matches_spec(count_bits, seed):
+    shapes = {16: NUMEL_16, 48: NUMEL_48}[count_bits] + edge_shapes()[::5] + random_shapes(
+        random.Random(seed * 7 + count_bits), 20)
+    dut = ElementCount(count_bits=count_bits)
+    results = _simulate_shapes(dut, shapes, lambda ctx: bool(ctx.get(dut.overflow)),
+                               dut.latency(8))
+    overflowed = 0
+    for shape, (out, cycles) in zip(shapes, results, strict=True):
+        assert out == numel_overflow_model(shape, count_bits=count_bits), shape
+        assert cycles == dut.latency(len(shape)), shape
+        overflowed += out
+    assert 0 < overflowed < len(shapes)
+    if count_bits == spec.NUMEL_BITS:
+        assert dut.latency(4) == 54 and dut.latency(8) == 106  # ElementCount's docstring
+        assert numel_overflow_model((0, spec.MAX_NUMEL)) is False
+        assert numel_overflow_model((0, spec.MAX_NUMEL + 1)) is True
 
 
 def test_parameters_are_checked():
