@@ -8,6 +8,7 @@ reports what it stored (``stats``). The card's driver: ``card`` (``CardDevice``,
 docs/card.md and ``open_device``.
 """
 
+from .adaptive import AdaptivePolicy
 from .card import CardDevice, FallbackDevice
 from .device import Device, RefDevice, device_names, open_device, register_device
 from .errors import (
@@ -30,6 +31,7 @@ from .stats import LayerStats, Stats, TensorStats
 
 __all__ = [
     "OPS",
+    "AdaptivePolicy",
     "CardCapabilityError",
     "CardDevice",
     "CardError",

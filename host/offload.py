@@ -447,6 +447,7 @@ class OffloadSession:
         self._tracker = _ModuleTracker(on_return=self._shape_only_settled)
         self._hooks: list = []
         self._release_fn = self._release
+        self._substitutes: dict[int, torch.Tensor] = {}  # record seq -> what unpack returns
         self._entered = 0
         self._warned_compile = False
 
@@ -587,10 +588,12 @@ class OffloadSession:
         exactly). A checkpoint saving it as a recomputation input may ask for a stricter
         setting, which replaces the values stored so far."""
         stricter = context != "eager" and context != rec.info.context
+        if rec.info.mask_only:  # read by an op that needs values now, whatever is stored
+            rec.info = replace(rec.info, mask_only=False)
         if rec.values is not None and not stricter:
             return
-        rec.info = replace(rec.info, mask_only=False,
-                           context=context if stricter else rec.info.context)
+        if stricter:
+            rec.info = replace(rec.info, context=context)
         codec = self.policy(rec.info) if _dense(t) else None
         if rec.values is not None:
             if codec is not None or rec.values.codec is None:
@@ -672,6 +675,9 @@ class OffloadSession:
 
     def _restore(self, rec: _Record, store: _Store) -> torch.Tensor:
         _check_version(rec.label, rec.alias, rec.version)
+        substitute = self._substitutes.get(rec.seq)
+        if substitute is not None:
+            return substitute
         with self._lock:
             if store.dropped:
                 store = rec.values
@@ -758,6 +764,30 @@ class OffloadSession:
             if self._by_key.get(rec.key) is rec:
                 del self._by_key[rec.key]
 
+    # ---------------------------------------------------------------- calibration
+
+    def _lossy_records(self, lossy) -> list[_Record]:
+        """The live records kept exactly whose info ``lossy`` says would be stored lossily (for
+        ``AdaptivePolicy.calibrate``, on a session with policy "keep" and no workers)."""
+        with self._lock:
+            return [r for r in self._live.values()
+                    if r.values is not None and r.values.codec is None
+                    and r.values.tensor is not None and _dense(r.values.tensor)
+                    and lossy(r.info)]
+
+    @contextlib.contextmanager
+    def _substituted(self, rec: _Record, codec: Codec):
+        """Backward reads ``rec`` as stored by ``codec`` (made and decoded by this session's
+        own path, as a real step would) while inside."""
+        store = self._new_store(rec, rec.values.tensor, codec)
+        if store.error is not None:
+            raise store.error
+        self._substitutes[rec.seq] = self._decode(rec, store.frame)
+        try:
+            yield
+        finally:
+            del self._substitutes[rec.seq]
+
     # ---------------------------------------------------------------- figures
 
     def synchronize(self) -> None:
@@ -778,11 +808,13 @@ class OffloadSession:
         self.synchronize()
         with self._lock:
             now = self._now()
+            measured = getattr(self.policy, "measured", None)
             tensors = tuple(
                 TensorStats(r.info.layer, r.info.module_type, r.info.op, r.info.context,
                             tuple(r.saved_by),
                             tuple(r.shape), r.dtype, r.mode, r.raw_bytes, r.stored_bytes,
-                            r.packed_at, r.stored_at, r.freed_at)
+                            r.packed_at, r.stored_at, r.freed_at,
+                            None if measured is None else measured(r.info))
                 for r in self._history)
             saves, passed = self._saves, self._passed
         return Stats(saves, passed, tensors, timeline_of(tensors, now))

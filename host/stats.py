@@ -40,7 +40,9 @@ def _ratio(raw: int, stored: int) -> float:
 class TensorStats:
     """One distinct saved tensor (``context`` as in ``SavedInfo``). Times are seconds since the
     session was created; ``stored_at`` is when its frame was ready (None while pending),
-    ``freed_at`` when autograd released it (None while alive)."""
+    ``freed_at`` when autograd released it (None while alive); ``grad_error`` what an
+    ``AdaptivePolicy`` measured for it (its share of its worst parameter's gradient-error
+    budget; None otherwise)."""
 
     layer: str
     module_type: str
@@ -55,6 +57,7 @@ class TensorStats:
     packed_at: float
     stored_at: float | None
     freed_at: float | None
+    grad_error: float | None = None
 
     @property
     def label(self) -> str:
@@ -74,6 +77,7 @@ class LayerStats:
     count: int
     raw_bytes: int
     stored_bytes: int
+    grad_error: float | None = None  # the largest of its tensors' (see TensorStats)
 
     @property
     def ratio(self) -> float:
@@ -150,26 +154,35 @@ class Stats:
         for (label, op), ts in groups.items():
             saved_by = tuple(dict.fromkeys(s for t in ts for s in t.saved_by))
             modes = tuple(dict.fromkeys(t.mode for t in ts))
+            errors = [t.grad_error for t in ts if t.grad_error is not None]
             out.append(LayerStats(label, op, saved_by, "/".join(modes), ts[-1].shape,
                                   ts[-1].dtype, len(ts), sum(t.raw_bytes for t in ts),
-                                  sum(t.stored_bytes for t in ts)))
+                                  sum(t.stored_bytes for t in ts),
+                                  max(errors) if errors else None))
         return tuple(out)
 
     def table(self) -> str:
         """The per-layer table ``session.report()`` prints."""
         head = ("layer", "op", "saved by", "shape", "dtype", "mode", "n", "raw", "stored",
                 "ratio")
+        layers = self.layers
+        # an AdaptivePolicy's measurements: share of the gradient-error budget
+        graded = any(ls.grad_error is not None for ls in layers)
+        if graded:
+            head += ("grad err",)
         rows = [head]
-        for ls in self.layers:
-            rows.append((ls.layer, ls.op, ",".join(ls.saved_by), "x".join(map(str, ls.shape)),
-                         str(ls.dtype).removeprefix("torch."), ls.mode, str(ls.count),
-                         format_bytes(ls.raw_bytes), format_bytes(ls.stored_bytes),
-                         f"{ls.ratio:.2f}x"))
+        for ls in layers:
+            row = (ls.layer, ls.op, ",".join(ls.saved_by), "x".join(map(str, ls.shape)),
+                   str(ls.dtype).removeprefix("torch."), ls.mode, str(ls.count),
+                   format_bytes(ls.raw_bytes), format_bytes(ls.stored_bytes), f"{ls.ratio:.2f}x")
+            if graded:
+                row += ("-" if ls.grad_error is None else f"{ls.grad_error:.3f}",)
+            rows.append(row)
         rows.append(("total", "", "", "", "", "", str(len(self.activations)),
                      format_bytes(self.raw_bytes), format_bytes(self.stored_bytes),
-                     f"{self.ratio:.2f}x"))
+                     f"{self.ratio:.2f}x") + (("",) if graded else ()))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        right = {6, 7, 8, 9}
+        right = {6, 7, 8, 9, 10}
         out = io.StringIO()
         for k, r in enumerate(rows):
             if k in (1, len(rows) - 1):
