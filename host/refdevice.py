@@ -27,9 +27,9 @@ class Device(Protocol):
         says; the frame's bytes must be what ``codec.compress(tensor)`` gives."""
         ...
 
-    def decompress(self, frame: Frame, *, device: torch.device) -> torch.Tensor:
-        """Restore a frame to a tensor on ``device``; raise ``actpack.FrameError`` for a frame
-        that fails its checks."""
+    def decompress(self, frame: Frame, *, device: torch.device | None = None) -> torch.Tensor:
+        """Restore a frame to a tensor on ``device`` (default: the frame's device, CPU for plain
+        bytes); raise ``actpack.FrameError`` for a frame that fails its checks."""
         ...
 
 
@@ -45,7 +45,7 @@ class RefDevice:
     def compress(self, tensor: torch.Tensor, codec: Codec) -> Frame:
         return codec.compress(tensor)
 
-    def decompress(self, frame: Frame, *, device: torch.device) -> torch.Tensor:
+    def decompress(self, frame: Frame, *, device: torch.device | None = None) -> torch.Tensor:
         from actpack.codec import decompress
 
         return decompress(frame, device=device)
