@@ -11,24 +11,35 @@ Public API::
         loss = loss_fn(model(x), y)
         loss.backward()
     session.report()                          # per-layer raw vs stored bytes, modes, peak
+
+The names above are imported on first use (PEP 562), so ``import actpack.hw.regs`` or
+``import actpack.codec.spec`` does not import torch or the host driver: the simulator's card
+server, the gateware and the codec's reference model import without them.
 """
 
-from actpack.codec import Codec, Frame, decompress
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from actpack.errors import FrameError
-from actpack.host import (
-    CompileWarning,
-    DeviceUnavailableError,
-    OffloadError,
-    OffloadSession,
-    Policy,
-    Rule,
-    SavedInfo,
-    SavedTensorModifiedError,
-    UnknownDeviceError,
-    UnpackMismatchError,
-    offload,
-    open_device,
-)
+
+if TYPE_CHECKING:
+    from actpack.codec import Codec, Frame, decompress
+    from actpack.host import (
+        CompileWarning,
+        DeviceUnavailableError,
+        OffloadError,
+        OffloadSession,
+        Policy,
+        Rule,
+        SavedInfo,
+        SavedTensorModifiedError,
+        UnknownDeviceError,
+        UnpackMismatchError,
+        offload,
+        open_device,
+    )
 
 __all__ = [
     "Codec",
@@ -49,3 +60,30 @@ __all__ = [
     "open_device",
 ]
 __version__ = "0.1.0"
+
+# Where each lazily imported public name lives (the test of import cycles reads this table).
+_LAZY = {
+    **dict.fromkeys(["Codec", "Frame", "decompress"], "actpack.codec"),
+    **dict.fromkeys(["CompileWarning", "DeviceUnavailableError", "OffloadError", "OffloadSession",
+                     "Policy", "Rule", "SavedInfo", "SavedTensorModifiedError",
+                     "UnknownDeviceError", "UnpackMismatchError", "offload", "open_device"],
+                    "actpack.host"),
+}
+# Subpackages reachable as attributes after a bare ``import actpack`` (as when the root imported
+# codec and host eagerly).
+_SUBPACKAGES = frozenset({"bench", "boards", "codec", "host", "hw", "sim"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"actpack.{name}")
+    else:
+        raise AttributeError(f"module 'actpack' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})

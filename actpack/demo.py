@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from actpack import Codec, decompress
-from actpack.bench import default_results_path
 from actpack.data import (
     capture_activations,
     digits_batch,
@@ -32,6 +31,7 @@ from actpack.data import (
     layer_kinds,
     train_digits,
 )
+from actpack.paths import docs_dir
 
 __all__ = ["MODES", "add_arguments", "check_device", "check_numpy", "compress_all", "plot",
            "plot_offload", "run", "train", "train_both"]
@@ -402,7 +402,7 @@ def _train_and_report(args, steps: int, batch: int, check, t0: float) -> int:
                   f"every layer ({len(MODES)} modes; {time.perf_counter() - t1:.0f} s)")
 
     if not args.no_plot:
-        path = Path(args.plot or default_results_path().parent / "demo.png")
+        path = Path(args.plot or docs_dir() / "demo.png")
         print(f"wrote {plot_offload(plain, packed, step_session, path)}")
         if rows:
             print(f"wrote {plot(rows, acts, path.with_name(path.stem + '-codec' + path.suffix))}")

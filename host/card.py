@@ -62,7 +62,6 @@ from actpack.hw.regs import (
 )
 
 from .cardmodel import BITS, CardModel, ModelTransport
-from .device import Device, RefDevice
 from .errors import (
     CardCapabilityError,
     CardError,
@@ -71,6 +70,7 @@ from .errors import (
     CardProtocolError,
     CardTimeoutError,
 )
+from .refdevice import Device, RefDevice
 from .transport import Transport
 
 __all__ = ["CardDevice", "CardInfo", "FallbackDevice", "open_model", "open_xdma"]

@@ -13,59 +13,20 @@ All are built on the register-level transport of the design (``reg_read``/``reg_
 ``submit``/``receive``) and give the same frames as ``"ref"``, byte for byte. ``open_device(spec)``
 opens one by name; a new device registers a factory with ``register_device(name, factory)``;
 ``offload(device=...)`` also takes a ``Device`` object directly (tests use this to inject faults).
+The ``Device`` contract and ``RefDevice`` are defined in ``refdevice`` (the card's driver uses
+them, and this module opens the card: the imports go one way) and exported from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
-import torch
-
-from actpack.codec import Codec, Frame
-
+from . import card
 from .errors import DeviceUnavailableError, UnknownDeviceError
+from .refdevice import Device, RefDevice
 
 __all__ = ["Device", "RefDevice", "device_names", "open_device",
            "register_device", "resolve_device"]
-
-
-@runtime_checkable
-class Device(Protocol):
-    """The contract a device meets. Both calls may run in worker threads, several at once."""
-
-    name: str
-
-    def compress(self, tensor: torch.Tensor, codec: Codec) -> Frame:
-        """Compress ``tensor`` (detached; float32/float16/bfloat16; any strides) as ``codec``
-        says; the frame's bytes must be what ``codec.compress(tensor)`` gives."""
-        ...
-
-    def decompress(self, frame: Frame, *, device: torch.device) -> torch.Tensor:
-        """Restore a frame to a tensor on ``device``; raise ``actpack.FrameError`` for a frame
-        that fails its checks."""
-        ...
-
-
-class RefDevice:
-    """The software codec (``actpack.Codec`` with the torch backend): the reference and default.
-
-    CPU tensors use the compiled kernels, CUDA tensors the torch path on the GPU; frames live in
-    host memory either way, so offloading from a GPU also frees its memory.
-    """
-
-    name = "ref"
-
-    def compress(self, tensor: torch.Tensor, codec: Codec) -> Frame:
-        return codec.compress(tensor)
-
-    def decompress(self, frame: Frame, *, device: torch.device) -> torch.Tensor:
-        from actpack.codec import decompress
-
-        return decompress(frame, device=device)
-
-    def __repr__(self) -> str:
-        return "RefDevice()"
 
 
 def _xdma() -> Device:
@@ -116,8 +77,6 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
                         f"{type(spec).__name__}")
     name, sep, arg = spec.partition(":")
     if name in ("xdma", "model", "sim"):
-        from . import card
-
         opener = {"xdma": lambda: card.open_xdma(arg or "/dev/xdma0", **options),
                   "model": lambda: card.open_model(**options),
                   "sim": lambda: card.open_sim(**options)}[name]

@@ -29,40 +29,17 @@ Semantics against the ``Transport`` contract:
   after it ended and on every later one; one that stops answering for ``reply_timeout`` seconds
   raises ``CardTimeoutError`` and the link is closed.
 
-Wire protocol (a Unix stream socket; the host listens, the simulator connects): every message is
-a ``HEADER`` (``<II``: code, payload length) and a payload. The server's first message is
-``HELLO`` (``<III``: ``WIRE_VERSION``, simulator pid, stream_bytes). Then strictly request ->
-reply, one at a time:
-
-============  ============================  ==================================================
-request       payload                       reply (``Reply`` code: payload)
-============  ============================  ==================================================
-``READ``      ``<I`` offset                 ``OK``: ``<I`` value
-``WRITE``     ``<II`` offset, value         ``OK``
-``SUBMIT``    the job's bytes (>= 1)        ``OK``: ``<Q`` jobs submitted so far
-``WAIT``      ``<d`` seconds                ``OK`` / ``NOT_YET`` (after seconds): ``<QQ`` taken,
-                                            submitted
-``RECEIVE``   ``<dQ`` seconds, limit        ``OK``: the message; ``NOT_YET`` (after seconds):
-                                            ``<Q`` bytes of a message in progress; ``TOO_LONG``:
-                                            ``<Q`` bytes so far (> limit; the message stays);
-                                            ``BAD_STREAM``: text (the message is dropped)
-``FLUSH``     (none)                        ``OK``: ``<Q`` bytes dropped
-``CLOSE``     (none)                        ``OK``; the simulator then finishes
-============  ============================  ==================================================
-
-``BUS_TIMEOUT`` (text) and ``ERROR`` (text: a malformed request, the bus busy) answer any request.
+Wire protocol: ``actpack.sim.cardwire`` (shared with the card server).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import os
 import shutil
 import signal
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -70,6 +47,22 @@ import weakref
 from collections.abc import Mapping
 
 from actpack.hw.regs import REG_SPACE
+from actpack.sim.cardwire import (
+    HEADER,
+    HELLO,
+    PAIR64,
+    RECEIVE,
+    SECONDS,
+    SOCKET_ENV,
+    U32,
+    U64,
+    WIRE_VERSION,
+    WRITE,
+    Reply,
+    Request,
+    recv_message,
+    send_message,
+)
 
 from .errors import CardError, CardProtocolError, CardTimeoutError, DeviceUnavailableError
 from .transport import Expect, Transport
@@ -77,15 +70,7 @@ from .transport import Expect, Transport
 __all__ = ["HEADER", "WIRE_VERSION", "Reply", "Request", "SimTransport", "SimulatorExitedError",
            "recv_message", "send_message"]
 
-WIRE_VERSION = 1
-HEADER = struct.Struct("<II")  # code, payload length
-HELLO = struct.Struct("<III")  # WIRE_VERSION, pid, stream_bytes
-U32, U64, PAIR64 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<QQ")
-WRITE = struct.Struct("<II")
-RECEIVE = struct.Struct("<dQ")
-SECONDS = struct.Struct("<d")
 SERVER_MODULE = "actpack.sim.card_server"
-SOCKET_ENV = "ACTPACK_CARD_SOCKET"
 # COCOTB_TRUST_INERTIAL_WRITES: cocotb applies writes itself in an extra ReadWrite phase of every
 # cycle that writes unless it may trust the simulator's inertial writes; Verilator 5 applies them
 # after the eval step (``doInertialPuts`` in cocotb's verilator.cpp), and trusting them doubles the
@@ -95,59 +80,9 @@ SOCKET_ENV = "ACTPACK_CARD_SOCKET"
 _SIM_ENV = {"COCOTB_TRUST_INERTIAL_WRITES": "1", "COCOTB_REWRITE_ASSERTION_FILES": ""}
 
 
-class Request(enum.IntEnum):
-    HELLO = 0  # server -> host, once, first
-    READ = 1
-    WRITE = 2
-    SUBMIT = 3
-    WAIT = 4
-    RECEIVE = 5
-    FLUSH = 6
-    CLOSE = 7
-
-
-class Reply(enum.IntEnum):
-    OK = 0
-    NOT_YET = 1
-    TOO_LONG = 2
-    BAD_STREAM = 3
-    BUS_TIMEOUT = 4
-    BUS_ERROR = 5
-    ERROR = 6
-
-
 class SimulatorExitedError(CardError):
     """The simulator process of a ``SimTransport`` has ended (it crashed, was killed, failed to
     start or finished): the card is gone. The message names the simulator's log."""
-
-
-def send_message(sock: socket.socket, code: int, payload=b"") -> None:
-    """One message: ``HEADER`` then ``payload`` (bytes-like)."""
-    payload = memoryview(payload).cast("B")
-    # MSG_NOSIGNAL: a closed peer is an EPIPE error, not SIGPIPE (which the simulator, an
-    # embedding of Python, does not ignore).
-    if len(payload) < 1 << 16:
-        sock.sendall(HEADER.pack(code, len(payload)) + payload, socket.MSG_NOSIGNAL)
-    else:  # no copy of a large job or message
-        sock.sendall(HEADER.pack(code, len(payload)), socket.MSG_NOSIGNAL)
-        sock.sendall(payload, socket.MSG_NOSIGNAL)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while view:
-        got = sock.recv_into(view)
-        if not got:
-            raise EOFError("the peer closed the socket")
-        view = view[got:]
-    return buf
-
-
-def recv_message(sock: socket.socket) -> tuple[int, bytearray]:
-    """The next message's code and payload; ``EOFError`` when the peer has closed."""
-    code, length = HEADER.unpack(_recv_exact(sock, HEADER.size))
-    return code, _recv_exact(sock, length)
 
 
 _RUNS = itertools.count()
@@ -409,11 +344,3 @@ def _cleanup(socks: list[socket.socket], directory: str) -> None:
     for sock in socks:
         sock.close()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-# For the card server: what a request's payload must be (None: any length >= 1).
-PAYLOADS: dict[Request, int | None] = {
-    Request.READ: U32.size, Request.WRITE: WRITE.size, Request.SUBMIT: None,
-    Request.WAIT: SECONDS.size, Request.RECEIVE: RECEIVE.size, Request.FLUSH: 0,
-    Request.CLOSE: 0,
-}

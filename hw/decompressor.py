@@ -284,7 +284,7 @@ class Decompressor(wiring.Component):
     ``lanes`` > 1 blocks are dealt round-robin to the lanes by their entries' byte counts and
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
-    input transfer to first row, ``sim.test_decompressor.measure_decompressor`` on the digits
+    input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
     CNN): 13 cycles (sfpr8), 30 (dct), 11 (eb), 7 (mask); sfpr8 with 2 / 4 lanes 17 / 19
     (14.4 / 16.5 values a cycle there, the input beat port's bound).
 

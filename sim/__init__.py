@@ -5,5 +5,8 @@
   ``SimBuild.run`` runs a cocotb test module on it.
 - ``stream``: stream driver/monitor for Amaranth's port naming, with idle/backpressure inserters.
 - ``stimulus``: random, real-ish and edge-case blocks.
+- ``card_server``: the card's RTL served over a Unix socket to ``host.simcard.SimTransport``;
+  ``cardwire``: the wire protocol of both ends (no torch, no host driver: the server starts in
+  every simulator run).
 - ``test_dct``, ``test_quant``: the testbenches (cocotb modules, run from tests/hw/).
 """

@@ -2,7 +2,7 @@
 
 One test, ``serve``: starts the clock (``clk``, 10 ns) and the reset (``rst``, active high, two
 cycles), connects to the socket in ``ACTPACK_CARD_SOCKET`` (the host listens), sends ``HELLO`` and
-answers the host's requests (wire protocol: ``host.simcard``) until ``CLOSE`` or until the host
+answers the host's requests (wire protocol: ``sim.cardwire``) until ``CLOSE`` or until the host
 closes the socket; then the test passes and the simulator exits.
 
 The top must have the card's ports: ``bus__*`` (AXI4-Lite slave, ``hw.regfile``), ``h2c__*`` and
@@ -54,7 +54,8 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from ..host.simcard import (
+from ..hw.axis import axis_layout
+from .cardwire import (
     HELLO,
     PAIR64,
     PAYLOADS,
@@ -70,7 +71,6 @@ from ..host.simcard import (
     recv_message,
     send_message,
 )
-from ..hw.axis import axis_layout
 from .stream import LayoutCodec
 
 PERIOD_NS = 10

@@ -1,12 +1,12 @@
-"""cocotb testbench of ``Decompressor`` against the reference decoder, and
-``measure_decompressor`` (values per cycle and latency of a build on a tensor's frame).
+"""cocotb testbench of ``Decompressor`` against the reference decoder (``sim.decompcases``), and
+the ``measure`` test of ``bench.rtl.measure_decompressor`` (values per cycle and latency).
 
 Run through ``actpack.sim.build`` (see tests/hw/test_hw_decompressor.py). Environment:
 ``ACTPACK_TB_MODE``, ``ACTPACK_TB_DTYPE``, ``ACTPACK_TB_LANES`` (the build's parameters),
-``ACTPACK_TB_STIM``: a folder of ``<case>.npz`` files written by ``write_case`` (per block the
-index entry, ``r`` and payload bytes, and what the reference makes of the block: its 64 bit
-patterns before untiling, or malformed); ``ACTPACK_TB_SEED``; ``ACTPACK_TB_RESULT``: where
-the ``measure`` test writes its JSON.
+``ACTPACK_TB_STIM``: a folder of ``<case>.npz`` files written by ``sim.decompcases.write_case``
+(per block the index entry, ``r`` and payload bytes, and what the reference makes of the block:
+its 64 bit patterns before untiling, or malformed); ``ACTPACK_TB_SEED``; ``ACTPACK_TB_RESULT``:
+where the ``measure`` test writes its JSON.
 
 ``decompressor`` runs every case with the idle inserter (both sources) and the backpressure
 inserter each on and off and compares every output bit: each block's 8 rows, ``last`` on row
@@ -16,106 +16,22 @@ inserter each on and off and compares every output bit: each block's 8 rows, ``l
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import cocotb
 import numpy as np
 from amaranth.lib import data
 
-from actpack.codec import reference, spec
-from actpack.codec.frame import DENSE_HEADER, Kind, unpack_index
-from actpack.codec.spec import DType, Mode
-from actpack.codec.tables import ZIGZAG
+from actpack.codec.spec import Mode
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat
 from ..hw.decompressor import block_layout, out_row
 from . import rows
 from .stream import StreamTB
-from .test_compressor import CASES, DTYPE, LANES, MODE, STIM, CompressorTB, _pauses, _rng
-
-__all__ = ["block_model", "measure_decompressor", "write_case"]
 
 # the environment of the build (MODE, DTYPE, LANES), SEED, STIM and its CASES: as the
 # compressor's bench reads them
-_INVERSE_ZIGZAG = np.argsort(ZIGZAG)
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-def block_model(kind: int, mb: int, chunk: bytes, r_bits: int, *, mode, dtype, table=None):
-    """What ``reference.decompress`` makes of one block before untiling: its 64 bit patterns
-    (raster order), or None where it raises ``FrameError`` (format 8.2, 10 #21 for one entry,
-    #27 sfpr8 range)."""
-    mode, dtype = Mode.parse(mode), DType(dtype) if not isinstance(dtype, DType) else dtype
-    bits_t = rows.BITS_DTYPE[dtype]
-    length = len(chunk)
-    try:
-        if kind == Kind.ZERO:
-            if length or mb != 1:
-                return None
-            symbols = np.zeros(64, dtype=np.int64)
-        elif kind == Kind.RAW:
-            if length != 64 * dtype.itemsize or mb != 1 or mode is Mode.MASK:
-                return None
-            return np.frombuffer(chunk, dtype=np.dtype(bits_t).newbyteorder("<")).astype(bits_t)
-        elif kind == Kind.DENSE:
-            if mb != 1 or mode is Mode.MASK or length < DENSE_HEADER:
-                return None
-            symbols = reference.decode_dense(chunk)
-        else:
-            if length < mb:
-                return None
-            symbols = reference.decode_block(chunk, mb, with_values=mode is not Mode.MASK)
-    except reference.FrameError:
-        return None
-    if mode is Mode.MASK:
-        values = symbols.reshape(1, 8, 8).astype(np.float32)
-    else:
-        if mode is Mode.SFPR8:
-            if np.abs(symbols).max() > spec.SFPR_MAX:
-                return None
-            p = symbols.reshape(1, 8, 8)
-        elif mode is Mode.DCT:
-            p = reference.idct2(reference.dequantize(
-                symbols[_INVERSE_ZIGZAG].reshape(1, 8, 8), np.asarray(table)))
-        else:
-            p = reference.unlorenzo(symbols.reshape(1, 8, 8))
-        inverse = np.array([r_bits], dtype=np.uint32).view(np.float32)
-        values = reference.dequantize_values(p, inverse[:, None, None])
-    return reference.from_float32(values, dtype).reshape(64).astype(bits_t)
-
-
-def write_case(path, frame_case: dict, *, mode, dtype, corrupt=()) -> Path:
-    """Save the stimulus and expectation of one frame (``sim.frames.frame_case``) to ``path``.
-    ``corrupt``: (block, entry, chunk) triples replacing a block's index entry and payload
-    bytes (the model then says whether it is malformed)."""
-    index = np.asarray(frame_case["index"], dtype=np.uint16).copy()
-    kinds, mbs, lengths = unpack_index(index)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    payload = bytes(frame_case["payload"])
-    chunks = [payload[offsets[b]:offsets[b + 1]] for b in range(len(index))]
-    for b, entry, chunk in corrupt:
-        index[b] = entry
-        chunks[b] = bytes(chunk)
-    kinds, mbs, _ = unpack_index(index)
-    table = frame_case.get("table")
-    r = np.asarray(frame_case["r"], dtype=np.int64)
-    expected, bad = [], []
-    for b in range(len(index)):
-        out = block_model(int(kinds[b]), int(mbs[b]), chunks[b], int(r[b]), mode=mode,
-                          dtype=dtype, table=table)
-        bad.append(out is None)
-        expected.append(np.zeros(64, np.int64) if out is None else out.astype(np.int64))
-    path = Path(path)
-    np.savez(path, index=index, r=r, table=table if table is not None else np.zeros(0),
-             payload=np.frombuffer(b"".join(chunks), dtype=np.uint8),
-             lengths=np.array([len(c) for c in chunks], dtype=np.int64),
-             expected=np.array(expected, dtype=np.int64).reshape(-1, 64),
-             bad=np.array(bad, dtype=bool))
-    return path
-
+from .test_compressor import CASES, DTYPE, LANES, MODE, STIM, CompressorTB, _pauses, _rng
 
 # ----------------------------------------------------------------------------- the bench
 
@@ -247,41 +163,3 @@ async def measure(dut):
         "blocks": n,
     }))
     await tb.finish(drain_cycles=16)
-
-
-# ----------------------------------------------------------------------------- measurement
-
-
-def measure_decompressor(*, mode, lanes, data, dtype="float32", codec=None) -> dict:
-    """Run ``Decompressor(mode=mode, dtype=dtype, lanes=lanes)`` (built once, cached by
-    ``actpack.sim.build``) under Verilator on the frame of tensor ``data`` (a torch tensor, or
-    numpy array, converted to ``dtype``; coded by ``codec``, default ``Codec(mode=mode,
-    backend="numpy")``), input always valid and output always ready, every output bit checked.
-
-    Returns ``{"values_per_cycle": 64 * nblocks / output cycles (first row to last row),
-    "latency": cycles from the first input transfer (entry or beat) to the first output row,
-    "cycles": first input to last output, "blocks": nblocks}``. Needs the Verilator toolchain
-    (``tests/hw/conftest.py``)."""
-    import torch
-
-    from actpack.codec import Codec
-
-    from ..hw.decompressor import Decompressor
-    from .build import build
-    from .frames import frame_case
-
-    t = torch.as_tensor(data).to(getattr(torch, dtype))
-    codec = codec or Codec(mode=mode, backend="numpy")
-    sim = build(Decompressor, name=f"decompressor_{mode}_{dtype}_{lanes}",
-                params={"mode": mode, "dtype": dtype, "lanes": lanes})
-    with tempfile.TemporaryDirectory() as tmp:
-        stim = Path(tmp) / "stim"
-        stim.mkdir()
-        write_case(stim / "measure.npz", frame_case(t, codec), mode=mode,
-                   dtype=DType[dtype.upper()])
-        result = Path(tmp) / "result.json"
-        sim.run("actpack.sim.test_decompressor", testcase="measure", tag="measure",
-                env={"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
-                     "ACTPACK_TB_LANES": str(lanes), "ACTPACK_TB_STIM": str(stim),
-                     "ACTPACK_TB_RESULT": str(result)})
-        return json.loads(result.read_text())

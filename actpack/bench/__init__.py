@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from actpack.paths import docs_dir
+
 __all__ = [
     "BENCHMARKS",
     "add_output_arguments",
@@ -112,10 +114,7 @@ def source_info() -> dict:
 
 def default_results_path() -> Path:
     """docs/results.md of the source checkout when actpack runs from one, else ./docs/results.md."""
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and (root / "actpack").is_dir():
-        return root / "docs" / "results.md"
-    return Path("docs") / "results.md"
+    return docs_dir() / "results.md"
 
 
 def update_results(path: str | os.PathLike, name: str, body: str) -> Path:

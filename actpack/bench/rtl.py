@@ -15,8 +15,8 @@ image; ``dense``, uniform noise in [-1, 1] (no zeros; eb at error bound 1e-4, so
 long blocks); ``raw``, the same noise with a NaN in every block (every block stored RAW, the most
 payload bytes; mask mode has no RAW blocks and codes them like ``dense``).
 
-Decompressor rows: ``actpack.sim.test_decompressor.measure_decompressor`` on the frame of the
-same data and codec: values/cycle over its output (first row to last row), latency from the
+Decompressor rows: ``measure_decompressor`` (sim/test_decompressor.py, ``measure``) on the frame
+of the same data and codec: values/cycle over its output (first row to last row), latency from the
 first input (index entry or beat) to the first row.
 """
 
@@ -33,7 +33,7 @@ import torch
 from actpack.bench import add_output_arguments, machine_info, publish, source_info
 
 __all__ = ["LANES", "MODES", "add_arguments", "measure_compressor", "measure_compressor_cases",
-           "run", "workloads"]
+           "measure_decompressor", "run", "workloads"]
 
 MODES = ("dct", "sfpr8", "eb", "mask")
 LANES = (1, 2, 4)
@@ -119,6 +119,41 @@ def measure_compressor(mode: str, lanes: int, data: torch.Tensor, *, codec=None)
     return measure_compressor_cases(mode, lanes, cases)["data"]
 
 
+def measure_decompressor(*, mode, lanes, data, dtype="float32", codec=None) -> dict:
+    """Run ``Decompressor(mode=mode, dtype=dtype, lanes=lanes)`` (built once, cached by
+    ``actpack.sim.build``) under Verilator on the frame of tensor ``data`` (a torch tensor, or
+    numpy array, converted to ``dtype``; coded by ``codec``, default ``Codec(mode=mode,
+    backend="numpy")``), input always valid and output always ready, every output bit checked.
+
+    Returns ``{"values_per_cycle": 64 * nblocks / output cycles (first row to last row),
+    "latency": cycles from the first input transfer (entry or beat) to the first output row,
+    "cycles": first input to last output, "blocks": nblocks}``. Needs the Verilator toolchain
+    (``tests/hw/conftest.py``)."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from actpack.codec import Codec
+    from actpack.codec.spec import DType
+    from actpack.hw.decompressor import Decompressor
+    from actpack.sim.build import build
+    from actpack.sim.decompcases import write_case
+    from actpack.sim.frames import frame_case
+
+    t = torch.as_tensor(data).to(getattr(torch, dtype))
+    codec = codec or Codec(mode=mode, backend="numpy")
+    sim = build(Decompressor, name=f"decompressor_{mode}_{dtype}_{lanes}",
+                params={"mode": mode, "dtype": dtype, "lanes": lanes})
+    with tempfile.TemporaryDirectory() as tmp:
+        stim = Path(tmp) / "stim"
+        stim.mkdir()
+        write_case(stim / "measure.npz", frame_case(t, codec), mode=mode,
+                   dtype=DType[dtype.upper()])
+        result = Path(tmp) / "result.json"
+        sim.run("actpack.sim.test_decompressor", testcase="measure", tag="measure",
+                env={"ACTPACK_TB_MODE": mode, "ACTPACK_TB_DTYPE": dtype,
+                     "ACTPACK_TB_LANES": str(lanes), "ACTPACK_TB_STIM": str(stim),
+                     "ACTPACK_TB_RESULT": str(result)})
+        return json.loads(result.read_text())
+
+
 def _cases(mode: str, tensors: dict) -> dict:
     out = {}
     for name, t in tensors.items():
@@ -174,8 +209,6 @@ def run(args: argparse.Namespace) -> int:
                              "data": name, **r})
                 print(f"compressor {mode:5s} lanes {lanes} {name:6s}: "
                       f"{r['values_per_cycle']:.2f} values/cycle, latency {r['latency']}")
-    from actpack.sim.test_decompressor import measure_decompressor
-
     for mode in modes:
         for lanes in lanes_list:
             for name, (t, codec) in _cases(mode, tensors).items():

@@ -216,3 +216,15 @@ def test_fallback_is_not_triggered_by_the_data():
         device.decompress(bytes(data))
     assert device.unsupported == 1 and device.faults == 0 and not device.using_fallback
     assert device.primary.counters()["frames"] == 1
+
+
+@pytest.mark.parametrize("spec", ["ref", "model"])
+def test_decompress_defaults_to_the_frames_device(spec):
+    """``device=`` is optional on every device (the ``Device`` contract): the frame's device,
+    CPU for plain bytes."""
+    frame = actpack.Codec(mode="sfpr8").compress(torch.linspace(-3, 3, 200).reshape(8, 25))
+    device = actpack.open_device(spec)
+    for given in (frame, bytes(frame)):
+        out = device.decompress(given)
+        assert out.device == torch.device("cpu")
+        assert torch.equal(out, actpack.decompress(given))

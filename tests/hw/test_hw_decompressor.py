@@ -14,8 +14,8 @@ from actpack.codec.frame import Kind, unpack_index
 from actpack.codec.spec import DType
 from actpack.hw.decompressor import Decompressor
 from actpack.sim.build import build
+from actpack.sim.decompcases import block_model, write_case
 from actpack.sim.frames import frame_case
-from actpack.sim.test_decompressor import block_model, write_case
 
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
