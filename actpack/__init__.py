@@ -27,6 +27,7 @@ from actpack.errors import FrameError
 if TYPE_CHECKING:
     from actpack.codec import Codec, Frame, decompress
     from actpack.host import (
+        AdaptivePolicy,
         CompileWarning,
         DeviceUnavailableError,
         OffloadError,
@@ -37,11 +38,13 @@ if TYPE_CHECKING:
         SavedTensorModifiedError,
         UnknownDeviceError,
         UnpackMismatchError,
+        gradient_check,
         offload,
         open_device,
     )
 
 __all__ = [
+    "AdaptivePolicy",
     "Codec",
     "CompileWarning",
     "DeviceUnavailableError",
@@ -56,6 +59,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnpackMismatchError",
     "decompress",
+    "gradient_check",
     "offload",
     "open_device",
 ]
@@ -64,9 +68,10 @@ __version__ = "0.1.0"
 # Where each lazily imported public name lives (the test of import cycles reads this table).
 _LAZY = {
     **dict.fromkeys(["Codec", "Frame", "decompress"], "actpack.codec"),
-    **dict.fromkeys(["CompileWarning", "DeviceUnavailableError", "OffloadError", "OffloadSession",
-                     "Policy", "Rule", "SavedInfo", "SavedTensorModifiedError",
-                     "UnknownDeviceError", "UnpackMismatchError", "offload", "open_device"],
+    **dict.fromkeys(["AdaptivePolicy", "CompileWarning", "DeviceUnavailableError",
+                     "OffloadError", "OffloadSession", "Policy", "Rule", "SavedInfo",
+                     "SavedTensorModifiedError", "UnknownDeviceError", "UnpackMismatchError",
+                     "gradient_check", "offload", "open_device"],
                     "actpack.host"),
 }
 # Subpackages reachable as attributes after a bare ``import actpack`` (as when the root imported

@@ -25,6 +25,7 @@ from .errors import (
     UnknownDeviceError,
     UnpackMismatchError,
 )
+from .gradcheck import GradientCheck, gradient_check
 from .offload import OffloadSession, offload
 from .policy import OPS, Policy, Rule, SavedInfo
 from .stats import LayerStats, Stats, TensorStats
@@ -43,6 +44,7 @@ __all__ = [
     "Device",
     "DeviceUnavailableError",
     "FallbackDevice",
+    "GradientCheck",
     "LayerStats",
     "OffloadError",
     "OffloadSession",
@@ -56,6 +58,7 @@ __all__ = [
     "UnknownDeviceError",
     "UnpackMismatchError",
     "device_names",
+    "gradient_check",
     "offload",
     "open_device",
     "register_device",

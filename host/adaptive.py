@@ -49,7 +49,8 @@ from torch import nn
 from actpack.codec import Codec
 
 from .lossless import Lossless
-from .policy import Policy, SavedInfo, parse_setting
+from .offload import OffloadSession
+from .policy import Policy, SavedInfo, parse_setting, register_policy
 
 __all__ = ["AdaptivePolicy", "Calibration"]
 
@@ -118,7 +119,7 @@ def _call(model, inputs):
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
-class AdaptivePolicy:
+class AdaptivePolicy(Policy):
     """A policy whose lossy settings come from measured gradient error (module docstring).
 
     ``ladder``: the lossy settings tried, cheapest first ("keep" follows the last);
@@ -139,10 +140,12 @@ class AdaptivePolicy:
             raise ValueError(f"noise_fraction: expected a number > 0, got {noise_fraction!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every: expected an integer >= 1, got {every!r}")
+        base = base if base is not None else Policy.auto()
+        super().__init__(base.rules, default=base.default or "keep", min_bytes=base.min_bytes,
+                         integers="keep" if base.integers is None else "lossless")
         self.ladder = tuple(zip(ladder, codecs, strict=True))
         self.noise_fraction = float(noise_fraction)
         self.every = every
-        self.base = base if base is not None else Policy.auto()
         self.choices: dict[tuple, Choice] = {}
         self.last: Calibration | None = None
         self._calls = 0
@@ -152,11 +155,11 @@ class AdaptivePolicy:
                 f"{self.noise_fraction}, every={self.every}, calibrated={self.last is not None})")
 
     def _lossy(self, info: SavedInfo) -> bool:
-        codec = self.base(info)
+        codec = super().__call__(info)
         return isinstance(codec, Codec) and codec.mode != "mask"
 
     def __call__(self, info: SavedInfo) -> Codec | Lossless | None:
-        base = self.base(info)
+        base = super().__call__(info)
         if not (isinstance(base, Codec) and base.mode != "mask"):
             return base
         choice = self.choices.get(_key(info))
@@ -183,8 +186,6 @@ class AdaptivePolicy:
         batch needs at least 2 samples; ``loss_fn(output, targets)`` is the training loss
         (default: the mean square of the output). The model's parameters, buffers and
         gradients are as they were afterwards."""
-        from .offload import OffloadSession
-
         if _batch_size(inputs) < 2:
             raise ValueError("inputs: calibration splits the batch in two for the gradient "
                              "noise; expected a batch of at least 2 along dimension 0")
@@ -268,3 +269,6 @@ class AdaptivePolicy:
 def _rank(ladder, setting: str) -> int:
     names = [s for s, _ in ladder]
     return names.index(setting) if setting in names else len(names)
+
+
+register_policy("adaptive", AdaptivePolicy)

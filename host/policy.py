@@ -63,7 +63,7 @@ from actpack.codec.spec import MAX_GROUPS, geometry
 from .lossless import LOSSLESS, Lossless, lossless_takes
 
 __all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
-           "op_kind", "parse_setting"]
+           "op_kind", "parse_setting", "register_policy"]
 
 CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
@@ -344,19 +344,26 @@ class Policy:
                 f"min_bytes={self.min_bytes}, integers={integers!r})")
 
 
+_NAMED: dict[str, Callable[[], Policy]] = {}
+
+
+def register_policy(name: str, factory: Callable[[], Policy]) -> None:
+    """Make ``policy=name`` build ``factory()`` (how "adaptive", defined in ``host.adaptive``
+    on top of the session, is named without this module importing it)."""
+    _NAMED[name] = factory
+
+
 def resolve_policy(policy) -> Callable[[SavedInfo], Codec | None]:
     """``policy=`` of ``offload``: "auto", "adaptive" (``AdaptivePolicy()``), "keep", a setting
     applied to every large float tensor
     (e.g. "sfpr8"), a ``Policy``, or a function of ``SavedInfo`` returning a setting."""
-    from .adaptive import AdaptivePolicy
-
-    if isinstance(policy, (Policy, AdaptivePolicy)):
+    if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str):
         if policy == "auto":
             return Policy.auto()
-        if policy == "adaptive":
-            return AdaptivePolicy()
+        if policy in _NAMED:
+            return _NAMED[policy]()
         if policy == "keep":
             return Policy.keep()
         if policy == "mask":
