@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from actpack import Codec, decompress
 from actpack.data import (
@@ -103,6 +104,23 @@ def one_step_session(model, seed: int, *, device: str = "ref", policy="auto"):
     session = actpack.offload(device=device, policy=policy)
     train_digits(model, 1, seed + 1, session=session, progress=False)
     return session
+
+
+def step_peaks(model, batch: int, *, device: str = "ref", policy="auto") -> tuple[int, int]:
+    """The process-level peak of tensor memory of one forward and backward of ``model`` on
+    ``batch`` digits, without and with offload (``host.peak.step_peak``: forward's live
+    tensors, gradients and the codec's temporaries included)."""
+    import actpack
+    from actpack.host.peak import step_peak
+
+    x, y = digits_batch(batch).x, torch.arange(batch) % 10
+
+    def loss(out):
+        return nn.functional.cross_entropy(out, y)
+
+    return (step_peak(model, x, loss_fn=loss),
+            step_peak(model, x, loss_fn=loss,
+                      session=actpack.offload(device=device, policy=policy)))
 
 
 def check_device(device, seed: int, steps: int = 3, batch: int = 16) -> list[str]:
@@ -364,6 +382,9 @@ def _train_and_report(args, steps: int, batch: int, check, t0: float) -> int:
           f"{100 * (r_packed.test_accuracy - r_plain.test_accuracy):+.2f} points; step time "
           f"x{ms_packed / ms_plain:.2f} ({where})\n")
     step_session = one_step_session(packed[0], args.seed, device=train_on, policy=args.policy)
+    peak_plain, peak_packed = step_peaks(packed[0], batch, device=train_on, policy=args.policy)
+    print(f"peak of all tensor memory in a training step (whole process, torch.profiler): "
+          f"{peak_plain / 2**20:.2f} MiB without, {peak_packed / 2**20:.2f} MiB with actpack\n")
     print("one training step, per saved tensor:")
     step_session.report()
 

@@ -180,5 +180,6 @@ def test_bench_offload_quick(tmp_path):
     for g in grads.values():
         assert g["parameters"] > 0 and 0 <= g["rel_l2"] < 1 and -1 <= g["min_cosine"] <= 1
         assert g["peak_raw_bytes"] >= g["peak_resident_bytes"] >= g["peak_stored_bytes"] > 0
+        assert min(g["process_peak_plain"], g["process_peak_offload"], g["process_peak_inline"]) > 0
     assert "| bn_resnet |" in text and "min gradient cosine" in text
     assert len(data["targets"]) == 5 + 2 * len(grads)

@@ -160,7 +160,9 @@ def collect(*, quick: bool = False, rounds: int | None = None, train_steps: int 
 
 def _gradients(quick: bool) -> list[dict]:
     """One step of every model with and without offload (see the module docstring)."""
+    import actpack
     from actpack.host.gradcheck import gradient_check
+    from actpack.host.peak import step_peak
     from actpack.models import GRADIENT_MODELS
 
     cases = [(name, model, x) for name, _, model, x, _, _ in _models(quick)]
@@ -169,11 +171,15 @@ def _gradients(quick: bool) -> list[dict]:
     for name, model, x in tqdm(cases, desc="gradients", leave=False, disable=None):
         check = gradient_check(model, x, policy="auto", workers=2)
         st = check.stats
+        plain, packed = step_peak(model, x), step_peak(model, x, session=actpack.offload())
+        inline = step_peak(model, x, session=actpack.offload(workers=0))
         rows.append({"model": name, "min_cosine": check.min_cosine, "worst": check.worst,
                      "rel_l2": check.rel_l2, "parameters": len(check.cosines),
                      "ratio": st.ratio, "peak_raw_bytes": st.peak_raw_bytes,
                      "peak_stored_bytes": st.peak_stored_bytes,
-                     "peak_resident_bytes": st.peak_resident_bytes})
+                     "peak_resident_bytes": st.peak_resident_bytes,
+                     "process_peak_plain": plain, "process_peak_offload": packed,
+                     "process_peak_inline": inline})
     return rows
 
 
@@ -210,17 +216,21 @@ def render_markdown(result: dict) -> str:
         ("One step with and without offload from the same weights, batch and random state "
          "(policy \"auto\", 2 workers): the smallest per-parameter gradient cosine against "
          "plain autograd (parameters with a gradient of about 0 left out), the relative L2 "
-         "error of all gradients, and the peak of saved tensors over the step."),
+         "error of all gradients, the peak of saved tensors over the step, and the step's "
+         "peak of all tensor memory in the process (torch.profiler's allocator events: "
+         "forward's live tensors, gradients and the codec's temporaries included)."),
         "",
-        ("| model | min gradient cosine (parameter) | rel. L2 | ratio | peak without | "
-         "peak stored | peak resident |"),
-        "|---|---:|---:|---:|---:|---:|---:|",
+        ("| model | min gradient cosine (parameter) | rel. L2 | ratio | saved peak without | "
+         "stored | resident | step peak without | with, 2 workers | with, inline |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in result["gradients"]:
         lines.append(
             f"| {g['model']} | {g['min_cosine']:.4f} ({g['worst']}) | {g['rel_l2']:.4f} | "
             f"{g['ratio']:.2f}x | {_mib(g['peak_raw_bytes'])} | "
-            f"{_mib(g['peak_stored_bytes'])} | {_mib(g['peak_resident_bytes'])} |")
+            f"{_mib(g['peak_stored_bytes'])} | {_mib(g['peak_resident_bytes'])} | "
+            f"{_mib(g['process_peak_plain'])} | {_mib(g['process_peak_offload'])} | "
+            f"{_mib(g['process_peak_inline'])} |")
     a = result["accuracy"]
     lines += [
         "",
