@@ -76,7 +76,7 @@ from torch.utils._pytree import tree_leaves
 from actpack.codec import Codec, Frame
 from actpack.errors import FrameError
 
-from .device import Device, resolve_device
+from .device import Device, RefDevice, resolve_device
 from .errors import (
     CompileWarning,
     OffloadError,
@@ -93,7 +93,7 @@ _next_sequence_nr = torch._C._autograd._get_sequence_nr
 _graph_task_id = torch._C._current_graph_task_id
 
 
-def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
+def offload(*, device="ref", policy="auto", workers: int | str = "auto", prefetch: int = 2,
             max_pending_bytes: int | str | None = "auto") -> OffloadSession:
     """A session that compresses the tensors autograd saves while it is entered.
 
@@ -104,8 +104,11 @@ def offload(*, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
     ``actpack.host.policy``), "keep", a setting for every large float tensor ("sfpr8", "dct:optH",
     "eb:0.01"), a ``Policy`` or a function of ``SavedInfo``. ``workers``: compression threads; 0
     compresses in the saving op's thread and decompresses when backward asks (no overlap, no
-    threads: where training already keeps every CPU core busy, threads only compete with it; see
-    ``actpack bench offload`` in docs/results.md for measured step times). ``prefetch``: how many
+    threads: where training already keeps every CPU core busy, threads only compete with it, and
+    more is alive at once: see docs/offload.md and ``actpack bench offload`` for measured step
+    times and peaks); "auto" (the default) is 0 for CPU tensors on the software codec (device
+    "ref") and 2 threads for the rest (CUDA tensors, cards), started on first use.
+    ``prefetch``: how many
     stored tensors backward decompresses ahead (with ``workers`` > 0). ``max_pending_bytes``
     bounds the raw bytes still waiting for compression (what ``stats.peak_resident_bytes``
     counts beyond the stored bytes), at the cost of forward waiting for the workers: "auto"
@@ -334,8 +337,8 @@ class _Record:
     no values; a tensor that is not a ReLU output has no mask)."""
 
     __slots__ = ("alias", "device", "dtype", "freed_at", "info", "key", "mask", "packed_at",
-                 "raw_bytes", "refs", "saved_by", "seq", "shape", "stream", "stride", "values",
-                 "version", "weak")
+                 "raw_bytes", "refs", "saved_by", "seq", "shape", "stream", "stride", "threaded",
+                 "values", "version", "weak")
 
     def __init__(self, seq, key, info, t, packed_at, saver):
         self.seq, self.key, self.info = seq, key, info
@@ -353,6 +356,7 @@ class _Record:
         self.values: _Store | None = None
         self.refs = 0
         self.freed_at: float | None = None
+        self.threaded = False  # compressed and prefetched by the worker threads
 
     def stores(self) -> list[_Store]:
         return [s for s in (self.mask, self.values) if s is not None and not s.dropped]
@@ -415,10 +419,12 @@ class OffloadSession:
     """Compresses saved tensors while entered; see ``offload``. ``stats``, ``report()`` and
     ``plot()`` describe what it stored."""
 
-    def __init__(self, *, device="ref", policy="auto", workers: int = 2, prefetch: int = 2,
+    def __init__(self, *, device="ref", policy="auto", workers: int | str = "auto",
+                 prefetch: int = 2,
                  max_pending_bytes: int | str | None = "auto"):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers: expected an integer >= 0, got {workers!r}")
+        if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
+                                  or workers < 0):
+            raise ValueError(f"workers: expected \"auto\" or an integer >= 0, got {workers!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch: expected an integer >= 0, got {prefetch!r}")
         if max_pending_bytes not in (None, "auto") and (
@@ -430,10 +436,8 @@ class OffloadSession:
         self.device: Device = resolve_device(device)
         self.policy = resolve_policy(policy)
         self.prefetch = prefetch
-        self._pool = (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="actpack-offload")
-                      if workers else None)
-        if self._pool is not None:
-            weakref.finalize(self, self._pool.shutdown, wait=False)
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None  # started by the first threaded save
         self._lock = threading.RLock()
         self._drained = threading.Condition(self._lock)
         self._pending_bytes = 0
@@ -484,7 +488,8 @@ class OffloadSession:
             with self._lock:
                 self._passed += 1
             return _Passed(t)
-        if self.max_pending_bytes is not None and self._pool is not None:
+        threaded = self._threaded(t)
+        if self.max_pending_bytes is not None and threaded:
             nbytes = t.numel() * t.element_size()
             with self._lock:
                 self._drained.wait_for(lambda: self._may_start(nbytes))
@@ -528,6 +533,7 @@ class OffloadSession:
         codec = self.policy(info) if _dense(t) else None
         with self._lock:
             rec = _Record(next(self._seq), key, info, t, self._now(), saver)
+            rec.threaded = threaded
             self._by_key[key] = rec
             self._live[rec.seq] = rec
             self._live_seqs.append(rec.seq)
@@ -541,6 +547,23 @@ class OffloadSession:
             if shape_only:
                 self._claim_shape_only(handle, t)
             return handle
+
+    def _threaded(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is compressed by the worker threads (see ``workers``); starts them."""
+        if self.workers == "auto":
+            if t.device.type == "cpu" and isinstance(self.device, RefDevice):
+                return False
+            workers = 2
+        elif self.workers == 0:
+            return False
+        else:
+            workers = self.workers
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=workers,
+                                                thread_name_prefix="actpack-offload")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+        return True
 
     def _may_start(self, nbytes: int) -> bool:
         """Whether a save of ``nbytes`` raw bytes may start compressing (lock held); see
@@ -616,7 +639,7 @@ class OffloadSession:
         if codec is None:
             store.stored_at, store.nbytes = self._now(), rec.raw_bytes
         else:
-            if self._pool is None:  # inline: stored before the op returns, never pending
+            if not rec.threaded:  # inline: stored before the op returns, never pending
                 store.future = Future()
                 self._compress(rec, store, store.tensor, codec)
                 store.future.set_result(None)
@@ -669,7 +692,7 @@ class OffloadSession:
             if not packed.read:
                 packed.read = True
                 packed.store.unread -= 1
-        if self.prefetch and self._pool is not None:
+        if self.prefetch and rec.threaded:
             self._prefetch_before(rec.seq)
         return t
 
@@ -734,6 +757,8 @@ class OffloadSession:
             started = 0
             for s in reversed(self._live_seqs[max(0, i - 4 * self.prefetch):i]):
                 rec = self._live[s]
+                if not rec.threaded:
+                    continue
                 for store in rec.stores():
                     if (started < self.prefetch and store.frame is not None
                             and store.decoded is None and store.unread > 0):

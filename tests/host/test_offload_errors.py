@@ -165,7 +165,7 @@ def test_in_place_change_before_compression_is_caught():
 
     gate = threading.Event()
     a = torch.randn(256, 256, requires_grad=True)
-    with actpack.offload(device=Slow(), policy=Policy(min_bytes=0)):
+    with actpack.offload(device=Slow(), policy=Policy(min_bytes=0), workers=2):
         b = a * 2
         c = b.sin()  # saves b; its compression waits for the gate
         b.add_(1)

@@ -251,3 +251,16 @@ def test_workers_and_prefetch_do_not_change_results(workers, prefetch):
     assert not session._live and not session._by_key
     assert all(s.frame is None and s.tensor is None
                for r in session._history for s in (r.mask, r.values) if s is not None)
+
+
+def test_workers_auto_is_inline_for_cpu_tensors_on_ref_and_threads_for_a_card():
+    # CPU training on the software codec: threads only compete with training for the cores
+    # and keep more alive at once (docs/offload.md); a card's I/O overlaps with compute.
+    model, x = conv_relu_pool(), batch()
+    session = actpack.offload()
+    grads(model, x, session)
+    assert session._pool is None and not any(r.threaded for r in session._history)
+    card = actpack.offload(device="model")
+    grads(model, x, card)
+    assert card._pool is not None and any(r.threaded for r in card._history)
+    assert card.stats.stored_bytes == session.stats.stored_bytes  # the same bytes either way
