@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 import actpack
 from actpack.codec import torchpath
 from actpack.codec.frame import crc32c_of, parse_frame
-from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT
+from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT, Mode
+from actpack.codec.tables import NAMED_TABLES
 from actpack.errors import Check, FrameError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "OFF_NGROUPS",
     "OFF_VERSION",
     "SPECIALS",
+    "VALUE_MODES",
     "Layout",
     "assert_backends_agree",
     "assert_check",
@@ -59,8 +61,10 @@ __all__ = [
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-MODES = ("dct", "eb", "sfpr8", "mask")
-NAMED = ("optL", "optH", "optsL", "optsH")
+# From the enum and the table registry, so a new mode or named table is tested without an edit.
+MODES = tuple(m.label for m in Mode)
+VALUE_MODES = tuple(m.label for m in Mode if m is not Mode.MASK)  # mask stores no values
+NAMED = tuple(NAMED_TABLES)
 MAX_NUMEL = 640
 
 # Bit patterns worth injecting: +-Inf, quiet NaN, NaN with sign and payload, signaling NaN, -0,
