@@ -48,6 +48,7 @@ from actpack.hw.protocol import (
     ProtocolError,
     StatusRecord,
     align,
+    frame_error_code,
     pack_shape,
     table_crc,
     values_bytes,
@@ -275,7 +276,8 @@ class CardDevice:
         text = (f"device {self.name!r}: the card rejected the {what} job: {status.code.name} "
                 f"(detail {status.detail})")
         if status.code in (ErrorCode.HEADER_CRC, ErrorCode.BODY_CRC, ErrorCode.BAD_FRAME):
-            return CardFrameError(f"{text}: the frame is corrupted")
+            # the CRC codes name their check; BAD_FRAME stands for any other and names none
+            return CardFrameError(f"{text}: the frame is corrupted", check=status.code.check)
         if status.code in (ErrorCode.UNSUPPORTED, ErrorCode.TOO_LARGE):
             return CardCapabilityError(text)
         self._needs_reset = True
@@ -319,11 +321,11 @@ class CardDevice:
         try:
             parse_frame(msg)
         except FrameError as exc:
-            key = "crc_errors" if "CRC" in str(exc) else "frame_errors"
+            key = "crc_errors" if frame_error_code(exc.check).is_crc else "frame_errors"
             self.host_counters[key] += 1
             self._needs_reset = True  # a card that sent a bad frame may be out of step
             raise CardFrameError(f"device {self.name!r}: the frame the card sent fails its "
-                                 f"checks: {exc}") from exc
+                                 f"checks: {exc}", check=exc.check, block=exc.block) from exc
         return Frame(msg, device=tensor.device)
 
     def _load_table(self, table, crc: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 import struct
 import threading
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from actpack.codec.frame import (
     scale_record,
 )
 from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 from actpack.hw.protocol import (
     DESCRIPTOR_BYTES,
     SCALE_RECORD_BYTES,
@@ -49,6 +48,7 @@ from actpack.hw.protocol import (
     StatusRecord,
     align,
     compress_in_bytes,
+    frame_error_code,
     table_crc,
     unpack_shape,
     values_bytes,
@@ -64,10 +64,11 @@ BITS = {DType.FLOAT32: np.dtype("<u4"), DType.FLOAT16: np.dtype("<u2"),
         DType.BFLOAT16: np.dtype("<u2")}
 _COUNTERS = [r for r in REGS if r.width == 64]
 _OWNED = [r for r in REGS if r.access is not Access.RW]  # words the card writes
-# parse_frame messages about what follows the header: a streaming decoder finds these only after
-# it has sent blocks, so it sends the values section before the status record.
-_LATE = re.compile(r"payload CRC|corrupted index|corrupted trailer|the producer|block \d|"
-                   r"trailing bytes|truncated frame: \d+ bytes, expected")
+# Checks of parse_frame on what follows the header (16 on), and a block decoder's check that names
+# its block: a streaming decoder finds these only after it has sent blocks, so it sends the values
+# section before the status record.
+_CHECKS = list(Check)
+_LATE = frozenset(c for c in _CHECKS[_CHECKS.index(Check.TRUNCATED):] if not c.block)
 
 
 class _Reject(Exception):
@@ -315,12 +316,9 @@ class CardModel:
             self._supported(header.mode, header.dtype)
             bits, header = reference.decompress(data)
         except FrameError as exc:
-            msg = str(exc)
-            code = (ErrorCode.HEADER_CRC if "header CRC" in msg else
-                    ErrorCode.BODY_CRC if "payload CRC" in msg else ErrorCode.BAD_FRAME)
-            block = re.match(r"block (\d+)", msg)
-            values = _values_of(data) if _LATE.match(msg) else 0
-            raise _Reject(code, int(block.group(1)) if block else 0, values) from None
+            late = exc.check in _LATE or exc.block is not None
+            values = _values_of(data) if late else 0
+            raise _Reject(frame_error_code(exc.check), exc.block or 0, values) from None
         geo = header.geometry
         if not geo.nblocks:
             return b""

@@ -6,7 +6,7 @@ classes here cover what is specific to offloading.
 
 from __future__ import annotations
 
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 __all__ = [
     "CardCapabilityError",
@@ -61,7 +61,12 @@ class CardProtocolError(CardError):
 class CardFrameError(CardError, FrameError):
     """A frame failed its checks on the card's side of the link: the frame the card produced
     does not parse (CRC mismatch, bad fields), or the card found the frame given to it corrupted.
-    Also a ``FrameError``, so callers that handle corrupted frames handle this one."""
+    Also a ``FrameError``, so callers that handle corrupted frames handle this one; its
+    ``check`` is ``None`` where the card answered ``BAD_FRAME``, which names no check."""
+
+    def __init__(self, message: str, *, check: Check | None, block: int | None = None):
+        # RuntimeError's __init__ comes first in the MRO and would drop check and block
+        FrameError.__init__(self, message, check=check, block=block)
 
 
 class CardCapabilityError(CardError):

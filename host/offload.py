@@ -733,7 +733,8 @@ class OffloadSession:
                         if rec.stride is None:
                             t = t.contiguous()
         except FrameError as exc:
-            raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})") from exc
+            raise FrameError(f"{rec.label}: its stored frame is corrupted ({exc})",
+                             check=exc.check, block=exc.block) from exc
         if not isinstance(t, torch.Tensor):
             raise UnpackMismatchError(f"{rec.label}: device {self.device.name!r} returned "
                                       f"{type(t).__name__}, not a tensor")

@@ -7,8 +7,8 @@ to back behind a header and an index; the parser keeps the index (it comes befor
 and cuts the packed payload back into per-block beats. It checks what a streaming reader can
 check in integers (``FrameCheck``); two checks of section 10 need floating-point division and
 are left to the host, which holds the frame before the card sees it: 12, a scale record's
-float32 inverse against its mantissa and exponent, and the part of 15 that compares an ``eb``
-frame's scale with ``eb_scale(param)`` (the decoder multiplies by the frame's own inverse, so a
+float32 inverse against its mantissa and exponent, and 15a, which compares an ``eb`` frame's
+scale with ``eb_scale(param)`` (the decoder multiplies by the frame's own inverse, so a
 frame that fails them decodes to wrong values, never to a hang).
 """
 
@@ -25,14 +25,15 @@ from actpack.codec import frame as fmt
 from actpack.codec import spec
 from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
+from actpack.errors import Check
 
 from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from .framebuild import SECTION, FrameBeat
 from .geometry import ElementCount, Geometry, GroupWalker
 from .quant import TableWrite
 
-__all__ = ["FrameCheck", "FrameInfo", "FrameParser", "ParsedBlock", "Verdict", "param_bad",
-           "scale_record_bad"]
+__all__ = ["FrameCheck", "FrameInfo", "FrameParser", "ParsedBlock", "Verdict", "frame_check",
+           "param_bad", "scale_record_bad"]
 
 _WORD = 8  # bytes the parser takes (and its CRC steps over) per cycle
 _ENTRIES_PER_WORD = _WORD // 2
@@ -41,34 +42,35 @@ _MAGIC = int.from_bytes(fmt.MAGIC, "little")
 _FIXED_WORDS = 5  # the 40-byte fixed part of the header
 
 
-class FrameCheck(enum.IntEnum):
-    """Bit of ``Verdict.errors`` per check of docs/format.md section 10, in that section's order
-    (the lowest set bit is the check ``frame.parse_frame`` reports), then the card's own limit."""
+# Checks of docs/format.md section 10 that get no bit of their own: 3 (a newer version) shares
+# 4's (the parser flags any version but 1), 12 and 15a are the host's (module docstring), and
+# 23 on are the block decoders' (hw.blockdecode), reported per block, not in the verdict.
+_SHARED_BIT = {Check.VERSION_NEWER: Check.VERSION}
+_HOST_ONLY = frozenset({Check.SCALE_INVERSE, Check.EB_SCALE})
 
-    NOT_FRAME = 0  # 1: magic
-    TRUNCATED_FIXED = 1  # 2: fewer than 40 bytes
-    VERSION = 2  # 3, 4
-    NDIM = 3  # 5
-    NGROUPS = 4  # 6
-    TRUNCATED_HEADER = 5  # 7: shorter than the header and its CRC
-    HEADER_CRC = 6  # 8
-    HEADER_PADDING = 7  # 8a
-    MODE_DTYPE = 8  # 9
-    NUMEL = 9  # 9a: more elements than spec.MAX_NUMEL, zero dims counted as 1
-    TABLE_ZERO = 10  # 10
-    SCALE = 11  # 11 (12, the float32 inverse, is the host's)
-    NBLOCKS = 12  # 13
-    GROUPS = 13  # 14
-    PARAM = 14  # 15: the ranges of range_max, the error bound, a mask frame's 0
-    TRUNCATED = 15  # 16
-    TRAILING = 16  # 17
-    TRAILER_RESERVED = 17  # 17a
-    BODY_CRC = 18  # 18
-    LENGTH = 19  # 19
-    STATUS = 20  # 20
-    INDEX_ENTRY = 21  # 21
-    INDEX_SUM = 22  # 22
-    CAPACITY = 23  # more blocks or groups than this parser holds (not a format error)
+
+def _parser_checks() -> list[Check]:
+    return [c for c in Check if not c.block and c not in _SHARED_BIT and c not in _HOST_ONLY]
+
+
+FrameCheck = enum.IntEnum(
+    "FrameCheck",
+    [(c.name, bit) for bit, c in enumerate(_parser_checks())]
+    # more blocks or groups than this parser holds (not a format error): above every check
+    + [("CAPACITY", len(_parser_checks()))],
+    module=__name__,
+)
+FrameCheck.__doc__ = """Bit of ``Verdict.errors`` per check of docs/format.md section 10 the parser
+makes, derived from ``actpack.errors.Check`` (same names, that section's order, so the lowest
+set bit is the check ``frame.parse_frame`` reports), then the card's own limit ``CAPACITY``."""
+
+
+def frame_check(check: Check) -> FrameCheck | None:
+    """The ``FrameCheck`` bit the parser sets for a frame that fails ``check``, or ``None`` for
+    a check it leaves to the host or to the block decoders."""
+    if check in _HOST_ONLY or check.block:
+        return None
+    return FrameCheck[_SHARED_BIT.get(check, check).name]
 
 
 FrameInfo = data.StructLayout({"mode": unsigned(8), "dtype": unsigned(8), "nblocks": unsigned(32)})
@@ -131,8 +133,8 @@ class FrameParser(wiring.Component):
     - ``table_wr``: a ``dct`` frame's quantization table, one entry a cycle, written only while
       ``table_free`` (the engine holds no block of an earlier frame).
 
-    Checks: every row of docs/format.md section 10 up to 22 but 12 and the eb-scale part of 15
-    (see the module docstring), as ``FrameCheck`` bits. A frame whose header or index fails gets
+    Checks: every row of docs/format.md section 10 up to 22 but 12 and 15a (see the
+    module docstring), as ``FrameCheck`` bits. A frame whose header or index fails gets
     no ``info`` and no blocks: its bytes are read to ``last`` and dropped. Trailer faults (body
     CRC, length, status, trailing bytes) are known only after the blocks went out: the verdict
     says so and the consumer discards what it decoded. A frame cut short inside its payload still

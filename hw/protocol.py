@@ -33,6 +33,7 @@ import numpy as np
 
 from actpack.codec.frame import ALIGN, MAX_NDIM, crc32c_of
 from actpack.codec.spec import DType, Mode
+from actpack.errors import Check
 
 __all__ = [
     "DESCRIPTOR_BYTES",
@@ -49,6 +50,7 @@ __all__ = [
     "StatusRecord",
     "align",
     "compress_in_bytes",
+    "frame_error_code",
     "pack_shape",
     "table_crc",
     "unpack_shape",
@@ -108,6 +110,25 @@ class ErrorCode(enum.IntEnum):
     @property
     def is_crc(self) -> bool:
         return self in (ErrorCode.HEADER_CRC, ErrorCode.BODY_CRC)
+
+    @property
+    def check(self) -> Check | None:
+        """The check of docs/format.md section 10 this code names, where it names one (the CRC
+        codes); ``BAD_FRAME`` stands for every other check and names none."""
+        return _CHECK_OF_CODE.get(self)
+
+
+_CODE_OF_CHECK = {Check.HEADER_CRC: ErrorCode.HEADER_CRC, Check.BODY_CRC: ErrorCode.BODY_CRC}
+_CHECK_OF_CODE = {code: check for check, code in _CODE_OF_CHECK.items()}
+
+
+def frame_error_code(check: Check) -> ErrorCode:
+    """The code a decompress job answers for a frame that fails ``check`` (an
+    ``actpack.errors.Check``): the two CRC checks have their own codes, every other one is
+    ``BAD_FRAME``."""
+    if not isinstance(check, Check):
+        raise TypeError(f"check: expected an actpack.errors.Check, got {check!r}")
+    return _CODE_OF_CHECK.get(check, ErrorCode.BAD_FRAME)
 
 
 def align(n: int) -> int:

@@ -24,7 +24,7 @@ from actpack.codec import reference, spec
 from actpack.codec.frame import DENSE_HEADER, Header, Kind, parse_frame, unpack_index
 from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import ZIGZAG, resolve_table
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.blockdecode import BlockDecoder, BlockError, DecodedRow, Unzigzag
@@ -92,12 +92,12 @@ def _code(symbols: np.ndarray, choose: str = "auto") -> tuple[int, bytes]:
     return _entry(Kind.CODED, coded[0], len(coded[1])), coded[1]
 
 
-_MESSAGE_FLAG = {
-    "coded block has an empty or non-minimal mask": BlockError.MASK,
-    "mask block has trailing bytes": BlockError.LENGTH,
-    "coded block is shorter than its width nibbles": BlockError.LENGTH,
-    "coded block length does not match its widths": BlockError.LENGTH,
-    "dense block length does not match its widths": BlockError.LENGTH,
+_CHECK_FLAG = {  # a reference decoder's check (docs/format.md 10) -> the lane's flag
+    Check.CODED_MASK: BlockError.MASK,
+    Check.MASK_TRAILING: BlockError.LENGTH,
+    Check.CODED_SHORT: BlockError.LENGTH,
+    Check.CODED_LENGTH: BlockError.LENGTH,
+    Check.DENSE_LENGTH: BlockError.LENGTH,
 }
 
 
@@ -122,7 +122,7 @@ def _expect(entry: int, chunk: bytes) -> tuple[np.ndarray, BlockError]:
         else:
             symbols = reference.decode_block(chunk, mb, with_values=MODE is not Mode.MASK)
     except FrameError as exc:
-        return zeros, _MESSAGE_FLAG[str(exc)]
+        return zeros, _CHECK_FLAG[exc.check]
     if MODE is Mode.SFPR8 and np.abs(symbols).max() > spec.SFPR_MAX:
         return symbols, BlockError.RANGE
     return symbols, BlockError(0)

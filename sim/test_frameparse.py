@@ -37,53 +37,12 @@ from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, Mode, Scale
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat
 from ..hw.framebuild import FrameBeat
-from ..hw.frameparse import FrameCheck, FrameInfo, ParsedBlock, Verdict
+from ..hw.frameparse import FrameCheck, FrameInfo, ParsedBlock, Verdict, frame_check
 from . import rows
 from .stream import StreamTB, random_pauses
 
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
 MAX_BLOCKS = int(os.environ.get("ACTPACK_TB_MAX_BLOCKS", "1024"))
-
-# parse_frame's FrameError messages -> the parser's check (docs/format.md section 10)
-CHECK_OF_MESSAGE = (
-    ("not an actpack frame", FrameCheck.NOT_FRAME),
-    ("truncated frame: ", FrameCheck.TRUNCATED),  # refined by _check below
-    ("frame format version", FrameCheck.VERSION),
-    ("unknown frame format version", FrameCheck.VERSION),
-    ("corrupted header: ndim", FrameCheck.NDIM),
-    ("header CRC mismatch", FrameCheck.HEADER_CRC),
-    ("corrupted header: nonzero padding", FrameCheck.HEADER_PADDING),
-    ("corrupted header: mode", FrameCheck.MODE_DTYPE),
-    ("corrupted header: shape", FrameCheck.NUMEL),
-    ("corrupted header: quantization table", FrameCheck.TABLE_ZERO),
-    ("corrupted header: scale", FrameCheck.SCALE),
-    ("corrupted header: range_max", FrameCheck.PARAM),
-    ("corrupted header: error bound", FrameCheck.PARAM),
-    ("corrupted header: mask frame", FrameCheck.PARAM),
-    ("trailing bytes", FrameCheck.TRAILING),
-    ("corrupted trailer: nonzero reserved", FrameCheck.TRAILER_RESERVED),
-    ("payload CRC mismatch", FrameCheck.BODY_CRC),
-    ("corrupted trailer: frame length", FrameCheck.LENGTH),
-    ("the producer flagged", FrameCheck.STATUS),
-    ("corrupted index: block lengths", FrameCheck.INDEX_SUM),
-    ("corrupted index: block", FrameCheck.INDEX_ENTRY),
-)
-
-
-def _check(msg: str) -> FrameCheck:
-    if msg.startswith("truncated frame: "):
-        if "shorter than the 40-byte" in msg:
-            return FrameCheck.TRUNCATED_FIXED
-        return FrameCheck.TRUNCATED_HEADER if "header needs" in msg else FrameCheck.TRUNCATED
-    if msg.startswith("corrupted header: ") and "scale groups" in msg:
-        return FrameCheck.GROUPS if "expected" in msg else FrameCheck.NGROUPS
-    if msg.startswith("corrupted header: ") and " blocks, shape" in msg:
-        return FrameCheck.NBLOCKS
-    for prefix, check in CHECK_OF_MESSAGE:
-        if msg.startswith(prefix):
-            return check
-    raise AssertionError(f"no parser check for {msg!r}")
-
 
 # ----------------------------------------------------------------------------- frames
 
@@ -229,9 +188,7 @@ def _expect(frame: bytes, base: bytes | None) -> Expect:
         parse_frame(frame)
         check = None
     except FrameError as e:
-        check = _check(str(e))
-        if "inverse does not match" in str(e):
-            check = None  # the host's check, not the parser's (hw.frameparse docstring)
+        check = frame_check(e.check)  # None: the host's check, not the parser's (12, 15a)
     header = parse_frame(base if base is not None else frame)[0]
     if header.nblocks > MAX_BLOCKS and check in (None, FrameCheck.NBLOCKS):
         check = FrameCheck.CAPACITY

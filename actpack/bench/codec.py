@@ -37,6 +37,7 @@ from actpack.bench import (
     publish,
     source_info,
 )
+from actpack.codec.tables import NAMED_TABLES
 from actpack.data import (
     KINDS,
     capture_activations,
@@ -48,7 +49,7 @@ from actpack.data import (
 
 __all__ = ["add_arguments", "collect", "render_markdown", "run"]
 
-DCT_TABLES = ("optL", "optH", "optsL", "optsH", "jpeg50")
+DCT_TABLES = (*NAMED_TABLES, "jpeg50")  # every named table, and one jpeg quality
 EB_FACTORS = (0.01, 0.02, 0.05)  # error bounds as fractions of the pooled std of the data
 TARGET_DCT_MBPS = 200.0
 TARGET_DCT_OPTH_RELU_RATIO = 8.0

@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 
 from actpack.bench import add_output_arguments, machine_info, publish, source_info
+from actpack.codec.spec import Mode
 
 __all__ = ["LANES", "MODES", "add_arguments", "measure_compressor", "measure_compressor_cases",
            "measure_decompressor", "run", "workloads"]
 
-MODES = ("dct", "sfpr8", "eb", "mask")
+MODES = tuple(m.label for m in Mode)
 LANES = (1, 2, 4)
 _EB_TYPICAL, _EB_DENSE = 1e-2, 1e-4
 

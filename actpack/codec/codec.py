@@ -21,7 +21,7 @@ from actpack.codec.spec import (
     nonzero_numel,
 )
 from actpack.codec.tables import resolve_table
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 __all__ = ["BACKENDS", "Codec", "Frame", "decompress"]
 
@@ -59,7 +59,7 @@ class Frame:
 
     def _fixed(self):
         if len(self._data) < 40:
-            raise FrameError("truncated frame")
+            raise FrameError("truncated frame", check=Check.TRUNCATED_FIXED)
         return struct.unpack_from("<4sHBBB", self._data, 0)
 
     @property

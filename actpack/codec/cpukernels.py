@@ -21,6 +21,7 @@ from numba import njit
 
 from actpack.codec import spec
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
+from actpack.errors import Check
 
 __all__ = ["DECODE_ERRORS", "decode_blocks", "encode_blocks", "group_maxabs"]
 
@@ -45,13 +46,13 @@ _F32_MAX = np.float32(np.finfo(np.float32).max)
 # mask bytes + width nibbles + 8 groups of at most 15 bytes, + 3 bytes _put may overshoot
 SCRATCH = 8 + 4 + 120 + 3
 
-# Decoder error codes -> messages (0 = fine).
+# Decoder error codes -> (check of docs/format.md 10, message) (0 = fine).
 DECODE_ERRORS = {
-    1: "coded block has an empty or non-minimal mask",
-    2: "coded block length does not match its widths",
-    3: "sfpr8 value out of range",
-    4: "mask block has trailing bytes",
-    5: "dense block length does not match its widths",
+    1: (Check.CODED_MASK, "coded block has an empty or non-minimal mask"),
+    2: (Check.CODED_LENGTH, "coded block length does not match its widths"),
+    3: (Check.SFPR8_RANGE, "sfpr8 value out of range"),
+    4: (Check.MASK_TRAILING, "mask block has trailing bytes"),
+    5: (Check.DENSE_LENGTH, "dense block length does not match its widths"),
 }
 
 

@@ -34,7 +34,7 @@ from actpack.codec.spec import (
     geometry,
     nonzero_numel,
 )
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 __all__ = [
     "ALIGN",
@@ -180,8 +180,8 @@ def frame_bound(shape, dtype: DType, mode: Mode) -> int:
     return head + _align(2 * geo.nblocks) + payload + _TRAILER_BYTES
 
 
-def _fail(msg: str):
-    raise FrameError(msg)
+def _fail(check: Check, msg: str):
+    raise FrameError(msg, check=check)
 
 
 def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
@@ -192,35 +192,39 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     """
     mv = memoryview(buf).cast("B")
     if len(mv) < 4 or bytes(mv[:4]) != MAGIC:
-        _fail(f"not an actpack frame: magic is {bytes(mv[:4])!r}, expected {MAGIC!r}")
+        _fail(Check.NOT_FRAME,
+              f"not an actpack frame: magic is {bytes(mv[:4])!r}, expected {MAGIC!r}")
     if len(mv) < _FIXED.size:
-        _fail(f"truncated frame: {len(mv)} bytes, shorter than the {_FIXED.size}-byte header")
+        _fail(Check.TRUNCATED_FIXED,
+              f"truncated frame: {len(mv)} bytes, shorter than the {_FIXED.size}-byte header")
     (_, version, mode, dtype, ndim, table_id, table_arg, _reserved, ngroups, nblocks,
      payload_bytes, param) = _FIXED.unpack_from(mv, 0)
     if version > VERSION:
-        _fail(f"frame format version {version} is newer than this actpack reads ({VERSION}); "
+        _fail(Check.VERSION_NEWER,
+              f"frame format version {version} is newer than this actpack reads ({VERSION}); "
               "upgrade actpack")
     if version != VERSION:
-        _fail(f"unknown frame format version {version}")
+        _fail(Check.VERSION, f"unknown frame format version {version}")
     if ndim > MAX_NDIM:
-        _fail(f"corrupted header: ndim {ndim} > {MAX_NDIM}")
+        _fail(Check.NDIM, f"corrupted header: ndim {ndim} > {MAX_NDIM}")
     if ngroups > MAX_GROUPS:
-        _fail(f"corrupted header: {ngroups} scale groups")
+        _fail(Check.NGROUPS, f"corrupted header: {ngroups} scale groups")
     head_len = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
     if len(mv) < head_len + 4:
-        _fail(f"truncated frame: {len(mv)} bytes, header needs {head_len + 4}")
+        _fail(Check.TRUNCATED_HEADER,
+              f"truncated frame: {len(mv)} bytes, header needs {head_len + 4}")
     (head_crc,) = struct.unpack_from("<I", mv, head_len)
     if crc32c_of(mv[:head_len]) != head_crc:
-        _fail("header CRC mismatch: the frame header is corrupted")
+        _fail(Check.HEADER_CRC, "header CRC mismatch: the frame header is corrupted")
     if any(mv[head_len + 4 : min(len(mv), _align(head_len + 4))]):
-        _fail("corrupted header: nonzero padding after the header CRC")
+        _fail(Check.HEADER_PADDING, "corrupted header: nonzero padding after the header CRC")
     try:
         mode, dtype = Mode(mode), DType(dtype)
     except ValueError:
-        _fail(f"corrupted header: mode {mode} / dtype {dtype} unknown")
+        _fail(Check.MODE_DTYPE, f"corrupted header: mode {mode} / dtype {dtype} unknown")
     shape = struct.unpack_from(f"<{ndim}Q", mv, _FIXED.size)
     if nonzero_numel(shape) > MAX_NUMEL:
-        _fail(f"corrupted header: shape {shape} has more than {MAX_NUMEL} elements "
+        _fail(Check.NUMEL, f"corrupted header: shape {shape} has more than {MAX_NUMEL} elements "
               "(zero dims counted as 1)")
     pos = _FIXED.size + 8 * ndim
     table = None
@@ -228,34 +232,36 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
         table = np.frombuffer(mv[pos : pos + 64], dtype=np.uint8).copy()
         pos += 64
         if np.any(table == 0):
-            _fail("corrupted header: quantization table has a zero entry")
+            _fail(Check.TABLE_ZERO, "corrupted header: quantization table has a zero entry")
     scales = [scale_record(i, *_SCALE.unpack_from(mv, pos + _SCALE.size * i))
               for i in range(ngroups)]
     header = Header(mode, dtype, tuple(shape), param, table_id, table_arg, table, tuple(scales),
                     payload_bytes)
     geo = header.geometry
     if nblocks != geo.nblocks:
-        _fail(f"corrupted header: {nblocks} blocks, shape {tuple(shape)} has {geo.nblocks}")
+        _fail(Check.NBLOCKS,
+              f"corrupted header: {nblocks} blocks, shape {tuple(shape)} has {geo.nblocks}")
     if ngroups != expected_groups(mode, geo):
-        _fail(f"corrupted header: {ngroups} scale groups, expected {expected_groups(mode, geo)}")
+        _fail(Check.GROUPS,
+              f"corrupted header: {ngroups} scale groups, expected {expected_groups(mode, geo)}")
     _check_param(mode, param, scales)
 
     head_total = _align(head_len + 4)
     idx_len = _align(2 * nblocks)
     total = head_total + idx_len + _align(payload_bytes) + _TRAILER_BYTES
     if len(mv) < total:
-        _fail(f"truncated frame: {len(mv)} bytes, expected {total}")
+        _fail(Check.TRUNCATED, f"truncated frame: {len(mv)} bytes, expected {total}")
     if len(mv) > total:
-        _fail(f"trailing bytes after the frame: {len(mv)} bytes, expected {total}")
+        _fail(Check.TRAILING, f"trailing bytes after the frame: {len(mv)} bytes, expected {total}")
     body_crc, status, length = _TRAILER.unpack_from(mv, total - _TRAILER_BYTES)
     if any(mv[total - _TRAILER_BYTES + _TRAILER.size : total]):
-        _fail("corrupted trailer: nonzero reserved bytes")
+        _fail(Check.TRAILER_RESERVED, "corrupted trailer: nonzero reserved bytes")
     if crc32c_of(mv[head_total : total - _TRAILER_BYTES]) != body_crc:
-        _fail("payload CRC mismatch: the frame's index or payload is corrupted")
+        _fail(Check.BODY_CRC, "payload CRC mismatch: the frame's index or payload is corrupted")
     if length != total:
-        _fail(f"corrupted trailer: frame length {length}, actual {total}")
+        _fail(Check.LENGTH, f"corrupted trailer: frame length {length}, actual {total}")
     if status != 0:
-        _fail(f"the producer flagged this frame with status 0x{status:08x}")
+        _fail(Check.STATUS, f"the producer flagged this frame with status 0x{status:08x}")
     index = np.frombuffer(mv[head_total : head_total + 2 * nblocks], dtype="<u2")
     _check_index(header, index)
     pay = mv[head_total + idx_len : head_total + idx_len + payload_bytes]
@@ -268,27 +274,29 @@ def scale_record(i: int, mantissa: int, exponent: int, inverse: float) -> Scale:
     finite) and the inverse that belongs to them; else ``FrameError``."""
     lo, hi = SCALE_EXP_RANGE
     if not (1 << 15) <= mantissa < (1 << 16) or not lo <= exponent <= hi:
-        _fail(f"corrupted header: scale {i} is {mantissa} * 2**{exponent}, outside "
+        _fail(Check.SCALE, f"corrupted header: scale {i} is {mantissa} * 2**{exponent}, outside "
               f"[2**15, 2**16) * 2**[{lo}, {hi}]")
     s = Scale(mantissa, exponent)
     if np.float32(inverse) != s.inverse:
-        _fail(f"corrupted header: scale {i} inverse does not match its mantissa and exponent")
+        _fail(Check.SCALE_INVERSE,
+              f"corrupted header: scale {i} inverse does not match its mantissa and exponent")
     return s
 
 
 def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:
     if mode in (Mode.DCT, Mode.SFPR8):
         if not RANGE_MIN_LIMIT <= param <= RANGE_MAX_LIMIT:
-            _fail(f"corrupted header: range_max {param}")
+            _fail(Check.PARAM, f"corrupted header: range_max {param}")
     elif mode is Mode.EB:
         lo, hi = ERROR_BOUND_RANGE
         if not lo <= param <= hi:
-            _fail(f"corrupted header: error bound {param}")
+            _fail(Check.PARAM, f"corrupted header: error bound {param}")
         lo, hi = eb_scale_range(param)
         if not lo <= scales[0].value <= hi:
-            _fail("corrupted header: error-bound scale does not match the error bound")
+            _fail(Check.EB_SCALE,
+                  "corrupted header: error-bound scale does not match the error bound")
     elif param != 0:
-        _fail(f"corrupted header: mask frame with parameter {param}")
+        _fail(Check.PARAM, f"corrupted header: mask frame with parameter {param}")
 
 
 def _check_index(header: Header, index: np.ndarray) -> None:
@@ -304,7 +312,8 @@ def _check_index(header: Header, index: np.ndarray) -> None:
         bad |= (kind == Kind.RAW) | (kind == Kind.DENSE) | ((kind == Kind.CODED) & (length != mb))
     if np.any(bad):
         b = int(np.flatnonzero(bad)[0])
-        _fail(f"corrupted index: block {b} has kind {kind[b]}, length {length[b]}")
+        _fail(Check.INDEX_ENTRY,
+              f"corrupted index: block {b} has kind {kind[b]}, length {length[b]}")
     if int(length.sum()) != header.payload_bytes:
-        _fail(f"corrupted index: block lengths sum to {int(length.sum())}, "
+        _fail(Check.INDEX_SUM, f"corrupted index: block lengths sum to {int(length.sum())}, "
               f"payload is {header.payload_bytes} bytes")

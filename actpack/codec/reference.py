@@ -24,7 +24,7 @@ from actpack.codec.frame import (
 )
 from actpack.codec.spec import BLOCK, WIDTH_MAX, DType, Geometry, Mode
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 __all__ = ["compress", "decode_block", "decode_dense", "decompress", "encode_block",
            "encode_dense"]
@@ -221,10 +221,10 @@ def encode_dense(symbols: np.ndarray) -> bytes | None:
 def decode_dense(data: bytes) -> np.ndarray:
     """Inverse of ``encode_dense``. Raises FrameError unless ``data`` is exactly one such block."""
     if len(data) < DENSE_HEADER:
-        raise FrameError("dense block length does not match its widths")
+        raise FrameError("dense block length does not match its widths", check=Check.DENSE_LENGTH)
     widths = [data[g // 2] >> (4 * (g % 2)) & 15 for g in range(8)]
     if len(data) != DENSE_HEADER + sum(widths):
-        raise FrameError("dense block length does not match its widths")
+        raise FrameError("dense block length does not match its widths", check=Check.DENSE_LENGTH)
     symbols = np.zeros(64, dtype=np.int64)
     pos = DENSE_HEADER
     for g, w in enumerate(widths):
@@ -241,23 +241,23 @@ def decode_block(data: bytes, mb: int, *, with_values: bool = True) -> np.ndarra
     exactly one well-formed coded block."""
     mask = int.from_bytes(data[:mb], "little")
     if mask == 0 or mask >> (8 * (mb - 1)) == 0:
-        raise FrameError("coded block has an empty or non-minimal mask")
+        raise FrameError("coded block has an empty or non-minimal mask", check=Check.CODED_MASK)
     positions = [k for k in range(64) if mask >> k & 1]
     symbols = np.zeros(64, dtype=np.int64)
     if not with_values:
         if len(data) != mb:
-            raise FrameError("mask block has trailing bytes")
+            raise FrameError("mask block has trailing bytes", check=Check.MASK_TRAILING)
         symbols[positions] = 1
         return symbols
     ngroups = -(-len(positions) // 8)
     wbytes = -(-ngroups // 2)
     if len(data) < mb + wbytes:
-        raise FrameError("coded block is shorter than its width nibbles")
+        raise FrameError("coded block is shorter than its width nibbles", check=Check.CODED_SHORT)
     nibbles = [data[mb + j // 2] >> (4 * (j % 2)) & 15 for j in range(ngroups)]
     sizes = [min(8, len(positions) - 8 * g) for g in range(ngroups)]
     nbits = sum(n * w for n, w in zip(sizes, nibbles, strict=True))
     if len(data) != mb + wbytes + -(-nbits // 8):
-        raise FrameError("coded block length does not match its widths")
+        raise FrameError("coded block length does not match its widths", check=Check.CODED_LENGTH)
     acc = int.from_bytes(data[mb + wbytes :], "little")
     pos = 0
     codes = []
@@ -384,7 +384,7 @@ def decompress(frame) -> tuple[np.ndarray, Header]:
             elif kinds[b] == Kind.RAW:
                 raw[b] = np.frombuffer(chunk, dtype=raw.dtype.newbyteorder("<"))
         except FrameError as exc:
-            raise FrameError(f"block {b}: {exc}") from None
+            raise FrameError(f"block {b}: {exc}", check=exc.check, block=b) from None
     values = _reconstruct(symbols, header)
     out = from_float32(values, dtype).reshape(-1, 64)
     is_raw = kinds == Kind.RAW
@@ -404,7 +404,7 @@ def _reconstruct(symbols: np.ndarray, header: Header) -> np.ndarray:
     if header.mode is Mode.SFPR8:
         p = symbols.reshape(n, 8, 8)
         if np.abs(p).max(initial=0) > spec.SFPR_MAX:
-            raise FrameError("sfpr8 value out of range")
+            raise FrameError("sfpr8 value out of range", check=Check.SFPR8_RANGE)
     elif header.mode is Mode.DCT:
         p = idct2(dequantize(symbols[:, _INVERSE_ZIGZAG].reshape(n, 8, 8), header.table))
     else:

@@ -19,7 +19,7 @@ from actpack.codec.frame import Header, Kind, build_frame, pack_index, parse_fra
 from actpack.codec.reference import _tile_index, _untile_index
 from actpack.codec.spec import WIDTH_MAX, DType, Geometry, Mode
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
-from actpack.errors import FrameError
+from actpack.errors import Check, FrameError
 
 __all__ = ["TORCH_DTYPES", "compress", "decompress"]
 
@@ -151,7 +151,8 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     bad = np.flatnonzero(errors)
     if bad.size:
         b = int(bad[0])
-        raise FrameError(f"block {b}: {cpukernels.DECODE_ERRORS[int(errors[b])]}")
+        check, message = cpukernels.DECODE_ERRORS[int(errors[b])]
+        raise FrameError(f"block {b}: {message}", check=check, block=b)
     return out.view(_TORCH_OF[dtype]).view(header.shape)
 
 
@@ -349,7 +350,8 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     lastbyte = mbytes.gather(1, (mb - 1)[:, None])[:, 0]
     if bool((coded & (lastbyte == 0)).any()):
         b = int(torch.nonzero(coded & (lastbyte == 0))[0])
-        raise FrameError(f"block {b}: coded block has an empty or non-minimal mask")
+        raise FrameError(f"block {b}: coded block has an empty or non-minimal mask",
+                         check=Check.CODED_MASK, block=b)
     count = nz.sum(1)
     if mode is Mode.MASK:
         sym = nz.to(torch.int64)
@@ -367,7 +369,8 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         bad = coded & (need != length)
         if bool(bad.any()):
             b = int(torch.nonzero(bad)[0])
-            raise FrameError(f"block {b}: coded block length does not match its widths")
+            raise FrameError(f"block {b}: coded block length does not match its widths",
+                             check=Check.CODED_LENGTH, block=b)
         vsel = nz & coded[:, None]
         rank = nz.cumsum(1) - 1
         g = torch.div(rank[vsel], 8, rounding_mode="floor")
@@ -389,7 +392,8 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
             bad = length[rows] != 4 + dw.sum(1)
             if bool(bad.any()):
                 b = int(rows[torch.nonzero(bad)[0]])
-                raise FrameError(f"block {b}: dense block length does not match its widths")
+                raise FrameError(f"block {b}: dense block length does not match its widths",
+                                 check=Check.DENSE_LENGTH, block=b)
             w = dw.repeat_interleave(8, dim=1)
             gstart = (8 * (dw.cumsum(1) - dw)).repeat_interleave(8, dim=1)
             i8 = torch.arange(64, device=dev) % 8
@@ -424,7 +428,7 @@ def _reconstruct(sym: torch.Tensor, header: Header, dev) -> torch.Tensor:
     if mode is Mode.SFPR8:
         p = sym.view(nb, 8, 8)
         if bool((p.abs() > spec.SFPR_MAX).any()):
-            raise FrameError("sfpr8 value out of range")
+            raise FrameError("sfpr8 value out of range", check=Check.SFPR8_RANGE)
         return _dequantize_values(p, inverse)
     k, _, izz, _ = _consts(dev)
     q = sym[:, izz].view(nb, 8, 8).double()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
+import re
 import struct
 import sys
 
@@ -20,11 +21,13 @@ from hypothesis import strategies as st
 
 import actpack
 from actpack.codec import torchpath
-from actpack.codec.frame import crc32c_of
-from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT
-from actpack.errors import FrameError
+from actpack.codec.frame import crc32c_of, parse_frame
+from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT, Mode
+from actpack.codec.tables import NAMED_TABLES
+from actpack.errors import Check, FrameError
 
 __all__ = [
+    "CHECK_MESSAGES",
     "DECODERS",
     "DTYPES",
     "FIXED",
@@ -36,8 +39,10 @@ __all__ = [
     "OFF_NGROUPS",
     "OFF_VERSION",
     "SPECIALS",
+    "VALUE_MODES",
     "Layout",
     "assert_backends_agree",
+    "assert_check",
     "assert_rejected",
     "bits",
     "codec_cases",
@@ -46,16 +51,20 @@ __all__ = [
     "compress_eager",
     "decode",
     "decompress_eager",
+    "expected_check",
     "load_local",
     "max_finite_abs",
+    "parse_check",
     "reseal",
     "tensors",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-MODES = ("dct", "eb", "sfpr8", "mask")
-NAMED = ("optL", "optH", "optsL", "optsH")
+# From the enum and the table registry, so a new mode or named table is tested without an edit.
+MODES = tuple(m.label for m in Mode)
+VALUE_MODES = tuple(m.label for m in Mode if m is not Mode.MASK)  # mask stores no values
+NAMED = tuple(NAMED_TABLES)
 MAX_NUMEL = 640
 
 # Bit patterns worth injecting: +-Inf, quiet NaN, NaN with sign and payload, signaling NaN, -0,
@@ -346,19 +355,92 @@ def decode(data: bytes, backend: str) -> torch.Tensor:
     return actpack.decompress(data, backend=backend)
 
 
+# The test's oracle for FrameError.check: each check's message, as docs/format.md section 10
+# lists them (the code under test names its check without reading messages). Decoder messages
+# may carry a "block b: " prefix; codec.Frame's own "truncated frame" has no byte count.
+CHECK_MESSAGES = {
+    Check.NOT_FRAME: r"not an actpack frame: magic is",
+    Check.TRUNCATED_FIXED: r"truncated frame(: \d+ bytes, shorter than the 40-byte header)?$",
+    Check.VERSION_NEWER: r"frame format version \d+ is newer than this actpack reads",
+    Check.VERSION: r"unknown frame format version",
+    Check.NDIM: r"corrupted header: ndim",
+    Check.NGROUPS: r"corrupted header: \d+ scale groups$",
+    Check.TRUNCATED_HEADER: r"truncated frame: \d+ bytes, header needs",
+    Check.HEADER_CRC: r"header CRC mismatch",
+    Check.HEADER_PADDING: r"corrupted header: nonzero padding",
+    Check.MODE_DTYPE: r"corrupted header: mode \d+ / dtype \d+ unknown",
+    Check.NUMEL: r"corrupted header: shape \(.*\) has more than",
+    Check.TABLE_ZERO: r"corrupted header: quantization table has a zero entry",
+    Check.SCALE: r"corrupted header: scale \d+ is",
+    Check.SCALE_INVERSE: r"corrupted header: scale \d+ inverse",
+    Check.NBLOCKS: r"corrupted header: \d+ blocks",
+    Check.GROUPS: r"corrupted header: \d+ scale groups, expected",
+    Check.PARAM: r"corrupted header: (range_max|error bound|mask frame with parameter) ",
+    Check.EB_SCALE: r"corrupted header: error-bound scale",
+    Check.TRUNCATED: r"truncated frame: \d+ bytes, expected",
+    Check.TRAILING: r"trailing bytes after the frame",
+    Check.TRAILER_RESERVED: r"corrupted trailer: nonzero reserved bytes",
+    Check.BODY_CRC: r"payload CRC mismatch",
+    Check.LENGTH: r"corrupted trailer: frame length",
+    Check.STATUS: r"the producer flagged this frame with status 0x",
+    Check.INDEX_ENTRY: r"corrupted index: block \d+ has kind",
+    Check.INDEX_SUM: r"corrupted index: block lengths sum to",
+    Check.CODED_MASK: r"(block \d+: )?coded block has an empty or non-minimal mask",
+    Check.MASK_TRAILING: r"(block \d+: )?mask block has trailing bytes",
+    Check.CODED_SHORT: r"(block \d+: )?coded block is shorter than its width nibbles",
+    Check.CODED_LENGTH: r"(block \d+: )?coded block length does not match its widths",
+    Check.SFPR8_RANGE: r"(block \d+: )?sfpr8 value out of range",
+    Check.DENSE_LENGTH: r"(block \d+: )?dense block length does not match its widths",
+}
+
+
+def expected_check(message: str) -> Check:
+    """The check whose message ``message`` is (exactly one must match)."""
+    hits = [c for c, pattern in CHECK_MESSAGES.items() if re.match(pattern, message)]
+    assert len(hits) == 1, f"{message!r} is the message of {hits}, expected one check"
+    return hits[0]
+
+
+def assert_check(exc: FrameError) -> Check:
+    """``exc`` carries the check (and block) its message names; returns the check."""
+    msg = str(exc)
+    assert exc.check is expected_check(msg), f"{msg!r} carries {exc.check}"
+    block = re.match(r"block (\d+): ", msg)
+    assert exc.block == (int(block.group(1)) if block else None), f"{msg!r}: block {exc.block}"
+    return exc.check
+
+
 def _outcome(data: bytes, backend: str):
     """("error", message) for a FrameError, ("ok", bits) for a tensor; anything else fails."""
     try:
         t = decode(data, backend)
     except FrameError as exc:
+        assert_check(exc)
         return "error", str(exc)
     return "ok", bits(t)
 
 
-def assert_rejected(data: bytes, match: str | None = None) -> None:
+def parse_check(data: bytes) -> Check | None:
+    """The check ``parse_frame`` names for ``data`` (asserting it is its message's), or None
+    when ``data`` passes it."""
+    try:
+        parse_frame(data)
+    except FrameError as exc:
+        assert not exc.check.block
+        return assert_check(exc)
+    return None
+
+
+def assert_rejected(data: bytes, match: str | None = None, *, check: Check | None = None) -> None:
+    """Every decoder raises FrameError (its message matching ``match``) and names the check
+    its message is; parse_frame's check, where it raises, is ``check`` (where given)."""
+    parsed = parse_check(data)
+    if check is not None:
+        assert parsed is check, f"parse_frame names {parsed}, expected {check}"
     for backend in DECODERS:
-        with pytest.raises(FrameError, match=match):
+        with pytest.raises(FrameError, match=match) as info:
             decode(data, backend)
+        assert_check(info.value)
 
 
 def assert_backends_agree(data: bytes) -> str:

@@ -16,6 +16,8 @@ import pytest
 import torch
 from codec_testlib import (
     INT_OF,
+    MODES,
+    VALUE_MODES,
     bits,
     codec_cases,
     compress_all,
@@ -59,7 +61,7 @@ def check_backends_agree(kw: dict, t: torch.Tensor) -> None:
     assert torch.equal(bits(dn), bits(de)), f"eager decoded bits differ, {kw}, {tuple(t.shape)}"
 
 
-@given(codec_cases(modes=("dct",)))
+@given(codec_cases(modes=("dct",)))  # dct only: its tables get their own case budget
 @_settings(350)
 def test_backends_agree_dct(case):
     check_backends_agree(*case)
@@ -83,7 +85,7 @@ def test_backends_agree_mask(case):
     check_backends_agree(*case)
 
 
-@given(st.sampled_from(("dct", "eb", "sfpr8", "mask")),
+@given(st.sampled_from(MODES),
        tensors(dtypes=(torch.float32, torch.bfloat16), min_rank=4, max_rank=4, specials=False,
                scale_exponents=(0,)))
 @_settings(60)
@@ -92,7 +94,7 @@ def test_backends_agree_nchw_default_parameters(mode, t):
     check_backends_agree({"mode": mode, **({"error_bound": 0.01} if mode == "eb" else {})}, t)
 
 
-@pytest.mark.parametrize("mode", ["dct", "eb", "sfpr8", "mask"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", list(INT_OF))
 def test_backends_agree_on_multi_block_planes(mode, dtype):
     """Bigger than the generated tensors: many blocks per plane, many channels, mixed kinds of
@@ -110,7 +112,7 @@ def test_backends_agree_on_multi_block_planes(mode, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mode", ["dct", "eb", "sfpr8", "mask"])
+@pytest.mark.parametrize("mode", MODES)
 def test_cuda_matches_numpy(mode):
     g = torch.Generator().manual_seed(3)
     for dtype in INT_OF:
@@ -180,7 +182,7 @@ def test_exact_sfpr_tensor_has_scale_32():
 
 
 @pytest.mark.parametrize("dtype", list(INT_OF), ids=str)
-@pytest.mark.parametrize("table", ["optL", "optH", "jpeg50", "jpeg95", "ones"])
+@pytest.mark.parametrize("table", [*NAMED_TABLES, "jpeg50", "jpeg95", "ones"])
 def test_backends_agree_on_dct_rounding_ties(table, dtype):
     tab = [1] * 64 if table == "ones" else table
     entries = actpack.Codec(mode="dct", table=tab).table
@@ -233,7 +235,7 @@ def test_backends_agree_on_every_16bit_pattern(kw, dtype):
 
 
 @pytest.mark.parametrize("dtype", list(INT_OF), ids=str)
-@pytest.mark.parametrize("mode", ["dct", "eb", "sfpr8"])
+@pytest.mark.parametrize("mode", VALUE_MODES)  # rounding ties and code widths: modes with values
 def test_backends_agree_on_many_random_blocks(mode, dtype):
     """About 2,000 blocks of random data per case, so that events of about one in a thousand
     blocks (a DCT rounding tie, a code width at the limit) occur."""
@@ -247,7 +249,7 @@ def test_backends_agree_on_many_random_blocks(mode, dtype):
 
 
 @pytest.mark.parametrize("dtype", list(INT_OF), ids=str)
-@pytest.mark.parametrize("mode", ["dct", "eb", "sfpr8", "mask"])
+@pytest.mark.parametrize("mode", MODES)
 def test_backends_agree_on_interior_and_edge_blocks(mode, dtype):
     """The CPU kernels read and write blocks lying wholly inside the tensor row by row and use
     the replicated-padding index only for edge blocks: planes of whole blocks only, planes with

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import io
 import math
+import pathlib
+import re
 import struct
 
 import numpy as np
 import pytest
 import torch
 from codec_testlib import (
+    CHECK_MESSAGES,
+    MODES,
     OFF_NGROUPS,
     OFF_VERSION,
     Layout,
     assert_backends_agree,
     assert_rejected,
     bits,
+    parse_check,
     reseal,
 )
 
@@ -25,9 +30,10 @@ import actpack
 from actpack import FrameError
 from actpack.codec.frame import VERSION, Header, build_frame, parse_frame
 from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, DType, Mode, Scale
+from actpack.errors import Check
 
 BACKENDS = ("numpy", "torch")
-CONFIGS = {
+CONFIGS = {  # a codec per mode: a new Mode fails here (KeyError) until it has one
     "dct": {"mode": "dct", "table": "optL"},
     "eb": {"mode": "eb", "error_bound": 0.01},
     "sfpr8": {"mode": "sfpr8"},
@@ -50,7 +56,7 @@ def _frame(mode: str, dtype=torch.float32) -> bytes:
 # ----------------------------------------------------------------------------- corrupted frames
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_every_single_bit_flip_is_detected(mode):
     """Flip each bit of the frame in turn (header, its padding, index, payload, trailer and its
     reserved bytes): both backends raise FrameError, every time."""
@@ -67,22 +73,23 @@ def test_every_single_bit_flip_is_detected(mode):
                 actpack.Frame.from_bytes(bytes(corrupted))
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_nonzero_padding_is_named(mode):
     frame = _frame(mode)
     lay = Layout(frame)
     head_pad = range(lay.head_len + 4, lay.head_total)
     assert len(head_pad) and len(range(lay.trailer + 16, lay.total)) == 48
-    for pos, match in [(head_pad[0], "padding after the header CRC"),
-                       (head_pad[-1], "padding after the header CRC"),
-                       (lay.trailer + 16, "trailer: nonzero reserved"),
-                       (lay.total - 1, "trailer: nonzero reserved")]:
+    for pos, match, check in [
+            (head_pad[0], "padding after the header CRC", Check.HEADER_PADDING),
+            (head_pad[-1], "padding after the header CRC", Check.HEADER_PADDING),
+            (lay.trailer + 16, "trailer: nonzero reserved", Check.TRAILER_RESERVED),
+            (lay.total - 1, "trailer: nonzero reserved", Check.TRAILER_RESERVED)]:
         corrupted = bytearray(frame)
         corrupted[pos] = 0x80
-        assert_rejected(bytes(corrupted), match=match)
+        assert_rejected(bytes(corrupted), match=match, check=check)
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_multi_byte_corruption_is_detected(mode):
     frame = _frame(mode)
     lay = Layout(frame)
@@ -95,19 +102,19 @@ def test_multi_byte_corruption_is_detected(mode):
         assert_rejected(bytes(corrupted))
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_every_truncation_is_detected(mode):
     frame = _frame(mode)
     for n in range(len(frame)):
         assert_rejected(frame[:n])
-    assert_rejected(frame[: len(frame) - 64], match="truncated")
+    assert_rejected(frame[: len(frame) - 64], match="truncated", check=Check.TRUNCATED)
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_trailing_bytes_are_rejected(mode):
     frame = _frame(mode)
     for extra in (b"\x00", bytes(64), frame):
-        assert_rejected(frame + extra, match="trailing bytes")
+        assert_rejected(frame + extra, match="trailing bytes", check=Check.TRAILING)
 
 
 def _torch_saved() -> bytes:
@@ -122,28 +129,30 @@ def _torch_saved() -> bytes:
     _torch_saved(),
 ], ids=["empty", "1B", "3B", "lowercase_magic", "png", "zeros", "ones", "random", "torch_save"])
 def test_foreign_bytes_are_rejected(data):
-    assert_rejected(data, match="not an actpack frame")
-    with pytest.raises(FrameError, match="not an actpack frame"):
+    assert_rejected(data, match="not an actpack frame", check=Check.NOT_FRAME)
+    with pytest.raises(FrameError, match="not an actpack frame") as info:
         actpack.Frame.from_bytes(data)
+    assert info.value.check is Check.NOT_FRAME
 
 
 def test_header_only_prefixes_say_truncated():
     frame = _frame("dct")
-    assert_rejected(frame[:4], match="truncated")
-    assert_rejected(frame[:39], match="truncated")
-    assert_rejected(frame[:64], match="truncated")
+    assert_rejected(frame[:4], match="truncated", check=Check.TRUNCATED_FIXED)
+    assert_rejected(frame[:39], match="truncated", check=Check.TRUNCATED_FIXED)
+    assert_rejected(frame[:64], match="truncated", check=Check.TRUNCATED_HEADER)
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_newer_version_is_named(mode):
     frame = bytearray(_frame(mode))
     struct.pack_into("<H", frame, OFF_VERSION, VERSION + 1)
     newer = reseal(frame)
-    assert_rejected(newer, match=rf"version {VERSION + 1} is newer .*upgrade")
+    assert_rejected(newer, match=rf"version {VERSION + 1} is newer .*upgrade",
+                    check=Check.VERSION_NEWER)
     struct.pack_into("<H", frame, OFF_VERSION, 0xFFFF)
-    assert_rejected(reseal(frame), match="newer")
+    assert_rejected(reseal(frame), match="newer", check=Check.VERSION_NEWER)
     struct.pack_into("<H", frame, OFF_VERSION, 0)
-    assert_rejected(reseal(frame), match="version 0")
+    assert_rejected(reseal(frame), match="version 0", check=Check.VERSION)
 
 
 def test_crc_errors_name_the_section():
@@ -151,20 +160,70 @@ def test_crc_errors_name_the_section():
     lay = Layout(frame)
     bad = bytearray(frame)
     bad[OFF_NGROUPS + 4] ^= 1  # nblocks, under the header CRC
-    assert_rejected(bytes(bad), match="header CRC")
+    assert_rejected(bytes(bad), match="header CRC", check=Check.HEADER_CRC)
     bad = bytearray(frame)
     bad[lay.payload] ^= 1
-    assert_rejected(bytes(bad), match="payload CRC")
+    assert_rejected(bytes(bad), match="payload CRC", check=Check.BODY_CRC)
     bad = bytearray(frame)
     bad[lay.trailer + 4] = 1  # status word
-    assert_rejected(bytes(bad), match="status")
+    assert_rejected(bytes(bad), match="status", check=Check.STATUS)
     bad = bytearray(frame)
     bad[lay.trailer + 8] ^= 64  # frame length
-    assert_rejected(bytes(bad), match="frame length")
+    assert_rejected(bytes(bad), match="frame length", check=Check.LENGTH)
+
+
+def _section_10_rows() -> list[str]:
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "format.md").read_text()
+    section = text.split("\n## 10.")[1].split("\n## 11.")[0]
+    return re.findall(r"^\| (\d+a?) \|", section, re.MULTILINE)
+
+
+def test_checks_are_the_numbered_rows_of_format_section_10():
+    """``Check`` is the list of format.md 10's rows, in their order; the test's message oracle
+    knows every one."""
+    assert [c.value for c in Check] == _section_10_rows()
+    assert set(CHECK_MESSAGES) == set(Check)
+
+
+def test_every_corruption_names_its_check():
+    """The corruptions of the tests here (truncations, trailing bytes, bit flips, with and
+    without resealing the CRCs, multi-byte changes), in every mode: parse_frame's FrameError
+    carries the check its message is, and so does every decoder's (``assert_rejected``,
+    ``assert_check``); together they reach every check of parse_frame."""
+    seen = set()
+    for mode in MODES:
+        frame = _frame(mode)
+        lay = Layout(frame)
+        rng = np.random.default_rng(4)
+        corrupted = [frame[:n] for n in range(len(frame))] + [frame + b"\x00", frame + frame]
+        for pos in range(len(frame)):
+            for bit in range(8):
+                m = bytearray(frame)
+                m[pos] ^= 1 << bit
+                corrupted.append(bytes(m))
+                if (pos < lay.head_len or lay.head_total <= pos < lay.payload_end) and \
+                        _resealable(m):
+                    corrupted.append(reseal(m))
+        checked = np.array(lay.checked_bytes())
+        for _ in range(200):
+            m = bytearray(frame)
+            for pos in rng.choice(checked, size=rng.integers(2, 9), replace=False):
+                m[pos] ^= int(rng.integers(1, 256))
+            corrupted.append(bytes(m))
+        seen |= {parse_check(c) for c in corrupted}
+    assert seen == {None} | {c for c in Check if not c.block}
+
+
+def _resealable(m: bytearray) -> bool:
+    try:
+        reseal(bytearray(m))
+    except struct.error:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_resealed_mutations_get_the_same_answer_from_both_backends(mode, dtype):
     """Corrupt the index or payload and recompute the CRCs, so the corruption gets past them to
     the block decoders: both backends must reject the same frames (FrameError, never another
@@ -191,7 +250,7 @@ def test_resealed_mutations_get_the_same_answer_from_both_backends(mode, dtype):
     assert seen["error"] > 0
 
 
-@pytest.mark.parametrize("mode", sorted(CONFIGS))
+@pytest.mark.parametrize("mode", MODES)
 def test_resealed_header_mutations_are_rejected_or_agree(mode):
     """Header fields changed (with a valid header CRC): shape, ndim, dtype, mode, table, scales,
     parameter, group/block/payload counts. Either FrameError from both, or the same bits."""
@@ -226,12 +285,13 @@ INF_INVERSE = bytes.fromhex(  # sfpr8, float16, shape (), one ZERO block, invers
     "0000000000000000000000000000000000000000000000000000000000000000")
 
 
-@pytest.mark.parametrize(("data", "match"), [
-    (EMPTY_HUGE_DIM, r"^corrupted header: shape \(0, 9223372036854775808\) has more than"),
-    (INF_INVERSE, r"^corrupted header: scale 0 is 32768 \* 2\*\*-400, outside"),
+@pytest.mark.parametrize(("data", "match", "check"), [
+    (EMPTY_HUGE_DIM, r"^corrupted header: shape \(0, 9223372036854775808\) has more than",
+     Check.NUMEL),
+    (INF_INVERSE, r"^corrupted header: scale 0 is 32768 \* 2\*\*-400, outside", Check.SCALE),
 ], ids=["empty-huge-dim", "inf-inverse"])
-def test_issue_11_reproducers_are_named_by_every_decoder(data, match):
-    assert_rejected(data, match)
+def test_issue_11_reproducers_are_named_by_every_decoder(data, match, check):
+    assert_rejected(data, match, check=check)
 
 
 def _empty_frame(shape) -> bytes:
@@ -244,7 +304,8 @@ def test_element_count_bound_counts_zero_dims_as_one():
         assert assert_backends_agree(_empty_frame(shape)) == "ok"
         assert actpack.decompress(_empty_frame(shape)).shape == shape
     for shape in [(0, MAX_NUMEL + 1), (1 << 24, 0, 1 << 24), (0, 1 << 63), (0, (1 << 64) - 1)]:
-        assert_rejected(_empty_frame(shape), r"^corrupted header: shape .* has more than")
+        assert_rejected(_empty_frame(shape), r"^corrupted header: shape .* has more than",
+                        check=Check.NUMEL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

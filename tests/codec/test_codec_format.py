@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from codec_testlib import DTYPES, tensors
+from codec_testlib import DTYPES, MODES, VALUE_MODES, tensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -331,7 +331,7 @@ def _chosen_symbols(kind: int, chunk: bytes, mb: int, mode: Mode) -> np.ndarray:
     return reference.decode_block(chunk, mb, with_values=mode is not Mode.MASK)
 
 
-@given(tensors(specials=False), st.sampled_from(("dct", "eb", "sfpr8", "mask")))
+@given(tensors(specials=False), st.sampled_from(MODES))
 @_settings(120)
 def test_block_kind_is_the_shortest_coding(t, mode):
     """Each nonzero block is coded sparse (CODED) or DENSE, whichever is shorter (ties go to
@@ -370,7 +370,7 @@ def test_index_entry_packing():
 # ----------------------------------------------------------------------------- frames
 
 
-@given(tensors(), st.sampled_from(("dct", "eb", "sfpr8", "mask")))
+@given(tensors(), st.sampled_from(MODES))
 @_settings(150)
 def test_frame_size_facts(t, mode):
     kw = {"mode": mode, **({"error_bound": 1e-3} if mode == "eb" else {})}
@@ -391,7 +391,7 @@ def test_incompressible_input_meets_the_bound(dtype):
     """Every block raw (a NaN in each): the frame is exactly the bound."""
     x = torch.randn(3, 2, 16, 24).to(dtype)
     x[..., ::8, ::8] = float("nan")
-    for mode in ("dct", "eb", "sfpr8"):
+    for mode in VALUE_MODES:  # a mask frame has no RAW blocks
         kw = {"mode": mode, **({"error_bound": 1e-3} if mode == "eb" else {})}
         frame = actpack.Codec(**kw).compress(x)
         assert frame.nbytes == frame_bound(x.shape, TORCH_DTYPES[dtype], Mode.parse(mode))

@@ -11,6 +11,8 @@ import torch
 from codec_testlib import (
     DTYPES,
     INT_OF,
+    MODES,
+    NAMED,
     SPECIALS,
     bits,
     codec_kwargs,
@@ -24,7 +26,6 @@ import actpack
 from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT, SFPR_MAX, geometry
 
 BACKENDS = ("torch", "numpy")
-MODES = ("dct", "eb", "sfpr8", "mask")
 # One shape per rank, H and W not multiples of 8 (rank <= 1 tensors are tiled flat).
 RANK_SHAPES = {0: (), 1: (77,), 2: (5, 19), 3: (3, 10, 13), 4: (2, 3, 9, 17), 5: (2, 2, 2, 7, 12)}
 # Largest half ulp relative to the value (2**-(mantissa bits + 1)): the rounding of a decoded
@@ -250,8 +251,7 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("table", ["optL", "optH", "optsL", "optsH", "jpeg10", "jpeg50", "jpeg100",
-                                   "ones", "max"])
+@pytest.mark.parametrize("table", [*NAMED, "jpeg10", "jpeg50", "jpeg100", "ones", "max"])
 def test_dct_block_error_within_quantization_bound(table, dtype):
     """Per 8x8 block, RMS error (in SFPR steps) <= RMS_k(Q_k - 1) + 2 (+ output rounding).
 
@@ -380,7 +380,7 @@ def test_roundtrip_keeps_cuda_device(mode):
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-@pytest.mark.parametrize("mode", ["sfpr8", "dct"])
+@pytest.mark.parametrize("mode", ["sfpr8", "dct"])  # the two modes with a range_max
 def test_smallest_range_max_with_largest_values_decodes_finite(mode, backend):
     """The smallest range_max keeps the float32 inverse scale finite even for max|x| near
     float32's largest value (smaller range_max values are refused: the inverse overflowed to inf
@@ -400,7 +400,7 @@ def test_smallest_range_max_with_largest_values_decodes_finite(mode, backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-@pytest.mark.parametrize("mode", ["sfpr8", "dct"])
+@pytest.mark.parametrize("mode", ["sfpr8", "dct"])  # the two modes with a range_max
 def test_subnormal_group_error_at_most_its_max(mode, backend):
     """Documented limit (docs/format.md 5.3): a group whose max |x| is far below float32's normal
     range has a subnormal or zero float32 inverse; its values come back coarse or 0, never worse

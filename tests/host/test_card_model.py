@@ -10,6 +10,7 @@ import torch
 
 import actpack
 from actpack.codec.spec import DType, Mode, Scale
+from actpack.errors import Check
 from actpack.host import (
     CardCapabilityError,
     CardDevice,
@@ -23,7 +24,7 @@ from actpack.host import (
 from actpack.host.card import open_model
 from actpack.host.cardmodel import CardModel, ModelTransport
 from actpack.hw import protocol
-from actpack.hw.protocol import Descriptor, ErrorCode, Op, StatusRecord
+from actpack.hw.protocol import Descriptor, ErrorCode, Op, StatusRecord, frame_error_code
 from actpack.hw.regs import REGS, Caps, CardConfig
 
 
@@ -143,10 +144,27 @@ def test_decompress_errors_early_and_late():
     assert m.counters()["CRC_ERRORS"] == 2
     with pytest.raises(CardFrameError, match="BODY_CRC") as info:
         device.decompress(bytes(body))
-    assert isinstance(info.value, actpack.FrameError)
-    with pytest.raises(actpack.FrameError, match="BAD_FRAME"):
+    assert isinstance(info.value, actpack.FrameError) and info.value.check is Check.BODY_CRC
+    with pytest.raises(actpack.FrameError, match="BAD_FRAME") as info:
         device.decompress(b"garbage" * 20)
+    assert info.value.check is None  # BAD_FRAME names no check
     assert torch.equal(device.decompress(bytes(frame)), actpack.decompress(bytes(frame)))
+
+
+@pytest.mark.parametrize("check", list(Check), ids=lambda c: f"{c.value}-{c.name}")
+def test_every_frame_check_has_a_card_code(check):
+    """The card model answers a frame failing ``check`` with ``frame_error_code(check)``; the
+    driver turns that code into a ``CardFrameError`` (a FrameError) naming the check where the
+    code can (the CRC checks), and counts the CRC ones."""
+    code = frame_error_code(check)
+    assert code in (ErrorCode.HEADER_CRC, ErrorCode.BODY_CRC, ErrorCode.BAD_FRAME)
+    assert code.check in (check, None)
+    assert (code.check is check) == code.is_crc
+    device = open_model()
+    exc = device._rejected(StatusRecord(code, tag=1, op=Op.DECOMPRESS), "decompress")
+    assert isinstance(exc, CardFrameError) and isinstance(exc, actpack.FrameError)
+    assert exc.check is code.check and code.name in str(exc)
+    assert not device._needs_reset  # a corrupted frame is not the card's fault
 
 
 def test_capabilities_and_identity():

@@ -128,11 +128,16 @@ def test_verilator_zigzag(verilator, seed):
             env={"ACTPACK_TB_UNIT": "zigzag", "ACTPACK_TB_SEED": str(seed)})
 
 
-@pytest.mark.parametrize("mode, dtype", [
-    # one dtype per mode (a build costs ~50 s): float16's 128-byte limit is reached by dct edge
-    # blocks (levels up to 2**14), eb float32 reaches the 132-byte, 9-beat blocks
-    ("dct", "float16"), ("sfpr8", "float32"), ("eb", "float32"), ("mask", "float32"),
-])
+# one dtype per mode (a build costs ~50 s): float16's 128-byte limit is reached by dct edge
+# blocks (levels up to 2**14), eb float32 reaches the 132-byte, 9-beat blocks
+ENCODER_BUILDS = [("dct", "float16"), ("sfpr8", "float32"), ("eb", "float32"), ("mask", "float32")]
+
+
+def test_encoder_builds_cover_every_mode():
+    assert sorted(mode for mode, _ in ENCODER_BUILDS) == sorted(m.label for m in Mode)
+
+
+@pytest.mark.parametrize("mode, dtype", ENCODER_BUILDS)
 def test_verilator_encoder(verilator, seed, cnn_activations, tmp_path, mode, dtype):
     """Every index entry and byte vs ``block_model`` on random, real-ish, digits-CNN, long and
     edge symbols, inserters crossed; throughput and latency without them

@@ -65,6 +65,10 @@ def test_dct_and_eb_are_one_design():
 _BUILDS = {"dct": "dct", "eb": "dct", "sfpr8": "sfpr8", "mask": "mask"}
 
 
+def test_decoder_builds_cover_every_mode():
+    assert set(_BUILDS) == {m.label for m in spec.Mode}
+
+
 @pytest.mark.parametrize("mode", list(_BUILDS))
 def test_verilator_decoder(verilator, seed, mode):
     """Bit-exact vs reference.decode_block / decode_dense on random, real (frames from

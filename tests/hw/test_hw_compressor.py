@@ -11,6 +11,7 @@ import torch
 
 from actpack.codec import Codec
 from actpack.codec.frame import Kind, unpack_index
+from actpack.codec.spec import Mode
 from actpack.hw.compressor import Compressor
 from actpack.sim.build import build
 from actpack.sim.frames import BUNDLE, bundle_prefix, compressor_bundle, frame_case, write_case
@@ -83,9 +84,16 @@ def test_bad_parameters(kwargs, match):
         Compressor(**kwargs)
 
 
-@pytest.mark.parametrize("mode, dtype, lanes", [
-    ("dct", "float32", 1), ("eb", "float32", 1), *BUNDLE,
-])
+# Not every (mode, dtype, lanes): each is a Verilator build. Together they cover every mode
+# (test_verilator_builds_cover_every_mode).
+VERILATOR_CASES = [("dct", "float32", 1), ("eb", "float32", 1), *BUNDLE]
+
+
+def test_verilator_builds_cover_every_mode():
+    assert {mode for mode, _, _ in VERILATOR_CASES} == {m.label for m in Mode}
+
+
+@pytest.mark.parametrize("mode, dtype, lanes", VERILATOR_CASES)
 def test_verilator_compressor(verilator, seed, cnn, tmp_path, mode, dtype, lanes):
     """Every index entry and payload byte of reference frames (random, digits CNN, edge cases,
     one block), inserters crossed; no input stall on the CNN data at one lane. The small
