@@ -4,12 +4,13 @@
 ``CardMismatchError``), soft-resets it, and then runs one job at a time (docs/card.md):
 
 - compress: the host does what needs the whole tensor (the per-group max |x| reduction and the
-  scales, ``spec.sfpr_scales``/``spec.eb_scale``) and the tiling into padded 8 x 8 blocks
-  (``reference.tile``); it loads the quantization table through the TABLE window, streams
+  scales, ``torchpath.cpu_scales``) and the tiling into padded 8 x 8 blocks
+  (``cpukernels.tile_blocks``, ``reference.tile``'s order), both on the codec's CPU kernels;
+  it loads the quantization table through the TABLE window, streams
   descriptor + shape + scale records + tiles, receives the frame and checks that it parses. The
   frame's bytes are ``codec.compress(tensor)``'s.
 - decompress: streams the frame, receives the decoded blocks and the status record, and untiles
-  them (``reference.untile``).
+  them (``cpukernels.untile_blocks``).
 
 Faults raise ``CardError`` subclasses (``host.errors``): ``CardTimeoutError`` when the card does
 not answer in ``timeout`` seconds (the next job soft-resets it first), ``CardFrameError`` for a
@@ -19,8 +20,8 @@ a job the card cannot run. ``counters()`` reads the card's counters and the driv
 ``FallbackDevice(primary)`` redoes a failed job on the reference codec (same bytes, so no tensor is
 lost) and logs one warning.
 
-Private codec helpers used here (one definition, not copied): ``reference._group_maxabs``,
-``codec._INT_VIEW``/``_NUMPY_BITS``, ``Codec._header``, ``frame._SCALE``/``_FIXED``.
+Private codec helpers used here (one definition, not copied): ``torchpath._cpu_geometry``,
+``_BITS``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``, ``frame._SCALE``/``_FIXED``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actpack.codec import Codec, Frame, reference, spec, torchpath
-from actpack.codec.codec import _INT_VIEW, _NUMPY_BITS
+from actpack.codec import Codec, Frame, cpukernels, torchpath
 from actpack.codec.frame import _FIXED, _SCALE, MAGIC, frame_bound, parse_frame
 from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
 from actpack.errors import FrameError
@@ -78,7 +78,6 @@ __all__ = ["CardDevice", "CardInfo", "FallbackDevice", "open_model", "open_xdma"
 
 log = logging.getLogger("actpack.host.card")
 
-_SIGNED = {2: np.int16, 4: np.int32}
 
 
 @dataclass(frozen=True)
@@ -120,18 +119,6 @@ def _frame_layout(data: bytes) -> tuple[Mode, DType, tuple[int, ...]] | None:
     except (struct.error, ValueError):
         return None
 
-
-def host_scales(tiles: np.ndarray, mode: Mode, dtype: DType, param: float, geo) -> list:
-    """The frame's scales from the tiled input (the reduction the host does for the card):
-    exactly what ``reference.compress`` computes."""
-    if mode is Mode.MASK:
-        return []
-    x = reference.to_float32(tiles, dtype)
-    groups = reference.block_groups(geo)
-    if mode is Mode.EB:
-        amax = reference._group_maxabs(x, np.zeros_like(groups), 1)[0]
-        return [spec.eb_scale(param, amax, dtype)]
-    return spec.sfpr_scales(reference._group_maxabs(x, groups, geo.groups), param)
 
 
 class CardDevice:
@@ -299,13 +286,15 @@ class CardDevice:
             raise CardCapabilityError(f"device {self.name!r}: a {tuple(header.shape)} tensor "
                                       f"may need {bound} bytes, the card buffers "
                                       f"{self.info.buffer_bytes}")
-        bits = tensor.detach().contiguous().cpu().view(_INT_VIEW[dtype]).numpy()
-        bits = bits.view(_NUMPY_BITS[dtype]).reshape(-1)
-        tiles = reference.tile(bits, geo) if geo.nblocks else np.zeros((0, 8, 8), bits.dtype)
-        scales = host_scales(tiles, mode, dtype, header.param, geo)
+        # The host's share of the job, on the codec's CPU kernels (the numpy reference's int64
+        # gathers cost about as much as compressing in software): scales and tiles.
+        flat = torchpath.cpu_flat_bits(tensor.detach().contiguous().cpu(), dtype)
+        scales = torchpath.cpu_scales(flat, header)
+        tiles = cpukernels.tile_blocks(flat, torchpath._cpu_geometry(geo)[0], geo.nblocks,
+                                       threads=torch.get_num_threads())
         records = b"".join(_SCALE.pack(s.mantissa, s.exponent, s.inverse) for s in scales)
         body = b"".join([pack_shape(header.shape), records, bytes(align(len(records)) -
-                         len(records)), tiles.astype(BITS[dtype]).tobytes()])
+                         len(records)), tiles.astype(BITS[dtype], copy=False).tobytes()])
         tcrc = table_crc(codec.table) if mode is Mode.DCT else 0
         with self._lock:
             desc = Descriptor(Op.COMPRESS, len(body), self._next_tag(), int(mode), int(dtype),
@@ -374,12 +363,13 @@ class CardDevice:
                                     f"frame that decodes to {nvalues} (+ status)")
         mode, dtype, shape = layout
         geo = geometry(shape)
-        tiles = np.frombuffer(msg, dtype=BITS[dtype], count=64 * geo.nblocks).reshape(-1, 8, 8)
-        bits = (reference.untile(tiles, geo) if geo.nblocks
-                else np.zeros(0, dtype=BITS[dtype])).reshape(shape)
-        signed = bits.astype(BITS[dtype].newbyteorder("=")).view(_SIGNED[dtype.itemsize])
-        t = torch.from_numpy(np.array(signed, copy=True))
-        return t.view(torchpath._TORCH_OF[dtype]).to(target)
+        tiles = np.frombuffer(msg, dtype=BITS[dtype], count=64 * geo.nblocks).reshape(-1, 64)
+        out = torch.empty(geo.numel, dtype=torchpath._BITS[dtype])
+        cpukernels.untile_blocks(tiles.astype(BITS[dtype].newbyteorder("="), copy=False),
+                                 torchpath._cpu_geometry(geo)[0],
+                                 out.numpy().view(torchpath._NP_BITS[dtype]),
+                                 threads=torch.get_num_threads())
+        return out.view(torchpath._TORCH_OF[dtype]).view(shape).to(target)
 
     def close(self) -> None:
         self.transport.close()

@@ -171,7 +171,8 @@ def test_bench_offload_quick(tmp_path):
     assert rows["digits CNN"]["ratio"] > 8  # what "auto" stores: masks, dct, narrowed indices
     for r in rows.values():
         assert r["raw_bytes"] > r["stored_bytes"] > 0
-        assert set(r["step_ms"]) == {"plain", "offload, 2 workers", "offload, inline"}
+        assert set(r["step_ms"]) == {"plain", "offload, 2 workers", "offload, inline",
+                                     "card, host side"}
         assert all(ms > 0 for ms in r["step_ms"].values())
     assert "mask" in rows["ResNet-18"]["modes"] and "lossless" in rows["ResNet-18"]["modes"]
     assert 0 < data["accuracy"]["plain"] <= 1 and 0 < data["accuracy"]["offload"] <= 1
@@ -182,4 +183,4 @@ def test_bench_offload_quick(tmp_path):
         assert g["peak_raw_bytes"] >= g["peak_resident_bytes"] >= g["peak_stored_bytes"] > 0
         assert min(g["process_peak_plain"], g["process_peak_offload"], g["process_peak_inline"]) > 0
     assert "| bn_resnet |" in text and "min gradient cosine" in text
-    assert len(data["targets"]) == 5 + 2 * len(grads)
+    assert len(data["targets"]) == 7 + 2 * len(grads)

@@ -15,9 +15,14 @@ and 2 workers, against plain autograd from the same random state: the smallest p
 gradient cosine, the relative L2 error of all gradients, and the step's peak of saved tensors
 without actpack, stored, and resident (a tensor counted raw until its frame is made).
 
+The card row: the same step on ``device=CardDevice`` over the card's behavioural model, minus
+the time the model spends being the card: what card jobs cost the host (scales, tiling,
+descriptor, driver, transport) with a card that answers instantly.
+
 Goals (the offload issue): >= 8x less saved-activation memory with policy "auto"; <= 15 %
-step-time overhead on CPU; accuracy within 0.5 points on digits; every gradient cosine >= 0.95
-and relative L2 <= 0.1; resident peak within 1.5x the stored peak.
+step-time overhead on CPU, and <= 15 % host-side overhead with an instantly answering card;
+accuracy within 0.5 points on digits; every gradient cosine >= 0.95 and relative L2 <= 0.1;
+resident peak within 1.5x the stored peak.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ TARGET_ACCURACY_POINTS = 0.5
 TARGET_COSINE = 0.95
 TARGET_REL_L2 = 0.1
 TARGET_PEAK = 1.5
-CONFIGS = {"plain": None, "offload, 2 workers": 2, "offload, inline": 0}
+CONFIGS = {"plain": None, "offload, 2 workers": 2, "offload, inline": 0,
+           "card, host side": "card"}
+CARD = "card, host side"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,20 +89,49 @@ def _step_fn(model, x, y):
     return step
 
 
+def _timed_card():
+    """A ``CardDevice`` on the card model whose time being the card is counted
+    (``.card_seconds``): a step's time minus it is what card jobs cost the host (descriptor,
+    scales, tiling, the driver, the transport) with a card that answers instantly."""
+    from actpack.host.card import CardDevice
+    from actpack.host.cardmodel import CardModel, ModelTransport
+
+    class TimedModel(CardModel):
+        card_seconds = 0.0
+
+        def run_job(self, job):
+            t0 = time.perf_counter()
+            try:
+                return super().run_job(job)
+            finally:
+                TimedModel.card_seconds += time.perf_counter() - t0
+
+    return CardDevice(ModelTransport(TimedModel())), TimedModel
+
+
 def _time_model(model, x, y, steps: int, rounds: int, bar) -> dict:
     import actpack
 
     step = _step_fn(model, x, y)
+    card, timed = _timed_card()
+
+    def session_of(workers):
+        if workers is None:
+            return None
+        if workers == "card":
+            return actpack.offload(device=card)
+        return actpack.offload(workers=workers)
+
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for workers in CONFIGS.values():  # warm-up: allocator, numba, thread pools
-        step(None if workers is None else actpack.offload(workers=workers))
+        step(session_of(workers))
     for _ in range(rounds):
         for name, workers in CONFIGS.items():
             for _ in range(steps):
-                session = None if workers is None else actpack.offload(workers=workers)
-                t0 = time.perf_counter()
+                session = session_of(workers)
+                t0, in_card = time.perf_counter(), timed.card_seconds
                 step(session)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0 - (timed.card_seconds - in_card))
                 bar.update()
     session = actpack.offload()
     step(session)
@@ -140,9 +176,13 @@ def collect(*, quick: bool = False, rounds: int | None = None, train_steps: int 
     for r in rows:
         targets.append({"name": f"{r['model']}: saved activations >= {TARGET_RATIO:g}x smaller",
                         "value": r["ratio"], "pass": r["ratio"] >= TARGET_RATIO})
-        best = min(r["overhead"].values())
+        best = min(v for k, v in r["overhead"].items() if k != CARD)
         targets.append({"name": f"{r['model']}: step-time overhead <= {TARGET_OVERHEAD:.0%}",
                         "value": best, "pass": best <= TARGET_OVERHEAD})
+        host = r["overhead"][CARD]
+        targets.append({"name": f"{r['model']}: host-side overhead with an instantly answering "
+                                f"card <= {TARGET_OVERHEAD:.0%}",
+                        "value": host, "pass": host <= TARGET_OVERHEAD})
     for g in gradients:
         ok = g["min_cosine"] >= TARGET_COSINE and g["rel_l2"] <= TARGET_REL_L2
         targets.append({"name": f"{g['model']}: gradient cosine >= {TARGET_COSINE} and rel. "
@@ -201,8 +241,8 @@ def render_markdown(result: dict) -> str:
          "on the same CPU cores as training)."),
         "",
         ("| model | input | saved without | saved with | ratio | step plain | "
-         "offload, 2 workers | offload, inline |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+         "offload, 2 workers | offload, inline | card, host side |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["models"]:
         ms, ov = r["step_ms"], r["overhead"]
@@ -210,7 +250,7 @@ def render_markdown(result: dict) -> str:
             f"| {r['model']} | {r['input']} | {_mib(r['raw_bytes'])} | {_mib(r['stored_bytes'])}"
             f" | {r['ratio']:.2f}x | {ms['plain']:.1f} ms | {ms['offload, 2 workers']:.1f} ms "
             f"({ov['offload, 2 workers']:+.0%}) | {ms['offload, inline']:.1f} ms "
-            f"({ov['offload, inline']:+.0%}) |")
+            f"({ov['offload, inline']:+.0%}) | {ms[CARD]:.1f} ms ({ov[CARD]:+.0%}) |")
     lines += [
         "",
         ("One step with and without offload from the same weights, batch and random state "

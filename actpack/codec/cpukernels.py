@@ -795,6 +795,41 @@ def _run(fn, ranges, *args_before, args_after=()):
         f.result()
 
 
+@njit(cache=True, nogil=True)
+def _tile_range(flat, geo, b0, b1, out):
+    """Blocks b0..b1-1 of ``flat`` (edge replicated) into the rows of ``out`` (nb, 64)."""
+    src, dst = np.empty(64, np.int64), np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    for b in range(b0, b1):
+        _load_bits(flat, geo, b, out[b], src, dst, cur)
+
+
+@njit(cache=True, nogil=True)
+def _untile_range(blocks, geo, b0, b1, out):
+    """Rows b0..b1-1 of ``blocks`` (nb, 64) into the flat tensor ``out``, padding dropped."""
+    src, dst = np.empty(64, np.int64), np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)
+    for b in range(b0, b1):
+        _store_bits(out, geo, b, blocks[b], src, dst, cur)
+
+
+def tile_blocks(flat, geo, nb, threads=1):
+    """``reference.tile`` of the flat bit patterns ``flat``: (nb, 64) blocks, edge replicated
+    (what the host streams to the card)."""
+    out = np.empty((nb, 64), flat.dtype)
+    if nb:
+        _run(_tile_range, _ranges(nb, threads), flat, geo, args_after=(out,))
+    return out
+
+
+def untile_blocks(blocks, geo, out, threads=1):
+    """``reference.untile``: the (nb, 64) ``blocks`` into the flat ``out``, padding dropped."""
+    nb = blocks.shape[0]
+    if nb:
+        _run(_untile_range, _ranges(nb, threads), blocks, geo, args_after=(out,))
+    return out
+
+
 def group_maxabs(flat, geo, nb, dtype, groups, ngroups, threads=1):
     """Per-group max |x| over finite values (float32), for the per-group scales."""
     per_block = np.zeros(nb, np.float32)

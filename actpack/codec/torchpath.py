@@ -103,27 +103,40 @@ def _table(header: Header) -> np.ndarray:
             else np.asarray(header.table, dtype=np.int64))
 
 
+def cpu_scales(flat: np.ndarray, header: Header) -> tuple:
+    """The frame's scale records for the flat bit patterns ``flat`` (numpy, the dtype's width):
+    exactly what ``reference.compress`` computes, with the CPU kernels (also the reduction the
+    card's driver does on the host)."""
+    geo, dtype, mode = header.geometry, header.dtype, header.mode
+    g, groups = _cpu_geometry(geo)
+    threads = torch.get_num_threads()
+    if mode in (Mode.DCT, Mode.SFPR8):
+        gmax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), groups, geo.groups,
+                                      threads=threads)
+        return tuple(spec.sfpr_scales(gmax, header.param))
+    if mode is Mode.EB:
+        amax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), np.zeros_like(groups),
+                                       1, threads=threads)[0]
+        return (spec.eb_scale(header.param, float(amax), dtype),)
+    return ()
+
+
+def cpu_flat_bits(t: torch.Tensor, dtype: DType) -> np.ndarray:
+    """The bit patterns of a contiguous CPU tensor as a flat numpy array (no copy)."""
+    return t.reshape(-1).view(_BITS[dtype]).numpy().view(_NP_BITS[dtype])
+
+
 def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
     geo, dtype, mode = header.geometry, header.dtype, header.mode
     nb = geo.nblocks
-    flat = t.reshape(-1).view(_BITS[dtype]).numpy().view(_NP_BITS[dtype])
+    flat = cpu_flat_bits(t, dtype)
     g, groups = _cpu_geometry(geo)
     if mode is Mode.MASK:
         kind, mbs, length, payload = cpukernels.mask_encode_blocks(
             flat, g, nb, int(dtype), threads=torch.get_num_threads())
         return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
                            pack_index(kind, mbs, length), payload)
-    if mode in (Mode.DCT, Mode.SFPR8):
-        gmax = cpukernels.group_maxabs(flat, g, nb, int(dtype), groups, geo.groups,
-                                      threads=torch.get_num_threads())
-        scales = spec.sfpr_scales(gmax, header.param)
-    else:
-        scales = []
-        if mode is Mode.EB:
-            amax = cpukernels.group_maxabs(flat, g, nb, int(dtype), np.zeros_like(groups), 1,
-                                           threads=torch.get_num_threads())[0]
-            scales = [spec.eb_scale(header.param, float(amax), dtype)]
-    header = dataclasses.replace(header, scales=tuple(scales))
+    header = dataclasses.replace(header, scales=cpu_scales(flat, header))
     scale_blk, inv_blk = _scale_arrays(header, groups)
     kind, mbs, length, payload = cpukernels.encode_blocks(
         flat, g, nb, int(dtype), int(mode), scale_blk, inv_blk, _table(header),
