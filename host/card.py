@@ -21,7 +21,7 @@ a job the card cannot run. ``counters()`` reads the card's counters and the driv
 lost) and logs one warning.
 
 Private codec helpers used here (one definition, not copied): ``torchpath._cpu_geometry``,
-``_BITS``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``, ``frame._SCALE``/``_FIXED``.
+``_BITS``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,16 @@ import numpy as np
 import torch
 
 from actpack.codec import Codec, Frame, cpukernels, torchpath
-from actpack.codec.frame import _FIXED, _SCALE, MAGIC, frame_bound, parse_frame
+from actpack.codec.frame import (
+    FIXED_HEADER,
+    MAGIC,
+    MAX_NDIM,
+    SCALE_RECORD,
+    frame_bound,
+    frame_length,
+    header_length,
+    parse_frame,
+)
 from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
 from actpack.errors import FrameError
 from actpack.hw.protocol import (
@@ -94,11 +103,10 @@ def _frame_expect(data: bytes) -> int | None:
     """Length of the frame (or status record) that starts ``data``, once its header tells."""
     if len(data) >= 4 and data[:4] == STATUS_MAGIC:
         return STATUS_BYTES
-    if len(data) < _FIXED.size:
+    if len(data) < FIXED_HEADER.size:
         return None
-    _, _, mode, _, ndim, _, _, _, ngroups, nblocks, payload, _ = _FIXED.unpack_from(data, 0)
-    hlen = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
-    return align(hlen + 4) + align(2 * nblocks) + align(payload) + 64
+    h = FIXED_HEADER.unpack_from(data, 0)
+    return frame_length(header_length(h.mode, h.ndim, h.ngroups), h.nblocks, h.payload_bytes)
 
 
 def _early_status(data: bytes) -> bool:
@@ -110,12 +118,15 @@ def _early_status(data: bytes) -> bool:
 def _frame_layout(data: bytes) -> tuple[Mode, DType, tuple[int, ...]] | None:
     """Mode, dtype and shape from a frame's fixed header fields, or None if they are not valid
     (the card then rejects the frame)."""
+    if len(data) < FIXED_HEADER.end("ndim"):
+        return None
+    # only the fields up to ndim need to be in
+    h = FIXED_HEADER.unpack_from(bytes(data[:FIXED_HEADER.size]).ljust(FIXED_HEADER.size, b"\0"))
     try:
-        magic, _, mode, dtype, ndim = struct.unpack_from("<4sHBBB", data, 0)
-        shape = struct.unpack_from(f"<{ndim}Q", data, _FIXED.size)
-        if magic != MAGIC or ndim > 8:
+        shape = struct.unpack_from(f"<{h.ndim}Q", data, FIXED_HEADER.size)
+        if h.magic != MAGIC or h.ndim > MAX_NDIM:
             return None
-        return Mode(mode), DType(dtype), shape
+        return Mode(h.mode), DType(h.dtype), shape
     except (struct.error, ValueError):
         return None
 
@@ -277,7 +288,7 @@ class CardDevice:
             raise TypeError(f"t: expected a torch.Tensor, got {type(tensor).__name__}")
         header = codec._header(tensor)  # the codec's own checks of dtype
         geo = header.geometry
-        if len(header.shape) > 8 or geo.groups > MAX_GROUPS:
+        if len(header.shape) > MAX_NDIM or geo.groups > MAX_GROUPS:
             return codec.compress(tensor)  # raises the codec's error for this tensor
         mode, dtype = header.mode, header.dtype
         self._check_caps(mode, dtype, "compress")
@@ -292,7 +303,8 @@ class CardDevice:
         scales = torchpath.cpu_scales(flat, header)
         tiles = cpukernels.tile_blocks(flat, torchpath._cpu_geometry(geo)[0], geo.nblocks,
                                        threads=torch.get_num_threads())
-        records = b"".join(_SCALE.pack(s.mantissa, s.exponent, s.inverse) for s in scales)
+        records = b"".join(SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent,
+                                             inverse=s.inverse) for s in scales)
         body = b"".join([pack_shape(header.shape), records, bytes(align(len(records)) -
                          len(records)), tiles.astype(BITS[dtype], copy=False).tobytes()])
         tcrc = table_crc(codec.table) if mode is Mode.DCT else 0

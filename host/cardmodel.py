@@ -27,11 +27,13 @@ import numpy as np
 
 from actpack.codec import reference
 from actpack.codec.frame import (
-    _FIXED,
-    _SCALE,
+    FIXED_HEADER,
+    SCALE_RECORD,
     Header,
     _check_param,
     frame_bound,
+    groups_of,
+    header_length,
     parse_frame,
     scale_record,
 )
@@ -269,7 +271,7 @@ class CardModel:
         if shape is None:
             raise _Reject(ErrorCode.LENGTH, len(body))
         geo = geometry(shape)
-        groups = {Mode.DCT: geo.groups, Mode.SFPR8: geo.groups, Mode.EB: 1, Mode.MASK: 0}[mode]
+        groups = groups_of(mode, geo.groups)
         if d.nblocks != geo.nblocks or d.ngroups != groups or groups > MAX_GROUPS:
             raise _Reject(ErrorCode.BAD_DESCRIPTOR)
         if d.in_bytes != compress_in_bytes(dtype, d.ngroups, d.nblocks):
@@ -285,8 +287,8 @@ class CardModel:
         scales = []
         for i in range(d.ngroups):
             try:
-                scales.append(scale_record(i, *_SCALE.unpack_from(records,
-                                                                  SCALE_RECORD_BYTES * i)))
+                scales.append(scale_record(i, *SCALE_RECORD.unpack_from(
+                    records, SCALE_RECORD_BYTES * i)))
             except FrameError:
                 raise _Reject(ErrorCode.BAD_DESCRIPTOR, i) from None
         try:
@@ -302,7 +304,7 @@ class CardModel:
             bits = np.zeros(shape, dtype=BITS[dtype])
         header = Header(mode, dtype, tuple(shape), d.param, d.table_id, d.table_arg, table)
         frame = reference.compress(bits.astype(BITS[dtype].newbyteorder("=")), header)
-        at = _FIXED.size + 8 * len(shape) + (64 if mode is Mode.DCT else 0)
+        at = header_length(mode, len(shape), 0)  # where the scale records start
         if frame[at : at + len(records)] != records or (
                 geo.nblocks and not np.array_equal(reference.tile(bits.reshape(-1), geo), tiles)):
             raise _Reject(ErrorCode.CONTRACT)
@@ -328,9 +330,9 @@ class CardModel:
 
 def _values_of(frame: bytes) -> int:
     """Bytes of the values section a streaming decoder sends for this frame's header."""
-    _, _, _, dtype, ndim, *_ = _FIXED.unpack_from(frame, 0)
-    shape = struct.unpack_from(f"<{ndim}Q", frame, _FIXED.size)
-    return values_bytes(DType(dtype), geometry(shape).nblocks)
+    h = FIXED_HEADER.unpack_from(frame, 0)
+    shape = struct.unpack_from(f"<{h.ndim}Q", frame, FIXED_HEADER.size)
+    return values_bytes(DType(h.dtype), geometry(shape).nblocks)
 
 
 def _check_offset(offset: int) -> None:

@@ -40,6 +40,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import frame as fmt
+from actpack.codec.frame import (
+    ALIGN,
+    FIXED_HEADER,
+    HEADER_CRC_BYTES,
+    SCALE_RECORD,
+    TABLE_BYTES,
+    groups_of,
+    header_length,
+)
+from actpack.codec.layout import in_enum
 from actpack.codec.spec import DType, Mode
 
 from . import protocol
@@ -50,16 +60,27 @@ from .decompressor import Decompressor
 from .framebuild import SECTION, FrameBuilder
 from .frameparse import FrameCheck, FrameParser, param_bad, scale_record_bad
 from .geometry import Geometry, GroupWalker
-from .protocol import ErrorCode, Op
+from .protocol import DESCRIPTOR, STATUS, ErrorCode, Op
 from .quant import forward_table
 from .regfile import AXI4Lite, RegisterFile
 from .regs import REGS, Caps, CardConfig, field_layout
 
 __all__ = ["SIM_CARD", "SIM_PARAMS", "Card", "CardCore", "card_ports"]
 
-_DESC_BEATS = protocol.DESCRIPTOR_BYTES // BEAT_BYTES
+_BEAT_BITS = 8 * BEAT_BYTES
+_DESC_BEATS = DESCRIPTOR.size // BEAT_BYTES
 _SHAPE_BEATS = protocol.SHAPE_BYTES // BEAT_BYTES
-_STATUS_WORDS = protocol.STATUS_BYTES // 4
+_TABLE_BEATS = TABLE_BYTES // BEAT_BYTES
+_SECTION_BEATS = ALIGN // BEAT_BYTES
+_STATUS_BEATS = STATUS.size // BEAT_BYTES
+_STATUS_CRC_WORDS = STATUS.offset("crc") // 4  # the status CRC steps over 32-bit words
+_RECORDS_PER_BEAT = BEAT_BYTES // SCALE_RECORD.size
+_RECORD_SHIFT = _RECORDS_PER_BEAT.bit_length() - 1
+_HEADER_WORD = 8  # the header template goes to the builder a 64-bit word a cycle
+_DESC_SEL = (_DESC_BEATS - 1).bit_length()  # bits of a beat counter that pick the beat
+_FIXED_WORDS = FIXED_HEADER.size // _HEADER_WORD
+assert 1 << _RECORD_SHIFT == _RECORDS_PER_BEAT
+assert FIXED_HEADER.size % _HEADER_WORD == 0 and SCALE_RECORD.size == _HEADER_WORD
 _JOB_MAGIC = int.from_bytes(protocol.JOB_MAGIC, "little")
 _STATUS_MAGIC = int.from_bytes(protocol.STATUS_MAGIC, "little")
 _FRAME_MAGIC = int.from_bytes(fmt.MAGIC, "little")
@@ -72,20 +93,16 @@ SIM_CARD = CardConfig(caps=Caps(modes=frozenset(Mode), dtypes=frozenset({DType.F
 SIM_PARAMS = {"max_groups": 256, "max_blocks": 16384}
 
 
-def _field(value, offset: int, size: int):
-    """Bytes ``[offset, offset + size)`` of a little-endian byte string held in ``value``."""
-    return value[8 * offset: 8 * (offset + size)]
-
-
 def _engines(config: CardConfig):
     """The (mode, dtype) pairs a card build has engines for, in a fixed order."""
     return list(itertools.product(sorted(config.caps.modes), sorted(config.caps.dtypes)))
 
 
 class _StatusWriter(wiring.Component):
-    """A status record (docs/card.md 3.4) as four beats, ``last`` on the fourth: ``start``
-    latches the fields; the CRC32C over bytes [0, 60) takes 15 cycles (a word a cycle), then the
-    beats go out one a cycle. ``busy`` from ``start`` until the last beat is taken."""
+    """A status record (``protocol.STATUS``, docs/card.md 3.4) as beats, ``last`` on the final
+    one: ``start`` latches the fields; the CRC32C over the bytes before the ``crc`` field takes
+    a 32-bit word a cycle, then the beats go out one a cycle. ``busy`` from ``start`` until the
+    last beat is taken."""
 
     code: In(32)
     tag: In(32)
@@ -99,36 +116,35 @@ class _StatusWriter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        words = Signal(data.ArrayLayout(32, _STATUS_WORDS))
+        rec = Signal(STATUS.shape())
         m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=32).create()
-        k = Signal(range(_STATUS_WORDS + 1))
+        k = Signal(range(max(_STATUS_CRC_WORDS, _STATUS_BEATS) + 1))
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
-                fields = [_STATUS_MAGIC, self.code, self.tag, self.op, self.bytes_in[:32],
-                          self.bytes_in[32:], self.bytes_out[:32], self.bytes_out[32:],
-                          self.detail]
-                m.d.sync += [words[i].eq(f) for i, f in enumerate(fields)]
-                m.d.sync += [words[i].eq(0) for i in range(len(fields), _STATUS_WORDS)]
+                m.d.sync += [rec.eq(0), rec.magic.eq(_STATUS_MAGIC), rec.code.eq(self.code),
+                             rec.tag.eq(self.tag), rec.op.eq(self.op),
+                             rec.bytes_in.eq(self.bytes_in), rec.bytes_out.eq(self.bytes_out),
+                             rec.detail.eq(self.detail)]
                 m.d.sync += [k.eq(0), self.busy.eq(1)]
                 m.d.comb += crc.start.eq(1)
                 m.next = "CRC"
             with m.State("CRC"):
-                m.d.comb += [crc.data.eq(words[k]), crc.valid.eq(1)]
+                m.d.comb += [crc.data.eq(rec.as_value().word_select(k, 32)), crc.valid.eq(1)]
                 m.d.sync += k.eq(k + 1)
-                with m.If(k == _STATUS_WORDS - 2):
+                with m.If(k == _STATUS_CRC_WORDS - 1):
                     m.d.sync += k.eq(0)
                     m.next = "SEAL"
             with m.State("SEAL"):
-                m.d.sync += words[_STATUS_WORDS - 1].eq(crc.crc)
+                m.d.sync += rec.crc.eq(crc.crc)
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [self.o.valid.eq(1),
-                             self.o.payload.data.eq(words.as_value().word_select(k[:2], 128)),
+                             self.o.payload.data.eq(rec.as_value().word_select(k, _BEAT_BITS)),
                              self.o.payload.count.eq(BEAT_BYTES),
-                             self.o.payload.last.eq(k == _STATUS_WORDS // 4 - 1)]
+                             self.o.payload.last.eq(k == _STATUS_BEATS - 1)]
                 with m.If(self.o.ready):
                     m.d.sync += k.eq(k + 1)
-                    with m.If(k == _STATUS_WORDS // 4 - 1):
+                    with m.If(k == _STATUS_BEATS - 1):
                         m.d.sync += self.busy.eq(0)
                         m.next = "IDLE"
         return m
@@ -195,7 +211,7 @@ class CardCore(wiring.Component):
         decs = {p: engine(f"dec_{p[0].label}_{p[1].name.lower()}",
                           Decompressor(mode=p[0], dtype=p[1]))
                 for p in (pairs if caps.decompress else [])}
-        hdr_max = 40 + 8 * fmt.MAX_NDIM + 64 + 8 * self.max_groups + 4
+        hdr_max = header_length(Mode.DCT, fmt.MAX_NDIM, self.max_groups) + HEADER_CRC_BYTES
         builder = engine("builder", FrameBuilder(
             max_header=-(-hdr_max // SECTION) * SECTION,
             max_blocks=max(SECTION, buffer // 128 // SECTION * SECTION), max_payload=buffer))
@@ -204,24 +220,23 @@ class CardCore(wiring.Component):
         m.submodules.geo = geo = Geometry(count_bits=32)
         m.submodules.walker = walker = GroupWalker(count_bits=32)
         m.submodules.status_writer = sw = _StatusWriter()
-        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=128).create()
-        # scale records, two a row as they arrive (one beat)
-        m.submodules.scales = scales = Memory(shape=unsigned(128),
-                                              depth=-(-self.max_groups // 2), init=[])
+        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=_BEAT_BITS).create()
+        # scale records, a beat's worth a row as they arrive
+        m.submodules.scales = scales = Memory(shape=unsigned(_BEAT_BITS),
+                                              depth=-(-self.max_groups // _RECORDS_PER_BEAT),
+                                              init=[])
         sc_w = scales.write_port()
         sc_row = scales.read_port(domain="comb")  # the current block's group
         sc_hdr = scales.read_port(domain="comb")  # the header template's records
 
         # ------------------------------------------------------------ job registers
-        desc = Signal(8 * protocol.DESCRIPTOR_BYTES)
-        op, mode, dtype = _field(desc, 4, 1), _field(desc, 5, 1), _field(desc, 6, 1)
-        ndim, table_id, table_arg = _field(desc, 7, 1), _field(desc, 8, 1), _field(desc, 9, 1)
-        flags, ngroups = _field(desc, 10, 2), _field(desc, 12, 4)
-        nblocks, param = _field(desc, 16, 8), _field(desc, 24, 8)
-        table_crc, tag, in_bytes = _field(desc, 32, 4), _field(desc, 36, 4), _field(desc, 40, 8)
+        desc = Signal(DESCRIPTOR.shape())
+        op, mode, dtype, ndim = desc.op, desc.mode, desc.dtype, desc.ndim
+        ngroups, nblocks, param = desc.ngroups, desc.nblocks, desc.param
+        table_crc, tag, in_bytes = desc.table_crc, desc.tag, desc.in_bytes
         shape = Signal(data.ArrayLayout(64, fmt.MAX_NDIM))
         k = Signal(range(5 + fmt.MAX_NDIM + 8 + self.max_groups + 2))  # beats/words of a phase
-        t = Signal(range(65))  # table entries written
+        t = Signal(range(TABLE_BYTES + 1))  # table entries written
         bytes_in = Signal(64)  # this job's H2C bytes, descriptor included
         bytes_out = Signal(64)  # this job's C2H bytes
         code = Signal(8)  # the job's first fault (ErrorCode)
@@ -243,17 +258,17 @@ class CardCore(wiring.Component):
             with m.If(code == ErrorCode.OK):
                 m.d.sync += [code.eq(c), detail.eq(d)]
 
-        is_f32 = dtype == int(DType.FLOAT32)
-        is_dct = mode == int(Mode.DCT)
+        is_f32 = dtype == DType.FLOAT32
+        is_dct = mode == Mode.DCT
         itemsize = Mux(is_f32, 4, 2)
         pair_match = [(mode == int(p[0])) & (dtype == int(p[1])) for p in pairs]
         total_rows = nblocks[:37] << 3
         record_code = Signal(8)  # what the status record says: LENGTH outranks later faults
         record_detail = Signal(32)
-        length_fault = seen_last & ~desc_fault & (bytes_in != in_bytes + protocol.DESCRIPTOR_BYTES)
+        length_fault = seen_last & ~desc_fault & (bytes_in != in_bytes + DESCRIPTOR.size)
         m.d.comb += [record_code.eq(Mux(length_fault, ErrorCode.LENGTH, code)),
                      record_detail.eq(Mux(length_fault | (code == ErrorCode.LENGTH),
-                                          bytes_in - protocol.DESCRIPTOR_BYTES, detail))]
+                                          bytes_in - DESCRIPTOR.size, detail))]
 
         # ------------------------------------------------------------ H2C accounting
         h2c_take = self.h2c.valid & self.h2c.ready
@@ -265,7 +280,7 @@ class CardCore(wiring.Component):
 
         # ------------------------------------------------------------ C2H: one source a phase
         src_frame, src_values, src_status = Signal(), Signal(), Signal()
-        vrow = Signal(256)  # decoded row being sent (float32: two beats)
+        vrow = Signal(2 * _BEAT_BITS)  # decoded row being sent (float32: two beats)
         v_valid, v_half, v_wide = Signal(), Signal(), Signal()
         with m.If(src_frame):
             m.d.comb += [self.c2h.valid.eq(builder.o.valid),
@@ -275,7 +290,8 @@ class CardCore(wiring.Component):
                          builder.o.ready.eq(self.c2h.ready)]
         with m.Elif(src_values):
             m.d.comb += [self.c2h.valid.eq(v_valid),
-                         self.c2h.payload.data.eq(Mux(v_half, vrow[128:], vrow[:128])),
+                         self.c2h.payload.data.eq(Mux(v_half, vrow[_BEAT_BITS:],
+                                                      vrow[:_BEAT_BITS])),
                          self.c2h.payload.count.eq(BEAT_BYTES)]
         with m.Elif(src_status):
             wiring.connect(m, sw.o, wiring.flipped(self.c2h))
@@ -321,15 +337,16 @@ class CardCore(wiring.Component):
             m.d.sync += blocks_in.eq(blocks_in + 1)
 
         # ------------------------------------------------------------ compress plumbing
-        r_lo = Signal(128)  # first beat of a float32 row
+        r_lo = Signal(_BEAT_BITS)  # first beat of a float32 row
         r_valid, r_half = Signal(), Signal()
-        r_bits = Signal(256)
-        group = Mux(mode == int(Mode.EB), 0, walker.group)
-        m.d.comb += [sc_row.addr.eq(group >> 1),
+        r_bits = Signal(2 * _BEAT_BITS)
+        group = Mux(mode == Mode.EB, 0, walker.group)
+        m.d.comb += [sc_row.addr.eq(group >> _RECORD_SHIFT),
                      walker.blocks_per_plane.eq(geo.blocks_per_plane),
                      walker.group_stride.eq(geo.group_stride), walker.groups.eq(geo.groups),
                      geo.shape.eq(shape), geo.ndim.eq(ndim)]
-        rec = sc_row.data.word_select(group[0], 64)
+        rec = data.View(SCALE_RECORD.shape(), sc_row.data.word_select(
+            group[:_RECORD_SHIFT], 8 * SCALE_RECORD.size))
         r_take = Signal()
         table_load = Signal()
         for i, (p, comp) in enumerate(comps.items()):
@@ -337,9 +354,9 @@ class CardCore(wiring.Component):
             m.d.comb += [comp.i.valid.eq(r_valid & (sel == i)),
                          row.x.eq(r_bits[:row.x.shape().size])]
             if p[0] is not Mode.MASK:
-                m.d.comb += [row.scale.m.eq(rec[:16]), row.scale.e.eq(rec[16:32])]
+                m.d.comb += [row.scale.m.eq(rec.mantissa), row.scale.e.eq(rec.exponent)]
             if p[0] is Mode.EB:
-                m.d.comb += [row.r.eq(rec[32:]), row.eb.eq(param)]
+                m.d.comb += [row.r.eq(rec.inverse), row.eb.eq(param)]
             if p[0] is Mode.DCT:
                 m.d.comb += [comp.table_wr.addr.eq(t), comp.table_wr.data.eq(self.table[t[:6]]),
                              comp.table_wr.en.eq(table_load & (sel == i))]
@@ -357,28 +374,28 @@ class CardCore(wiring.Component):
                 m.d.comb += walker.next.eq(1)
         m.d.comb += builder.status.eq(0)
 
-        # the header template (format.md 2.1 without its CRC), a word a cycle
-        n_shape = 5 + ndim
-        n_table = n_shape + Mux(is_dct, 8, 0)
-        n_words = n_table + ngroups[:len(k)]
+        # the header template (format.md 2.1 without its CRC), a word a cycle: the fixed part
+        # (payload_bytes 0: the builder counts it), the shape, the table (dct), the records
+        fixed = Signal(FIXED_HEADER.shape())
+        m.d.comb += [fixed.magic.eq(_FRAME_MAGIC), fixed.version.eq(fmt.VERSION),
+                     fixed.mode.eq(mode), fixed.dtype.eq(dtype), fixed.ndim.eq(ndim),
+                     fixed.table_id.eq(desc.table_id), fixed.table_arg.eq(desc.table_arg),
+                     fixed.ngroups.eq(ngroups), fixed.nblocks.eq(nblocks), fixed.param.eq(param)]
+        n_shape = _FIXED_WORDS + ndim
+        n_table = n_shape + Mux(is_dct, TABLE_BYTES // _HEADER_WORD, 0)
+        n_words = (header_length(mode, ndim, ngroups) >> 3)[:len(k)]  # 8-byte words
         g = (k - n_table)[:len(k)]
-        m.d.comb += sc_hdr.addr.eq(g >> 1)
+        m.d.comb += sc_hdr.addr.eq(g >> _RECORD_SHIFT)
         hdr_word = Signal(64)
-        with m.If(k == 0):
-            m.d.comb += hdr_word.eq(Cat(Const(_FRAME_MAGIC, 32), Const(fmt.VERSION, 16), mode,
-                                        dtype))
-        with m.Elif(k == 1):
-            m.d.comb += hdr_word.eq(Cat(ndim, table_id, table_arg, Const(0, 8), ngroups))
-        with m.Elif(k == 2):
-            m.d.comb += hdr_word.eq(nblocks)
-        with m.Elif(k == 4):
-            m.d.comb += hdr_word.eq(param)
-        with m.Elif((k >= 5) & (k < n_shape)):
-            m.d.comb += hdr_word.eq(shape[(k - 5)[:3]])
-        with m.Elif((k >= n_shape) & (k < n_table)):
+        with m.If(k < _FIXED_WORDS):
+            m.d.comb += hdr_word.eq(fixed.as_value().word_select(
+                k[:(_FIXED_WORDS - 1).bit_length()], 64))
+        with m.Elif(k < n_shape):
+            m.d.comb += hdr_word.eq(shape[(k - _FIXED_WORDS)[:3]])
+        with m.Elif(k < n_table):
             m.d.comb += hdr_word.eq(self.table.as_value().word_select((k - n_shape)[:3], 64))
-        with m.Elif(k >= n_table):
-            m.d.comb += hdr_word.eq(sc_hdr.data.word_select(g[0], 64))
+        with m.Else():
+            m.d.comb += hdr_word.eq(sc_hdr.data.word_select(g[:_RECORD_SHIFT], 64))
         hb = builder.header
         hdr_lo, hdr_half = Signal(64), Signal()
 
@@ -424,8 +441,8 @@ class CardCore(wiring.Component):
                 m.d.comb += [self.h2c.ready.eq(1), crc.data.eq(self.h2c.payload.data),
                              crc.valid.eq(h2c_take)]
                 with m.If(h2c_take):
-                    m.d.sync += [desc.word_select(k[:2], 128).eq(self.h2c.payload.data),
-                                 k.eq(k + 1)]
+                    m.d.sync += [desc.as_value().word_select(k[:_DESC_SEL], _BEAT_BITS).eq(
+                                 self.h2c.payload.data), k.eq(k + 1)]
                     with m.If(self.h2c.payload.last & (k != _DESC_BEATS - 1)):
                         # shorter than a descriptor (the model's "magic" complaint)
                         m.d.sync += [code.eq(ErrorCode.BAD_DESCRIPTOR), desc_fault.eq(1),
@@ -435,9 +452,9 @@ class CardCore(wiring.Component):
                         m.d.sync += k.eq(0)
                         m.next = "CHECK"
             with m.State("CHECK"):
-                magic_ok = _field(desc, 0, 4) == _JOB_MAGIC
-                reserved_ok = (flags == 0) & (_field(desc, 48, 12) == 0)
-                with m.If(~magic_ok | ~crc.match_detected | ~reserved_ok | (op > 2)):
+                magic_ok = desc.magic == _JOB_MAGIC
+                reserved_ok = (desc.flags == 0) & (desc.reserved == 0)
+                with m.If(~magic_ok | ~crc.match_detected | ~reserved_ok | ~in_enum(op, Op)):
                     # the model reports tag 0 and op 0 for a descriptor it cannot parse
                     m.d.sync += [code.eq(ErrorCode.BAD_DESCRIPTOR), desc_fault.eq(1),
                                  detail.eq(magic_ok & ~crc.match_detected), desc.eq(0)]
@@ -458,9 +475,8 @@ class CardCore(wiring.Component):
                         with m.Else():
                             m.next = "DEC"
                 with m.Else():
-                    mode_ok = (mode >= 1) & (mode <= 4)
-                    dtype_ok = (dtype >= 1) & (dtype <= 3)
-                    with m.If(~mode_ok | ~dtype_ok | (ndim > fmt.MAX_NDIM)):
+                    with m.If(~in_enum(mode, Mode) | ~in_enum(dtype, DType)
+                              | (ndim > fmt.MAX_NDIM)):
                         m.d.sync += code.eq(ErrorCode.BAD_DESCRIPTOR)
                         m.next = "DRAIN"
                     with m.Elif(~Cat(*pair_match, Const(0, 1)).any()):
@@ -515,26 +531,28 @@ class CardCore(wiring.Component):
                 with m.Else():
                     m.d.comb += self.h2c.ready.eq(1)
                     with m.If(h2c_take):
-                        m.d.sync += [shape.as_value().word_select(k[:2], 128).eq(
+                        m.d.sync += [shape.as_value().word_select(
+                            k[:(_SHAPE_BEATS - 1).bit_length()], _BEAT_BITS).eq(
                             self.h2c.payload.data), k.eq(k + 1)]
             with m.State("GEO"):
                 with m.If(k == 0):
                     m.d.comb += geo.start.eq(1)
-                with m.If(k < 4):  # the table window's CRC, 16 bytes a cycle
-                    m.d.comb += [crc.data.eq(self.table.as_value().word_select(k[:2], 128)),
+                with m.If(k < _TABLE_BEATS):  # the table window's CRC, a beat a cycle
+                    m.d.comb += [crc.data.eq(self.table.as_value().word_select(
+                                     k[:(_TABLE_BEATS - 1).bit_length()], _BEAT_BITS)),
                                  crc.valid.eq(1)]
                     m.d.sync += k.eq(k + 1)
                 with m.Elif(geo.done):
                     m.d.sync += k.eq(0)
-                    groups = Mux(mode == int(Mode.EB), 1,
-                                 Mux(mode == int(Mode.MASK), 0, geo.groups))
+                    groups = groups_of(mode, geo.groups)
                     unused = Cat(*[Mux(ndim > i, 0, shape[i]) for i in range(fmt.MAX_NDIM)])
-                    hlen = 40 + 8 * ndim + Mux(is_dct, 64, 0) + 8 * ngroups
+                    hlen = header_length(mode, ndim, ngroups)
                     values = nblocks * itemsize * 64
-                    bound = (((hlen + 4 + 63) >> 6) + ((nblocks * 2 + 63) >> 6)
+                    bound = (((hlen + HEADER_CRC_BYTES + 63) >> 6) + ((nblocks * 2 + 63) >> 6)
                              + ((values + 63) >> 6) + 1) << 6
-                    sections = protocol.SHAPE_BYTES + (((ngroups * 8) + 63) >> 6 << 6) + values
-                    zero_entry = Cat(*[self.table[i] == 0 for i in range(64)]).any()
+                    sections = (protocol.SHAPE_BYTES
+                                + (((ngroups * SCALE_RECORD.size) + 63) >> 6 << 6) + values)
+                    zero_entry = Cat(*[self.table[i] == 0 for i in range(TABLE_BYTES)]).any()
                     with m.If((unused != 0) | geo.overflow | (nblocks != geo.nblocks)
                               | (ngroups != groups)):
                         m.d.sync += code.eq(ErrorCode.BAD_DESCRIPTOR)
@@ -551,7 +569,8 @@ class CardCore(wiring.Component):
                     with m.Else():
                         m.next = "SCALES"
             with m.State("SCALES"):
-                section = ((ngroups * 8 + 63) >> 6) << 2  # beats of the 64-aligned section
+                # beats of the 64-aligned section
+                section = ((ngroups * SCALE_RECORD.size + 63) >> 6) * _SECTION_BEATS
                 with m.If(k == section):
                     m.d.sync += k.eq(0)
                     with m.If(code != ErrorCode.OK):
@@ -568,15 +587,16 @@ class CardCore(wiring.Component):
                                  sc_w.data.eq(self.h2c.payload.data), sc_w.en.eq(h2c_take)]
                     with m.If(h2c_take):
                         m.d.sync += k.eq(k + 1)
-                        for j in range(2):
-                            record = self.h2c.payload.data.word_select(j, 64)
-                            idx = Cat(Const(j, 1), k)
+                        for j in range(_RECORDS_PER_BEAT):
+                            record = self.h2c.payload.data.word_select(
+                                j, 8 * SCALE_RECORD.size)
+                            idx = Cat(Const(j, _RECORD_SHIFT), k)
                             with m.If((idx < ngroups) & scale_record_bad(record)):
                                 fault(ErrorCode.BAD_DESCRIPTOR, idx)
             with m.State("HEADER"):
                 # header template words into the builder, two a beat; the dct table into the
                 # engine meanwhile, an entry a cycle
-                with m.If(is_dct & (t < 64)):
+                with m.If(is_dct & (t < TABLE_BYTES)):
                     m.d.comb += table_load.eq(1)
                     m.d.sync += t.eq(t + 1)
                 with m.If(hb.valid & hb.ready):
@@ -592,7 +612,7 @@ class CardCore(wiring.Component):
                                                             hdr_word)),
                                      hb.payload.count.eq(Mux(hdr_half, 16, 8)),
                                      hb.payload.last.eq(k + 1 == n_words)]
-                with m.If((k == n_words) & free & (~is_dct | (t == 64))):
+                with m.If((k == n_words) & free & (~is_dct | (t == TABLE_BYTES))):
                     m.d.sync += [k.eq(0), hb.valid.eq(0)]
                     m.d.comb += walker.start.eq(1)
                     m.next = "VALUES"

@@ -6,19 +6,43 @@ before the payload, so no byte of a frame can leave before the last block is cod
 section 12, "Encoder side"). The builder collects the job in three memories, then streams it out.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from actpack.codec.frame import ALIGN, FIXED_HEADER, HEADER_CRC_BYTES, TRAILER
+
 from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 
-__all__ = ["SECTION", "FrameBeat", "FrameBuilder"]
+__all__ = ["SECTION", "FrameBeat", "FrameBuilder", "view_at"]
 
-SECTION = 64  # every section starts on a 64-byte boundary (format.md section 2)
+SECTION = ALIGN  # every section starts on a 64-byte boundary (format.md section 2)
 _WORD = 8  # bytes the generator emits (and the CRC takes) per step
 _ENTRIES_PER_ROW = BEAT_BYTES // 2  # u16 index entries per memory row
+_BEAT_BITS = 8 * BEAT_BYTES
+_BEAT_SHIFT = BEAT_BYTES.bit_length() - 1
+assert 1 << _BEAT_SHIFT == BEAT_BYTES
+# the header beat that completes nblocks, and the header word the builder fills in itself
+_NB_ROW = (FIXED_HEADER.end("nblocks") - 1) // BEAT_BYTES
+_PAYLOAD_WORD = FIXED_HEADER.offset("payload_bytes") // _WORD
+assert FIXED_HEADER.offset("nblocks") // BEAT_BYTES == _NB_ROW
+assert FIXED_HEADER.offset("payload_bytes") % _WORD == 0
+assert FIXED_HEADER.field("payload_bytes").size == _WORD
+
+
+def view_at(layout, value, offset: int = 0):
+    """A ``data.View`` of wire layout ``layout`` (``actpack.codec.layout.Layout``) whose bytes
+    from ``offset`` on are ``value`` (a beat or word of the record), the others zero: fields
+    of a record read by name from the part of it at hand."""
+    bits = 8 * layout.size
+    parts = [Const(0, 8 * offset)] if offset else []
+    parts.append(value)
+    rest = bits - 8 * offset - len(value)
+    if rest > 0:
+        parts.append(Const(0, rest))
+    return data.View(layout.shape(), Cat(*parts)[:bits])
 
 FrameBeat = data.StructLayout({
     "data": unsigned(8 * BEAT_BYTES),  # byte k in bits 8k .. 8k + 7 (little-endian)
@@ -82,9 +106,9 @@ class FrameBuilder(wiring.Component):
         rows_h = self.max_header // BEAT_BYTES
         rows_i = self.max_blocks // _ENTRIES_PER_ROW
         rows_p = self.max_payload // BEAT_BYTES
-        m.submodules.mem_h = mem_h = Memory(shape=unsigned(128), depth=rows_h, init=[])
-        m.submodules.mem_i = mem_i = Memory(shape=unsigned(128), depth=rows_i, init=[])
-        m.submodules.mem_p = mem_p = Memory(shape=unsigned(128), depth=rows_p, init=[])
+        m.submodules.mem_h = mem_h = Memory(shape=unsigned(_BEAT_BITS), depth=rows_h, init=[])
+        m.submodules.mem_i = mem_i = Memory(shape=unsigned(_BEAT_BITS), depth=rows_i, init=[])
+        m.submodules.mem_p = mem_p = Memory(shape=unsigned(_BEAT_BITS), depth=rows_p, init=[])
         wh, wi, wp = mem_h.write_port(), mem_i.write_port(), mem_p.write_port()
         rh = mem_h.read_port(domain="comb")
         ri = mem_i.read_port(domain="comb")
@@ -97,8 +121,8 @@ class FrameBuilder(wiring.Component):
         n_index = Signal(64)  # entries received
         expected = Signal(32)  # sum of the entries' lengths
         received = Signal(32)  # payload bytes received
-        i_row = Signal(128)  # index entries being packed into a memory row
-        p_acc = Signal(256)  # payload bytes not yet written: the low ``p_fill`` bytes
+        i_row = Signal(_BEAT_BITS)  # index entries being packed into a memory row
+        p_acc = Signal(2 * _BEAT_BITS)  # payload bytes not yet written: the low ``p_fill`` bytes
         p_fill = Signal(range(BEAT_BYTES))
         p_rows = Signal(range(rows_p + 1))
         overflow = Signal()
@@ -106,7 +130,7 @@ class FrameBuilder(wiring.Component):
         job_done = Signal()
         m.d.comb += self.overflow.eq(overflow)
 
-        nb_known = Signal()  # header bytes 16..23 (nblocks) are in
+        nb_known = Signal()  # the header's nblocks field is in
         entries_in = Signal()  # every entry of this job is in: later ones belong to the next job
         m.d.comb += [
             entries_in.eq(nb_known & (n_index == nblocks)),
@@ -118,18 +142,19 @@ class FrameBuilder(wiring.Component):
         ]
         with m.If(self.header.valid & self.header.ready):
             beat = self.header.payload
-            row = hlen >> 4
+            row = hlen >> _BEAT_SHIFT
             with m.If(row < rows_h):
                 m.d.comb += [wh.addr.eq(row), wh.data.eq(beat.data), wh.en.eq(1)]
             with m.Else():
                 m.d.sync += overflow.eq(1)
-            with m.If(row == 1):  # bytes 16..23: nblocks
-                m.d.sync += [nblocks.eq(beat.data[:64]), nb_known.eq(1)]
+            with m.If(row == _NB_ROW):
+                fixed = view_at(FIXED_HEADER, beat.data, _NB_ROW * BEAT_BYTES)
+                m.d.sync += [nblocks.eq(fixed.nblocks), nb_known.eq(1)]
             m.d.sync += [hlen.eq(hlen + beat.count), h_done.eq(beat.last)]
         with m.If(self.index.valid & self.index.ready):
             slot = n_index[:3]
             entry = self.index.payload.as_value()
-            new_row = Signal(128)
+            new_row = Signal(_BEAT_BITS)
             m.d.comb += new_row.eq(i_row | (entry << (slot * 16)))
             m.d.sync += [n_index.eq(n_index + 1),
                          expected.eq(expected + self.index.payload.length)]
@@ -143,17 +168,18 @@ class FrameBuilder(wiring.Component):
                 m.d.sync += i_row.eq(new_row)
         with m.If(self.payload.valid & self.payload.ready):
             beat = self.payload.payload
-            merged = Signal(256)
+            merged = Signal(2 * _BEAT_BITS)
             fill = Signal(range(2 * BEAT_BYTES))
             m.d.comb += [merged.eq(p_acc | (beat.data << (p_fill * 8))),
                          fill.eq(p_fill + beat.count)]
             m.d.sync += received.eq(received + beat.count)
             with m.If(fill >= BEAT_BYTES):
                 with m.If(p_rows < rows_p):
-                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(merged[:128]), wp.en.eq(1)]
+                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(merged[:_BEAT_BITS]),
+                                 wp.en.eq(1)]
                 with m.Else():
                     m.d.sync += overflow.eq(1)
-                m.d.sync += [p_rows.eq(p_rows + 1), p_acc.eq(merged[128:]),
+                m.d.sync += [p_rows.eq(p_rows + 1), p_acc.eq(merged[_BEAT_BITS:]),
                              p_fill.eq(fill - BEAT_BYTES)]
             with m.Else():
                 m.d.sync += [p_acc.eq(merged), p_fill.eq(fill)]
@@ -201,26 +227,27 @@ class FrameBuilder(wiring.Component):
                 m.d.sync += [
                     collecting.eq(0),
                     hw.eq(hlen >> 3),
-                    h_words.eq(_align(hlen + 4, 32) >> 3),
+                    h_words.eq(_align(hlen + HEADER_CRC_BYTES, 32) >> 3),
                     i_words.eq((nblocks + 3) >> 2),
                     i_total.eq(_align(nblocks * 2, 40) >> 3),
                     p_words.eq((received + 7) >> 3),
                     p_total.eq(_align(received, 40) >> 3),
-                    total.eq(_align(hlen + 4, 32) + _align(nblocks * 2, 40)
-                             + _align(received, 40) + SECTION),
+                    total.eq(_align(hlen + HEADER_CRC_BYTES, 32) + _align(nblocks * 2, 40)
+                             + _align(received, 40) + TRAILER.size),
                     off.eq(0),
                 ]
                 # the last partly filled rows
                 with m.If(n_index[:3] != 0):
                     m.d.comb += [wi.addr.eq(n_index >> 3), wi.data.eq(i_row), wi.en.eq(1)]
                 with m.If(p_fill != 0):
-                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(p_acc[:128]), wp.en.eq(1)]
+                    m.d.comb += [wp.addr.eq(p_rows), wp.data.eq(p_acc[:_BEAT_BITS]), wp.en.eq(1)]
                 m.d.comb += crc.start.eq(1)
                 m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [rh.addr.eq(off >> 1), produce.eq(1)]
-                with m.If(off < hw):  # word 3 is bytes 24..31: payload_bytes, as counted
-                    m.d.comb += [word.eq(Mux(off == 3, received, half_of(rh.data, off))),
+                with m.If(off < hw):  # payload_bytes as counted
+                    m.d.comb += [word.eq(Mux(off == _PAYLOAD_WORD, received,
+                                             half_of(rh.data, off))),
                                  feed.eq(1)]
                 with m.Elif(off == hw):
                     m.d.comb += word.eq(crc.crc)  # header CRC, then zero padding
@@ -248,13 +275,12 @@ class FrameBuilder(wiring.Component):
             body_section("PAYLOAD", rp, p_words, p_total, "TRAILER",
                          [status.eq(self.status | overflow)])
             with m.State("TRAILER"):
-                m.d.comb += produce.eq(1)
-                with m.Switch(off):
-                    with m.Case(0):
-                        m.d.comb += word.eq(Cat(crc.crc, status))
-                    with m.Case(1):
-                        m.d.comb += word.eq(total)
-                m.d.comb += last_word.eq(off == SECTION // _WORD - 1)
+                trailer = Signal(TRAILER.shape())
+                m.d.comb += [produce.eq(1), trailer.body_crc.eq(crc.crc),
+                             trailer.status.eq(status), trailer.length.eq(total),
+                             word.eq(trailer.as_value().word_select(
+                                 off[:(TRAILER.size // _WORD - 1).bit_length()], 64)),
+                             last_word.eq(off == TRAILER.size // _WORD - 1)]
                 with m.If(step):
                     m.d.sync += off.eq(off + 1)
                     with m.If(last_word):

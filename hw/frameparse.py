@@ -23,7 +23,17 @@ from amaranth.lib.wiring import In, Out
 
 from actpack.codec import frame as fmt
 from actpack.codec import spec
-from actpack.codec.frame import Kind
+from actpack.codec.frame import (
+    FIXED_HEADER,
+    HEADER_CRC_BYTES,
+    SCALE_RECORD,
+    TABLE_BYTES,
+    TRAILER,
+    Kind,
+    groups_of,
+    header_length,
+)
+from actpack.codec.layout import in_enum
 from actpack.codec.spec import DType, Mode
 from actpack.errors import Check
 
@@ -39,7 +49,14 @@ _WORD = 8  # bytes the parser takes (and its CRC steps over) per cycle
 _ENTRIES_PER_WORD = _WORD // 2
 _ACC_BYTES = 2 * BEAT_BYTES  # realignment buffer: a full beat out while a word comes in
 _MAGIC = int.from_bytes(fmt.MAGIC, "little")
-_FIXED_WORDS = 5  # the 40-byte fixed part of the header
+_FIXED_WORDS = FIXED_HEADER.size // _WORD  # the fixed part of the header
+_TRAILER_WORDS = TRAILER.size // _WORD
+assert FIXED_HEADER.size % _WORD == 0 and SCALE_RECORD.size == _WORD
+
+
+def _word_of(layout, name: str) -> int:
+    """The 8-byte word of ``layout`` that holds the last byte of field ``name``."""
+    return (layout.end(name) - 1) // _WORD
 
 
 # Checks of docs/format.md section 10 that get no bit of their own: 3 (a newer version) shares
@@ -93,9 +110,9 @@ def scale_record_bad(record):
     """docs/format.md 10 #11 on the 64 bits of a scale record (an Amaranth value): mantissa
     outside ``[2**15, 2**16)`` or exponent outside ``spec.SCALE_EXP_RANGE`` (the exponents
     encoders write; they keep the float32 inverse finite)."""
-    mant, exp = record[:16], record[16:32].as_signed()
+    rec = data.View(SCALE_RECORD.shape(), record)
     lo, hi = spec.SCALE_EXP_RANGE
-    return ~mant[15] | (exp < lo) | (exp > hi)
+    return (rec.mantissa < 1 << 15) | (rec.exponent < lo) | (rec.exponent > hi)
 
 
 def param_bad(mode, param):
@@ -209,12 +226,11 @@ class FrameParser(wiring.Component):
 
         pos = Signal(64)  # words taken in this frame before this one
         off = Signal(62)  # words taken in the current section
-        mode, dtype = Signal(8), Signal(8)
-        ndim = Signal(8)
-        ngroups = Signal(32)
-        nblocks = Signal(64)
-        payload_bytes = Signal(64)
-        param = Signal(64)
+        fixed = Signal(FIXED_HEADER.shape())  # the header's fixed part as read
+        fixed_in = Signal(FIXED_HEADER.shape())  # the same with this cycle's word in
+        mode, dtype, ndim = fixed.mode, fixed.dtype, fixed.ndim
+        ngroups, nblocks = fixed.ngroups, fixed.nblocks
+        payload_bytes, param = fixed.payload_bytes, fixed.param
         shape = Signal(data.ArrayLayout(unsigned(64), fmt.MAX_NDIM))
         h_words = Signal(64)  # header words before its CRC: hlen / 8
         i_words = Signal(62)  # index section words
@@ -227,7 +243,7 @@ class FrameParser(wiring.Component):
         info_sent = Signal()
         flush = Signal()  # the frame ended early: complete the emitted blocks with zeros
 
-        is_dct = mode == int(Mode.DCT)
+        is_dct = mode == Mode.DCT
         itemsize = Mux(dtype == int(DType.FLOAT32), 4, 2)
         m.d.comb += [geo.shape.eq(shape), geo.ndim.eq(ndim), numel.shape.eq(shape),
                      numel.ndim.eq(ndim)]
@@ -248,7 +264,7 @@ class FrameParser(wiring.Component):
         m.d.comb += [ri_ent.addr.eq(ent_next >> 2),
                      walker.blocks_per_plane.eq(geo.blocks_per_plane),
                      walker.group_stride.eq(geo.group_stride), walker.groups.eq(geo.groups),
-                     rr.addr.eq(Mux(mode == int(Mode.EB), 0, walker.group)),
+                     rr.addr.eq(Mux(mode == Mode.EB, 0, walker.group)),
                      ent_go.eq(run & ~flush & (ent_next < nb)
                                & (~self.blocks.valid | self.blocks.ready))]
         with m.If(self.blocks.valid & self.blocks.ready):
@@ -257,7 +273,7 @@ class FrameParser(wiring.Component):
             entry = ri_ent.data.word_select(ent_next[:2], 16)
             m.d.sync += [self.blocks.valid.eq(1),
                          self.blocks.payload.entry.eq(entry),
-                         self.blocks.payload.r.eq(Mux(mode == int(Mode.MASK), 0, rr.data)),
+                         self.blocks.payload.r.eq(Mux(mode == Mode.MASK, 0, rr.data)),
                          ent_next.eq(ent_next + 1)]
             m.d.comb += walker.next.eq(1)
 
@@ -303,27 +319,24 @@ class FrameParser(wiring.Component):
 
         with m.FSM(init="FIXED"):
             with m.State("FIXED"):
-                m.d.comb += [take.eq(w_valid), crc_feed.eq(1)]
+                m.d.comb += [take.eq(w_valid), crc_feed.eq(1), fixed_in.eq(fixed),
+                             fixed_in.as_value().word_select(
+                                 off[:(_FIXED_WORDS - 1).bit_length()], 64).eq(word)]
                 with m.If(off == 0):
                     m.d.comb += crc.start.eq(1)
                 with m.If(take):
-                    with m.Switch(off):
-                        with m.Case(0):
-                            m.d.sync += [mode.eq(word[48:56]), dtype.eq(word[56:64])]
-                            fail(FrameCheck.NOT_FRAME, word[:32] != _MAGIC)
-                            fail(FrameCheck.VERSION, word[32:48] != fmt.VERSION)
-                        with m.Case(1):
-                            m.d.sync += [ndim.eq(word[:8]), ngroups.eq(word[32:64])]
-                            fail(FrameCheck.NDIM, word[:8] > fmt.MAX_NDIM)
-                            fail(FrameCheck.NGROUPS, word[32:64] > spec.MAX_GROUPS)
-                            fail(FrameCheck.CAPACITY, word[32:64] > self.max_groups)
-                        with m.Case(2):
-                            m.d.sync += nblocks.eq(word)
-                            fail(FrameCheck.CAPACITY, word > self.max_blocks)
-                        with m.Case(3):
-                            m.d.sync += payload_bytes.eq(word)
-                        with m.Case(4):
-                            m.d.sync += param.eq(word)
+                    m.d.sync += fixed.eq(fixed_in)
+                    f = fixed_in
+
+                    def at(name):  # the word that completes field ``name`` is this one
+                        return off == _word_of(FIXED_HEADER, name)
+
+                    fail(FrameCheck.NOT_FRAME, at("magic") & (f.magic != _MAGIC))
+                    fail(FrameCheck.VERSION, at("version") & (f.version != fmt.VERSION))
+                    fail(FrameCheck.NDIM, at("ndim") & (f.ndim > fmt.MAX_NDIM))
+                    fail(FrameCheck.NGROUPS, at("ngroups") & (f.ngroups > spec.MAX_GROUPS))
+                    fail(FrameCheck.CAPACITY, at("ngroups") & (f.ngroups > self.max_groups))
+                    fail(FrameCheck.CAPACITY, at("nblocks") & (f.nblocks > self.max_blocks))
                     # the fixed part decides whether the rest can be read at all
                     fatal = (FrameCheck.NOT_FRAME, FrameCheck.VERSION, FrameCheck.NDIM,
                              FrameCheck.NGROUPS)
@@ -344,7 +357,7 @@ class FrameParser(wiring.Component):
                     # shape and ndim hold until the verdict
                     m.d.comb += [geo.start.eq(1), numel.start.eq(1)]
                     m.d.sync += [off.eq(0),
-                                 h_words.eq(_FIXED_WORDS + ndim + Mux(is_dct, 8, 0) + ngroups)]
+                                 h_words.eq(header_length(mode, ndim, ngroups) >> 3)]
                     m.next = "TABLE"
                 with m.Else():
                     m.d.comb += [take.eq(w_valid), crc_feed.eq(1)]
@@ -352,7 +365,7 @@ class FrameParser(wiring.Component):
                         m.d.sync += shape[off[:3]].eq(word)
                         took(FrameCheck.TRUNCATED_HEADER)
             with m.State("TABLE"):
-                with m.If(~is_dct | (off == 8)):
+                with m.If(~is_dct | (off == TABLE_BYTES // _WORD)):
                     m.d.sync += off.eq(0)
                     m.next = "SCALES"
                 with m.Elif(w_valid & self.table_free):
@@ -374,7 +387,9 @@ class FrameParser(wiring.Component):
                     with m.If(take):
                         fail(FrameCheck.SCALE, scale_record_bad(word))
                         with m.If(off < self.max_groups):
-                            m.d.comb += [wr.addr.eq(off), wr.data.eq(word[32:]), wr.en.eq(1)]
+                            record = data.View(SCALE_RECORD.shape(), word)
+                            m.d.comb += [wr.addr.eq(off), wr.data.eq(record.inverse),
+                                         wr.en.eq(1)]
                         took(FrameCheck.TRUNCATED_HEADER)
             with m.State("HCRC"):
                 # the CRC word: the header's checks that need it all are made here, once the
@@ -383,20 +398,19 @@ class FrameParser(wiring.Component):
                 with m.If(take):
                     fail(FrameCheck.HEADER_CRC, word[:32] != crc.crc)
                     fail(FrameCheck.HEADER_PADDING, word[32:] != 0)
-                    known_mode = (mode >= 1) & (mode <= 4)
-                    fail(FrameCheck.MODE_DTYPE, ~known_mode | (dtype < 1) | (dtype > 3))
+                    known_mode = in_enum(mode, Mode)
+                    fail(FrameCheck.MODE_DTYPE, ~known_mode | ~in_enum(dtype, DType))
                     fail(FrameCheck.NUMEL, numel.overflow)
                     fail(FrameCheck.CAPACITY, geo.overflow)
                     fail(FrameCheck.NBLOCKS, ~geo.overflow & (nblocks != geo.nblocks))
-                    groups = Mux(mode == int(Mode.EB), 1,
-                                 Mux(mode == int(Mode.MASK), 0, geo.groups))
+                    groups = groups_of(mode, geo.groups)
                     fail(FrameCheck.GROUPS, known_mode & ~geo.overflow & (ngroups != groups))
                     fail(FrameCheck.PARAM, param_bad(mode, param))
-                    words_h = _align_words(h_words * 8 + 4, 64)
+                    words_h = _align_words(h_words * 8 + HEADER_CRC_BYTES, 64)
                     words_i = _align_words(nblocks * 2, 62)
                     words_p = _align_words(payload_bytes, 62)
                     m.d.sync += [i_words.eq(words_i), p_words.eq(words_p), off.eq(1),
-                                 length.eq((words_h + words_i + words_p) * 8 + SECTION),
+                                 length.eq((words_h + words_i + words_p) * 8 + TRAILER.size),
                                  h_words.eq(words_h), p_left.eq(payload_bytes)]
                     m.d.sync += pos.eq(pos + 1)
                     m.next = "HPAD"
@@ -470,16 +484,20 @@ class FrameParser(wiring.Component):
             with m.State("TRAILER"):
                 m.d.comb += take.eq(w_valid)
                 with m.If(take):
-                    with m.Switch(off):
-                        with m.Case(0):
-                            fail(FrameCheck.BODY_CRC, word[:32] != crc.crc)
-                            fail(FrameCheck.STATUS, word[32:] != 0)
-                        with m.Case(1):
-                            fail(FrameCheck.LENGTH, word != length)
-                        with m.Default():
-                            fail(FrameCheck.TRAILER_RESERVED, word != 0)
+                    # this word in its place in the trailer, the others zero
+                    tr = Signal(TRAILER.shape())
+                    m.d.comb += tr.as_value().word_select(
+                        off[:(_TRAILER_WORDS - 1).bit_length()], 64).eq(word)
+
+                    def at(name):
+                        return off == _word_of(TRAILER, name)
+
+                    fail(FrameCheck.BODY_CRC, at("body_crc") & (tr.body_crc != crc.crc))
+                    fail(FrameCheck.STATUS, at("status") & (tr.status != 0))
+                    fail(FrameCheck.LENGTH, at("length") & (tr.length != length))
+                    fail(FrameCheck.TRAILER_RESERVED, tr.reserved != 0)
                     m.d.sync += [pos.eq(pos + 1), off.eq(off + 1)]
-                    with m.If(off == SECTION // _WORD - 1):
+                    with m.If(off == _TRAILER_WORDS - 1):
                         with m.If(w_last):
                             m.next = "VERDICT"
                         with m.Else():
@@ -507,7 +525,8 @@ class FrameParser(wiring.Component):
                         self.verdict.valid.eq(0), errors.eq(0), pos.eq(0), off.eq(0),
                         lengths.eq(0), sub.eq(0), emit.eq(0), info_sent.eq(0), flush.eq(0),
                         run.eq(0), ent_next.eq(0), bt_next.eq(0), rem.eq(0),
-                        acc.eq(0), fill.eq(0), shape.eq(0), ndim.eq(0), ngroups.eq(0),
+                        acc.eq(0), fill.eq(0), shape.eq(0), fixed.ndim.eq(0),
+                        fixed.ngroups.eq(0),
                     ]
                     m.next = "FIXED"
         for check, hits in fails.items():

@@ -31,16 +31,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actpack.codec.frame import ALIGN, MAX_NDIM, crc32c_of
+from actpack.codec.frame import ALIGN, DIM_BYTES, MAX_NDIM, SCALE_RECORD, crc32c_of
+from actpack.codec.layout import Field, Layout
 from actpack.codec.spec import DType, Mode
 from actpack.errors import Check
 
 __all__ = [
+    "DESCRIPTOR",
     "DESCRIPTOR_BYTES",
     "JOB_MAGIC",
     "PROTOCOL_VERSION",
     "SCALE_RECORD_BYTES",
     "SHAPE_BYTES",
+    "STATUS",
     "STATUS_BYTES",
     "STATUS_MAGIC",
     "Descriptor",
@@ -61,18 +64,41 @@ PROTOCOL_VERSION = 1  # bump on any change of the layouts below (reported in reg
 
 JOB_MAGIC = b"AJOB"
 STATUS_MAGIC = b"ASTS"
-DESCRIPTOR_BYTES = 64
-STATUS_BYTES = 64
-SHAPE_BYTES = 8 * MAX_NDIM  # the shape section is always 8 x u64, unused dimensions zero
-SCALE_RECORD_BYTES = 8  # frame scale record <Hhf: mantissa, exponent, float32 inverse
+SHAPE_BYTES = DIM_BYTES * MAX_NDIM  # the shape section is always 8 x u64, unused dimensions zero
+SCALE_RECORD_BYTES = SCALE_RECORD.size  # the frame's own scale record (frame.SCALE_RECORD)
 
-# Descriptor: magic, op, mode, dtype, ndim, table_id, table_arg, flags (0), ngroups, nblocks,
-# param, table_crc, tag, in_bytes, 12 reserved bytes (0); then CRC32C of bytes [0, 60).
-_DESCRIPTOR = struct.Struct("<4sBBBBBBHIQdIIQ12x")
-# Status: magic, code, tag, op, bytes_in, bytes_out, detail, 24 reserved bytes (0);
-# then CRC32C of bytes [0, 60).
-_STATUS = struct.Struct("<4sIIIQQI24x")
-assert _DESCRIPTOR.size + 4 == DESCRIPTOR_BYTES and _STATUS.size + 4 == STATUS_BYTES
+DESCRIPTOR = Layout("Descriptor", [  # docs/card.md 3.1
+    Field("magic", "4s", "JOB_MAGIC"),
+    Field("op", "B", "Op"),
+    Field("mode", "B", "frame header field (compress; else 0)"),
+    Field("dtype", "B", "frame header field"),
+    Field("ndim", "B", "frame header field"),
+    Field("table_id", "B", "frame header field"),
+    Field("table_arg", "B", "frame header field"),
+    Field("flags", "H", "0", reserved=True),
+    Field("ngroups", "I", "frame header field"),
+    Field("nblocks", "Q", "frame header field"),
+    Field("param", "d", "frame header field"),
+    Field("table_crc", "I", "table_crc of the TABLE window (dct), else 0"),
+    Field("tag", "I", "echoed in the status record and LAST_TAG"),
+    Field("in_bytes", "Q", "H2C bytes after the descriptor up to tlast"),
+    Field("reserved", "12s", "zero", reserved=True),
+    Field("crc", "I", "CRC32C of the bytes before it"),
+])
+STATUS = Layout("Status", [  # docs/card.md 3.4
+    Field("magic", "4s", "STATUS_MAGIC"),
+    Field("code", "I", "ErrorCode"),
+    Field("tag", "I", "the descriptor's tag"),
+    Field("op", "I", "the descriptor's op"),
+    Field("bytes_in", "Q", "this job's H2C bytes, descriptor included"),
+    Field("bytes_out", "Q", "this job's C2H bytes, this record excluded"),
+    Field("detail", "I", "code-specific number"),
+    Field("reserved", "24s", "zero", reserved=True),
+    Field("crc", "I", "CRC32C of the bytes before it"),
+])
+DESCRIPTOR_BYTES = DESCRIPTOR.size
+STATUS_BYTES = STATUS.size
+assert DESCRIPTOR_BYTES == STATUS_BYTES == ALIGN
 
 
 class ProtocolError(ValueError):
@@ -168,10 +194,18 @@ def unpack_shape(data, ndim: int) -> tuple[int, ...]:
     return tuple(dims[:ndim])
 
 
-def _check_crc(data, what: str) -> None:
-    (crc,) = struct.unpack_from("<I", data, 60)
-    if crc32c_of(bytes(data[:60])) != crc:
+def _seal(layout: Layout, **fields) -> bytes:
+    """``fields`` packed by ``layout`` with its ``crc`` field, the CRC32C of the bytes before it."""
+    body = layout.pack(**fields, crc=0)[: layout.offset("crc")]
+    return layout.pack(**fields, crc=crc32c_of(body))
+
+
+def _check_crc(layout: Layout, data, what: str):
+    """``data`` unpacked by ``layout``; ``ProtocolError`` if its ``crc`` field does not match."""
+    record = layout.unpack_from(data, 0)
+    if crc32c_of(bytes(data[: layout.offset("crc")])) != record.crc:
         raise ProtocolError(f"{what}: CRC mismatch")
+    return record
 
 
 @dataclass(frozen=True)
@@ -198,10 +232,11 @@ class Descriptor:
     table_crc: int = 0
 
     def to_bytes(self) -> bytes:
-        body = _DESCRIPTOR.pack(JOB_MAGIC, int(self.op), self.mode, self.dtype, self.ndim,
-                                self.table_id, self.table_arg, 0, self.ngroups, self.nblocks,
-                                self.param, self.table_crc, self.tag, self.in_bytes)
-        return body + struct.pack("<I", crc32c_of(body))
+        return _seal(DESCRIPTOR, magic=JOB_MAGIC, op=int(self.op), mode=self.mode,
+                     dtype=self.dtype, ndim=self.ndim, table_id=self.table_id,
+                     table_arg=self.table_arg, ngroups=self.ngroups, nblocks=self.nblocks,
+                     param=self.param, table_crc=self.table_crc, tag=self.tag,
+                     in_bytes=self.in_bytes)
 
     @classmethod
     def from_bytes(cls, data) -> Descriptor:
@@ -209,17 +244,15 @@ class Descriptor:
         data = memoryview(data).cast("B")
         if len(data) < DESCRIPTOR_BYTES or bytes(data[:4]) != JOB_MAGIC:
             raise ProtocolError(f"descriptor: magic {bytes(data[:4])!r}, expected {JOB_MAGIC!r}")
-        _check_crc(data, "descriptor")
-        (_, op, mode, dtype, ndim, table_id, table_arg, flags, ngroups, nblocks, param,
-         tcrc, tag, in_bytes) = _DESCRIPTOR.unpack_from(data, 0)
-        if flags or any(data[48:60]):
+        d = _check_crc(DESCRIPTOR, data, "descriptor")
+        if d.flags or any(d.reserved):
             raise ProtocolError("descriptor: reserved bytes are not zero")
         try:
-            op = Op(op)
+            op = Op(d.op)
         except ValueError:
-            raise ProtocolError(f"descriptor: unknown op {op}") from None
-        return cls(op, in_bytes, tag, mode, dtype, ndim, table_id, table_arg, ngroups, nblocks,
-                   param, tcrc)
+            raise ProtocolError(f"descriptor: unknown op {d.op}") from None
+        return cls(op, d.in_bytes, d.tag, d.mode, d.dtype, d.ndim, d.table_id, d.table_arg,
+                   d.ngroups, d.nblocks, d.param, d.table_crc)
 
     def frame_mode(self) -> Mode:
         return Mode(self.mode)
@@ -242,26 +275,25 @@ class StatusRecord:
     detail: int = 0
 
     def to_bytes(self) -> bytes:
-        body = _STATUS.pack(STATUS_MAGIC, int(self.code), self.tag, int(self.op), self.bytes_in,
-                            self.bytes_out, self.detail)
-        return body + struct.pack("<I", crc32c_of(body))
+        return _seal(STATUS, magic=STATUS_MAGIC, code=int(self.code), tag=self.tag,
+                     op=int(self.op), bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                     detail=self.detail)
 
     @classmethod
     def from_bytes(cls, data) -> StatusRecord:
         data = memoryview(data).cast("B")
         if len(data) != STATUS_BYTES or bytes(data[:4]) != STATUS_MAGIC:
             raise ProtocolError(f"status record: {len(data)} bytes starting {bytes(data[:4])!r}")
-        _check_crc(data, "status record")
-        _, code, tag, op, bytes_in, bytes_out, detail = _STATUS.unpack_from(data, 0)
+        r = _check_crc(STATUS, data, "status record")
         try:
-            code = ErrorCode(code)
+            code = ErrorCode(r.code)
         except ValueError:
             code = ErrorCode.INTERNAL
         try:
-            op = Op(op)
+            op = Op(r.op)
         except ValueError:
-            raise ProtocolError(f"status record: unknown op {op}") from None
-        return cls(code, tag, op, bytes_in, bytes_out, detail)
+            raise ProtocolError(f"status record: unknown op {r.op}") from None
+        return cls(code, r.tag, op, r.bytes_in, r.bytes_out, r.detail)
 
     @staticmethod
     def looks_like(data) -> bool:

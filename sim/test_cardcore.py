@@ -29,7 +29,7 @@ import torch
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from actpack.codec import Codec, reference
-from actpack.codec.frame import _FIXED, parse_frame
+from actpack.codec.frame import FIXED_HEADER, SCALE_RECORD, header_length, parse_frame
 from actpack.codec.spec import DType, Mode, geometry
 from actpack.host.card import CardDevice
 from actpack.host.cardmodel import BITS, CardModel, RecordedJob, RecordingTransport
@@ -111,7 +111,8 @@ def record_jobs(rng) -> list[RecordedJob]:
     big_desc = dataclasses.replace(desc, ngroups=8, nblocks=geo.nblocks,
                                    in_bytes=64 + 64 + 256 * geo.nblocks)
     crafted("too large", big_desc.to_bytes() + struct.pack("<8Q", *big, 0, 0, 0, 0)
-            + struct.pack("<Hhf", 1 << 15, -15, 1.0) * 8 + bytes(256 * geo.nblocks))
+            + SCALE_RECORD.pack(mantissa=1 << 15, exponent=-15, inverse=1.0) * 8
+            + bytes(256 * geo.nblocks))
     eb = bytes(Codec(backend="numpy", mode="eb", error_bound=1e-2).compress(torch.randn(40, 9)))
     crafted("eb frame has no engine", redesc(dec, body=eb, in_bytes=len(eb)), like=dec)
     h = _hlen(frame)
@@ -136,8 +137,8 @@ def _crc(data) -> int:
 
 
 def _hlen(frame: bytes) -> int:
-    _, _, mode, _, ndim, *_, ngroups, _, _, _ = _FIXED.unpack_from(frame, 0)
-    return 40 + 8 * ndim + (64 if mode == Mode.DCT else 0) + 8 * ngroups
+    h = FIXED_HEADER.unpack_from(frame, 0)
+    return header_length(h.mode, h.ndim, h.ngroups)
 
 
 def model_answers(jobs: list[RecordedJob]) -> tuple[list[bytes], dict]:

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from actpack.codec import Codec
-from actpack.codec.frame import parse_frame
-from actpack.codec.spec import Mode
+from actpack.codec.frame import header_length, parse_frame
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.framebuild import FrameBeat
@@ -50,8 +49,7 @@ def _job(kwargs: dict, t: torch.Tensor):
     """(frame, header template beats, index entries, payload beats) of one compression."""
     frame = bytes(Codec(backend="numpy", **kwargs).compress(t))
     header, index, payload = parse_frame(frame)
-    hlen = (40 + 8 * len(header.shape) + (64 if header.mode is Mode.DCT else 0)
-            + 8 * len(header.scales))
+    hlen = header_length(header.mode, len(header.shape), len(header.scales))
     template = dataclasses.replace(header, payload_bytes=0).to_bytes()[:hlen]
     beats = code_beats(template)
     entries = [{"length": int(e) & 0x7FF, "mb_minus_1": int(e) >> 11 & 7, "kind": int(e) >> 14}

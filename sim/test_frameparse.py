@@ -32,7 +32,15 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from actpack.codec import Codec, reference
-from actpack.codec.frame import FrameError, crc32c_of, parse_frame
+from actpack.codec.frame import (
+    FIXED_HEADER,
+    SCALE_RECORD,
+    TRAILER,
+    FrameError,
+    crc32c_of,
+    header_length,
+    parse_frame,
+)
 from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, Mode, Scale
 
 from ..hw.blockcode import BEAT_BYTES, CodeBeat
@@ -73,14 +81,15 @@ def _base_frames(rng) -> list[bytes]:
 
 
 def _hlen(frame: bytes) -> int:
-    mode, ndim, ngroups = frame[6], frame[8], struct.unpack_from("<I", frame, 12)[0]
-    return 40 + 8 * ndim + (64 if mode == Mode.DCT else 0) + 8 * ngroups
+    h = FIXED_HEADER.unpack_from(frame, 0)
+    return header_length(h.mode, h.ndim, h.ngroups)
 
 
 def _sections(frame: bytes) -> tuple[int, int, int]:
     """Offsets of the index, the payload and the trailer of a well-formed frame."""
     hlen = _hlen(frame)
-    nblocks, payload_bytes = struct.unpack_from("<QQ", frame, 16)
+    fixed = FIXED_HEADER.unpack_from(frame, 0)
+    nblocks, payload_bytes = fixed.nblocks, fixed.payload_bytes
     h = -(-(hlen + 4) // 64) * 64
     p = h + -(-2 * nblocks // 64) * 64
     return h, p, p + -(-payload_bytes // 64) * 64
@@ -100,6 +109,11 @@ def _rehead(frame: bytes, offset: int, fmt: str, *values) -> bytes:
     return bytes(out)
 
 
+def _refield(frame: bytes, name: str, value) -> bytes:
+    """Patch the fixed header's field ``name`` and rewrite the header CRC."""
+    return _rehead(frame, FIXED_HEADER.offset(name), "<" + FIXED_HEADER.field(name).code, value)
+
+
 def _rebody(frame: bytes, offset: int, fmt: str, *values) -> bytes:
     """Patch an index or payload field and rewrite the body CRC."""
     h, _, t = _sections(frame)
@@ -115,42 +129,44 @@ def _corrupted(base: list[bytes]) -> list[tuple[bytes, bytes]]:
     header = parse_frame(sfpr)[0]
     index = np.frombuffer(sfpr[s_h:s_p], dtype="<u2")[:header.nblocks]
     coded = int(np.flatnonzero(index >> 14 == 1)[0])
-    scale0 = struct.unpack_from("<Hhf", sfpr, _hlen(sfpr) - 8 * len(header.scales))
-    scales_at = _hlen(sfpr) - 8 * len(header.scales)
+    scales_at = _hlen(sfpr) - SCALE_RECORD.size * len(header.scales)
+    scale0 = SCALE_RECORD.unpack_from(sfpr, scales_at)
+    shape_at, table_at = FIXED_HEADER.size, FIXED_HEADER.size + 8 * 4  # dct: rank 4
+    tr = TRAILER.offset
     # by base frame: sfpr8 float16 (2, 3, 20, 21) unless named
     out = [
         _patch(sfpr, 0, "<B", 0x42),  # magic
         sfpr[:32],  # inside the fixed part
-        _rehead(sfpr, 4, "<H", 2), _rehead(sfpr, 4, "<H", 0),  # versions
-        _rehead(sfpr, 8, "<B", 9),  # ndim
-        _rehead(sfpr, 12, "<I", (1 << 24) + 1),  # groups beyond the format
+        _refield(sfpr, "version", 2), _refield(sfpr, "version", 0),  # versions
+        _refield(sfpr, "ndim", 9),
+        _refield(sfpr, "ngroups", (1 << 24) + 1),  # groups beyond the format
         dct[:64],  # inside the header
-        _patch(sfpr, 40, "<B", sfpr[40] ^ 4),  # a shape bit: header CRC
+        _patch(sfpr, shape_at, "<B", sfpr[shape_at] ^ 4),  # a shape bit: header CRC
         _patch(sfpr, _hlen(sfpr) + 4, "<B", 1),  # header padding
-        _rehead(sfpr, 6, "<B", 7), _rehead(sfpr, 7, "<B", 0),  # mode, dtype
-        _rehead(dct, 40 + 8 * 4 + 5, "<B", 0),  # a table entry
-        _rehead(sfpr, scales_at, "<H", 0x7FFF),  # a mantissa
-        _rehead(sfpr, scales_at + 2, "<h", 401),  # an exponent
-        _rehead(sfpr, 16, "<Q", header.nblocks + 1),  # nblocks vs shape
-        _rehead(sfpr, 40 + 8, "<Q", 4),  # shape[1] 3 -> 4: blocks
-        _rehead(_patch(sfpr, 40, "<Q", 3), 48, "<Q", 2),  # (2, 3) -> (3, 2): groups
-        _rehead(sfpr, 32, "<d", 100.0), _rehead(eb, 32, "<d", 1e31),
-        _rehead(mask, 32, "<d", 1.0),  # params
+        _refield(sfpr, "mode", 7), _refield(sfpr, "dtype", 0),
+        _rehead(dct, table_at + 5, "<B", 0),  # a table entry
+        _rehead(sfpr, scales_at + SCALE_RECORD.offset("mantissa"), "<H", 0x7FFF),
+        _rehead(sfpr, scales_at + SCALE_RECORD.offset("exponent"), "<h", 401),
+        _refield(sfpr, "nblocks", header.nblocks + 1),  # nblocks vs shape
+        _rehead(sfpr, shape_at + 8, "<Q", 4),  # shape[1] 3 -> 4: blocks
+        _rehead(_patch(sfpr, shape_at, "<Q", 3), shape_at + 8, "<Q", 2),  # (3, 2): groups
+        _refield(sfpr, "param", 100.0), _refield(eb, "param", 1e31),
+        _refield(mask, "param", 1.0),  # params
         sfpr[:s_p + 64],  # inside the payload
         sfpr[:s_h + 16],  # inside the index
         sfpr + bytes(64),  # trailing
-        _patch(sfpr, s_t + 20, "<B", 1),  # trailer reserved
+        _patch(sfpr, s_t + tr("reserved") + 4, "<B", 1),  # trailer reserved
         _patch(sfpr, s_p + 3, "<B", sfpr[s_p + 3] ^ 0x10),  # a payload bit: body CRC
-        _patch(sfpr, s_t + 8, "<Q", len(sfpr) + 64),  # frame length
-        _patch(sfpr, s_t + 4, "<I", 5),  # producer status
+        _patch(sfpr, s_t + tr("length"), "<Q", len(sfpr) + 64),  # frame length
+        _patch(sfpr, s_t + tr("status"), "<I", 5),  # producer status
         _rebody(sfpr, s_h + 2 * coded, "<H", int(index[coded]) & 0x7FF),  # ZERO with a length
         _rebody(sfpr, s_h + 2 * coded, "<H", int(index[coded]) + 1),  # lengths vs payload_bytes
         # a scale inverse that does not match (check 12): the host's check, not the parser's
-        _rehead(sfpr, scales_at + 4, "<f", scale0[2] * 2),
+        _rehead(sfpr, scales_at + SCALE_RECORD.offset("inverse"), "<f", scale0.inverse * 2),
     ]
     pairs = [(f, sfpr) for f in out]
-    for f, b in ((dct[:64], dct), (_rehead(dct, 40 + 8 * 4 + 5, "<B", 0), dct),
-                 (_rehead(eb, 32, "<d", 1e31), eb), (_rehead(mask, 32, "<d", 1.0), mask)):
+    for f, b in ((dct[:64], dct), (_rehead(dct, table_at + 5, "<B", 0), dct),
+                 (_refield(eb, "param", 1e31), eb), (_refield(mask, "param", 1.0), mask)):
         pairs[out.index(f)] = (f, b)
     # issue #11: the ends of the scale exponents encoders write, and one beyond each (below,
     # the inverse is +inf), with the inverse that matches; the element count of a shape, zero
@@ -158,10 +174,12 @@ def _corrupted(base: list[bytes]) -> list[tuple[bytes, bytes]]:
     lo, hi = SCALE_EXP_RANGE
     with np.errstate(over="ignore"):
         records = [(1 << 15, e, float(Scale(1 << 15, e).inverse)) for e in (lo - 1, lo, hi, hi + 1)]
-    pairs += [(_rehead(sfpr, scales_at, "<Hhf", *r), sfpr) for r in records]
+    pairs += [(_rehead(sfpr, scales_at, SCALE_RECORD.struct.format, *r), sfpr)
+              for r in records]
     empty = base[5]
-    pairs += [(_rehead(empty, 48, "<Q", d), empty) for d in (1 << 63, MAX_NUMEL, MAX_NUMEL + 1)]
-    pairs.append((_rehead(sfpr, 40, "<Q", 1 << 47), sfpr))  # 2**47 x 3 x 20 x 21
+    pairs += [(_rehead(empty, shape_at + 8, "<Q", d), empty)
+              for d in (1 << 63, MAX_NUMEL, MAX_NUMEL + 1)]
+    pairs.append((_rehead(sfpr, shape_at, "<Q", 1 << 47), sfpr))  # 2**47 x 3 x 20 x 21
     big = _compress({"mode": "sfpr8"}, torch.ones(2, 4, 8 * 16, 8 * 16))  # 2048 blocks
     pairs.append((big, big))
     return pairs
@@ -204,8 +222,9 @@ def _expect(frame: bytes, base: bytes | None) -> Expect:
     ex.partial = len(frame) < t + 64 and len(payload) < header.payload_bytes
     payload += bytes(header.payload_bytes - len(payload))
     ex.info = {"mode": int(header.mode), "dtype": int(header.dtype), "nblocks": header.nblocks}
-    scales_at = _hlen(frame) - 8 * len(header.scales)
-    inv = [struct.unpack_from("<I", frame, scales_at + 8 * g + 4)[0]
+    scales_at = _hlen(frame) - SCALE_RECORD.size * len(header.scales)
+    inv = [struct.unpack_from("<I", frame, scales_at + SCALE_RECORD.size * g
+                              + SCALE_RECORD.offset("inverse"))[0]
            for g in range(len(header.scales))]
     groups = reference.block_groups(header.geometry)
     pos = 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import crc32c
 import numpy as np
 
+from actpack.codec.layout import Field, Layout
 from actpack.codec.spec import (
     ERROR_BOUND_RANGE,
     MAX_GROUPS,
@@ -39,14 +40,23 @@ from actpack.errors import Check, FrameError
 __all__ = [
     "ALIGN",
     "DENSE_HEADER",
+    "DIM_BYTES",
+    "FIXED_HEADER",
+    "HEADER_CRC_BYTES",
     "MAGIC",
     "MAX_NDIM",
+    "SCALE_RECORD",
+    "TABLE_BYTES",
+    "TRAILER",
     "VERSION",
     "Header",
     "Kind",
     "build_frame",
     "crc32c_of",
     "frame_bound",
+    "frame_length",
+    "groups_of",
+    "header_length",
     "pack_index",
     "parse_frame",
     "scale_record",
@@ -58,10 +68,63 @@ VERSION = 1
 ALIGN = 64  # section alignment: one beat of a 512-bit AXI-Stream, whole beats at any XDMA width
 MAX_NDIM = 8
 
-_FIXED = struct.Struct("<4sHBBBBBBIQQd")  # 40 bytes, see Header.to_bytes
-_SCALE = struct.Struct("<Hhf")  # mantissa u16, exponent i16, inverse f32
-_TRAILER = struct.Struct("<IIQ")  # body CRC32C, status, frame length; zero padded to 64 bytes
-_TRAILER_BYTES = ALIGN
+DIM_BYTES = 8  # a shape entry: u64
+TABLE_BYTES = 64  # the dct quantization table: 64 u8, row-major
+HEADER_CRC_BYTES = 4  # CRC32C of the header fields, right after them
+
+FIXED_HEADER = Layout("FixedHeader", [  # docs/format.md 2.1
+    Field("magic", "4s", "MAGIC"),
+    Field("version", "H", "VERSION"),
+    Field("mode", "B", "spec.Mode"),
+    Field("dtype", "B", "spec.DType"),
+    Field("ndim", "B", "shape entries that follow, at most MAX_NDIM"),
+    Field("table_id", "B"),
+    Field("table_arg", "B"),
+    Field("reserved", "B", "written 0, not checked", reserved=True),
+    Field("ngroups", "I", "scale records that follow (groups_of)"),
+    Field("nblocks", "Q", "index entries"),
+    Field("payload_bytes", "Q", "payload section bytes before padding"),
+    Field("param", "d", "range_max (dct, sfpr8), error bound (eb), 0 (mask)"),
+])
+SCALE_RECORD = Layout("ScaleRecord", [  # docs/format.md 2.1
+    Field("mantissa", "H", "in [2**15, 2**16)"),
+    Field("exponent", "h", "in spec.SCALE_EXP_RANGE"),
+    Field("inverse", "f", "float32 inverse of mantissa * 2**exponent"),
+])
+TRAILER = Layout("Trailer", [  # docs/format.md 2.5
+    Field("body_crc", "I", "CRC32C of the index and payload sections, padding included"),
+    Field("status", "I", "0: good"),
+    Field("length", "Q", "frame bytes"),
+    Field("reserved", "48s", "zero", reserved=True),
+])
+assert TRAILER.size == ALIGN
+
+# scale records per mode: one per scale group of the geometry (None) or a fixed count
+_GROUPS = {Mode.DCT: None, Mode.EB: 1, Mode.SFPR8: None, Mode.MASK: 0}
+assert set(_GROUPS) == set(Mode)
+
+
+def header_length(mode, ndim, ngroups):
+    """Header bytes before the header CRC: fixed part, shape, table (dct), scale records. Works
+    on ints and on Amaranth values alike (the gateware computes it with this function)."""
+    return (FIXED_HEADER.size + DIM_BYTES * ndim + TABLE_BYTES * (mode == Mode.DCT)
+            + SCALE_RECORD.size * ngroups)
+
+
+def groups_of(mode, geo_groups):
+    """Scale records a frame of ``mode`` carries, given its geometry's group count
+    (``Geometry.groups``): one per group (dct, sfpr8), one (eb), none (mask). Ints or Amaranth
+    values alike; 0 for a code that is no mode."""
+    total = 0
+    for m, n in _GROUPS.items():
+        total = total + (mode == m) * (geo_groups if n is None else n)
+    return total
+
+
+def frame_length(header_len: int, nblocks: int, payload_bytes: int) -> int:
+    """Bytes of a frame whose header (before its CRC) is ``header_len`` bytes."""
+    return (_align(header_len + HEADER_CRC_BYTES) + _align(2 * nblocks) + _align(payload_bytes)
+            + TRAILER.size)
 
 
 class Kind(enum.IntEnum):
@@ -126,23 +189,21 @@ class Header:
     def to_bytes(self) -> bytes:
         """The header section: fields, header CRC32C over them, zero padding to 64 bytes."""
         parts = [
-            _FIXED.pack(
-                MAGIC, VERSION, int(self.mode), int(self.dtype), len(self.shape),
-                self.table_id, self.table_arg, 0, len(self.scales), self.nblocks,
-                self.payload_bytes, float(self.param),
+            FIXED_HEADER.pack(
+                magic=MAGIC, version=VERSION, mode=int(self.mode), dtype=int(self.dtype),
+                ndim=len(self.shape), table_id=self.table_id, table_arg=self.table_arg,
+                ngroups=len(self.scales), nblocks=self.nblocks,
+                payload_bytes=self.payload_bytes, param=float(self.param),
             ),
             struct.pack(f"<{len(self.shape)}Q", *self.shape),
         ]
         if self.mode is Mode.DCT:
             parts.append(np.asarray(self.table, dtype=np.uint8).tobytes())
-        parts += [_SCALE.pack(s.mantissa, s.exponent, s.inverse) for s in self.scales]
+        parts += [SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent, inverse=s.inverse)
+                  for s in self.scales]
         body = b"".join(parts)
         body += struct.pack("<I", crc32c_of(body))
         return body + bytes(_align(len(body)) - len(body))
-
-
-def expected_groups(mode: Mode, geo: Geometry) -> int:
-    return {Mode.DCT: geo.groups, Mode.SFPR8: geo.groups, Mode.EB: 1, Mode.MASK: 0}[mode]
 
 
 def build_frame(header: Header, index: np.ndarray, payload) -> bytes:
@@ -153,7 +214,7 @@ def build_frame(header: Header, index: np.ndarray, payload) -> bytes:
     head = header.to_bytes()
     idx = np.ascontiguousarray(index, dtype="<u2").tobytes()
     idx_len, pay_len = _align(len(idx)), _align(len(payload))
-    total = len(head) + idx_len + pay_len + _TRAILER_BYTES
+    total = len(head) + idx_len + pay_len + TRAILER.size
     out = bytearray(total)
     pos = len(head)
     out[:pos] = head
@@ -162,7 +223,7 @@ def build_frame(header: Header, index: np.ndarray, payload) -> bytes:
     out[pos : pos + len(payload)] = payload
     pos += pay_len
     body_crc = crc32c_of(memoryview(out)[len(head) : pos])
-    _TRAILER.pack_into(out, pos, body_crc, 0, total)
+    TRAILER.pack_into(out, pos, body_crc=body_crc, status=0, length=total)
     return bytes(out)
 
 
@@ -174,10 +235,10 @@ def frame_bound(shape, dtype: DType, mode: Mode) -> int:
     geo = geometry(shape)
     head = len(
         Header(mode, dtype, tuple(int(d) for d in shape), 1.0, table=np.ones(64, np.uint8),
-               scales=(Scale(1 << 15, -15),) * expected_groups(mode, geo)).to_bytes()
+               scales=(Scale(1 << 15, -15),) * groups_of(mode, geo.groups)).to_bytes()
     )
     payload = _align(64 * dtype.itemsize * geo.nblocks)
-    return head + _align(2 * geo.nblocks) + payload + _TRAILER_BYTES
+    return head + _align(2 * geo.nblocks) + payload + TRAILER.size
 
 
 def _fail(check: Check, msg: str):
@@ -194,11 +255,13 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
     if len(mv) < 4 or bytes(mv[:4]) != MAGIC:
         _fail(Check.NOT_FRAME,
               f"not an actpack frame: magic is {bytes(mv[:4])!r}, expected {MAGIC!r}")
-    if len(mv) < _FIXED.size:
-        _fail(Check.TRUNCATED_FIXED,
-              f"truncated frame: {len(mv)} bytes, shorter than the {_FIXED.size}-byte header")
-    (_, version, mode, dtype, ndim, table_id, table_arg, _reserved, ngroups, nblocks,
-     payload_bytes, param) = _FIXED.unpack_from(mv, 0)
+    if len(mv) < FIXED_HEADER.size:
+        _fail(Check.TRUNCATED_FIXED, f"truncated frame: {len(mv)} bytes, shorter than the "
+              f"{FIXED_HEADER.size}-byte header")
+    fixed = FIXED_HEADER.unpack_from(mv, 0)
+    version, mode, dtype, ndim = fixed.version, fixed.mode, fixed.dtype, fixed.ndim
+    ngroups, nblocks, payload_bytes, param = (fixed.ngroups, fixed.nblocks, fixed.payload_bytes,
+                                              fixed.param)
     if version > VERSION:
         _fail(Check.VERSION_NEWER,
               f"frame format version {version} is newer than this actpack reads ({VERSION}); "
@@ -209,54 +272,56 @@ def parse_frame(buf) -> tuple[Header, np.ndarray, memoryview]:
         _fail(Check.NDIM, f"corrupted header: ndim {ndim} > {MAX_NDIM}")
     if ngroups > MAX_GROUPS:
         _fail(Check.NGROUPS, f"corrupted header: {ngroups} scale groups")
-    head_len = _FIXED.size + 8 * ndim + (64 if mode == Mode.DCT else 0) + _SCALE.size * ngroups
-    if len(mv) < head_len + 4:
-        _fail(Check.TRUNCATED_HEADER,
-              f"truncated frame: {len(mv)} bytes, header needs {head_len + 4}")
+    head_len = header_length(mode, ndim, ngroups)
+    if len(mv) < head_len + HEADER_CRC_BYTES:
+        _fail(Check.TRUNCATED_HEADER, f"truncated frame: {len(mv)} bytes, header needs "
+              f"{head_len + HEADER_CRC_BYTES}")
     (head_crc,) = struct.unpack_from("<I", mv, head_len)
     if crc32c_of(mv[:head_len]) != head_crc:
         _fail(Check.HEADER_CRC, "header CRC mismatch: the frame header is corrupted")
-    if any(mv[head_len + 4 : min(len(mv), _align(head_len + 4))]):
+    head_end = head_len + HEADER_CRC_BYTES
+    if any(mv[head_end : min(len(mv), _align(head_end))]):
         _fail(Check.HEADER_PADDING, "corrupted header: nonzero padding after the header CRC")
     try:
         mode, dtype = Mode(mode), DType(dtype)
     except ValueError:
         _fail(Check.MODE_DTYPE, f"corrupted header: mode {mode} / dtype {dtype} unknown")
-    shape = struct.unpack_from(f"<{ndim}Q", mv, _FIXED.size)
+    shape = struct.unpack_from(f"<{ndim}Q", mv, FIXED_HEADER.size)
     if nonzero_numel(shape) > MAX_NUMEL:
         _fail(Check.NUMEL, f"corrupted header: shape {shape} has more than {MAX_NUMEL} elements "
               "(zero dims counted as 1)")
-    pos = _FIXED.size + 8 * ndim
+    pos = FIXED_HEADER.size + DIM_BYTES * ndim
     table = None
     if mode is Mode.DCT:
-        table = np.frombuffer(mv[pos : pos + 64], dtype=np.uint8).copy()
-        pos += 64
+        table = np.frombuffer(mv[pos : pos + TABLE_BYTES], dtype=np.uint8).copy()
+        pos += TABLE_BYTES
         if np.any(table == 0):
             _fail(Check.TABLE_ZERO, "corrupted header: quantization table has a zero entry")
-    scales = [scale_record(i, *_SCALE.unpack_from(mv, pos + _SCALE.size * i))
+    scales = [scale_record(i, *SCALE_RECORD.unpack_from(mv, pos + SCALE_RECORD.size * i))
               for i in range(ngroups)]
-    header = Header(mode, dtype, tuple(shape), param, table_id, table_arg, table, tuple(scales),
-                    payload_bytes)
+    header = Header(mode, dtype, tuple(shape), param, fixed.table_id, fixed.table_arg, table,
+                    tuple(scales), payload_bytes)
     geo = header.geometry
     if nblocks != geo.nblocks:
         _fail(Check.NBLOCKS,
               f"corrupted header: {nblocks} blocks, shape {tuple(shape)} has {geo.nblocks}")
-    if ngroups != expected_groups(mode, geo):
-        _fail(Check.GROUPS,
-              f"corrupted header: {ngroups} scale groups, expected {expected_groups(mode, geo)}")
+    if ngroups != groups_of(mode, geo.groups):
+        _fail(Check.GROUPS, f"corrupted header: {ngroups} scale groups, expected "
+              f"{groups_of(mode, geo.groups)}")
     _check_param(mode, param, scales)
 
-    head_total = _align(head_len + 4)
+    head_total = _align(head_end)
     idx_len = _align(2 * nblocks)
-    total = head_total + idx_len + _align(payload_bytes) + _TRAILER_BYTES
+    total = frame_length(head_len, nblocks, payload_bytes)
     if len(mv) < total:
         _fail(Check.TRUNCATED, f"truncated frame: {len(mv)} bytes, expected {total}")
     if len(mv) > total:
         _fail(Check.TRAILING, f"trailing bytes after the frame: {len(mv)} bytes, expected {total}")
-    body_crc, status, length = _TRAILER.unpack_from(mv, total - _TRAILER_BYTES)
-    if any(mv[total - _TRAILER_BYTES + _TRAILER.size : total]):
+    trailer = TRAILER.unpack_from(mv, total - TRAILER.size)
+    body_crc, status, length = trailer.body_crc, trailer.status, trailer.length
+    if any(trailer.reserved):
         _fail(Check.TRAILER_RESERVED, "corrupted trailer: nonzero reserved bytes")
-    if crc32c_of(mv[head_total : total - _TRAILER_BYTES]) != body_crc:
+    if crc32c_of(mv[head_total : total - TRAILER.size]) != body_crc:
         _fail(Check.BODY_CRC, "payload CRC mismatch: the frame's index or payload is corrupted")
     if length != total:
         _fail(Check.LENGTH, f"corrupted trailer: frame length {length}, actual {total}")

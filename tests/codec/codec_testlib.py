@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import actpack
 from actpack.codec import torchpath
-from actpack.codec.frame import crc32c_of, parse_frame
+from actpack.codec.frame import FIXED_HEADER, TRAILER, crc32c_of, header_length, parse_frame
 from actpack.codec.spec import RANGE_MAX_LIMIT, RANGE_MIN_LIMIT, Mode
 from actpack.codec.tables import NAMED_TABLES
 from actpack.errors import Check, FrameError
@@ -311,26 +311,24 @@ def compress_all(kw: dict, t: torch.Tensor) -> tuple[actpack.Frame, actpack.Fram
 
 DECODERS = ("numpy", "torch", "eager")  # the default backend is "torch"
 
-# Byte offsets of the fixed header fields (struct "<4sHBBBBBBIQQd", see frame.Header.to_bytes).
-OFF_VERSION, OFF_MODE, OFF_NDIM, OFF_NGROUPS = 4, 6, 8, 12
-FIXED = 40
+# Byte offsets of the fixed header fields (frame.FIXED_HEADER).
+OFF_VERSION, OFF_MODE, OFF_NDIM, OFF_NGROUPS = (FIXED_HEADER.offset(n) for n in
+                                                ("version", "mode", "ndim", "ngroups"))
+FIXED = FIXED_HEADER.size
 
 
 class Layout:
     """Where a frame's sections are (mirrors frame.parse_frame)."""
 
     def __init__(self, buf: bytes):
-        ndim, mode = buf[OFF_NDIM], buf[OFF_MODE]
-        (ngroups,) = struct.unpack_from("<I", buf, OFF_NGROUPS)
-        self.head_len = FIXED + 8 * ndim + (64 if mode == 1 else 0) + 8 * ngroups
+        h = FIXED_HEADER.unpack_from(buf, 0)
+        self.head_len = header_length(h.mode, h.ndim, h.ngroups)
         self.head_total = -(-(self.head_len + 4) // 64) * 64
         self.total = len(buf)
-        self.trailer = self.total - 64
-        (nblocks,) = struct.unpack_from("<Q", buf, 16)
-        self.index_end = self.head_total + 2 * nblocks
-        self.payload = self.head_total + -(-2 * nblocks // 64) * 64
-        (payload_bytes,) = struct.unpack_from("<Q", buf, 24)
-        self.payload_end = self.payload + payload_bytes
+        self.trailer = self.total - TRAILER.size
+        self.index_end = self.head_total + 2 * h.nblocks
+        self.payload = self.head_total + -(-2 * h.nblocks // 64) * 64
+        self.payload_end = self.payload + h.payload_bytes
 
     def checked_bytes(self) -> list[int]:
         """Bytes a CRC, a length or the status word covers."""

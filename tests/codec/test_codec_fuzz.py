@@ -25,15 +25,15 @@ import torch
 from codec_testlib import Layout, assert_backends_agree, reseal
 
 import actpack
-from actpack.codec.frame import crc32c_of
+from actpack.codec.frame import FIXED_HEADER, SCALE_RECORD, crc32c_of
 from actpack.codec.spec import DType, Mode, geometry
 
 SEED = 11
 BUDGET_S = 15.0  # the whole fuzz run, all modes
 MIN_CASES = 150  # per mode, however slow the machine: a floor on what the budget buys
 
-_FIXED = struct.Struct("<4sHBBBBBBIQQd")  # docs/format.md 2.1
-_SCALE = struct.Struct("<Hhf")
+_FIXED = FIXED_HEADER.struct  # docs/format.md 2.1
+_SCALE = SCALE_RECORD.struct
 _KWARGS = {Mode.DCT: {"table": "optL"}, Mode.EB: {"error_bound": 0.01}}  # others: defaults
 _U64 = (1 << 64) - 1
 _DIMS = (0, 1, 2, 7, 8, 9, 63, 64, 65, 1 << 24, (1 << 24) + 1, (1 << 31), (1 << 32) - 1,
