@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 __all__ = [
     "KINDS",
+    "TEXT_MODULES",
     "Digits",
+    "Text",
     "TrainResult",
     "capture_activations",
     "digits_batch",
@@ -32,6 +34,7 @@ __all__ = [
     "evaluate",
     "layer_kinds",
     "load_digits",
+    "python_text",
     "train_digits",
 ]
 
@@ -166,6 +169,40 @@ def train_digits(model: nn.Module, steps: int, seed: int = 0, *, batch: int = 64
     result.train_accuracy = evaluate(model, train)
     result.test_accuracy = evaluate(model, test)
     return result
+
+
+# Real text that ships with every Python: the standard library's own source (no download).
+TEXT_MODULES = ("argparse.py", "difflib.py", "textwrap.py", "fractions.py", "heapq.py",
+                "shlex.py", "configparser.py", "pprint.py")
+
+
+@dataclass(frozen=True)
+class Text:
+    """Bytes of text as a token stream (vocabulary 256), split 90/10 into train and validation
+    (the last tenth)."""
+
+    train: torch.Tensor  # (n,) int64
+    val: torch.Tensor
+
+    def batch(self, n: int, length: int, gen: torch.Generator, *, split: str = "train"):
+        """``n`` random windows: (inputs, next-token targets), each (n, length) int64."""
+        data = self.train if split == "train" else self.val
+        start = torch.randint(0, len(data) - length - 1, (n,), generator=gen)
+        idx = start[:, None] + torch.arange(length + 1)[None]
+        w = data[idx]
+        return w[:, :-1], w[:, 1:]
+
+
+def python_text(modules=TEXT_MODULES) -> Text:
+    """The standard library's ``modules`` (file names under its directory), concatenated."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    raw = b"\n".join((root / name).read_bytes() for name in modules)
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+    cut = len(data) * 9 // 10
+    return Text(data[:cut], data[cut:])
 
 
 def layer_kinds(model: nn.Module) -> dict[str, str]:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GRADIENT_MODELS", "AttentionEncoder", "BasicBlock", "bn_resnet", "mobile_net",
-           "resnet18"]
+__all__ = ["GRADIENT_MODELS", "AttentionEncoder", "BasicBlock", "bn_resnet", "digits_resnet",
+           "mobile_net", "resnet18"]
 
 
 class BasicBlock(nn.Module):
@@ -77,14 +77,22 @@ def resnet18(*, num_classes: int = 10, stem: str = "imagenet", width: int = 64,
         return nn.Sequential(OrderedDict(layers))
 
 
-def bn_resnet(*, seed: int = 0, classes: int = 10) -> nn.Sequential:
-    """A residual CNN with BatchNorm, max pooling and dropout, for 3 x 32 x 32 inputs."""
+def bn_resnet(*, seed: int = 0, classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """A residual CNN with BatchNorm, max pooling and dropout, for ``in_channels`` x 32 x 32
+    inputs."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Sequential(
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
             nn.MaxPool2d(2), BasicBlock(16, 16, 1), BasicBlock(16, 32, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(32, classes))
+
+
+def digits_resnet(*, seed: int = 0) -> nn.Sequential:
+    """``bn_resnet`` for the 8 x 8 digits, upsampled to 32 x 32 inside the model (bilinear, as
+    ``actpack.data.digits_cnn``)."""
+    return nn.Sequential(nn.Upsample(size=(32, 32), mode="bilinear", align_corners=False),
+                         *bn_resnet(seed=seed, in_channels=1))
 
 
 class SqueezeExcite(nn.Module):
@@ -124,43 +132,64 @@ def mobile_net(*, seed: int = 0, classes: int = 10) -> nn.Sequential:
 
 class Attention(nn.Module):
     """Multi-head self-attention with explicit (N, heads, L, L) scores and probabilities, as
-    T5-style and most hand-written attention computes them (no fused kernel)."""
+    T5-style and most hand-written attention computes them (no fused kernel); ``causal``
+    masks the future (a language model's)."""
 
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, *, causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv, self.out = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
 
     def forward(self, x):
         n, length, d = x.shape
         q, k, v = (self.qkv(x).view(n, length, 3, self.heads, d // self.heads)
                    .permute(2, 0, 3, 1, 4))
-        p = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        scores = q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5
+        if self.causal:
+            future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        p = torch.softmax(scores, dim=-1)
         return self.out((p @ v).transpose(1, 2).reshape(n, length, d))
 
 
+class TransformerBlock(nn.Module):
+    """Pre-norm: ``x + attn(ln1(x))``, then ``+ mlp(ln2(.))`` (GELU, dropout)."""
+
+    def __init__(self, d: int, heads: int, *, causal: bool = False):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads, causal=causal)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(0.1),
+                                 nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
 class AttentionEncoder(nn.Module):
-    """A pre-norm transformer encoder over tokens: embedding, attention, LayerNorm, GELU MLP
-    with dropout, residual sums, a token head."""
+    """A pre-norm transformer over tokens: embedding, attention, LayerNorm, GELU MLP with
+    dropout, residual sums, a token head; ``causal`` makes it a language model (each position
+    sees only the ones before it)."""
 
     def __init__(self, *, vocab: int = 50, d: int = 64, heads: int = 4, layers: int = 2,
-                 seed: int = 0):
+                 seed: int = 0, causal: bool = False, length: int = 0):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.embed = nn.Embedding(vocab, d)
-            self.blocks = nn.ModuleList(nn.ModuleDict({
-                "ln1": nn.LayerNorm(d), "attn": Attention(d, heads), "ln2": nn.LayerNorm(d),
-                "mlp": nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(0.1),
-                                     nn.Linear(4 * d, d)),
-            }) for _ in range(layers))
+            # learned positions (a causal model needs them to know where it is)
+            self.position = nn.Parameter(0.02 * torch.randn(length, d)) if length else None
+            self.blocks = nn.ModuleList(TransformerBlock(d, heads, causal=causal)
+                                        for _ in range(layers))
             self.head = nn.Linear(d, vocab)
 
     def forward(self, tokens):
         x = self.embed(tokens)
-        for b in self.blocks:
-            x = x + b["attn"](b["ln1"](x))
-            x = x + b["mlp"](b["ln2"](x))
+        if self.position is not None:
+            x = x + self.position[:tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
         return self.head(x)
 
 

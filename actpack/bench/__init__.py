@@ -29,6 +29,8 @@ __all__ = [
     "best_of",
     "default_results_path",
     "machine_info",
+    "machine_line",
+    "mib",
     "publish",
     "source_info",
     "update_results",
@@ -36,7 +38,7 @@ __all__ = [
 
 # name -> module (imported lazily by the CLI so `actpack --help` stays fast)
 BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload",
-              "rtl": "actpack.bench.rtl"}
+              "rtl": "actpack.bench.rtl", "train": "actpack.bench.train"}
 
 _RESULTS_INTRO = """\
 # actpack — measured results
@@ -95,6 +97,21 @@ def machine_info(*, threads: int | None = None) -> dict:
         # other work on the machine skews throughput figures: record how busy it was
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def machine_line(result: dict) -> str:
+    """The sentence under a section's heading: when, on what, how busy, which commit, and
+    whether it was a quick run (``result`` has ``machine``, ``source`` and ``quick``)."""
+    m, src = result["machine"], result["source"]
+    return (f"{m['date']}, {m['cpu']}, {m['nproc']} cores, torch {m['torch']} with "
+            f"{m['torch_threads']} threads, load average {m['loadavg_1min']:.2f} at the end"
+            + (f", commit {src['commit']}" if src.get("commit") else "")
+            + (" (quick run: not the reference figures)" if result.get("quick") else "") + ".")
+
+
+def mib(n: float) -> str:
+    """``n`` bytes in MiB, two decimals."""
+    return f"{n / 2**20:.2f} MiB"
 
 
 def source_info() -> dict:

@@ -35,7 +35,14 @@ import time
 import torch
 from tqdm import tqdm
 
-from actpack.bench import add_output_arguments, machine_info, publish, source_info
+from actpack.bench import (
+    add_output_arguments,
+    machine_info,
+    machine_line,
+    mib,
+    publish,
+    source_info,
+)
 
 __all__ = ["add_arguments", "collect", "render_markdown", "run"]
 
@@ -223,19 +230,11 @@ def _gradients(quick: bool) -> list[dict]:
     return rows
 
 
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.2f} MiB"
-
-
 def render_markdown(result: dict) -> str:
-    m, src = result["machine"], result["source"]
     lines = [
         "## Offload (`actpack bench offload`)",
         "",
-        f"{m['date']}, {m['cpu']}, {m['nproc']} cores, torch {m['torch']} with "
-        f"{m['torch_threads']} threads, load average {m['loadavg_1min']:.2f} at the end"
-        + (f", commit {src['commit']}" if src.get("commit") else "")
-        + (" (quick run: not the reference figures)" if result["quick"] else "") + ".",
+        machine_line(result),
         ("One training step (forward, backward, SGD update), median over interleaved rounds; "
          "saved bytes of one step with policy \"auto\" on device \"ref\" (the software codec "
          "on the same CPU cores as training)."),
@@ -247,7 +246,7 @@ def render_markdown(result: dict) -> str:
     for r in result["models"]:
         ms, ov = r["step_ms"], r["overhead"]
         lines.append(
-            f"| {r['model']} | {r['input']} | {_mib(r['raw_bytes'])} | {_mib(r['stored_bytes'])}"
+            f"| {r['model']} | {r['input']} | {mib(r['raw_bytes'])} | {mib(r['stored_bytes'])}"
             f" | {r['ratio']:.2f}x | {ms['plain']:.1f} ms | {ms['offload, 2 workers']:.1f} ms "
             f"({ov['offload, 2 workers']:+.0%}) | {ms['offload, inline']:.1f} ms "
             f"({ov['offload, inline']:+.0%}) | {ms[CARD]:.1f} ms ({ov[CARD]:+.0%}) |")
@@ -267,10 +266,10 @@ def render_markdown(result: dict) -> str:
     for g in result["gradients"]:
         lines.append(
             f"| {g['model']} | {g['min_cosine']:.4f} ({g['worst']}) | {g['rel_l2']:.4f} | "
-            f"{g['ratio']:.2f}x | {_mib(g['peak_raw_bytes'])} | "
-            f"{_mib(g['peak_stored_bytes'])} | {_mib(g['peak_resident_bytes'])} | "
-            f"{_mib(g['process_peak_plain'])} | {_mib(g['process_peak_offload'])} | "
-            f"{_mib(g['process_peak_inline'])} |")
+            f"{g['ratio']:.2f}x | {mib(g['peak_raw_bytes'])} | "
+            f"{mib(g['peak_stored_bytes'])} | {mib(g['peak_resident_bytes'])} | "
+            f"{mib(g['process_peak_plain'])} | {mib(g['process_peak_offload'])} | "
+            f"{mib(g['process_peak_inline'])} |")
     a = result["accuracy"]
     lines += [
         "",

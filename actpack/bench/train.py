@@ -1,0 +1,448 @@
+"""Training against the alternatives: the same models, data and seeds trained plainly, with what
+a user would otherwise pick to save activation memory, and with actpack.
+
+Models (CPU, float32):
+
+- ``digits CNN``: ``actpack.data.digits_cnn`` on scikit-learn's digits (batch 64, Adam); metric:
+  test accuracy;
+- ``digits ResNet``: ``actpack.models.digits_resnet`` (BatchNorm, residual blocks, max pooling,
+  dropout) on the same digits; metric: test accuracy;
+- ``char transformer``: ``actpack.models.AttentionEncoder(causal=True)`` (2 pre-norm blocks, 4
+  heads, d 64, explicit attention maps) predicting the next byte of Python's own standard library
+  source (``actpack.data.python_text``, 90/10 split; batch 32 x 64 tokens, Adam); metric:
+  validation loss (nats per byte) on fixed validation windows.
+
+Rows (each trained from the same initial weights and batch order per seed):
+
+- ``baseline``: plain autograd;
+- ``checkpoint``: ``torch.utils.checkpoint`` (non-reentrant) around every residual or
+  transformer block (the digits CNN: around each conv/ReLU/pool stage);
+- ``save_on_cpu``: ``torch.autograd.graph.save_on_cpu`` (on a CPU it moves nothing: the row shows
+  what it costs and that it saves nothing here);
+- ``int8``: every float saved tensor of 64 KiB and more quantized to 8 bits per group of 256
+  consecutive values (min and scale per group, round to nearest) through
+  ``saved_tensors_hooks``: the simplest peer (ActNN's idea at 8 bits);
+- ``auto``: ``actpack.offload(policy="auto")``;
+- ``adaptive``: ``actpack.offload(policy=AdaptivePolicy)``, calibrated on the first step and
+  every third of the run.
+
+(``plan``, the memory planner's row, comes with the planner: not built yet.)
+
+Figures per row, median over the seeds: ``peak_activation_bytes``, the peak of all tensor memory
+of one training step's forward and backward in the process (``host.peak.step_peak``, measured
+on the trained model: forward's live tensors, saved tensors, gradients and any codec temporaries);
+``saved_bytes``, what the row holds for backward at the end of forward (distinct saved tensors'
+bytes, through saved-tensor hooks: for ``checkpoint`` the inputs it recomputes from);
+``step_time_s``, the median training step; ``test_metric``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from actpack.bench import (
+    add_output_arguments,
+    machine_info,
+    machine_line,
+    mib,
+    publish,
+    source_info,
+)
+from actpack.paths import docs_dir
+
+__all__ = ["ROWS", "TASKS", "add_arguments", "collect", "int8_hooks", "render_markdown", "run"]
+
+ROWS = ("baseline", "checkpoint", "save_on_cpu", "int8", "auto", "adaptive")
+# the issue's goals: model -> (peak reduction, allowed metric change)
+GOALS = {"digits CNN": (15.0, 0.005), "digits ResNet": (10.0, 0.005),
+         "char transformer": (4.0, 0.01)}
+
+
+@dataclass
+class Task:
+    """A model and its data: ``build(seed)`` a fresh model, ``batch(gen)`` a training batch,
+    ``loss(out, y)``, ``evaluate(model)`` the metric (higher is better when ``higher``),
+    ``blocks(model)`` the modules ``checkpoint`` wraps (None: the model is an ``nn.Sequential``
+    run as 4 checkpointed segments, as ``torch.utils.checkpoint.checkpoint_sequential``)."""
+
+    name: str
+    build: Callable[[int], nn.Module]
+    batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[nn.Module], float]
+    blocks: Callable[[nn.Module], list[nn.Module]] | None
+    metric: str
+    higher: bool
+    steps: int
+    lr: float
+
+
+def _digits_tasks(quick: bool) -> list[Task]:
+    from actpack.data import digits_cnn, evaluate, load_digits
+    from actpack.models import digits_resnet
+
+    train, test = load_digits()
+
+    def batch(gen):
+        idx = torch.randint(0, len(train), (64,), generator=gen)
+        return train.x[idx], train.y[idx]
+
+    return [
+        Task("digits CNN", lambda seed: digits_cnn(seed=seed), batch, F.cross_entropy,
+             lambda m: evaluate(m, test), None, "test accuracy", True,
+             40 if quick else 300, 2e-3),
+        Task("digits ResNet", lambda seed: digits_resnet(seed=seed), batch, F.cross_entropy,
+             lambda m: evaluate(m, test), lambda m: [m[5], m[6]], "test accuracy", True,
+             20 if quick else 300, 2e-3),
+    ]
+
+
+def _text_task(quick: bool) -> Task:
+    from actpack.data import python_text
+    from actpack.models import AttentionEncoder
+
+    text, length = python_text(), 64
+    val = [text.batch(32, length, torch.Generator().manual_seed(100 + i), split="val")
+           for i in range(2 if quick else 8)]
+
+    def loss(out, y):
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(model):
+        model.eval()
+        value = statistics.fmean(float(loss(model(x), y)) for x, y in val)
+        model.train()
+        return value
+
+    return Task("char transformer",
+                lambda seed: AttentionEncoder(vocab=256, d=64, heads=4, layers=2, seed=seed,
+                                              causal=True, length=length),
+                lambda gen: text.batch(32, length, gen), loss, evaluate,
+                lambda m: list(m.blocks), "validation loss", False, 20 if quick else 400, 3e-3)
+
+
+def tasks(quick: bool) -> list[Task]:
+    return [*_digits_tasks(quick), _text_task(quick)]
+
+
+TASKS = ("digits CNN", "digits ResNet", "char transformer")
+
+
+# ----------------------------------------------------------------------------- the peers
+
+def int8_hooks(*, min_bytes: int = 65536, group: int = 256):
+    """``saved_tensors_hooks`` storing every float tensor of ``min_bytes`` and more as 8-bit
+    codes per group of ``group`` consecutive values (min and scale in float32 per group, round
+    to nearest); ``.stored`` counts the bytes held."""
+
+    class Hooks(torch.autograd.graph.saved_tensors_hooks):
+        stored = 0
+
+        def __init__(self):
+            super().__init__(self.pack, self.unpack)
+
+        def pack(self, t):
+            if not t.is_floating_point() or t.numel() * t.element_size() < min_bytes:
+                Hooks.stored += t.numel() * t.element_size()
+                return t
+            flat = t.detach().reshape(-1).float()
+            pad = -len(flat) % group
+            g = F.pad(flat, (0, pad)).view(-1, group)
+            lo, hi = g.min(1, keepdim=True).values, g.max(1, keepdim=True).values
+            scale = ((hi - lo) / 255).clamp_min(torch.finfo(torch.float32).tiny)
+            codes = ((g - lo) / scale).round().clamp(0, 255).to(torch.uint8)
+            Hooks.stored += codes.numel() + 8 * len(lo)
+            return codes, lo, scale, t.shape, t.dtype, len(flat)
+
+        def unpack(self, packed):
+            if isinstance(packed, torch.Tensor):
+                return packed
+            codes, lo, scale, shape, dtype, n = packed
+            return (codes.float() * scale + lo).reshape(-1)[:n].reshape(shape).to(dtype)
+
+    return Hooks
+
+
+class _CountSaved(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the distinct tensors autograd saves (by storage and offset), passing them on."""
+
+    def __init__(self):
+        self.seen: dict[tuple, int] = {}
+        super().__init__(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        self.seen[key] = t.numel() * t.element_size()
+        return t
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+
+@contextlib.contextmanager
+def _checkpointed(model: nn.Module, blocks: list[nn.Module] | None):
+    """Every block's forward through ``torch.utils.checkpoint`` (non-reentrant) while inside,
+    or, with ``blocks`` None, the ``nn.Sequential`` ``model`` as 4 segments of which all but
+    the last are checkpointed. (The inputs it keeps for the recomputation go through the outer
+    saved-tensor hooks, so a counter outside sees them.)"""
+    from torch.utils.checkpoint import checkpoint
+
+    if blocks is None:
+        children = list(model.children())
+        size = -(-len(children) // 4)
+        segments = [nn.Sequential(*children[i:i + size]) for i in range(0, len(children), size)]
+
+        def forward(x):
+            for segment in segments[:-1]:
+                x = checkpoint(segment, x, use_reentrant=False)
+            return segments[-1](x)
+
+        model.forward = forward
+        try:
+            yield
+        finally:
+            del model.forward
+        return
+    saved = []
+    for block in blocks:
+        forward = block.forward
+
+        def wrapped(*args, _forward=forward):
+            return checkpoint(_forward, *args, use_reentrant=False)
+
+        saved.append((block, forward))
+        block.forward = wrapped
+    try:
+        yield
+    finally:
+        for block, forward in saved:
+            block.forward = forward
+
+
+# ----------------------------------------------------------------------------- one run
+
+def _context(row: str, model: nn.Module, task: Task, state: dict):
+    """The context a step of ``row`` runs in, and how many bytes it holds for backward."""
+    import actpack
+
+    if row == "baseline":
+        counter = _CountSaved()
+        return counter, lambda: counter.bytes
+    if row == "checkpoint":
+        counter = _CountSaved()
+        stack = contextlib.ExitStack()
+        blocks = None if task.blocks is None else task.blocks(model)
+        stack.enter_context(_checkpointed(model, blocks))
+        stack.enter_context(counter)
+        return stack, lambda: counter.bytes
+    if row == "save_on_cpu":
+        hooks, held = torch.autograd.graph.save_on_cpu(), _CountSaved()
+        pack = hooks.pack_hook
+        hooks.pack_hook = lambda t: (held._pack(t), pack(t))[1]  # count what it keeps
+        return hooks, lambda: held.bytes
+    if row == "int8":
+        hooks = int8_hooks()
+        hooks.stored = 0
+        return hooks(), lambda: hooks.stored
+    session = actpack.offload(policy=state.get("policy", row))
+    return session, lambda: session.stats.stored_bytes
+
+
+def train_row(task: Task, row: str, seed: int) -> dict:
+    """Train ``task``'s model with ``row`` for ``task.steps`` steps from ``seed``'s weights and
+    batch order; its figures (see the module docstring)."""
+    model = task.build(seed)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=task.lr)
+    gen = torch.Generator().manual_seed(seed)
+    import actpack
+
+    state: dict = {}
+    if row == "adaptive":
+        state["policy"] = actpack.AdaptivePolicy(every=max(1, task.steps // 3))
+    times, saved = [], 0
+    for _ in range(task.steps):
+        x, y = task.batch(gen)
+        if row == "adaptive":
+            state["policy"].step(model, x, y, loss_fn=task.loss)
+        ctx, held = _context(row, model, task, state)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            loss = task.loss(model(x), y)
+            saved = held()
+            loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    metric = task.evaluate(model)
+    x, y = task.batch(torch.Generator().manual_seed(seed + 10_000))
+
+    def step_in():
+        ctx, _ = _context(row, model, task, state)
+        with ctx:
+            task.loss(model(x), y).backward()
+
+    peak = _peak_of(step_in, model)
+    return {"saved_bytes": saved, "step_time_s": statistics.median(times[len(times) // 5:]),
+            "test_metric": metric, "peak_activation_bytes": peak}
+
+
+def _peak_of(step: Callable[[], None], model: nn.Module) -> int:
+    from actpack.host.peak import measure_peak
+
+    model.zero_grad(set_to_none=True)
+    step()  # warm-up, as step_peak does
+    model.zero_grad(set_to_none=True)
+    try:
+        return measure_peak(step)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def collect(*, quick: bool = False, seeds: int | None = None, models=None, rows=ROWS,
+            threads: int = 2) -> dict:
+    """Every row of every model (see the module docstring) as a JSON-able dict."""
+    seeds = seeds or (1 if quick else 3)
+    chosen = [t for t in tasks(quick) if models is None or t.name in models]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = []
+    try:
+        with tqdm(total=len(chosen) * len(rows) * seeds, desc="bench train", unit="run",
+                  leave=False, disable=None) as bar:
+            for task in chosen:
+                for row in rows:
+                    runs = []
+                    for seed in range(seeds):
+                        bar.set_postfix_str(f"{task.name}: {row}, seed {seed}")
+                        runs.append(train_row(task, row, seed))
+                        bar.update()
+                    out.append({"name": row, "model": task.name, "metric": task.metric,
+                                "higher_is_better": task.higher, "seeds": seeds,
+                                "steps": task.steps,
+                                **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
+                                "per_seed": runs})
+    finally:
+        torch.set_num_threads(old)
+    return {"machine": machine_info(threads=threads), "source": source_info(), "quick": quick,
+            "rows": out, "targets": _targets(out)}
+
+
+def _targets(rows: list[dict]) -> list[dict]:
+    targets = []
+    for model, (factor, tolerance) in GOALS.items():
+        base = next((r for r in rows if r["model"] == model and r["name"] == "baseline"), None)
+        if base is None:
+            continue
+        for r in rows:
+            if r["model"] != model or r["name"] not in ("auto", "adaptive"):
+                continue
+            gain = base["peak_activation_bytes"] / max(1, r["peak_activation_bytes"])
+            if r["higher_is_better"]:
+                ok_metric = r["test_metric"] >= base["test_metric"] - tolerance
+            else:
+                ok_metric = r["test_metric"] <= base["test_metric"] * (1 + tolerance)
+            worse = (f"{100 * tolerance:g} points" if r["higher_is_better"]
+                     else f"{100 * tolerance:g} %")
+            targets.append({"name": f"{model}, {r['name']}: peak >= {factor:g}x lower at <= "
+                                    f"{worse} worse {r['metric']}",
+                            "value": gain, "pass": gain >= factor and ok_metric})
+    return targets
+
+
+def render_markdown(result: dict, plot: str | None = None) -> str:
+    lines = [
+        "## Training (`actpack bench train`)",
+        "",
+        machine_line(result),
+        ("Same models, data, initial weights and batch order per seed; medians over the seeds. "
+         "Peak: all tensor memory of one training step in the process (torch.profiler's "
+         "allocator events). Saved: what the row holds for backward at the end of forward. "
+         "No `plan` row yet: the memory planner is not built."),
+        "",
+        "| model | row | peak | peak vs baseline | saved | step | metric | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r["model"]: r for r in result["rows"] if r["name"] == "baseline"}
+    for r in result["rows"]:
+        b = base.get(r["model"])
+        gain = (f"{b['peak_activation_bytes'] / max(1, r['peak_activation_bytes']):.2f}x"
+                if b else "-")
+        metric = (f"{r['test_metric']:.2%}" if r["higher_is_better"]
+                  else f"{r['test_metric']:.4f}")
+        lines.append(f"| {r['model']} | {r['name']} | {mib(r['peak_activation_bytes'])} | "
+                     f"{gain} | {mib(r['saved_bytes'])} | {1e3 * r['step_time_s']:.1f} ms | "
+                     f"{metric} ({r['metric']}) | {r['seeds']} |")
+    if result["targets"]:
+        lines += ["", "| goal | measured | |", "|---|---:|---|"]
+        lines += [f"| {t['name']} | {t['value']:.2f}x | {'PASS' if t['pass'] else 'MISS'} |"
+                  for t in result["targets"]]
+    if plot:
+        lines += ["", f"![peak memory against the metric]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path) -> None:
+    """Peak memory against the metric, one panel per model, one point per row."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
+    fig = Figure(figsize=(4.5 * len(models), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1)
+        for r in (r for r in result["rows"] if r["model"] == model):
+            ax.scatter(r["peak_activation_bytes"] / 2**20, r["test_metric"], s=30)
+            ax.annotate(r["name"], (r["peak_activation_bytes"] / 2**20, r["test_metric"]),
+                        fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("peak tensor memory of a step (MiB)")
+        ax.set_ylabel(next(r["metric"] for r in result["rows"] if r["model"] == model))
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_output_arguments(p, "train")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps per model, one seed: minutes on 2 cores")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3)")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated subset of: {', '.join(TASKS)}")
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--plot", default=None,
+                   help="where the plot goes (default docs/train.png beside the results)")
+
+
+def run(args: argparse.Namespace) -> int:
+    models = None if args.models is None else [m.strip() for m in args.models.split(",")]
+    rows = tuple(r.strip() for r in args.rows.split(","))
+    unknown = [m for m in models or () if m not in TASKS] + [r for r in rows if r not in ROWS]
+    if unknown:
+        print(f"actpack bench train: unknown model or row {unknown}; models: {TASKS}, rows: "
+              f"{ROWS}", file=sys.stderr)
+        return 2
+    result = collect(quick=args.quick, seeds=args.seeds, models=models, rows=rows,
+                     threads=args.threads)
+    path = args.plot or (None if args.no_results else str(docs_dir() / "train.png"))
+    if path:
+        plot(result, path)
+    md = render_markdown(result, "train.png" if path and not args.plot else path)
+    print(md)
+    publish(args, "train", md, result)
+    return 0

@@ -1,0 +1,46 @@
+"""actpack bench train: rows, figures and the peers it compares against."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from actpack.bench.train import int8_hooks
+from actpack.cli import main
+
+
+def test_int8_peer_stores_a_quarter_and_rounds_to_nearest():
+    x = torch.randn(64, 1024, requires_grad=True)
+    hooks = int8_hooks()
+    hooks.stored = 0
+    with hooks():
+        y = torch.sigmoid(x)  # saves its 256 KiB output
+    assert hooks.stored < 0.3 * y.numel() * 4
+    w = torch.randn_like(y)
+    (y * w).sum().backward()  # multiplication by w saves y too: exact there
+    ref = torch.sigmoid(x.detach())
+    exact = w * ref * (1 - ref)
+    assert 0 < float((x.grad - exact).abs().max()) < 0.01
+
+
+def test_bench_train_quick(tmp_path):
+    results, out = tmp_path / "results.md", tmp_path / "train.json"
+    assert main(["bench", "train", "--quick", "--models", "digits CNN", "--rows",
+                 "baseline,checkpoint,int8,auto", "--results", str(results), "--json",
+                 str(out), "--plot", str(tmp_path / "train.png")]) == 0
+    data = json.loads(out.read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    assert set(rows) == {"baseline", "checkpoint", "int8", "auto"}
+    for r in rows.values():
+        assert r["model"] == "digits CNN" and r["seeds"] == 1
+        assert r["peak_activation_bytes"] > 0 and r["step_time_s"] > 0
+        assert 0 < r["test_metric"] <= 1
+    base = rows["baseline"]
+    assert rows["auto"]["saved_bytes"] < base["saved_bytes"] / 4
+    assert rows["int8"]["saved_bytes"] < 0.6 * base["saved_bytes"]  # pool indices stay int64
+    assert rows["checkpoint"]["saved_bytes"] < 0.6 * base["saved_bytes"]  # segment inputs
+    assert rows["auto"]["peak_activation_bytes"] < base["peak_activation_bytes"]
+    assert "| digits CNN | auto |" in results.read_text()
+    assert (tmp_path / "train.png").read_bytes()[:4] == b"\x89PNG"
+    assert any("digits CNN, auto" in t["name"] for t in data["targets"])
