@@ -34,7 +34,7 @@ __all__ = [
 
 # name -> module (imported lazily by the CLI so `actpack --help` stays fast)
 BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload",
-              "rtl": "actpack.bench.rtl"}
+              "rtl": "actpack.bench.rtl", "synth": "actpack.bench.synth"}
 
 _RESULTS_INTRO = """\
 # actpack — measured results
