@@ -428,7 +428,7 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
                 steps["yosys xc7"] = round(time.monotonic() - t0, 1)
             result.xilinx = xilinx_figures(parse_stat((xdir / "stat.json").read_text()))
     except _Timeout as exc:
-        result.status, result.error = "timeout", f"{exc} ({timeout:.0f} s)"
+        result.status, result.error = "timeout", f"{exc} ({timeout:g} s)"
     except _ToolFailed as exc:
         result.status, result.error = "failed", str(exc)
     result.seconds = round(time.monotonic() - start, 1)
