@@ -97,6 +97,24 @@ def test_nextpnr_report():
     assert fmax_from_report({}) is None and critical_path({}) is None
 
 
+def test_engine_files():
+    """The sfpr8 compressor's run (``actpack bench synth``): carry cells, hard blocks, a failed
+    timing target (nextpnr then writes the last report as a Warning line)."""
+    cells = parse_stat((DATA / "compressor_sfpr8.stat.json").read_text())
+    fig = ecp5_figures(cells)
+    assert (fig["ffs"], fig["dsps"], fig["brams"], fig["lutram"]) == (4648, 28, 8, 0)
+    log = (DATA / "compressor_sfpr8.nextpnr.log").read_text()
+    # nextpnr's LUT4 total is Yosys' LUT4 cells plus two per CCU2C when there is no LUT RAM
+    assert total_luts_from_log(log) == fig["luts"] == cells["LUT4"] + 2 * cells["CCU2C"]
+    assert fmax_from_log(log) == 24.41  # not the 20.23 MHz after placement
+    report = json.loads((DATA / "compressor_sfpr8.report.json").read_text())
+    assert fmax_from_report(report) == pytest.approx(24.41, abs=0.01)
+    cp = critical_path(report)
+    assert cp["from"].startswith("lane0.enc.") and cp["to"].startswith("lane0.enc.s_bits")
+    assert 1000 / cp["delay_ns"] == pytest.approx(fmax_from_report(report), rel=1e-3)
+    assert cp["logic_levels"] == 40
+
+
 # ----------------------------------------------------------------------------- the flow
 
 
