@@ -16,8 +16,9 @@ toolchain raises ``ToolchainMissing``.
 
 Files go to ``BUILD_ROOT/<name>-<key>/`` (``build/synth``, or ``ACTPACK_SYNTH_BUILD``), where
 ``key`` hashes the RTLIL, the flow and the tool versions: ``top.il``, ``yosys.log``,
-``top.json`` (netlist), ``stat.json``, ``nextpnr.log``, ``report.json``, ``result.json``. A
-finished result (ok, no-fit, failed) is reused when the key matches; a timeout is not.
+``top.json`` (netlist), ``stat.json``, ``nextpnr.log``, ``report.json``, ``result.json`` (the
+Artix-7 run in a folder of its own). A finished result (ok, no-fit, failed) is reused when the
+key matches; a timeout is not.
 
 YoWASP compiles each tool's WebAssembly to machine code once (≈ 50 s, ≈ 226 MB) into
 ``YOWASP_CACHE_DIR`` (default ``~/.cache/YoWASP``, outside the checkout so ``make clean`` keeps
@@ -108,7 +109,8 @@ class SynthResult:
     ``dsps``: MULT18X18D; ``brams``: DP16KD; ``lutram``: TRELLIS_DPR16X4 (16 x 4 LUT-RAM
     cells, each a TRELLIS_RAMW and two LUT4s once packed); ``fmax_mhz``: post-route, the
     slowest clock; ``critical_path``: see ``critical_path``; ``cells``: every cell type Yosys
-    left; ``xilinx``: ``xilinx_figures`` when asked for."""
+    left; ``xilinx``: when asked for, ``xilinx_figures`` with ``status``, ``error``,
+    ``seconds``, ``directory`` and ``cached`` of the Artix-7 run."""
 
     name: str
     status: str = "ok"
@@ -344,6 +346,24 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "design"
 
 
+def _load(folder: Path) -> dict | None:
+    stamp = folder / "result.json"
+    return json.loads(stamp.read_text()) if stamp.exists() else None
+
+
+def _store(folder: Path, data: dict) -> None:
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(folder / "result.json")
+
+
+def _fresh(folder: Path, text: str) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / "top.il").write_text(text)
+
+
 def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = False,
                force: bool = False,
                on_progress: Callable[[str], None] | None = None) -> SynthResult:
@@ -352,11 +372,12 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
     docstring for the flow and the files.
 
     ``timeout``: seconds for the whole design (Yosys, nextpnr and, with ``xilinx``, the
-    Artix-7 run); past it the running tool is killed and the result is ``status="timeout"``.
-    Elaboration runs in this process and counts against the limit but is not interrupted; a
-    tool started after the limit still gets one second.
-    ``xilinx``: also run ``synth_xilinx -family xc7 -flatten`` for Artix-7 area (no place and
-    route). ``force``: run even when a finished result with the same key is stored.
+    Artix-7 run); past it the running tool is killed and the result is ``status="timeout"``
+    (``xilinx["status"]`` for the Artix-7 run). Elaboration runs in this process and counts
+    against the limit but is not interrupted; a tool started after the limit still gets one
+    second. ``xilinx``: also run ``synth_xilinx -family xc7 -flatten`` for Artix-7 area (no
+    place and route; its own folder and stored result, so it can be added to a stored ECP5
+    result). ``force``: run even when a finished result with the same key is stored.
     ``on_progress``: called with short progress strings (step names, tool phases).
     Raises ``ToolchainMissing`` without the tools; everything the tools report is in the result.
     """
@@ -372,68 +393,87 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
         component = component()  # a factory: elaborated here, inside the time limit
     text = rtlil.convert(component, name="top", emit_src=False)
     versions = tool_versions()
-    directory = BUILD_ROOT / f"{_safe(name)}-{_key(text, xilinx, versions)}"
-    stamp = directory / "result.json"
-    if stamp.exists() and not force:
-        stored = json.loads(stamp.read_text())
-        return SynthResult(**{**stored, "cached": True})
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    (directory / "top.il").write_text(text)
-    result = SynthResult(name=name, tools=versions, directory=str(directory),
-                         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    folder = BUILD_ROOT / f"{_safe(name)}-{_key(text, False, versions)}"
+    stored = None if force else _load(folder)
+    if stored is not None:
+        result = SynthResult(**{**stored, "cached": True})
+    else:
+        _fresh(folder, text)
+        result = SynthResult(name=name, tools=versions, directory=str(folder),
+                             date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+        result.steps["elaborate"] = round(time.monotonic() - start, 1)
+        _ecp5(result, folder, tools, deadline, say)
+        if result.status == "timeout":
+            result.error += f" ({timeout:g} s)"
+        result.seconds = round(time.monotonic() - start, 1)
+        if result.status != "timeout":
+            _store(folder, result.to_json())
+    if xilinx and result.status != "timeout":
+        xfolder = BUILD_ROOT / f"{_safe(name)}-{_key(text, True, versions)}"
+        stored = None if force else _load(xfolder)
+        if stored is not None:
+            result.xilinx = {**stored, "cached": True}
+        else:
+            _fresh(xfolder, text)
+            result.xilinx = _xc7(xfolder, tools, deadline, say)
+            if result.xilinx["status"] != "timeout":
+                _store(xfolder, result.xilinx)
+    return result
+
+
+def _ecp5(result: SynthResult, folder: Path, tools: dict, deadline: float, say) -> None:
+    """The ECP5 flow in ``folder`` (holding ``top.il``), filling in ``result``."""
     steps = result.steps
-    steps["elaborate"] = round(time.monotonic() - start, 1)
 
     def step(label, argv, log):
         t0 = time.monotonic()
         say(label)
         try:
-            return _run_tool(argv, cwd=directory, log=directory / log, deadline=deadline,
+            return _run_tool(argv, cwd=folder, log=folder / log, deadline=deadline,
                              on_line=lambda s: say(f"{label}: {s}"))
         finally:
             steps[label] = round(time.monotonic() - t0, 1)
 
     try:
         step("yosys", [str(tools["yosys"]), "-p", _ECP5_SCRIPT], "yosys.log")
-        result.cells = parse_stat((directory / "stat.json").read_text())
+        result.cells = parse_stat((folder / "stat.json").read_text())
         result.__dict__.update(ecp5_figures(result.cells))
         over = [f"{result.cells.get(k, 0)} {k} (the {ECP5_PART['name']} has {ECP5_PART[k]})"
                 for k in ("MULT18X18D", "DP16KD") if result.cells.get(k, 0) > ECP5_PART[k]]
         if over:
             result.status = "no-fit"
             result.error = "needs " + ", ".join(over) + "; nextpnr not run"
-        else:
-            log = step("nextpnr", [str(tools["nextpnr"]), *ECP5_PART["nextpnr"],
-                                   "--json", "top.json", "--freq", str(FREQ_MHZ),
-                                   "--out-of-context", "--timing-allow-fail",
-                                   "--report", "report.json"], "nextpnr.log")
-            report = json.loads((directory / "report.json").read_text())
-            result.luts = total_luts_from_log(log) or result.luts
-            result.fmax_mhz = fmax_from_report(report) or fmax_from_log(log)
-            result.critical_path = critical_path(report)
-            result.utilization = {k: v for k, v in (report.get("utilization") or {}).items()
-                                  if v.get("used")}
-        if xilinx:
-            xdir = directory / "xc7"
-            xdir.mkdir()
-            t0 = time.monotonic()
-            say("yosys xc7")
-            try:
-                _run_tool([str(tools["yosys"]), "-p", _XC7_SCRIPT.replace("top.il", "../top.il")],
-                          cwd=xdir, log=xdir / "yosys.log", deadline=deadline,
-                          on_line=lambda s: say(f"yosys xc7: {s}"))
-            finally:
-                steps["yosys xc7"] = round(time.monotonic() - t0, 1)
-            result.xilinx = xilinx_figures(parse_stat((xdir / "stat.json").read_text()))
+            return
+        log = step("nextpnr", [str(tools["nextpnr"]), *ECP5_PART["nextpnr"],
+                               "--json", "top.json", "--freq", str(FREQ_MHZ),
+                               "--out-of-context", "--timing-allow-fail",
+                               "--report", "report.json"], "nextpnr.log")
+        report = json.loads((folder / "report.json").read_text())
+        result.luts = total_luts_from_log(log) or result.luts
+        result.fmax_mhz = fmax_from_report(report) or fmax_from_log(log)
+        result.critical_path = critical_path(report)
+        result.utilization = {k: v for k, v in (report.get("utilization") or {}).items()
+                              if v.get("used")}
     except _Timeout as exc:
-        result.status, result.error = "timeout", f"{exc} ({timeout:g} s)"
+        result.status, result.error = "timeout", str(exc)
     except _ToolFailed as exc:
         result.status, result.error = "failed", str(exc)
-    result.seconds = round(time.monotonic() - start, 1)
-    if result.status != "timeout":
-        tmp = directory / "result.json.tmp"
-        tmp.write_text(json.dumps(result.to_json(), indent=1))
-        tmp.replace(stamp)
-    return result
+
+
+def _xc7(folder: Path, tools: dict, deadline: float, say) -> dict:
+    """The Artix-7 area run in ``folder``: ``xilinx_figures`` plus ``status`` (ok, failed,
+    timeout), ``error``, ``seconds``, ``directory``."""
+    t0 = time.monotonic()
+    out = {"status": "ok", "error": None, "directory": str(folder)}
+    say("yosys xc7")
+    try:
+        _run_tool([str(tools["yosys"]), "-p", _XC7_SCRIPT], cwd=folder,
+                  log=folder / "yosys.log", deadline=deadline,
+                  on_line=lambda s: say(f"yosys xc7: {s}"))
+        out.update(xilinx_figures(parse_stat((folder / "stat.json").read_text())))
+    except _Timeout as exc:
+        out["status"], out["error"] = "timeout", str(exc)
+    except _ToolFailed as exc:
+        out["status"], out["error"] = "failed", str(exc)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out

@@ -181,10 +181,14 @@ def render_markdown(rows: list[dict], info: dict, *, xilinx: bool) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             x = r.get("xilinx")
-            if x:
-                lines.append(f"| {r['design']} | {r['mode'] or '–'} | {r['lanes'] or '–'} | "
-                             f"{x['luts']:,} | {x['ffs']:,} | {x['dsps']} | {x['ramb36']} | "
-                             f"{x['ramb18']} | {x['lutram']} | {x['carry4']} |")
+            if not x:
+                continue
+            head = f"| {r['design']} | {r['mode'] or '–'} | {r['lanes'] or '–'} | "
+            if x.get("status", "ok") != "ok":
+                lines.append(head + f"{x['status']}: {x.get('error')} |" + " – |" * 6)
+                continue
+            lines.append(head + f"{x['luts']:,} | {x['ffs']:,} | {x['dsps']} | {x['ramb36']} | "
+                                f"{x['ramb18']} | {x['lutram']} | {x['carry4']} |")
     return "\n".join(lines) + "\n"
 
 
