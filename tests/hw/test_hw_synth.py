@@ -118,6 +118,7 @@ def test_engine_files():
 # ----------------------------------------------------------------------------- the flow
 
 
+@pytest.mark.slow  # seconds with YoWASP's cache warm; the first run compiles the tools (~1 min)
 def test_synthesize_adapter(yowasp, build_root):
     seen = []
     t0 = time.monotonic()
