@@ -171,7 +171,8 @@ def render_markdown(rows: list[dict], info: dict, *, xilinx: bool) -> str:
             f"{_num(r.get('luts'), part['LUT4'])} | {_num(r.get('ffs'))} | "
             f"{_num(r.get('dsps'))} | {_num(r.get('brams'))} | {_num(r.get('lutram'))} | "
             f"{fmax} | {_path(r.get('critical_path'))} | {_num(r.get('seconds'))} |")
-    lines += ["", ("LUT4: nextpnr's total before packing (logic, carry and LUT-RAM LUTs); "
+    lines += ["", ("LUT4: nextpnr's total before packing (logic, carry and LUT-RAM LUTs; "
+                   "rows nextpnr did not finish: Yosys' LUT4 cells plus two per CCU2C); "
                   "LUT-RAM: 16×4 TRELLIS_DPR16X4 cells; time: elaboration, Yosys and nextpnr "
                   "on the cores above (run one design at a time). Each design's logs, netlist "
                   "and nextpnr report are in `build/synth/<design>-<key>/`.")]
