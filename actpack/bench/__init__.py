@@ -38,7 +38,8 @@ __all__ = [
 
 # name -> module (imported lazily by the CLI so `actpack --help` stays fast)
 BENCHMARKS = {"codec": "actpack.bench.codec", "offload": "actpack.bench.offload",
-              "rtl": "actpack.bench.rtl", "train": "actpack.bench.train"}
+              "rtl": "actpack.bench.rtl", "synth": "actpack.bench.synth",
+              "train": "actpack.bench.train"}
 
 _RESULTS_INTRO = """\
 # actpack — measured results
