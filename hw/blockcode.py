@@ -285,7 +285,11 @@ class BlockEncoder(wiring.Component):
         with m.If(a0_free):
             m.d.sync += a0_valid.eq(i.valid)
         take0 = a0_free & i.valid
-        a0_nz = stage("a0_nz", Cat(*(sym[u] != 0 for u in range(N))), take0, N)
+        nz = Cat(*(sym[u] != 0 for u in range(N)))
+        a0_nz = stage("a0_nz", nz, take0, N)
+        # nonzeros before each lane and in the row (lane 8): the compaction's selects
+        a0_before = [stage(f"a0_before{u}", sum(nz[x] for x in range(u)) if u else Const(0, 1),
+                           take0, range(N + 1)) for u in range(N + 1)]
         if values:
             scodes, dcodes, wide_s_bits, wide_d_bits = [], [], [], []
             for u in range(N):
@@ -316,12 +320,12 @@ class BlockEncoder(wiring.Component):
             m.d.sync += a1_valid.eq(a0_valid)
         take1 = a1_free & a0_valid
         a1_nz = stage("a1_nz", a0_nz, take1, N)
-        a1_pop = stage("a1_pop", sum(a0_nz[u] for u in range(N)), take1, range(N + 1))
+        a1_pop = stage("a1_pop", a0_before[N], take1, range(N + 1))
         if values:
             compact = []
             for k in range(N):
                 # the nonzero symbol with k nonzeros before it is slot k (zero codes drop out)
-                hits = [Mux(sum(a0_nz[x] for x in range(u)) == k, a0_sc[u], 0) if u else
+                hits = [Mux(a0_before[u] == k, a0_sc[u], 0) if u else
                         (a0_sc[0] if k == 0 else Const(0, _CODE)) for u in range(k, N)]
                 compact.append(_or(hits))
             a1_compact = [stage(f"a1_compact{k}", compact[k], take1, _CODE) for k in range(N)]
@@ -344,9 +348,12 @@ class BlockEncoder(wiring.Component):
 
         m.d.comb += bank_take.eq(a1_valid & ~full.bit_select(w_bank, 1))
         write = bank_take
-        first_row = w_row == 0
+        # registers, not functions of w_row and counts: they fan out to every entry
+        first_row = Signal(init=1)  # w_row == 0
         rank0 = Signal(range(65))  # rank of this row's first nonzero symbol in the block
-        m.d.comb += rank0.eq(Mux(first_row, 0, Mux(w_bank, counts[1], counts[0])))
+        with m.If(write):
+            m.d.sync += [first_row.eq(w_row == N - 1),
+                         rank0.eq(Mux(w_row == N - 1, 0, rank0 + a1_pop))]
 
         if values:
             # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8,
