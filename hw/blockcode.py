@@ -553,9 +553,14 @@ class BlockEncoder(wiring.Component):
         with m.If(adv & s6.v):
             m.d.sync += boff.eq(start + s6.glen) if values else boff.eq(start)
         base7 = {"v": s6.v, "first": s6.first, "end": s6.end, "entry": s6.entry,
-                 "total": s6.total, "hdr": s6.hdr, "pos": start[:7],
+                 "total": s6.total, "tnz": s6.total != 0, "hdr": s6.hdr, "pos": start[:7],
                  "len": (s6.glen if values else 0) + Mux(s6.first, s6.hlen, 0)}
         base7["lenm"] = (base7["len"] + 3 * _BEAT_BITS)[:9]  # len - 128 modulo 512
+        # the packer's fill is the slot's start modulo 128 (+ 128 while a beat waits): whether
+        # the slot completes a beat, and the block's length class, decided here
+        base7["cross"] = (Mux(s6.first, 0, start[:7]) + base7["len"]) >= _BEAT_BITS
+        base7["tle16"] = s6.total <= BEAT_BYTES
+        base7["tle32"] = s6.total <= 2 * BEAT_BYTES
         if values:
             w = s6.w
             s7 = pipe(Tok(n=6), **base7, w=w,
@@ -572,21 +577,28 @@ class BlockEncoder(wiring.Component):
             last_s = pipe(Tok(n=6), **base7)
             s_bits_v = Mux(last_s.first, last_s.hdr, 0)
         s_valid, s_first, s_end = last_s.v, last_s.first, last_s.end
-        s_len, s_entry, s_total = last_s.len, last_s.entry, last_s.total
+        s_len, s_entry, s_total, s_tnz = last_s.len, last_s.entry, last_s.total, last_s.tnz
         s_lenm = last_s.lenm
+        flags = ("cross", "tle16", "tle32")
+        s_flags = {f: getattr(last_s, f) for f in flags}
+        k_flags = {f: Signal(name=f"k_{f}") for f in flags}
 
         # skid buffer between B and C: B's registers move while it is empty (a register, so
         # C's decision does not fan out to the pipeline)
         k_valid, k_first, k_end = Signal(), Signal(), Signal()
         k_bits = Signal(_ACC_BITS)
         k_len, k_entry, k_total = Signal.like(s_len), Signal(16), Signal.like(s_total)
+        k_tnz = Signal()
         k_lenm = Signal.like(s_lenm)
         c_take = Signal()
         m.d.comb += adv.eq(~k_valid)
-        with m.If(~k_valid & s_valid & ~c_take):
-            m.d.sync += [k_valid.eq(1), k_first.eq(s_first), k_end.eq(s_end),
+        with m.If(~k_valid):  # (taken or not: the enable is a register)
+            m.d.sync += [k_first.eq(s_first), k_end.eq(s_end),
                          k_bits.eq(s_bits_v), k_len.eq(s_len), k_entry.eq(s_entry),
-                         k_total.eq(s_total), k_lenm.eq(s_lenm)]
+                         k_total.eq(s_total), k_lenm.eq(s_lenm), k_tnz.eq(s_tnz),
+                         *(k_flags[f].eq(s_flags[f]) for f in flags)]
+        with m.If(~k_valid & s_valid & ~c_take):
+            m.d.sync += k_valid.eq(1)
         with m.Elif(k_valid & c_take):
             m.d.sync += k_valid.eq(0)
         x_valid = k_valid | s_valid
@@ -596,6 +608,8 @@ class BlockEncoder(wiring.Component):
         x_len, x_entry = Mux(k_valid, k_len, s_len), Mux(k_valid, k_entry, s_entry)
         x_lenm = Mux(k_valid, k_lenm, s_lenm)
         x_total = Mux(k_valid, k_total, s_total)
+        x_tnz = Mux(k_valid, k_tnz, s_tnz)
+        x_flags = {f: Mux(k_valid, k_flags[f], s_flags[f]) for f in flags}
 
         # ------------------------------------------------------- C: bit packer and the outputs
         # Each cycle: (1) if the bits waiting make a beat (16 bytes, or the rest of a complete
@@ -607,6 +621,7 @@ class BlockEncoder(wiring.Component):
         fill = Signal(range(_ACC_BITS + 1))
         left = Signal(range(_MAX_BLOCK + 1))  # bytes of the current block not yet emitted
         fed = Signal()  # every slot with bits of the current block is in ``acc``
+        waiting = Signal()  # a beat could leave from ``acc``: left_nz & (fill >= 128 | fed)
         # ``o`` and ``index`` each behind a skid register: the decisions below start from
         # registers only (``can_o``, ``can_index``), never from a ``ready``
         beat = Signal(CodeBeat)
@@ -617,23 +632,26 @@ class BlockEncoder(wiring.Component):
 
         # flags of the registers (a few LUT levels each, side by side)
         # (fill <= 256, left <= 132: compares as bit tests, no carry chains)
-        left_nz = left != 0
-        left_le16 = (left[5:] == 0) & (~left[4] | (left[:4] == 0))
+        left_nz = Signal()  # left != 0 (registers beside ``left``)
+        left_le16 = Signal(init=1)  # left <= 16
+        left_le32 = (left[6:] == 0) & (~left[5] | (left[:5] == 0))
         fill_ge128 = fill[7:].any()
-        fill_le136 = ~fill[8] & (~fill[7] | (fill[:7] <= _ACC_BITS - _GROUP_BITS - _BEAT_BITS))
+        fill_le136 = Signal(init=1)  # room for a group: fill <= 136 (a register beside fill)
         sum_t = Signal(10)
         sum_m = Signal(9)  # fill + len - 128 where that is 0..256 (beat (2), or (1) and a slot)
         m.d.comb += [sum_t.eq(fill + x_len), sum_m.eq(fill + x_lenm)]
-        ge_a = sum_t[7:].any()  # a beat's worth once the slot is in (no beat cut before)
+        # a beat's worth once the slot is in (no beat cut before): fill is the slot's start
+        # modulo 128, plus 128 while a whole beat waits
+        ge_a = fill_ge128 | x_flags["cross"]
 
         emit_old, emit_new = Signal(), Signal()
         m.d.comb += [
             # (1): a beat from the bits already waiting
-            emit_old.eq(can_o & left_nz & (fill_ge128 | fed)),
+            emit_old.eq(can_o & waiting),
             c_take.eq(x_valid & Mux(x_first, Mux(emit_old, left_le16, ~left_nz) & can_i,
                                     emit_old | fill_le136)),
             # (2): a beat from the waiting bits and the slot taken now (so no beat (1))
-            emit_new.eq(can_o & ~emit_old & c_take & Mux(x_first, x_total != 0, left_nz)
+            emit_new.eq(can_o & ~emit_old & c_take & Mux(x_first, x_tnz, left_nz)
                         & (ge_a | x_end)),
             push_o.eq(emit_old | emit_new),
             push_i.eq(c_take & x_first),
@@ -661,21 +679,53 @@ class BlockEncoder(wiring.Component):
         left_m16 = Mux(left_le16, 0, left - BEAT_BYTES)
         total_m16 = Mux(x_total <= BEAT_BYTES, 0, x_total - BEAT_BYTES)
         fill_m128 = Mux(fill[8], _BEAT_BITS, fill[:7])  # fill - 128 for fill >= 128
+        def set_left(value, nz, le16):
+            return [left.eq(value), left_nz.eq(nz), left_le16.eq(le16)]
+
+        left_m16_flags = (left_m16, ~left_le16, left_le32)  # left - 16: > 0, <= 16
+        total_flags = (x_total, x_tnz, x_flags["tle16"])
         with m.If(emit_new):
-            m.d.sync += [fill.eq(Mux(ge_a, sum_m, 0)),
-                         left.eq(Mux(x_first, total_m16, left_m16))]
+            m.d.sync += fill.eq(Mux(ge_a, sum_m, 0))
+            with m.If(x_first):
+                m.d.sync += set_left(total_m16, ~x_flags["tle16"], x_flags["tle32"])
+            with m.Else():
+                m.d.sync += set_left(*left_m16_flags)
         with m.Elif(emit_old):
             with m.If(c_take):
                 m.d.sync += fill.eq(Mux(fill_ge128, sum_m, x_len))
             with m.Else():
                 m.d.sync += fill.eq(Mux(fill_ge128, fill_m128, 0))
-            m.d.sync += left.eq(Mux(c_take & x_first, x_total, left_m16))
+            with m.If(c_take & x_first):
+                m.d.sync += set_left(*total_flags)
+            with m.Else():
+                m.d.sync += set_left(*left_m16_flags)
         with m.Elif(c_take):
             m.d.sync += fill.eq(sum_t)
             with m.If(x_first):
-                m.d.sync += left.eq(x_total)
+                m.d.sync += set_left(*total_flags)
         with m.If(c_take):
             m.d.sync += fed.eq(x_end)
+
+        # ``waiting`` of the next state, from the same choices as above
+        left_nz_n, fill_ge_n = Signal(), Signal()
+        room_m, room_t = sum_m <= _ACC_BITS - _GROUP_BITS, sum_t <= _ACC_BITS - _GROUP_BITS
+        with m.If(emit_new):
+            m.d.comb += [left_nz_n.eq(Mux(x_first, ~x_flags["tle16"], ~left_le16)),
+                         fill_ge_n.eq(ge_a & sum_m[7:].any())]
+            m.d.sync += fill_le136.eq(~ge_a | room_m)
+        with m.Elif(emit_old):
+            m.d.comb += [left_nz_n.eq(Mux(c_take & x_first, x_tnz, ~left_le16)),
+                         fill_ge_n.eq(Mux(c_take, Mux(fill_ge128, sum_m[7:].any(),
+                                                      x_len[7:].any()), fill[8]))]
+            m.d.sync += fill_le136.eq(~c_take | Mux(fill_ge128, room_m,
+                                                    x_len <= _ACC_BITS - _GROUP_BITS))
+        with m.Elif(c_take):
+            m.d.comb += [left_nz_n.eq(Mux(x_first, x_tnz, left_nz)),
+                         fill_ge_n.eq(sum_t[7:].any())]
+            m.d.sync += fill_le136.eq(room_t)
+        with m.Else():
+            m.d.comb += [left_nz_n.eq(left_nz), fill_ge_n.eq(fill_ge128)]
+        m.d.sync += waiting.eq(left_nz_n & (fill_ge_n | Mux(c_take, x_end, fed)))
         return m
 
 
@@ -685,12 +735,14 @@ def _skid(m, port, payload, push, ready):
     held = Signal.like(port.payload)
     held_valid = Signal()
     m.d.comb += ready.eq(~held_valid)
+    with m.If(~held_valid):  # (whether or not pushed: the enable is a register)
+        m.d.sync += held.eq(payload)
     with m.If(~port.valid | port.ready):
         m.d.sync += port.valid.eq(held_valid | push)
         m.d.sync += port.payload.eq(Mux(held_valid, held, payload))
         m.d.sync += held_valid.eq(0)
     with m.Elif(push):
-        m.d.sync += [held.eq(payload), held_valid.eq(1)]
+        m.d.sync += held_valid.eq(1)
 
 
 def _assign(targets, if_true, if_false, cond):
