@@ -215,7 +215,7 @@ class BlockEncoder(wiring.Component):
     bytes (9 beats: CODED with 64 codes of 15 bits, eb float32 or dct levels beyond the
     Quantizer's range) holds the input for at most one cycle.
 
-    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 15 cycles (mask
+    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 16 cycles (mask
     mode: 8) from the transfer of a block's last row to that of its index entry. Its last beat
     leaves ``BEAT_LATENCY`` (= ``INDEX_LATENCY``) + ``e`` cycles after the last row, or one
     cycle later if more than 16 bytes were still waiting once group ``e`` was in, where ``e``
@@ -225,9 +225,9 @@ class BlockEncoder(wiring.Component):
     Structure (every stage a few LUT levels deep; no multipliers): (A) per row, over three
     registers: codes and nonzero mask; compaction of the nonzero codes into rank order; the
     row into one of two banks (rank-ordered 64-entry buffer, dense codes), rotated by the
-    block's nonzero count so far. (B) per group, one a cycle from the full bank, an 11-stage
-    pipeline (mask mode: 4) whose tokens carry their block's values: every group's widths
-    (``bitlen`` of the OR of 8 codes); width sums and the last group's size; lengths (products
+    block's nonzero count so far. (B) per group, one a cycle from the full bank, a 12-stage
+    pipeline (mask mode: 4) whose tokens carry their block's values: every group's OR of its
+    8 codes, then its width (``bitlen``); width sums and the last group's size; lengths (products
     of small values as shifted adds); the kind; the chosen coding's codes, header and index
     entry; the 8 codes packed at ``j * w`` in three pairwise steps; the group shifted to its
     bit position in the block modulo 128 in two steps. (C) behind a skid register (so B moves
@@ -244,8 +244,8 @@ class BlockEncoder(wiring.Component):
 
     def __init__(self, *, mode, dtype=DType.FLOAT32):
         self.mode = Mode.parse(mode)  # ValueError naming ``mode``
-        # 2 row stages before the bank, the group pipeline (11 stages; mask mode: 4), the packer
-        self.INDEX_LATENCY = self.BEAT_LATENCY = 8 if self.mode is Mode.MASK else 15
+        # 2 row stages before the bank, the group pipeline (12 stages; mask mode: 4), the packer
+        self.INDEX_LATENCY = self.BEAT_LATENCY = 8 if self.mode is Mode.MASK else 16
         if isinstance(dtype, str):
             dtype = next((d for d in DType if d.label == dtype), dtype)
         if not isinstance(dtype, DType):
@@ -438,7 +438,7 @@ class BlockEncoder(wiring.Component):
                     setattr(t, key, stage(f"s{t.n}_{key}", value, adv))
             return t
 
-        # S1: the group's codes (both codings), every group's widths, the block's counts
+        # S1: the group's codes (both codings), every group's OR of codes, the block's counts
         g_fields = {"v": readable, "g": group, "first": group == 0}
         if values:
             rcodes = [rd((ranks[0][e], ranks[1][e])) for e in range(64)]
@@ -446,11 +446,14 @@ class BlockEncoder(wiring.Component):
             g_fields.update(
                 sc=[Cat(*rcodes).word_select(group, _GROUP_BITS)],
                 dc=[Cat(*dcodes_b).word_select(group, _GROUP_BITS)],
-                ws=[_bitlen(_or(rcodes[N * g: N * (g + 1)])) for g in range(N)],
-                wd=[_bitlen(_or(dcodes_b[N * g: N * (g + 1)])) for g in range(N)],
+                os=[_or(rcodes[N * g: N * (g + 1)]) for g in range(N)],
+                od=[_or(dcodes_b[N * g: N * (g + 1)]) for g in range(N)],
                 force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
         g_fields.update(cnt=rd(counts), mask=rd(masks))
         s1 = pipe(Tok(), **g_fields)
+        if values:  # S1b: every group's width (bitlen of the OR)
+            s1 = pipe(s1, ws=[_bitlen(x) for x in s1.os], wd=[_bitlen(x) for x in s1.od])
+            del s1.os, s1.od
 
         # S2: mask bytes, group counts, width sums, the last group's size and width
         row_any = Cat(*(s1.mask[N * j: N * (j + 1)].any() for j in range(N)))
@@ -597,19 +600,22 @@ class BlockEncoder(wiring.Component):
                          k_bits.eq(s_bits_v), k_len.eq(s_len), k_entry.eq(s_entry),
                          k_total.eq(s_total), k_lenm.eq(s_lenm), k_tnz.eq(s_tnz),
                          *(k_flags[f].eq(s_flags[f]) for f in flags)]
+        # ``k_empty`` == ~k_valid, a register of its own: it selects the packer's control
+        # inputs, ``k_valid`` (with its wide fan-out) the data
+        k_empty = Signal(init=1)
         with m.If(~k_valid & s_valid & ~c_take):
-            m.d.sync += k_valid.eq(1)
+            m.d.sync += [k_valid.eq(1), k_empty.eq(0)]
         with m.Elif(k_valid & c_take):
-            m.d.sync += k_valid.eq(0)
-        x_valid = k_valid | s_valid
-        x_first, x_end = Mux(k_valid, k_first, s_first), Mux(k_valid, k_end, s_end)
+            m.d.sync += [k_valid.eq(0), k_empty.eq(1)]
+        x_valid = ~k_empty | s_valid
+        x_first, x_end = Mux(k_empty, s_first, k_first), Mux(k_empty, s_end, k_end)
         x_bits = Signal(_ACC_BITS)
         m.d.comb += x_bits.eq(Mux(k_valid, k_bits, s_bits_v))
         x_len, x_entry = Mux(k_valid, k_len, s_len), Mux(k_valid, k_entry, s_entry)
         x_lenm = Mux(k_valid, k_lenm, s_lenm)
         x_total = Mux(k_valid, k_total, s_total)
-        x_tnz = Mux(k_valid, k_tnz, s_tnz)
-        x_flags = {f: Mux(k_valid, k_flags[f], s_flags[f]) for f in flags}
+        x_tnz = Mux(k_empty, s_tnz, k_tnz)
+        x_flags = {f: Mux(k_empty, s_flags[f], k_flags[f]) for f in flags}
 
         # ------------------------------------------------------- C: bit packer and the outputs
         # Each cycle: (1) if the bits waiting make a beat (16 bytes, or the rest of a complete
@@ -743,11 +749,6 @@ def _skid(m, port, payload, push, ready):
         m.d.sync += held_valid.eq(0)
     with m.Elif(push):
         m.d.sync += held_valid.eq(1)
-
-
-def _assign(targets, if_true, if_false, cond):
-    """``target.eq(Mux(cond, a, b))`` for each target (values zero-extended to the target)."""
-    return [t.eq(Mux(cond, a, b)) for t, a, b in zip(targets, if_true, if_false, strict=True)]
 
 
 def _sum(values):
