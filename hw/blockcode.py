@@ -215,31 +215,37 @@ class BlockEncoder(wiring.Component):
     bytes (9 beats: CODED with 64 codes of 15 bits, eb float32 or dct levels beyond the
     Quantizer's range) holds the input for at most one cycle.
 
-    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 3 cycles from the
-    transfer of a block's last row to that of its index entry. Its last beat leaves
-    ``BEAT_LATENCY`` + ``e`` cycles after the last row, or one cycle later if more than 16
-    bytes were still waiting once group ``e`` was in, where ``e`` is the last group with bits:
-    0 in mask mode, ``ceil(n / 8) - 1`` for CODED (``n`` nonzero symbols), 7 for DENSE. Earlier
-    beats leave as soon as 16 bytes are ready.
+    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 16 cycles (mask
+    mode: 8) from the transfer of a block's last row to that of its index entry. Its last beat
+    leaves ``BEAT_LATENCY`` (= ``INDEX_LATENCY``) + ``e`` cycles after the last row, or one
+    cycle later if more than 16 bytes were still waiting once group ``e`` was in, where ``e``
+    is the last group with bits: 0 in mask mode, ``ceil(n / 8) - 1`` for CODED (``n`` nonzero
+    symbols), 7 for DENSE. Earlier beats leave as soon as 16 bytes are ready.
 
-    Structure: (A) per row: codes, nonzero mask, prefix popcount, compaction of the nonzero
-    codes into a rank-ordered 64-entry buffer, dense codes, into one of two banks; (B) per
-    group, one a cycle from the full bank: widths (``bitlen`` of the OR of 8 codes), lengths
-    and kind (on group 0), 8 barrel shifters packing the chosen group; (C) a 256-bit packer that
-    appends each slot at its bit position and cuts a beat whenever 128 bits are waiting or the
-    block is complete, from the bits waiting plus the slot arriving in the same cycle.
+    Structure (every stage a few LUT levels deep; no multipliers): (A) per row, over three
+    registers: codes and nonzero mask; compaction of the nonzero codes into rank order; the
+    row into one of two banks (rank-ordered 64-entry buffer, dense codes), rotated by the
+    block's nonzero count so far. (B) per group, one a cycle from the full bank, a 12-stage
+    pipeline (mask mode: 4) whose tokens carry their block's values: every group's OR of its
+    8 codes, then its width (``bitlen``); width sums and the last group's size; lengths (products
+    of small values as shifted adds); the kind; the chosen coding's codes, header and index
+    entry; the 8 codes packed at ``j * w`` in three pairwise steps; the group shifted to its
+    bit position in the block modulo 128 in two steps. (C) behind a skid register (so B moves
+    on a register, not on C's decision), a 256-bit packer that ORs each slot in at beat 0 or
+    1 and cuts a beat whenever 128 bits are waiting or the block is complete, from the bits
+    waiting plus the slot arriving in the same cycle; ``o`` and ``index`` leave through skid
+    registers, so no ``ready`` reaches the packer's decisions.
 
     Backpressure: every output ``valid``/``payload`` is a register; ``i.ready`` is low while
-    both banks hold blocks (a stalled ``o`` or ``index`` stops the packer, then the bank reads,
-    then ``i``). Bad input: none; every value the port carries is coded or sent RAW as the
-    reference would.
+    both banks and the two row registers in front of them hold rows (a stalled ``o`` or
+    ``index`` stops the packer, then the group pipeline, the bank reads, then ``i``). Bad
+    input: none; every value the port carries is coded or sent RAW as the reference would.
     """
-
-    INDEX_LATENCY = 3
-    BEAT_LATENCY = 3
 
     def __init__(self, *, mode, dtype=DType.FLOAT32):
         self.mode = Mode.parse(mode)  # ValueError naming ``mode``
+        # 2 row stages before the bank, the group pipeline (12 stages; mask mode: 4), the packer
+        self.INDEX_LATENCY = self.BEAT_LATENCY = 8 if self.mode is Mode.MASK else 16
         if isinstance(dtype, str):
             dtype = next((d for d in DType if d.label == dtype), dtype)
         if not isinstance(dtype, DType):
@@ -263,7 +269,72 @@ class BlockEncoder(wiring.Component):
         values = self.mode is not Mode.MASK  # mask mode codes the mask bytes only
         raw_len = 64 * self.dtype.itemsize
 
-        # ---------------------------------------------------------------- A: rows into a bank
+        def stage(name, value, en, shape=None):
+            """A register loaded with ``value`` when ``en``."""
+            r = Signal(shape if shape is not None else Shape.cast(value.shape()), name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+
+        # ------------------------------------------- A0: codes of a row (input register)
+        a1_free = Signal()
+        a0_valid = Signal()
+        a0_free = ~a0_valid | a1_free
+        m.d.comb += i.ready.eq(a0_free)
+        sym = i.payload.symbols
+        with m.If(a0_free):
+            m.d.sync += a0_valid.eq(i.valid)
+        take0 = a0_free & i.valid
+        nz = Cat(*(sym[u] != 0 for u in range(N)))
+        a0_nz = stage("a0_nz", nz, take0, N)
+        # nonzeros before each lane and in the row (lane 8): the compaction's selects
+        a0_before = [stage(f"a0_before{u}", sum(nz[x] for x in range(u)) if u else Const(0, 1),
+                           take0, range(N + 1)) for u in range(N + 1)]
+        if values:
+            scodes, dcodes, wide_s_bits, wide_d_bits = [], [], [], []
+            for u in range(N):
+                v = sym[u]
+                neg = v[-1]
+                inv = ~v.as_unsigned()
+                # 2 (|v| - 1) + sign and 2 |v| - sign without an absolute value: -v - 1 == ~v
+                sfull = Mux(neg, Cat(Const(1, 1), inv),
+                            Cat(Const(0, 1), (v - 1).as_unsigned()[:len(v)]))
+                dfull = Mux(neg, Cat(Const(1, 1), inv), Cat(Const(0, 1), v.as_unsigned()))
+                cut = min(_CODE, len(v) + 1)
+                scodes.append(Mux(v != 0, sfull[:cut], 0))
+                dcodes.append(dfull[:cut])
+                if len(v) + 1 > _CODE:
+                    wide_s_bits.append((v != 0) & sfull[_CODE:].any())
+                    wide_d_bits.append(dfull[_CODE:].any())
+            a0_sc = [stage(f"a0_sc{u}", scodes[u], take0, _CODE) for u in range(N)]
+            a0_dc = [stage(f"a0_dc{u}", dcodes[u], take0, _CODE) for u in range(N)]
+            a0_ws = stage("a0_wide_s", Cat(*wide_s_bits).any() if wide_s_bits else 0, take0, 1)
+            a0_wd = stage("a0_wide_d", Cat(*wide_d_bits).any() if wide_d_bits else 0, take0, 1)
+            a0_force = stage("a0_force", i.payload.force_raw, take0, 1)
+
+        # --------------------------- A1: compaction of the nonzero codes (rank order in a row)
+        bank_take = Signal()
+        a1_valid = Signal()
+        m.d.comb += a1_free.eq(~a1_valid | bank_take)
+        with m.If(a1_free):
+            m.d.sync += a1_valid.eq(a0_valid)
+        take1 = a1_free & a0_valid
+        a1_nz = stage("a1_nz", a0_nz, take1, N)
+        a1_pop = stage("a1_pop", a0_before[N], take1, range(N + 1))
+        if values:
+            compact = []
+            for k in range(N):
+                # the nonzero symbol with k nonzeros before it is slot k (zero codes drop out)
+                hits = [Mux(a0_before[u] == k, a0_sc[u], 0) if u else
+                        (a0_sc[0] if k == 0 else Const(0, _CODE)) for u in range(k, N)]
+                compact.append(_or(hits))
+            a1_compact = [stage(f"a1_compact{k}", compact[k], take1, _CODE) for k in range(N)]
+            a1_dc = [stage(f"a1_dc{u}", a0_dc[u], take1, _CODE) for u in range(N)]
+            a1_ws = stage("a1_wide_s", a0_ws, take1, 1)
+            a1_wd = stage("a1_wide_d", a0_wd, take1, 1)
+            a1_force = stage("a1_force", a0_force, take1, 1)
+
+        # ---------------------------------------------------------- A2: the row into a bank
         w_bank, w_row = Signal(), Signal(range(N))
         full, set_full, clear_full = Signal(2), Signal(2), Signal(2)
         masks = [Signal(64, name=f"mask{k}") for k in range(2)]
@@ -275,59 +346,32 @@ class BlockEncoder(wiring.Component):
         ranks = [[Signal(_CODE, name=f"rank{k}_{e}") for e in range(64)] for k in range(2)]
         dense = [[Signal(_CODE, name=f"dense{k}_{p}") for p in range(64)] for k in range(2)]
 
-        m.d.comb += i.ready.eq(~full.bit_select(w_bank, 1))
-        write = i.valid & i.ready
-        first_row = w_row == 0
-        sym = i.payload.symbols
-        nz = Signal(N)
-        pop = Signal(range(N + 1))
+        m.d.comb += bank_take.eq(a1_valid & ~full.bit_select(w_bank, 1))
+        write = bank_take
+        # registers, not functions of w_row and counts: they fan out to every entry
+        first_row = Signal(init=1)  # w_row == 0
         rank0 = Signal(range(65))  # rank of this row's first nonzero symbol in the block
-        m.d.comb += [
-            nz.eq(Cat(*(sym[u] != 0 for u in range(N)))),
-            pop.eq(sum(nz[u] for u in range(N))),
-            rank0.eq(Mux(first_row, 0, Mux(w_bank, counts[1], counts[0]))),
-        ]
+        with m.If(write):
+            m.d.sync += [first_row.eq(w_row == N - 1),
+                         rank0.eq(Mux(w_row == N - 1, 0, rank0 + a1_pop))]
 
         if values:
-            compact = [Signal(_CODE, name=f"compact{k}") for k in range(N)]
-            dcode = [Signal(_CODE, name=f"dcode{u}") for u in range(N)]
-            row_wide_s, row_wide_d = Signal(), Signal()
-            scodes, before = [], []
-            wide_s_bits, wide_d_bits = [], []
-            for u in range(N):
-                v = sym[u]
-                mag = Signal(unsigned(len(v)), name=f"mag{u}")
-                neg = v < 0
-                scode = Signal(_CODE, name=f"scode{u}")  # 2 (|v| - 1) + sign; 0 for v == 0
-                dfull = Signal(unsigned(len(v) + 1), name=f"dfull{u}")  # 2 |v| - sign
-                m.d.comb += [
-                    mag.eq(abs(v)),
-                    scode.eq(Mux(nz[u], Cat(neg, (mag - 1)[: _CODE - 1]), 0)),
-                    dfull.eq((mag << 1) - neg),
-                    dcode[u].eq(dfull[:_CODE]),
-                ]
-                wide_s_bits.append(mag > (1 << (_CODE - 1)))
-                wide_d_bits.append(dfull >= (1 << _CODE))
-                scodes.append(scode)
-                before.append(sum(nz[x] for x in range(u)) if u else Const(0, 1))
-            for k in range(N):
-                # priority scatter: the nonzero symbol with k nonzeros before it is slot k
-                # (zero symbols have code 0 and drop out of the OR)
-                hits = [Mux(before[u] == k, scodes[u], 0) for u in range(k, N)]
-                m.d.comb += compact[k].eq(_or(hits))
-            m.d.comb += [row_wide_s.eq(Cat(*wide_s_bits).any()),
-                         row_wide_d.eq(Cat(*wide_d_bits).any())]
-            compact_bits = Cat(*compact)
-            # entry e takes compact slot e - rank0 if that is 0..7; the first row clears the rest
+            # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8,
+            # then entry e takes lane e mod 8 when it lies in [rank0, rank0 + 8)
+            lo, hi = rank0[:3], rank0[3:6]
+            compact_bits = Cat(*a1_compact)
+            rot = [compact_bits.word_select((j - lo)[:3], _CODE) for j in range(N)]
+            ge = [lo <= j for j in range(N)]
+            at_hi = [hi == g for g in range(N)]
             entry_we = Signal(64)
             entry_data = [Signal(_CODE, name=f"entry_data{e}") for e in range(64)]
             for e in range(64):
-                offset = Signal(6, name=f"offset{e}")
-                hit = offset < N
+                g, j = e >> 3, e & 7
+                hit = Signal(name=f"hit{e}")
+                m.d.comb += hit.eq((at_hi[g] & ge[j]) | ((at_hi[g - 1] & ~ge[j]) if g else 0))
                 m.d.comb += [
-                    offset.eq(e - rank0),
                     entry_we[e].eq(hit | first_row),
-                    entry_data[e].eq(Mux(hit, compact_bits.word_select(offset[:3], _CODE), 0)),
+                    entry_data[e].eq(Mux(hit, rot[j], 0)),
                 ]
 
         with m.If(write):
@@ -339,16 +383,16 @@ class BlockEncoder(wiring.Component):
                 for k in range(2):
                     with m.Case(k):
                         m.d.sync += [
-                            masks[k].word_select(w_row, N).eq(nz),
-                            counts[k].eq(rank0 + pop),
+                            masks[k].word_select(w_row, N).eq(a1_nz),
+                            counts[k].eq(rank0 + a1_pop),
                         ]
                         if not values:
                             continue
                         keep = ~first_row  # the flags restart with each block's first row
                         m.d.sync += [
-                            force[k].eq((force[k] & keep) | i.payload.force_raw),
-                            wide_s[k].eq((wide_s[k] & keep) | row_wide_s),
-                            wide_d[k].eq((wide_d[k] & keep) | row_wide_d),
+                            force[k].eq((force[k] & keep) | a1_force),
+                            wide_s[k].eq((wide_s[k] & keep) | a1_ws),
+                            wide_d[k].eq((wide_d[k] & keep) | a1_wd),
                         ]
                         for e in range(64):
                             with m.If(entry_we[e]):
@@ -356,95 +400,129 @@ class BlockEncoder(wiring.Component):
                         with m.Switch(w_row):
                             for r in range(N):
                                 with m.Case(r):
-                                    m.d.sync += [dense[k][N * r + u].eq(dcode[u])
+                                    m.d.sync += [dense[k][N * r + u].eq(a1_dc[u])
                                                  for u in range(N)]
 
-        # ------------------------------------------------- B: one group a cycle from the bank
+        # ------------------------------------------ B: one group a cycle through a pipeline
+        # Every stage register moves on ``adv`` (the skid buffer in front of C is empty), so a
+        # token (one group of the block, in order) carries its block's values along with it.
+        adv = Signal()
         r_bank, group = Signal(), Signal(range(N))
+        readable = full.bit_select(r_bank, 1)
+        with m.If(adv & readable):
+            m.d.sync += group.eq(group + 1)
+            with m.If(group == N - 1):
+                m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
+                m.d.sync += r_bank.eq(~r_bank)
+        # set needs the bank empty and clear needs it full: never the same bank in one cycle
+        m.d.sync += full.eq((full | set_full) & ~clear_full)
 
         def rd(pair):
             return Mux(r_bank, pair[1], pair[0])
 
-        mask = Signal(64)
-        n = Signal(range(65))
-        m.d.comb += [mask.eq(rd(masks)), n.eq(rd(counts))]
-        row_any = Cat(*(mask[N * j: N * (j + 1)].any() for j in range(N)))
-        mb = Signal(range(N + 1))
-        m.d.comb += mb.eq(_bitlen(row_any))
-        ngroups = Signal(range(N + 1))
-        wbytes = Signal(range(N // 2 + 1))
-        m.d.comb += [ngroups.eq((n + 7) >> 3), wbytes.eq((ngroups + 1) >> 1)]
+        class Tok:
+            def __init__(self, n=0):
+                self.n = n
 
-        kind = Signal(2)  # this block's kind (valid while group == 0)
-        kind_reg = Signal(2)  # ... registered for groups 1..7
-        cur_kind = Mux(group == 0, kind, kind_reg)
-        is_dense = Signal()
-        coded = Signal()
-        m.d.comb += [is_dense.eq(cur_kind == Kind.DENSE),
-                     coded.eq((cur_kind == Kind.CODED) | is_dense)]
-        c_len = Signal(range(_MAX_BLOCK + 1))
-        d_len = Signal(range(_MAX_BLOCK + 1))
-        packed = Signal(_GROUP_BITS)
-        glen = Signal(range(_GROUP_BITS + 1))
-        hdr = Signal(_HDR_BITS)
-        hlen = Signal(range(_HDR_BITS + 1))
+        def pipe(prev, **fields):
+            """The next stage: ``prev``'s fields (those not given) and ``fields``, registered."""
+            t = Tok()
+            t.n = prev.n + 1
+            for key, value in {**prev.__dict__, **fields}.items():
+                if key == "n":
+                    continue
+                if isinstance(value, list):
+                    setattr(t, key, [stage(f"s{t.n}_{key}{x}", v, adv, Shape.cast(v.shape()))
+                                     for x, v in enumerate(value)])
+                else:
+                    setattr(t, key, stage(f"s{t.n}_{key}", value, adv))
+            return t
 
+        # S1: the group's codes (both codings), every group's OR of codes, the block's counts
+        g_fields = {"v": readable, "g": group, "first": group == 0}
         if values:
             rcodes = [rd((ranks[0][e], ranks[1][e])) for e in range(64)]
-            dcodes = [rd((dense[0][p], dense[1][p])) for p in range(64)]
-            ws = [Signal(_WIDTH, name=f"w_sparse{g}") for g in range(N)]
-            wd = [Signal(_WIDTH, name=f"w_dense{g}") for g in range(N)]
-            sizes = [Signal(range(N + 1), name=f"size{g}") for g in range(N)]
-            for g in range(N):
-                m.d.comb += [
-                    ws[g].eq(_bitlen(_or(rcodes[N * g: N * (g + 1)]))),
-                    wd[g].eq(_bitlen(_or(dcodes[N * g: N * (g + 1)]))),
-                    sizes[g].eq(Mux(n >= N * (g + 1), N, Mux(n > N * g, n - N * g, 0))),
-                ]
-            nbits = Signal(range(64 * _CODE + 1))
+            dcodes_b = [rd((dense[0][p], dense[1][p])) for p in range(64)]
+            g_fields.update(
+                sc=[Cat(*rcodes).word_select(group, _GROUP_BITS)],
+                dc=[Cat(*dcodes_b).word_select(group, _GROUP_BITS)],
+                os=[_or(rcodes[N * g: N * (g + 1)]) for g in range(N)],
+                od=[_or(dcodes_b[N * g: N * (g + 1)]) for g in range(N)],
+                force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
+        g_fields.update(cnt=rd(counts), mask=rd(masks))
+        s1 = pipe(Tok(), **g_fields)
+        if values:  # S1b: every group's width (bitlen of the OR)
+            s1 = pipe(s1, ws=[_bitlen(x) for x in s1.os], wd=[_bitlen(x) for x in s1.od])
+            del s1.os, s1.od
+
+        # S2: mask bytes, group counts, width sums, the last group's size and width
+        row_any = Cat(*(s1.mask[N * j: N * (j + 1)].any() for j in range(N)))
+        ngroups = (s1.cnt + 7) >> 3
+        f2 = {"mb": _bitlen(row_any), "nz": s1.cnt != 0,
+              "ngroups": Signal(range(N + 1), name="ngroups1"),
+              "wbytes": Signal(range(N // 2 + 1), name="wbytes1")}
+        m.d.comb += [f2["ngroups"].eq(ngroups), f2["wbytes"].eq((f2["ngroups"] + 1) >> 1)]
+        if values:
+            last = (s1.cnt - 1)[3:6]  # the last group with codes (n > 0)
+            k = s1.cnt[:3]
+            size_last = Mux(k == 0, N, k)
+            f2.update(
+                sum_ws=_sum(s1.ws), sum_wd=_sum(s1.wd),
+                w_last=Cat(*s1.ws).word_select(last, _WIDTH.width),
+                size_last=Signal(range(N + 1), name="size_last1"),
+                ws_g=Cat(*s1.ws).word_select(s1.g, _WIDTH.width),
+                wd_g=Cat(*s1.wd).word_select(s1.g, _WIDTH.width),
+                size_g=Signal(range(N + 1), name="size_g1"),
+                ws=[Cat(*s1.ws)], wd=[Cat(*s1.wd)])
             m.d.comb += [
-                nbits.eq(sum(sizes[g] * ws[g] for g in range(N))),
-                c_len.eq(mb + wbytes + ((nbits + 7) >> 3)),
-                d_len.eq(DENSE_HEADER + sum(wd)),
+                f2["size_last"].eq(size_last),
+                f2["size_g"].eq(Mux(s1.g < last, N, Mux(s1.g == last, size_last, 0))),
             ]
-            c_ok = ~rd(wide_s) & (c_len <= raw_len)
-            d_ok = ~rd(wide_d) & (d_len <= raw_len)
-            with m.If(rd(force)):
+        s2 = pipe(s1, **f2)
+        del s2.cnt
+
+        # S3: the last group's bits (shift-add), the lengths' parts
+        if values:
+            s3 = pipe(s2,
+                      tail=(_mul(s2.size_last, s2.w_last) + 7) >> 3,
+                      base=(s2.mb + s2.wbytes + (s2.sum_ws - s2.w_last).as_unsigned()[:7]),
+                      d_len=DENSE_HEADER + s2.sum_wd,
+                      glen_s=_mul(s2.size_g, s2.ws_g))
+            for key in ("size_last", "w_last", "sum_ws", "sum_wd", "size_g"):
+                delattr(s3, key)
+            # S4: the lengths
+            s4 = pipe(s3, c_len=s3.base + s3.tail, d_ok=~s3.wide_d & (s3.d_len <= raw_len))
+            del s4.base, s4.tail
+            # S5: the kind
+            c_ok = ~s4.wide_s & (s4.c_len <= raw_len)
+            kind = Signal(2, name="kind4")
+            with m.If(s4.force):
                 m.d.comb += kind.eq(Kind.RAW)
-            with m.Elif(~mask.any()):
+            with m.Elif(~s4.nz):
                 m.d.comb += kind.eq(Kind.ZERO)
-            with m.Elif(c_ok & (~d_ok | (c_len <= d_len))):
+            with m.Elif(c_ok & (~s4.d_ok | (s4.c_len <= s4.d_len))):
                 m.d.comb += kind.eq(Kind.CODED)
-            with m.Elif(d_ok):
+            with m.Elif(s4.d_ok):
                 m.d.comb += kind.eq(Kind.DENSE)
             with m.Else():
                 m.d.comb += kind.eq(Kind.RAW)
-
-            # group ``group``: 8 codes and their width; 8 barrel shifters put code j at j * w
-            codes = Mux(is_dense, Cat(*dcodes).word_select(group, _GROUP_BITS),
-                        Cat(*rcodes).word_select(group, _GROUP_BITS))
-            w = Signal(_WIDTH)
-            m.d.comb += [
-                w.eq(Mux(is_dense, Cat(*wd).word_select(group, _WIDTH.width),
-                         Cat(*ws).word_select(group, _WIDTH.width))),
-                packed.eq(Mux(coded, _or([codes[_CODE * j: _CODE * (j + 1)] << (w * j)
-                                          for j in range(N)]), 0)),
-                glen.eq(Mux(coded, Mux(is_dense, w * N,
-                                       Cat(*sizes).word_select(group, len(sizes[0])) * w), 0)),
-                hdr.eq(Mux(is_dense, Cat(*wd), mask | (Cat(*ws) << (mb * 8)))),
-                hlen.eq(Mux(is_dense, DENSE_HEADER * 8, (mb + wbytes) * 8)),
-            ]
-            end = Mux(is_dense, group == N - 1, group + 1 >= ngroups)
+            s5 = pipe(s4, kind=kind)
+            for key in ("force", "wide_s", "wide_d", "d_ok", "nz"):
+                delattr(s5, key)
+            c_len, d_len = s5.c_len, s5.d_len
+            pre = s5
         else:
-            m.d.comb += [
-                kind.eq(Mux(mask.any(), Kind.CODED, Kind.ZERO)),
-                c_len.eq(mb),
-                hdr.eq(mask),
-                hlen.eq(mb * 8),
-            ]
-            end = Const(1)
+            c_len = s2.mb
+            d_len = Const(0, 1)
+            pre = s2
+            kind = Mux(s2.nz, Kind.CODED, Kind.ZERO)
+        kind = pre.kind if values else kind
+        is_dense = kind == Kind.DENSE
+        coded = (kind == Kind.CODED) | is_dense
+        mb = pre.mb
 
-        entry = Signal(IndexEntry)
+        # S6: the chosen coding's codes, width, lengths, header and index entry
+        entry = Signal(IndexEntry, name="entry5")
         with m.Switch(kind):
             with m.Case(Kind.CODED):
                 m.d.comb += [entry.length.eq(c_len), entry.mb_minus_1.eq(mb - 1)]
@@ -453,36 +531,91 @@ class BlockEncoder(wiring.Component):
             with m.Case(Kind.RAW):
                 m.d.comb += entry.length.eq(raw_len)
         m.d.comb += entry.kind.eq(kind)
+        f6 = {
+            "v": pre.v, "first": pre.first, "entry": entry.as_value(),
+            "hlen": Mux(coded, Mux(is_dense, DENSE_HEADER * 8, (mb + pre.wbytes) * 8), 0),
+            "total": Mux(coded, entry.length, 0),
+        }
+        if values:
+            codes = Mux(coded, Mux(is_dense, pre.dc[0], pre.sc[0]), 0)
+            f6.update(
+                hdr=Mux(coded, Mux(is_dense, pre.wd[0],
+                                   pre.mask | (pre.ws[0] << (mb * 8))[:_HDR_BITS]), 0),
+                c=[codes[_CODE * j: _CODE * (j + 1)] for j in range(N)],
+                w=Mux(is_dense, pre.wd_g, pre.ws_g),
+                glen=Mux(coded, Mux(is_dense, pre.wd_g << 3, pre.glen_s), 0),
+                end=Mux(is_dense, pre.g == N - 1, pre.g + 1 >= pre.ngroups))
+        else:
+            f6.update(hdr=Mux(coded, pre.mask, 0), end=Const(1, 1))
+        s6 = pipe(Tok(n=pre.n), **f6)
 
-        # slot register between B and C
-        s_valid, s_first, s_end = Signal(), Signal(), Signal()
-        s_bits = Signal(_SLOT_BITS)
-        s_len = Signal(range(_SLOT_BITS + 1))
-        s_entry = Signal(IndexEntry)
-        s_total = Signal(range(_MAX_BLOCK + 1))  # the block's coded bytes (first slot)
+        # S7..S9: pack the group's 8 codes at j * w, pairs first (a code is < 2**w);
+        # S7 also finds the group's bit offset in the block (the header is at 0)
+        boff = Signal(range(_SLOT_BITS + 7 * _GROUP_BITS + 1))  # bits of the block so far
+        start = Mux(s6.first, s6.hlen, boff)
+        with m.If(adv & s6.v):
+            m.d.sync += boff.eq(start + s6.glen) if values else boff.eq(start)
+        base7 = {"v": s6.v, "first": s6.first, "end": s6.end, "entry": s6.entry,
+                 "total": s6.total, "tnz": s6.total != 0, "hdr": s6.hdr, "pos": start[:7],
+                 "len": (s6.glen if values else 0) + Mux(s6.first, s6.hlen, 0)}
+        base7["lenm"] = (base7["len"] + 3 * _BEAT_BITS)[:9]  # len - 128 modulo 512
+        # the packer's fill is the slot's start modulo 128 (+ 128 while a beat waits): whether
+        # the slot completes a beat, and the block's length class, decided here
+        base7["cross"] = (Mux(s6.first, 0, start[:7]) + base7["len"]) >= _BEAT_BITS
+        base7["tle16"] = s6.total <= BEAT_BYTES
+        base7["tle32"] = s6.total <= 2 * BEAT_BYTES
+        if values:
+            w = s6.w
+            s7 = pipe(Tok(n=6), **base7, w=w,
+                      p=[s6.c[2 * j] | (s6.c[2 * j + 1] << w) for j in range(N // 2)])
+            s8 = pipe(s7, p=[s7.p[2 * j] | (s7.p[2 * j + 1] << (s7.w << 1)) for j in range(2)])
+            s9 = pipe(s8, p=[s8.p[0] | (s8.p[1] << (s8.w << 2))])
+            del s9.w
+            # S10, S11: the group at its bit position modulo 128, a beat's worth a step
+            s10 = pipe(s9, p=[s9.p[0] << Cat(Const(0, 4), s9.pos[4:7])])
+            last_s = pipe(s10, p=[((s10.p[0] << s10.pos[:4]) | Mux(s10.first, s10.hdr, 0))
+                                  [:_ACC_BITS]])
+            s_bits_v = last_s.p[0]
+        else:
+            last_s = pipe(Tok(n=6), **base7)
+            s_bits_v = Mux(last_s.first, last_s.hdr, 0)
+        s_valid, s_first, s_end = last_s.v, last_s.first, last_s.end
+        s_len, s_entry, s_total, s_tnz = last_s.len, last_s.entry, last_s.total, last_s.tnz
+        s_lenm = last_s.lenm
+        flags = ("cross", "tle16", "tle32")
+        s_flags = {f: getattr(last_s, f) for f in flags}
+        k_flags = {f: Signal(name=f"k_{f}") for f in flags}
+
+        # skid buffer between B and C: B's registers move while it is empty (a register, so
+        # C's decision does not fan out to the pipeline)
+        k_valid, k_first, k_end = Signal(), Signal(), Signal()
+        k_bits = Signal(_ACC_BITS)
+        k_len, k_entry, k_total = Signal.like(s_len), Signal(16), Signal.like(s_total)
+        k_tnz = Signal()
+        k_lenm = Signal.like(s_lenm)
         c_take = Signal()
-
-        readable = full.bit_select(r_bank, 1)
-        with m.If(~s_valid | c_take):
-            m.d.sync += s_valid.eq(readable)
-            with m.If(readable):
-                first = group == 0
-                m.d.sync += [
-                    s_first.eq(first),
-                    s_end.eq(end),
-                    s_bits.eq(Mux(first, Mux(coded, hdr | (packed << hlen), 0), packed)),
-                    s_len.eq(Mux(first & coded, hlen, 0) + glen),
-                    s_entry.eq(entry),
-                    s_total.eq(Mux(coded, entry.length, 0)),
-                    group.eq(group + 1),
-                ]
-                with m.If(first):
-                    m.d.sync += kind_reg.eq(kind)
-                with m.If(group == N - 1):
-                    m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
-                    m.d.sync += r_bank.eq(~r_bank)
-        # set needs the bank empty and clear needs it full: never the same bank in one cycle
-        m.d.sync += full.eq((full | set_full) & ~clear_full)
+        m.d.comb += adv.eq(~k_valid)
+        with m.If(~k_valid):  # (taken or not: the enable is a register)
+            m.d.sync += [k_first.eq(s_first), k_end.eq(s_end),
+                         k_bits.eq(s_bits_v), k_len.eq(s_len), k_entry.eq(s_entry),
+                         k_total.eq(s_total), k_lenm.eq(s_lenm), k_tnz.eq(s_tnz),
+                         *(k_flags[f].eq(s_flags[f]) for f in flags)]
+        # ``k_empty`` == ~k_valid, a register of its own: it selects the packer's control
+        # inputs, ``k_valid`` (with its wide fan-out) the data
+        k_empty = Signal(init=1)
+        with m.If(~k_valid & s_valid & ~c_take):
+            m.d.sync += [k_valid.eq(1), k_empty.eq(0)]
+        with m.Elif(k_valid & c_take):
+            m.d.sync += [k_valid.eq(0), k_empty.eq(1)]
+        x_valid = ~k_empty | s_valid
+        x_first, x_end = Mux(k_empty, s_first, k_first), Mux(k_empty, s_end, k_end)
+        x_bits = Signal(_ACC_BITS)
+        m.d.comb += x_bits.eq(Mux(k_valid, k_bits, s_bits_v))
+        x_len, x_entry = Mux(k_valid, k_len, s_len), Mux(k_valid, k_entry, s_entry)
+        x_lenm = Mux(k_valid, k_lenm, s_lenm)
+        x_total = Mux(k_valid, k_total, s_total)
+        x_tnz = Mux(k_empty, s_tnz, k_tnz)
+        x_flags = {f: Mux(k_empty, s_flags[f], k_flags[f]) for f in flags}
 
         # ------------------------------------------------------- C: bit packer and the outputs
         # Each cycle: (1) if the bits waiting make a beat (16 bytes, or the rest of a complete
@@ -494,65 +627,142 @@ class BlockEncoder(wiring.Component):
         fill = Signal(range(_ACC_BITS + 1))
         left = Signal(range(_MAX_BLOCK + 1))  # bytes of the current block not yet emitted
         fed = Signal()  # every slot with bits of the current block is in ``acc``
-        o_free = ~o.valid | o.ready
+        waiting = Signal()  # a beat could leave from ``acc``: left_nz & (fill >= 128 | fed)
+        # ``o`` and ``index`` each behind a skid register: the decisions below start from
+        # registers only (``can_o``, ``can_index``), never from a ``ready``
+        beat = Signal(CodeBeat)
+        push_o, can_o = Signal(), Signal()
+        push_i, can_i = Signal(), Signal()
+        _skid(m, o, beat, push_o, can_o)
+        _skid(m, index, x_entry, push_i, can_i)
 
-        def beat_out(bits, nleft):
-            """Next-state of ``o`` for a beat cut from ``bits`` with ``nleft`` bytes to go."""
-            return [
-                o.valid.eq(1),
-                o.payload.data.eq(bits[:_BEAT_BITS]),
-                o.payload.count.eq(Mux(nleft >= BEAT_BYTES, BEAT_BYTES, nleft)),
-                o.payload.last.eq(nleft <= BEAT_BYTES),
-            ]
+        # flags of the registers (a few LUT levels each, side by side)
+        # (fill <= 256, left <= 132: compares as bit tests, no carry chains)
+        left_nz = Signal()  # left != 0 (registers beside ``left``)
+        left_le16 = Signal(init=1)  # left <= 16
+        left_le32 = (left[6:] == 0) & (~left[5] | (left[:5] == 0))
+        fill_ge128 = fill[7:].any()
+        fill_le136 = Signal(init=1)  # room for a group: fill <= 136 (a register beside fill)
+        sum_t = Signal(10)
+        sum_m = Signal(9)  # fill + len - 128 where that is 0..256 (beat (2), or (1) and a slot)
+        m.d.comb += [sum_t.eq(fill + x_len), sum_m.eq(fill + x_lenm)]
+        # a beat's worth once the slot is in (no beat cut before): fill is the slot's start
+        # modulo 128, plus 128 while a whole beat waits
+        ge_a = fill_ge128 | x_flags["cross"]
 
-        def after_beat(bits, nfill, nleft):
-            """(acc, fill, left) once a beat has been cut from them."""
-            return (bits >> _BEAT_BITS, Mux(nfill >= _BEAT_BITS, nfill - _BEAT_BITS, 0),
-                    Mux(nleft >= BEAT_BYTES, nleft - BEAT_BYTES, 0))
-
-        emit_old = Signal()  # (1): a beat from the bits already waiting
-        acc_e, fill_e, left_e = Signal.like(acc), Signal.like(fill), Signal.like(left)
+        emit_old, emit_new = Signal(), Signal()
         m.d.comb += [
-            emit_old.eq(o_free & (left != 0) & ((fill >= _BEAT_BITS) | fed)),
-            *_assign((acc_e, fill_e, left_e), after_beat(acc, fill, left), (acc, fill, left),
-                     emit_old),
-            c_take.eq(s_valid & Mux(s_first, (left_e == 0) & (~index.valid | index.ready),
-                                    fill_e <= _ACC_BITS - _GROUP_BITS)),
+            # (1): a beat from the bits already waiting
+            emit_old.eq(can_o & waiting),
+            c_take.eq(x_valid & Mux(x_first, Mux(emit_old, left_le16, ~left_nz) & can_i,
+                                    emit_old | fill_le136)),
+            # (2): a beat from the waiting bits and the slot taken now (so no beat (1))
+            emit_new.eq(can_o & ~emit_old & c_take & Mux(x_first, x_tnz, left_nz)
+                        & (ge_a | x_end)),
+            push_o.eq(emit_old | emit_new),
+            push_i.eq(c_take & x_first),
         ]
-        acc_t, fill_t, left_t = Signal.like(acc), Signal.like(fill), Signal.like(left)
-        emit_new = Signal()  # (2): a beat from the waiting bits and the slot taken now
+        # x_bits sit at the slot's bit position modulo 128: the slot lands at 0 or 128 in
+        # ``acc`` (after a beat (1): 128 only when ``fill`` was 256), one beat lower after (2)
+        x_hi = Mux(emit_old, fill == _ACC_BITS, fill[7])
+        x_lo_word = Mux(emit_new, Mux(x_hi, x_bits[:_BEAT_BITS], x_bits[_BEAT_BITS:]),
+                        Mux(x_hi, 0, x_bits[:_BEAT_BITS]))
+        x_hi_word = Mux(emit_new, 0, Mux(x_hi, x_bits[:_BEAT_BITS], x_bits[_BEAT_BITS:]))
+        shift = emit_old | emit_new
+        acc_next = Mux(shift, acc[_BEAT_BITS:], acc) | Mux(
+            c_take, Cat(x_lo_word, x_hi_word), 0)
+        m.d.sync += acc.eq(acc_next)
+        nleft = Mux(emit_old, left, Mux(x_first, x_total, left))  # bytes to go at this beat
         m.d.comb += [
-            acc_t.eq(acc_e | (s_bits << fill_e[:8])),
-            fill_t.eq(fill_e + s_len),
-            left_t.eq(Mux(s_first, s_total, left_e)),
-            emit_new.eq(o_free & ~emit_old & c_take & (left_t != 0)
-                        & ((fill_t >= _BEAT_BITS) | s_end)),
+            beat.data.eq(Mux(emit_old, acc[:_BEAT_BITS],
+                             acc[:_BEAT_BITS] | Mux(x_hi, 0, x_bits[:_BEAT_BITS]))),
+            beat.count.eq(Mux(nleft >= BEAT_BYTES, BEAT_BYTES, nleft)),
+            beat.last.eq(nleft <= BEAT_BYTES),
         ]
-        with m.If(emit_old):
-            m.d.sync += beat_out(acc, left)
-        with m.Elif(emit_new):
-            m.d.sync += beat_out(acc_t, left_t)
-        with m.Elif(o.ready):
-            m.d.sync += o.valid.eq(0)
+        # a beat (1) takes 128 bits (all, at a block's end) before the slot comes in; a beat
+        # (2) takes them from the sum
+        # every candidate comes from registers through one adder; the decisions only select
+        left_m16 = Mux(left_le16, 0, left - BEAT_BYTES)
+        total_m16 = Mux(x_total <= BEAT_BYTES, 0, x_total - BEAT_BYTES)
+        fill_m128 = Mux(fill[8], _BEAT_BITS, fill[:7])  # fill - 128 for fill >= 128
+        def set_left(value, nz, le16):
+            return [left.eq(value), left_nz.eq(nz), left_le16.eq(le16)]
+
+        left_m16_flags = (left_m16, ~left_le16, left_le32)  # left - 16: > 0, <= 16
+        total_flags = (x_total, x_tnz, x_flags["tle16"])
         with m.If(emit_new):
-            m.d.sync += [r.eq(v) for r, v in zip((acc, fill, left),
-                                                 after_beat(acc_t, fill_t, left_t), strict=True)]
+            m.d.sync += fill.eq(Mux(ge_a, sum_m, 0))
+            with m.If(x_first):
+                m.d.sync += set_left(total_m16, ~x_flags["tle16"], x_flags["tle32"])
+            with m.Else():
+                m.d.sync += set_left(*left_m16_flags)
+        with m.Elif(emit_old):
+            with m.If(c_take):
+                m.d.sync += fill.eq(Mux(fill_ge128, sum_m, x_len))
+            with m.Else():
+                m.d.sync += fill.eq(Mux(fill_ge128, fill_m128, 0))
+            with m.If(c_take & x_first):
+                m.d.sync += set_left(*total_flags)
+            with m.Else():
+                m.d.sync += set_left(*left_m16_flags)
         with m.Elif(c_take):
-            m.d.sync += [acc.eq(acc_t), fill.eq(fill_t), left.eq(left_t)]
-        with m.Else():
-            m.d.sync += [acc.eq(acc_e), fill.eq(fill_e), left.eq(left_e)]
+            m.d.sync += fill.eq(sum_t)
+            with m.If(x_first):
+                m.d.sync += set_left(*total_flags)
         with m.If(c_take):
-            m.d.sync += fed.eq(s_end)
-        with m.If(c_take & s_first):
-            m.d.sync += [index.valid.eq(1), index.payload.eq(s_entry)]
-        with m.Elif(index.ready):
-            m.d.sync += index.valid.eq(0)
+            m.d.sync += fed.eq(x_end)
+
+        # ``waiting`` of the next state, from the same choices as above
+        left_nz_n, fill_ge_n = Signal(), Signal()
+        room_m, room_t = sum_m <= _ACC_BITS - _GROUP_BITS, sum_t <= _ACC_BITS - _GROUP_BITS
+        with m.If(emit_new):
+            m.d.comb += [left_nz_n.eq(Mux(x_first, ~x_flags["tle16"], ~left_le16)),
+                         fill_ge_n.eq(ge_a & sum_m[7:].any())]
+            m.d.sync += fill_le136.eq(~ge_a | room_m)
+        with m.Elif(emit_old):
+            m.d.comb += [left_nz_n.eq(Mux(c_take & x_first, x_tnz, ~left_le16)),
+                         fill_ge_n.eq(Mux(c_take, Mux(fill_ge128, sum_m[7:].any(),
+                                                      x_len[7:].any()), fill[8]))]
+            m.d.sync += fill_le136.eq(~c_take | Mux(fill_ge128, room_m,
+                                                    x_len <= _ACC_BITS - _GROUP_BITS))
+        with m.Elif(c_take):
+            m.d.comb += [left_nz_n.eq(Mux(x_first, x_tnz, left_nz)),
+                         fill_ge_n.eq(sum_t[7:].any())]
+            m.d.sync += fill_le136.eq(room_t)
+        with m.Else():
+            m.d.comb += [left_nz_n.eq(left_nz), fill_ge_n.eq(fill_ge128)]
+        m.d.sync += waiting.eq(left_nz_n & (fill_ge_n | Mux(c_take, x_end, fed)))
         return m
 
 
-def _assign(targets, if_true, if_false, cond):
-    """``target.eq(Mux(cond, a, b))`` for each target (values zero-extended to the target)."""
-    return [t.eq(Mux(cond, a, b)) for t, a, b in zip(targets, if_true, if_false, strict=True)]
+def _skid(m, port, payload, push, ready):
+    """Drive stream ``port`` from ``payload`` on ``push`` through a skid register: ``ready``
+    (a register) says a push is taken this cycle."""
+    held = Signal.like(port.payload)
+    held_valid = Signal()
+    m.d.comb += ready.eq(~held_valid)
+    with m.If(~held_valid):  # (whether or not pushed: the enable is a register)
+        m.d.sync += held.eq(payload)
+    with m.If(~port.valid | port.ready):
+        m.d.sync += port.valid.eq(held_valid | push)
+        m.d.sync += port.payload.eq(Mux(held_valid, held, payload))
+        m.d.sync += held_valid.eq(0)
+    with m.Elif(push):
+        m.d.sync += held_valid.eq(1)
+
+
+def _sum(values):
+    """Sum of a list of values (a balanced adder tree)."""
+    values = list(values)
+    while len(values) > 1:
+        pairs = zip(values[0::2], values[1::2], strict=False)
+        values = [a + b for a, b in pairs] + values[len(values) & ~1:]
+    return values[0]
+
+
+def _mul(a, b):
+    """``a * b`` of two small unsigned values as shifted adds (no multiplier cell)."""
+    return _sum([Mux(a[k], b << k, 0) for k in range(len(a))])
 
 
 def _or(values):

@@ -179,7 +179,8 @@ def _flat(layout: data.StructLayout) -> data.StructLayout:
 class EncoderTB(StreamTB):
     def __init__(self, dut, *, idle=None, backpressure=None, backpressure_index=None):
         super().__init__(dut)
-        self.row_layout = BlockEncoder(mode=MODE, dtype=DTYPE).row_layout
+        self.enc = BlockEncoder(mode=MODE, dtype=DTYPE)
+        self.row_layout = self.enc.row_layout
         self.src = self.source("i", _flat(self.row_layout), idle=idle)
         self.beats = self.sink("o", CodeBeat, backpressure=backpressure)
         self.entries = self.sink("index", IndexEntry, backpressure=backpressure_index)
@@ -236,7 +237,7 @@ class EncoderTB(StreamTB):
         last_rows = ins[7::8]
         idx = np.array(self.entries.transfers)
         lat = set((idx - last_rows).tolist())
-        assert lat == {BlockEncoder.INDEX_LATENCY}, f"index latency {lat}"
+        assert lat == {self.enc.INDEX_LATENCY}, f"index latency {lat}"
         # a block's last beat: BEAT_LATENCY + its last slot with bits, + 1 if two beats were left
         beats = np.array(self.beats.transfers)
         ends = np.cumsum([-(-len(c) // BEAT_BYTES) for _, c in expected]) - 1
@@ -246,7 +247,7 @@ class EncoderTB(StreamTB):
             kind = entry >> 14
             slot = 0 if MODE is Mode.MASK else 7 if kind == Kind.DENSE else (
                 -(-np.count_nonzero(blocks[b]) // 8) - 1)
-            extra = beats[ends[b]] - last_rows[b] - BlockEncoder.BEAT_LATENCY - slot
+            extra = beats[ends[b]] - last_rows[b] - self.enc.BEAT_LATENCY - slot
             assert extra in (0, 1), f"block {b}: last beat {extra} cycles late"
 
 
