@@ -21,7 +21,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .blockcode import BEAT_BYTES, CodeBeat
+from .beats import BEAT_BYTES, CodeBeat
 from .blockdecode import _popcount
 
 __all__ = ["STREAM_BYTES", "AxisToBeats", "BeatsToAxis", "axis_layout"]

@@ -21,37 +21,18 @@ from actpack.codec.frame import DENSE_HEADER, Kind, pack_index
 from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import ZIGZAG
 
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .dct import PIXEL
 from .quant import LEVEL
 
 __all__ = [
-    "BEAT_BYTES",
     "BlockEncoder",
-    "CodeBeat",
-    "IndexEntry",
     "Zigzag",
     "block_model",
     "symbol_shape",
 ]
 
 N = spec.BLOCK
-BEAT_BYTES = 16  # coded bytes per output beat: a whole block is at most 132 bytes = 9 beats
-
-IndexEntry = data.StructLayout({
-    "length": unsigned(11),  # bytes of the block's payload
-    "mb_minus_1": unsigned(3),  # mask bytes - 1 (CODED only, else 0)
-    "kind": unsigned(2),  # frame.Kind
-})
-"""One block index entry; its 16 bits are the u16 ``frame.pack_index`` stores."""
-
-CodeBeat = data.StructLayout({
-    "data": unsigned(8 * BEAT_BYTES),  # byte k of the beat in bits 8k .. 8k + 7 (little-endian)
-    "count": range(1, BEAT_BYTES + 1),  # valid bytes, 1..16
-    "last": unsigned(1),  # the block's last beat
-})
-"""Coded bytes of one block: every beat but the last carries ``BEAT_BYTES`` bytes; the last
-carries ``count`` (1..16) and has ``last`` set. Bytes beyond ``count`` are zero. A block's
-bytes never share a beat with another block's."""
 
 _CODE = spec.WIDTH_MAX  # bits of a code that can be coded; wider ones force RAW (or the other kind)
 _WIDTH = unsigned(_CODE.bit_length())  # a group width 0..15

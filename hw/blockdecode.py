@@ -32,7 +32,7 @@ from actpack.codec import spec
 from actpack.codec.frame import DENSE_HEADER, Kind
 from actpack.codec.tables import ZIGZAG
 
-from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .dct import N
 from .quant import LEVEL, LevelRow
 

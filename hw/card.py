@@ -54,7 +54,7 @@ from actpack.codec.spec import DType, Mode
 
 from . import protocol
 from .axis import AxisToBeats, BeatsToAxis, axis_layout
-from .blockcode import BEAT_BYTES, CodeBeat
+from .beats import BEAT_BYTES, CodeBeat
 from .compressor import Compressor
 from .decompressor import Decompressor
 from .framebuild import SECTION, FrameBuilder

@@ -27,12 +27,14 @@ from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import resolve_table
 
-from .blockcode import BEAT_BYTES, BlockEncoder, CodeBeat, IndexEntry, Zigzag
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
+from .blockcode import BlockEncoder, Zigzag
 from .dct import COEF, DCT2D
 from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, _dtype, raw_row
+from .streams import Port, fork, join
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
@@ -85,36 +87,6 @@ def add_lanes(m: Module, engine, lane_class) -> list:
 
 
 # ----------------------------------------------------------------------------- stream plumbing
-
-
-class _Port:
-    """valid / payload / ready of one side of a transfer, plain signals or a stream interface."""
-
-    def __init__(self, valid, payload, ready):
-        self.valid, self.payload, self.ready = valid, payload, ready
-
-
-def _fork(m: Module, src, sinks, name: str):
-    """Broadcast ``src`` (valid, ready) to ``sinks``: each sink sees ``valid`` until it has taken
-    the item; ``src.ready`` once all have. Sink ``valid`` depends on registers and ``src.valid``
-    only (never on a ``ready``)."""
-    taken = [Signal(name=f"{name}_taken{k}") for k in range(len(sinks))]
-    done = [t | s.ready for t, s in zip(taken, sinks, strict=True)]
-    all_done = Signal(name=f"{name}_done")
-    m.d.comb += [all_done.eq(Cat(*done).all()), src.ready.eq(all_done)]
-    for t, s, d in zip(taken, sinks, done, strict=True):
-        m.d.comb += s.valid.eq(src.valid & ~t)
-        with m.If(src.valid):
-            m.d.sync += t.eq(~all_done & d)
-
-
-def _join(m: Module, sources, sink):
-    """``sink`` takes one item of every source at once (valid when all are)."""
-    valids = [s.valid for s in sources]
-    m.d.comb += sink.valid.eq(Cat(*valids).all())
-    for k, s in enumerate(sources):
-        others = Cat(*(v for j, v in enumerate(valids) if j != k)).all()
-        m.d.comb += s.ready.eq(sink.ready & others)
 
 
 def _fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFOBuffered:
@@ -200,12 +172,12 @@ class _Lane(wiring.Component):
         raw = _fifo(m, "raw", x_bits, RAW_ROWS)
         m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale),
                      raw.w_data.eq(i.payload.x)]
-        sinks = [f2x.i, _Port(raw.w_en, None, raw.w_rdy)]
+        sinks = [f2x.i, Port(raw.w_en, None, raw.w_rdy)]
         if mode is Mode.EB:
             xq = _fifo(m, "xq", x_bits + 32 + 64, _SIDE_DEPTH)  # x, r, eb beside FloatToFixed
             m.d.comb += xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb))
-            sinks.append(_Port(xq.w_en, None, xq.w_rdy))
-        _fork(m, i, sinks, "in")
+            sinks.append(Port(xq.w_en, None, xq.w_rdy))
+        fork(m, i, sinks, "in")
 
         # the chain from q rows to the encoder's rows (symbols, force_raw)
         if mode is Mode.SFPR8:
@@ -222,7 +194,7 @@ class _Lane(wiring.Component):
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         rrow = Signal(range(N))
         rsub = Signal(range(per_row))
-        rb = _Port(Signal(name="rb_valid"), Signal(CodeBeat, name="rb_beat"), Signal())
+        rb = Port(Signal(name="rb_valid"), Signal(CodeBeat, name="rb_beat"), Signal())
         with m.If(rb.ready):
             m.d.sync += rb.valid.eq(0)
         row_done = Signal()
@@ -260,13 +232,13 @@ class _Lane(wiring.Component):
         flags = _fifo(m, "flags", 1, _SIDE_DEPTH)
         frow = Signal(range(N))
         acc = Signal()
-        fsink = _Port(Signal(name="flag_valid"), None, Signal(name="flag_ready"))
+        fsink = Port(Signal(name="flag_valid"), None, Signal(name="flag_ready"))
         m.d.comb += [
             dct.i.payload.eq(f2x.o.payload.q),
             fsink.ready.eq((frow != N - 1) | flags.w_rdy),
             flags.w_data.eq(acc | f2x.o.payload.nonfinite),
         ]
-        _fork(m, f2x.o, [dct.i, fsink], "f2x")
+        fork(m, f2x.o, [dct.i, fsink], "f2x")
         with m.If(fsink.valid & fsink.ready):
             m.d.sync += [frow.eq(frow + 1),
                          acc.eq(Mux(frow == N - 1, 0, acc | f2x.o.payload.nonfinite))]
@@ -274,7 +246,7 @@ class _Lane(wiring.Component):
         wiring.connect(m, dct.o, quant.i)
         wiring.connect(m, quant.o, zz.i)
         erow = Signal(range(N))
-        _join(m, [zz.o, _Port(flags.r_rdy, None, Signal(name="flags_pop"))], enc.i)
+        join(m, [zz.o, Port(flags.r_rdy, None, Signal(name="flags_pop"))], enc.i)
         m.d.comb += [enc.i.payload.symbols[u].eq(zz.o.payload[u]) for u in range(N)]
         m.d.comb += enc.i.payload.force_raw.eq(flags.r_data)
         with m.If(enc.i.valid & enc.i.ready):
@@ -285,11 +257,11 @@ class _Lane(wiring.Component):
         m.submodules.lorenzo = lor = LorenzoPredictor()
         m.submodules.bound = bc = BoundCheck(dtype=self.dtype)
         diffs = _fifo(m, "diffs", DiffRow.size, _SIDE_DEPTH)  # residuals wait for the check
-        bsink = _Port(Signal(name="bound_valid"), None, Signal(name="bound_ready"))
+        bsink = Port(Signal(name="bound_valid"), None, Signal(name="bound_ready"))
         m.d.comb += [lor.i.payload.eq(f2x.o.payload.q), bc.i.payload.q.eq(f2x.o.payload.q)]
-        _fork(m, f2x.o, [lor.i, bsink], "f2x")
+        fork(m, f2x.o, [lor.i, bsink], "f2x")
         # BoundCheck takes q with its x (and r, eb) from the side FIFO
-        _join(m, [bsink, _Port(xq.r_rdy, None, xq.r_en)], bc.i)
+        join(m, [bsink, Port(xq.r_rdy, None, xq.r_en)], bc.i)
         m.d.comb += [
             bc.i.payload.x.eq(xq.r_data[:x_bits]),
             bc.i.payload.r.eq(xq.r_data[x_bits:x_bits + 32]),
@@ -297,7 +269,7 @@ class _Lane(wiring.Component):
         ]
         m.d.comb += [diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
                      lor.o.ready.eq(diffs.w_rdy)]
-        _join(m, [_Port(diffs.r_rdy, None, diffs.r_en), bc.o], enc.i)
+        join(m, [Port(diffs.r_rdy, None, diffs.r_en), bc.o], enc.i)
         m.d.comb += [enc.i.payload.symbols.eq(diffs.r_data),
                      enc.i.payload.force_raw.eq(~bc.o.payload.ok)]
 
@@ -393,7 +365,7 @@ class Compressor(wiring.Component):
 
         # merge back in block order: entry of lane ``nxt``, then that lane's beats
         nxt = Signal(range(self.lanes))
-        entry = _Port(Signal(name="entry_valid"), Signal(IndexEntry, name="entry"),
+        entry = Port(Signal(name="entry_valid"), Signal(IndexEntry, name="entry"),
                       Signal(name="entry_ready"))
         with m.Switch(nxt):
             for k, lane in enumerate(lanes):

@@ -23,14 +23,15 @@ from actpack.codec import spec
 from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 
-from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .blockdecode import _MAX_BEATS, BlockDecoder, BlockError, Unzigzag
-from .compressor import LANES, _fork, _join, _Port, add_lanes, engine_params
+from .compressor import LANES, add_lanes, engine_params
 from .dct import IDCT2D
 from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, _dtype, raw_row
+from .streams import Port, fork, join
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
@@ -72,8 +73,8 @@ def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
     return fifo
 
 
-def _w(fifo) -> _Port:
-    return _Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
+def _w(fifo) -> Port:
+    return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
 
 
 def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
@@ -152,7 +153,7 @@ class _Lane(wiring.Component):
             rq = _sync_fifo(m, "rq", 32, _BLOCK_FIFO)
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
-        raw_in = _Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
+        raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
         take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
                       sinks=[dec.data, raw_in], name="split")
         m.d.comb += [
@@ -184,8 +185,8 @@ class _Lane(wiring.Component):
 
         # ---- the decoded path: the decoder's rows forked into the chain and their error bits
         errq = _sync_fifo(m, "errq", _ERROR_BITS, _SIDE_ROWS[mode])
-        head = _Port(Signal(name="chain_valid"), None, Signal(name="chain_ready"))
-        _fork(m, dec.o, [head, _w(errq)], "dec")
+        head = Port(Signal(name="chain_valid"), None, Signal(name="chain_ready"))
+        fork(m, dec.o, [head, _w(errq)], "dec")
         m.d.comb += errq.w_data.eq(dec.o.payload.error)
         symbols = dec.o.payload.symbols
         if mode is Mode.MASK:
@@ -195,8 +196,8 @@ class _Lane(wiring.Component):
             values = mdec.o
         else:
             values = self._chain(m, head, symbols, rq)
-        drow = _Port(Signal(name="drow_valid"), None, Signal(name="drow_ready"))
-        _join(m, [values, _Port(errq.r_rdy, None, errq.r_en)], drow)
+        drow = Port(Signal(name="drow_valid"), None, Signal(name="drow_ready"))
+        join(m, [values, Port(errq.r_rdy, None, errq.r_en)], drow)
 
         # ---- merge in block order: 8 rows of a block from the path its ``order`` bit names
         o = self.o
@@ -228,7 +229,7 @@ class _Lane(wiring.Component):
         m.submodules.x2f = x2f = FixedToFloat(dtype=self.dtype, width=width)
         if mode is Mode.SFPR8:
             # |v| > 127 is flagged RANGE by the decoder; the low 8 bits pass (a flagged block)
-            tail = _Port(head.valid, None, head.ready)
+            tail = Port(head.valid, None, head.ready)
             vals = [symbols[u][:width] for u in range(N)]
         elif mode is Mode.DCT:
             m.submodules.unzigzag = uz = Unzigzag()
@@ -246,8 +247,8 @@ class _Lane(wiring.Component):
                          lor.i.payload.eq(symbols)]
             tail, vals = lor.o, [lor.o.payload[u] for u in range(N)]
         xrow = Signal(range(N))
-        rport = _Port(rq.r_rdy, None, Signal(name="rq_pop"))
-        _join(m, [tail, rport], x2f.i)
+        rport = Port(rq.r_rdy, None, Signal(name="rq_pop"))
+        join(m, [tail, rport], x2f.i)
         m.d.comb += [*(x2f.i.payload.v[u].eq(vals[u]) for u in range(N)),
                      x2f.i.payload.r.eq(rq.r_data)]
         with m.If(x2f.i.valid & x2f.i.ready):

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from actpack.codec.frame import ALIGN, FIXED_HEADER, HEADER_CRC_BYTES, TRAILER
 
-from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 
 __all__ = ["SECTION", "FrameBeat", "FrameBuilder", "view_at"]
 

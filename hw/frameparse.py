@@ -37,7 +37,7 @@ from actpack.codec.layout import in_enum
 from actpack.codec.spec import DType, Mode
 from actpack.errors import Check
 
-from .blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .framebuild import SECTION, FrameBeat
 from .geometry import ElementCount, Geometry, GroupWalker
 from .quant import TableWrite

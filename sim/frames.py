@@ -28,7 +28,7 @@ BUNDLE = (("sfpr8", "float32", 1), ("sfpr8", "float16", 1), ("mask", "float32", 
 def code_beats(blob: bytes) -> list[dict]:
     """``blob`` as ``CodeBeat`` payloads: 16 bytes a beat, the last with its ``count`` and
     ``last``."""
-    from ..hw.blockcode import BEAT_BYTES
+    from ..hw.beats import BEAT_BYTES
 
     return [{"data": int.from_bytes(blob[i:i + BEAT_BYTES], "little"),
              "count": len(blob[i:i + BEAT_BYTES]), "last": int(i + BEAT_BYTES >= len(blob))}

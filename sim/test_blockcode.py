@@ -24,15 +24,8 @@ from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import NAMED_TABLES, ZIGZAG
 
-from ..hw.blockcode import (
-    BEAT_BYTES,
-    BlockEncoder,
-    CodeBeat,
-    IndexEntry,
-    Zigzag,
-    block_model,
-    symbol_shape,
-)
+from ..hw.beats import BEAT_BYTES, CodeBeat, IndexEntry
+from ..hw.blockcode import BlockEncoder, Zigzag, block_model, symbol_shape
 from ..hw.quant import LEVEL, LevelRow
 from . import stimulus
 from .stream import StreamTB, random_pauses

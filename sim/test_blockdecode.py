@@ -26,7 +26,7 @@ from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import ZIGZAG, resolve_table
 from actpack.errors import Check, FrameError
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from ..hw.beats import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.blockdecode import BlockDecoder, BlockError, DecodedRow, Unzigzag
 from ..hw.quant import LEVEL, LevelRow
 from . import stimulus

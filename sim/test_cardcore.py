@@ -34,7 +34,7 @@ from actpack.codec.spec import DType, Mode, geometry
 from actpack.host.card import CardDevice
 from actpack.host.cardmodel import BITS, CardModel, RecordedJob, RecordingTransport
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat
+from ..hw.beats import BEAT_BYTES, CodeBeat
 from ..hw.protocol import STATUS_BYTES, Descriptor, ErrorCode, Op, ProtocolError, StatusRecord
 from ..hw.regs import REGS, Caps, CardConfig
 from .frames import code_beats

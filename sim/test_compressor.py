@@ -28,7 +28,7 @@ from cocotb.triggers import RisingEdge
 from actpack.codec.frame import unpack_index
 from actpack.codec.spec import DType, Mode
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from ..hw.beats import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.compressor import row_layout
 from . import rows
 from .stream import StreamTB, random_pauses

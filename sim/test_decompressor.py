@@ -24,7 +24,7 @@ from amaranth.lib import data
 
 from actpack.codec.spec import Mode
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat
+from ..hw.beats import BEAT_BYTES, CodeBeat
 from ..hw.decompressor import block_layout, out_row
 from . import rows
 from .stream import StreamTB

@@ -19,7 +19,7 @@ import torch
 from actpack.codec import Codec
 from actpack.codec.frame import header_length, parse_frame
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from ..hw.beats import BEAT_BYTES, CodeBeat, IndexEntry
 from ..hw.framebuild import FrameBeat
 from .frames import code_beats
 from .stream import StreamTB, random_pauses

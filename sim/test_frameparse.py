@@ -43,7 +43,7 @@ from actpack.codec.frame import (
 )
 from actpack.codec.spec import MAX_NUMEL, SCALE_EXP_RANGE, Mode, Scale
 
-from ..hw.blockcode import BEAT_BYTES, CodeBeat
+from ..hw.beats import BEAT_BYTES, CodeBeat
 from ..hw.framebuild import FrameBeat
 from ..hw.frameparse import FrameCheck, FrameInfo, ParsedBlock, Verdict, frame_check
 from . import rows

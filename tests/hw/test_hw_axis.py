@@ -19,7 +19,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from actpack.hw.axis import STREAM_BYTES, AxisToBeats, BeatsToAxis, axis_layout
-from actpack.hw.blockcode import BEAT_BYTES, CodeBeat
+from actpack.hw.beats import BEAT_BYTES, CodeBeat
 
 # (chance of an idle source cycle, chance of a stalled sink cycle)
 STALLS = {"none": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.3),

@@ -5,7 +5,7 @@ import pytest
 
 from actpack.codec import reference, spec
 from actpack.codec.frame import Kind, pack_index
-from actpack.hw.blockcode import BEAT_BYTES, CodeBeat, IndexEntry
+from actpack.hw.beats import BEAT_BYTES, CodeBeat, IndexEntry
 from actpack.hw.blockdecode import BUFFER_BEATS, BlockDecoder, BlockError, DecodedRow, Unzigzag
 from actpack.hw.quant import LevelRow
 from actpack.sim.build import build
