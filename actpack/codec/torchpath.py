@@ -49,6 +49,12 @@ def _indices(geo: Geometry, device: torch.device):
     return tile, untile, groups
 
 
+@functools.lru_cache(maxsize=64)
+def _block_groups(geo: Geometry, device: torch.device) -> torch.Tensor:
+    """Scale group of each block (without ``_indices``' element-sized tile indices)."""
+    return torch.from_numpy(np.repeat(geo.group_of_plane(), geo.blocks_per_plane)).to(device)
+
+
 def _round_shift(x: torch.Tensor, s: int) -> torch.Tensor:
     # floor((x + 2**(s-1)) / 2**s): exact in float64 for the integers here.
     return torch.floor((x + (1 << (s - 1))) * (1.0 / (1 << s)))
@@ -341,7 +347,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if _use_kernels(dev, kernels):
         return _decompress_cpu(header, index, payload)
-    geo, dtype, mode = header.geometry, header.dtype, header.mode
+    geo, dtype = header.geometry, header.dtype
     nb = geo.nblocks
     tdtype = _TORCH_OF[dtype]
     if nb == 0:
@@ -352,17 +358,49 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     data = torch.zeros(len(payload) + 8, dtype=torch.uint8)
     if len(payload):
         data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    data = data.to(dev).long()
+    data = data.to(dev)  # bytes; each chunk widens what it gathers
+    # Blocks a chunk at a time: the int64 temporaries of a chunk are a few MiB, so a decode
+    # holds about its output plus that, whatever the tensor's size (all at once it held 10-27x
+    # the output). Chunks go in block order, so the first bad block is the one reported.
+    out = torch.empty(nb, 64, dtype=tdtype, device=dev)
+    for b0 in range(0, nb, _DECODE_CHUNK):
+        b1 = min(nb, b0 + _DECODE_CHUNK)
+        out[b0:b1] = _decode_chunk(header, data, kind[b0:b1], mb[b0:b1], length[b0:b1],
+                                   offsets[b0:b1], b0, dev)
+    return _untile(out, geo, dev).view(header.shape)
+
+
+_DECODE_CHUNK = 8192  # blocks: 4 MiB per int64 (blocks, 64) temporary
+
+
+def _untile(blocks: torch.Tensor, geo: Geometry, dev) -> torch.Tensor:
+    """The flat tensor from its (nblocks, 64) blocks, padding dropped: a view and one copy where
+    the planes are whole blocks, else a gather through the reference's index."""
+    if geo.flat:
+        return blocks.reshape(-1)[:geo.numel]
+    if geo.height % 8 == 0 and geo.width % 8 == 0:
+        return (blocks.view(-1, geo.height // 8, geo.width // 8, 8, 8).permute(0, 1, 3, 2, 4)
+                .reshape(-1))
+    return blocks.reshape(-1)[_indices(geo, dev)[1]]
+
+
+def _decode_chunk(header: Header, data: torch.Tensor, kind, mb, length, offsets, b0: int,
+                  dev) -> torch.Tensor:
+    """Blocks ``b0`` .. ``b0 + len(kind)`` of the frame as (n, 64) values of its dtype."""
+    dtype, mode = header.dtype, header.mode
+    nb = len(kind)
+    tdtype = _TORCH_OF[dtype]
+
     coded = kind == Kind.CODED
     raw = kind == Kind.RAW
     j8 = torch.arange(8, device=dev)
 
     # Mask bytes -> nonzero positions.
-    mbytes = torch.where(coded[:, None] & (j8 < mb[:, None]), data[offsets[:, None] + j8], 0)
+    mbytes = torch.where(coded[:, None] & (j8 < mb[:, None]), data[offsets[:, None] + j8].long(), 0)
     nz = ((mbytes[:, :, None] >> j8) & 1).view(nb, 64).bool()
     lastbyte = mbytes.gather(1, (mb - 1)[:, None])[:, 0]
     if bool((coded & (lastbyte == 0)).any()):
-        b = int(torch.nonzero(coded & (lastbyte == 0))[0])
+        b = b0 + int(torch.nonzero(coded & (lastbyte == 0))[0])
         raise FrameError(f"block {b}: coded block has an empty or non-minimal mask",
                          check=Check.CODED_MASK, block=b)
     count = nz.sum(1)
@@ -371,7 +409,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     else:
         ngroups = torch.div(count + 7, 8, rounding_mode="floor")
         wbytes = torch.div(ngroups + 1, 2, rounding_mode="floor")
-        nib = data[(offsets + mb)[:, None] + torch.arange(4, device=dev)]
+        nib = data[(offsets + mb)[:, None] + torch.arange(4, device=dev)].long()
         widths = torch.stack([nib & 15, nib >> 4], 2).view(nb, 8)
         g8 = torch.arange(8, device=dev)
         widths = torch.where(g8 < ngroups[:, None], widths, 0)
@@ -381,7 +419,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         need = mb + wbytes + torch.div(databits + 7, 8, rounding_mode="floor")
         bad = coded & (need != length)
         if bool(bad.any()):
-            b = int(torch.nonzero(bad)[0])
+            b = b0 + int(torch.nonzero(bad)[0])
             raise FrameError(f"block {b}: coded block length does not match its widths",
                              check=Check.CODED_LENGTH, block=b)
         vsel = nz & coded[:, None]
@@ -392,7 +430,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         gstart = gbits.cumsum(1) - gbits
         pos = 8 * (offsets + mb + wbytes)[rows] + gstart[rows, g] + (rank[vsel] - 8 * g) * w
         byte = torch.div(pos, 8, rounding_mode="floor")
-        word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16)
+        word = data[byte].long() | (data[byte + 1].long() << 8) | (data[byte + 2].long() << 16)
         u = (word >> (pos & 7)) & ((1 << w) - 1)
         mag = (u >> 1) + 1
         sym = torch.zeros(nb, 64, dtype=torch.int64, device=dev)
@@ -400,11 +438,11 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         dense = kind == Kind.DENSE
         if bool(dense.any()):
             rows = torch.nonzero(dense)[:, 0]
-            nib = data[offsets[rows, None] + torch.arange(4, device=dev)]
+            nib = data[offsets[rows, None] + torch.arange(4, device=dev)].long()
             dw = torch.stack([nib & 15, nib >> 4], 2).view(-1, 8)
             bad = length[rows] != 4 + dw.sum(1)
             if bool(bad.any()):
-                b = int(rows[torch.nonzero(bad)[0]])
+                b = b0 + int(rows[torch.nonzero(bad)[0]])
                 raise FrameError(f"block {b}: dense block length does not match its widths",
                                  check=Check.DENSE_LENGTH, block=b)
             w = dw.repeat_interleave(8, dim=1)
@@ -412,21 +450,20 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
             i8 = torch.arange(64, device=dev) % 8
             pos = (8 * (offsets[rows] + 4))[:, None] + gstart + i8 * w
             byte = torch.div(pos, 8, rounding_mode="floor")
-            word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16)
+            word = data[byte].long() | (data[byte + 1].long() << 8) | (data[byte + 2].long() << 16)
             u = (word >> (pos & 7)) & ((1 << w) - 1)
             sym[rows] = torch.where((u & 1) == 1, -((u + 1) >> 1), u >> 1)
 
-    values = _reconstruct(sym, header, dev)
+    values = _reconstruct(sym, header, dev, b0)
     out = _to_dtype(values, dtype).view(nb, 64)
     if bool(raw.any()):
         rl = 64 * dtype.itemsize
         src = (offsets[raw][:, None] + torch.arange(rl, device=dev)).reshape(-1)
-        out[raw] = data[src].to(torch.uint8).view(tdtype).view(-1, 64)
-    _, untile, _ = _indices(geo, dev)
-    return out.reshape(-1)[untile].view(header.shape)
+        out[raw] = data[src].view(tdtype).view(-1, 64)
+    return out
 
 
-def _reconstruct(sym: torch.Tensor, header: Header, dev) -> torch.Tensor:
+def _reconstruct(sym: torch.Tensor, header: Header, dev, b0: int = 0) -> torch.Tensor:
     nb = sym.shape[0]
     mode = header.mode
     if mode is Mode.MASK:
@@ -435,9 +472,9 @@ def _reconstruct(sym: torch.Tensor, header: Header, dev) -> torch.Tensor:
         inverse = torch.tensor(float(header.scales[0].inverse), device=dev)
         d = sym.view(nb, 8, 8)
         return _dequantize_values(d.cumsum(1).cumsum(2), inverse)
-    _, _, groups = _indices(header.geometry, dev)
+    groups = _block_groups(header.geometry, dev)
     inv = torch.tensor([float(s.inverse) for s in header.scales], dtype=torch.float32, device=dev)
-    inverse = inv[groups].view(nb, 1, 1)
+    inverse = inv[groups[b0:b0 + nb]].view(nb, 1, 1)
     if mode is Mode.SFPR8:
         p = sym.view(nb, 8, 8)
         if bool((p.abs() > spec.SFPR_MAX).any()):
