@@ -442,13 +442,18 @@ class BlockDecoder(wiring.Component):
                 last_row.eq(row == N - 2),
                 sel_at.eq(pair_at(rsel, seq["ptr"][_PTR_BITS:])),
             ]
-            for b in range(2):
-                with m.If(rsel == b):
-                    m.d.sync += [
-                        slots[b]["mask"].eq(slots[b]["mask"] >> N),
-                        slots[b]["ptr"].eq(slots[b]["ptr"] >> _PTR_BITS),
-                        slots[b]["rank"].eq(slots[b]["rank"] >> _RANK_BITS),
-                    ]
+        # slot b shifts while it is emitted (active and rsel == b): a register per slot, set
+        # from the next state, so the shift enables (~200 flip-flops each) start at a flip-flop
+        shift = [Signal(name=f"slot{b}_shift") for b in range(2)]
+        m.d.sync += [shift[b].eq(Mux(take, nxt == b, active & ~finish & (rsel == b)))
+                     for b in range(2)]
+        for b in range(2):
+            with m.If(shift[b]):
+                m.d.sync += [
+                    slots[b]["mask"].eq(slots[b]["mask"] >> N),
+                    slots[b]["ptr"].eq(slots[b]["ptr"] >> _PTR_BITS),
+                    slots[b]["rank"].eq(slots[b]["rank"] >> _RANK_BITS),
+                ]
         with m.If(finish):
             m.d.sync += active.eq(0)
             for b in range(2):
