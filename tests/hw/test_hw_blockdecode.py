@@ -44,7 +44,9 @@ def test_bad_mode(mode):
 
 
 def test_latency_constants():
-    assert BlockDecoder.LATENCY == 3 and BlockDecoder.ZERO_LATENCY == 4
+    assert BlockDecoder.LATENCY == 16 and BlockDecoder.ZERO_LATENCY == 17
+    # entry/beat register, parse steps, take, row steps, output FIFO (2)
+    assert BlockDecoder.LATENCY == 1 + BlockDecoder.PARSE_STAGES + 1 + BlockDecoder.EMIT_STAGES + 2
     assert BlockDecoder.FULL_RATE_BEATS * BEAT_BYTES >= 100  # every dct block (format.md 8.1)
     assert Unzigzag.LATENCY == 9
 
