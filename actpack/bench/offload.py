@@ -218,7 +218,8 @@ def _gradients(quick: bool) -> list[dict]:
     for name, model, x in tqdm(cases, desc="gradients", leave=False, disable=None):
         check = gradient_check(model, x, policy="auto", workers=2)
         st = check.stats
-        plain, packed = step_peak(model, x), step_peak(model, x, session=actpack.offload())
+        plain = step_peak(model, x)
+        packed = step_peak(model, x, session=actpack.offload(workers=2))
         inline = step_peak(model, x, session=actpack.offload(workers=0))
         rows.append({"model": name, "min_cosine": check.min_cosine, "worst": check.worst,
                      "rel_l2": check.rel_l2, "parameters": len(check.cosines),
