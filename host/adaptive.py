@@ -48,6 +48,7 @@ from torch import nn
 
 from actpack.codec import Codec
 
+from .gradcheck import mean_square_loss
 from .lossless import Lossless
 from .offload import OffloadSession
 from .policy import Policy, SavedInfo, parse_setting, register_policy
@@ -88,10 +89,6 @@ class Calibration:
         lines += [f"{layer:<{width}}  {op:<10}  {setting:<14}  {share:8.3f}"
                   for layer, op, setting, share in self.choices]
         return "\n".join(lines) + "\n"
-
-
-def _default_loss(output, targets) -> torch.Tensor:
-    return (output.float() ** 2).mean()
 
 
 def _halves(batch):
@@ -189,7 +186,7 @@ class AdaptivePolicy(Policy):
         if _batch_size(inputs) < 2:
             raise ValueError("inputs: calibration splits the batch in two for the gradient "
                              "noise; expected a batch of at least 2 along dimension 0")
-        loss_fn = loss_fn or _default_loss
+        loss_fn = loss_fn or (lambda output, _targets: mean_square_loss(output))
         params = [p for p in model.parameters() if p.requires_grad]
         state = {k: v.clone() for k, v in model.state_dict().items()}
 

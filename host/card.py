@@ -20,8 +20,8 @@ a job the card cannot run. ``counters()`` reads the card's counters and the driv
 ``FallbackDevice(primary)`` redoes a failed job on the reference codec (same bytes, so no tensor is
 lost) and logs one warning.
 
-Private codec helpers used here (one definition, not copied): ``torchpath._cpu_geometry``,
-``_BITS``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``.
+Private codec helpers used here (one definition, not copied): ``torchpath._BITS``,
+``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``.
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ class CardDevice:
         # gathers cost about as much as compressing in software): scales and tiles.
         flat = torchpath.cpu_flat_bits(tensor.detach().contiguous().cpu(), dtype)
         scales = torchpath.cpu_scales(flat, header)
-        tiles = cpukernels.tile_blocks(flat, torchpath._cpu_geometry(geo)[0], geo.nblocks,
+        tiles = cpukernels.tile_blocks(flat, torchpath.cpu_geometry(geo)[0], geo.nblocks,
                                        threads=torch.get_num_threads())
         records = b"".join(SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent,
                                              inverse=s.inverse) for s in scales)
@@ -378,7 +378,7 @@ class CardDevice:
         tiles = np.frombuffer(msg, dtype=BITS[dtype], count=64 * geo.nblocks).reshape(-1, 64)
         out = torch.empty(geo.numel, dtype=torchpath._BITS[dtype])
         cpukernels.untile_blocks(tiles.astype(BITS[dtype].newbyteorder("="), copy=False),
-                                 torchpath._cpu_geometry(geo)[0],
+                                 torchpath.cpu_geometry(geo)[0],
                                  out.numpy().view(torchpath._NP_BITS[dtype]),
                                  threads=torch.get_num_threads())
         return out.view(torchpath._TORCH_OF[dtype]).view(shape).to(target)

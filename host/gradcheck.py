@@ -21,7 +21,7 @@ from torch import nn
 from .offload import offload
 from .stats import Stats
 
-__all__ = ["GradientCheck", "gradient_check"]
+__all__ = ["GradientCheck", "gradient_check", "mean_square_loss"]
 
 # Gradients whose norm is below this fraction of the largest one are "about 0": their cosine
 # says nothing (a BatchNorm bias in front of a softmax-invariant shift, a dead unit).
@@ -54,7 +54,9 @@ class GradientCheck:
         return self.raw_bytes / max(1, self.stored_bytes)
 
 
-def _default_loss(output) -> torch.Tensor:
+def mean_square_loss(output) -> torch.Tensor:
+    """The loss the checks use when given none: the mean square of the output (every output
+    element gets a gradient)."""
     return (output.float() ** 2).mean()
 
 
@@ -76,7 +78,7 @@ def gradient_check(model: nn.Module, inputs, *, policy="auto", device="ref",
                    workers: int = 0) -> GradientCheck:
     """One step of ``model(inputs)`` with and without ``actpack.offload(policy=, device=)``
     (``loss_fn(output)``, default the mean square of the output), compared per parameter."""
-    loss_fn = loss_fn or _default_loss
+    loss_fn = loss_fn or mean_square_loss
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     try:

@@ -602,7 +602,7 @@ class OffloadSession:
                     old.unread -= 1
                     new.unread += 1
                 handle.store = new
-                if old is rec.mask and old.unread == 0 and not rec.info.mask_only:
+                if old is rec.mask and old.unread == 0:
                     self._drop(old)
 
     def _saved_again(self, rec: _Record, t: torch.Tensor, context: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["measure_peak", "step_peak"]
+__all__ = ["measure_peak", "step_peak", "warm_peak"]
 
 
 def measure_peak(fn: Callable[[], object], *, device: torch.device | str = "cpu") -> int:
@@ -57,19 +57,27 @@ def measure_peak(fn: Callable[[], object], *, device: torch.device | str = "cpu"
 
 def step_peak(model: torch.nn.Module, inputs, *, session=None,
               loss_fn: Callable | None = None) -> int:
-    """``measure_peak`` of one forward and backward of ``model(inputs)`` (inside ``session``
-    when given; ``loss_fn(output)``, default the mean square of the output), after one
-    unmeasured warm-up step (one-time allocations are not a step's). Gradients are set to None
-    before each step, as ``zero_grad`` does, and after."""
-    loss_fn = loss_fn or (lambda out: (out.float() ** 2).mean())
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    """``warm_peak`` of one forward and backward of ``model(inputs)`` (inside ``session`` when
+    given; ``loss_fn(output)``, default ``gradcheck.mean_square_loss``)."""
+    from .gradcheck import mean_square_loss
+
+    loss_fn = loss_fn or mean_square_loss
 
     def step():
-        model.zero_grad(set_to_none=True)
         with session if session is not None else contextlib.nullcontext():
             loss_fn(model(inputs)).backward()
 
+    return warm_peak(step, model)
+
+
+def warm_peak(step: Callable[[], object], model: torch.nn.Module) -> int:
+    """``measure_peak`` of ``step()`` (a training step of ``model``) after one unmeasured
+    warm-up call (one-time allocations are not a step's), on the model's device. The model's
+    gradients are set to None before each call, as ``zero_grad`` does, and after."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.zero_grad(set_to_none=True)
     step()
+    model.zero_grad(set_to_none=True)
     try:
         return measure_peak(step, device=device)
     finally:

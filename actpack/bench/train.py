@@ -264,6 +264,8 @@ def _context(row: str, model: nn.Module, task: Task, state: dict):
 def train_row(task: Task, row: str, seed: int) -> dict:
     """Train ``task``'s model with ``row`` for ``task.steps`` steps from ``seed``'s weights and
     batch order; its figures (see the module docstring)."""
+    from actpack.host.peak import warm_peak
+
     model = task.build(seed)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=task.lr)
@@ -295,21 +297,9 @@ def train_row(task: Task, row: str, seed: int) -> dict:
         with ctx:
             task.loss(model(x), y).backward()
 
-    peak = _peak_of(step_in, model)
+    peak = warm_peak(step_in, model)
     return {"saved_bytes": saved, "step_time_s": statistics.median(times[len(times) // 5:]),
             "test_metric": metric, "peak_activation_bytes": peak}
-
-
-def _peak_of(step: Callable[[], None], model: nn.Module) -> int:
-    from actpack.host.peak import measure_peak
-
-    model.zero_grad(set_to_none=True)
-    step()  # warm-up, as step_peak does
-    model.zero_grad(set_to_none=True)
-    try:
-        return measure_peak(step)
-    finally:
-        model.zero_grad(set_to_none=True)
 
 
 def collect(*, quick: bool = False, seeds: int | None = None, models=None, rows=ROWS,

@@ -87,7 +87,9 @@ def _use_kernels(device: torch.device, kernels: bool | None) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _cpu_geometry(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def cpu_geometry(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU kernels' geometry array (flat, numel, height, width, blocks_x, blocks_per_plane)
+    and each block's scale group."""
     g = np.array([geo.flat, geo.numel, geo.height, geo.width, geo.blocks_x,
                   max(geo.blocks_per_plane, 1)], dtype=np.int64)
     groups = np.repeat(geo.group_of_plane(), geo.blocks_per_plane).astype(np.int64)
@@ -114,7 +116,7 @@ def cpu_scales(flat: np.ndarray, header: Header) -> tuple:
     exactly what ``reference.compress`` computes, with the CPU kernels (also the reduction the
     card's driver does on the host)."""
     geo, dtype, mode = header.geometry, header.dtype, header.mode
-    g, groups = _cpu_geometry(geo)
+    g, groups = cpu_geometry(geo)
     threads = torch.get_num_threads()
     if mode in (Mode.DCT, Mode.SFPR8):
         gmax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), groups, geo.groups,
@@ -136,7 +138,7 @@ def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
     geo, dtype, mode = header.geometry, header.dtype, header.mode
     nb = geo.nblocks
     flat = cpu_flat_bits(t, dtype)
-    g, groups = _cpu_geometry(geo)
+    g, groups = cpu_geometry(geo)
     if mode is Mode.MASK:
         kind, mbs, length, payload = cpukernels.mask_encode_blocks(
             flat, g, nb, int(dtype), threads=torch.get_num_threads())
@@ -155,7 +157,7 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     geo, dtype = header.geometry, header.dtype
     kind, mbs, length = unpack_index(index)
     offsets = np.cumsum(length) - length
-    g, groups = _cpu_geometry(geo)
+    g, groups = cpu_geometry(geo)
     _, inv_blk = _scale_arrays(header, groups)
     out = torch.empty(geo.numel, dtype=_BITS[dtype])
     if header.mode is Mode.MASK and kind.max(initial=0) <= 1:

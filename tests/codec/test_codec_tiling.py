@@ -18,7 +18,7 @@ SHAPES = [(1,), (63,), (64,), (200,), (8, 8), (9, 17), (2, 3, 13, 8), (3, 1, 24,
 def test_tile_and_untile_match_the_reference(shape, bits, threads):
     geo = geometry(shape)
     flat = np.random.default_rng(1).integers(0, np.iinfo(bits).max, geo.numel, dtype=bits)
-    g = torchpath._cpu_geometry(geo)[0]
+    g = torchpath.cpu_geometry(geo)[0]
     tiles = cpukernels.tile_blocks(flat, g, geo.nblocks, threads=threads)
     want = (reference.tile(flat, geo).reshape(-1, 64) if geo.nblocks
             else np.zeros((0, 64), bits))
