@@ -2,6 +2,10 @@
 
     actpack demo [--quick]              train the digits CNN, compress its activations, plot
     actpack bench codec [--json PATH]   ratio / error / throughput of every codec mode
+    actpack boards [--json]             the boards the card builds for
+    actpack build --board NAME [--modes M ...] [--dtypes D ...] [--lanes N] [--buffer-kib K]
+                  [--out DIR] [--plan-only]
+                                        a board's bitstream, or its vendor build plan
 
 Subcommands are registered in ``build_parser``; benchmarks come from ``actpack.bench.BENCHMARKS``
 (each a module with ``add_arguments(parser)`` and ``run(args) -> int``), so ``bench rtl`` and
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -43,6 +48,82 @@ def _add_bench(sub) -> None:
         bp.set_defaults(_run=module.run)
 
 
+def _run_boards(args) -> int:
+    from actpack.boards import boards
+
+    rows = [b.describe() for b in boards()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    head = ("board", "part", "host link", "toolchain", "modes that fit")
+    table = [head] + [(r["name"], r["part"], r["link"],
+                       r["toolchain"] + ("" if r["builds_here"] else " [plan only here]"),
+                       " ".join(r["modes"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _add_boards(sub) -> None:
+    p = sub.add_parser("boards", help="list the boards the card builds for",
+                       description="Boards: FPGA part, host link, toolchain, the modes whose "
+                                   "engines fit. `actpack build --board NAME` builds one.")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(_run=_run_boards)
+
+
+def _split(values):
+    """``--modes dct sfpr8`` and ``--modes dct,sfpr8`` alike; None when not given."""
+    if values is None:
+        return None
+    return [v for item in values for v in item.split(",") if v]
+
+
+def _run_build(args) -> int:
+    from pathlib import Path
+
+    from actpack.boards import BoardError, ToolchainMissing, get
+
+    try:
+        board = get(args.board)
+        config = board.card_config(modes=_split(args.modes), dtypes=_split(args.dtypes),
+                                   lanes=args.lanes, buffer_kib=args.buffer_kib)
+        out = Path(args.out or Path("build") / "boards" / board.name)
+        step = "plan" if args.plan_only else "build"
+
+        def say(text):
+            print(f"[{board.name}] {text}", file=sys.stderr, flush=True)
+
+        plan = getattr(board, step)(out, config, progress=say)
+    except (BoardError, ToolchainMissing) as exc:
+        print(f"actpack build: error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.report.summary(), end="")
+    print(f"wrote {len(plan.files)} files to {plan.directory} (report.json, summary.txt)")
+    return 0
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="build a board's bitstream or write its build plan",
+                       description="Build the card for a board (`actpack boards` lists them): "
+                                   "a bitstream where the board's toolchain runs here, or with "
+                                   "--plan-only the vendor project (sources, IP, constraints, "
+                                   "build script). Writes DIR/report.json and DIR/summary.txt.")
+    p.add_argument("--board", required=True, help="board name (see `actpack boards`)")
+    p.add_argument("--modes", nargs="+", metavar="MODE",
+                   help="codec modes to build engines for (default: every mode that fits)")
+    p.add_argument("--dtypes", nargs="+", metavar="DTYPE",
+                   help="input dtypes to build engines for (default: the board's, float32)")
+    p.add_argument("--lanes", type=int, default=1, help="engine lanes (default 1)")
+    p.add_argument("--buffer-kib", type=int, default=None,
+                   help="frame buffer in KiB (default: the board's)")
+    p.add_argument("--out", help="output folder (default build/boards/BOARD)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="write the build's files without running the toolchain")
+    p.set_defaults(_run=_run_build)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import actpack
 
@@ -53,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_bench(sub)
+    _add_boards(sub)
+    _add_build(sub)
     return parser
 
 
