@@ -38,7 +38,7 @@ from pathlib import Path
 
 from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 
 from actpack.hw.beats import BEAT_BYTES
 from actpack.hw.card import Card, card_ports
@@ -186,7 +186,8 @@ class XdmaTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        pcie = platform.request("pcie", 0, dir={"clk": "-", "rx": "-", "tx": "-"})
+        pcie = platform.request("pcie", 0, dir="-")
+        m.submodules.perst = perst = io.Buffer("i", pcie.perst)  # PERST# (active low)
         refclk, aresetn, link_up = Signal(), Signal(), Signal()
         m.submodules.refclk_buf = Instance("IBUFDS_GTE2", i_I=pcie.clk.p, i_IB=pcie.clk.n,
                                            i_CEB=0, o_O=refclk)
@@ -194,7 +195,7 @@ class XdmaTop(Elaboratable):
         m.d.comb += sync.rst.eq(~aresetn)
         m.submodules.card = card = Card(config=self.config, **self.card_params)
 
-        ports = {"i_sys_clk": refclk, "i_sys_rst_n": ~pcie.perst.i,
+        ports = {"i_sys_clk": refclk, "i_sys_rst_n": ~perst.i,
                  "o_pci_exp_txp": pcie.tx.p, "o_pci_exp_txn": pcie.tx.n,
                  "i_pci_exp_rxp": pcie.rx.p, "i_pci_exp_rxn": pcie.rx.n,
                  "o_axi_aclk": sync.clk, "o_axi_aresetn": aresetn, "o_user_lnk_up": link_up}
@@ -210,13 +211,15 @@ class XdmaTop(Elaboratable):
         m.submodules.xdma = Instance(XDMA_MODULE, **ports)
 
         if hasattr(pcie, "clkreq"):
-            m.d.comb += pcie.clkreq.o.eq(1)  # CLKREQ# low: the host keeps the refclk running
+            m.submodules.clkreq = clkreq = io.Buffer("o", pcie.clkreq)
+            m.d.comb += clkreq.o.eq(1)  # CLKREQ# low: the host keeps the refclk running
         try:
-            led = platform.request("led", 0)
+            led = platform.request("led", 0, dir="-")
         except ResourceError:  # a board without LEDs
             led = None
         if led is not None:
-            m.d.comb += led.o.eq(link_up)
+            m.submodules.led = led_buf = io.Buffer("o", led)
+            m.d.comb += led_buf.o.eq(link_up)
         return m
 
 
