@@ -29,6 +29,7 @@ converter sits between them: the card's own ``AxisToBeats`` / ``BeatsToAxis`` ta
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -46,7 +47,8 @@ from actpack.hw.regs import CardConfig
 
 from . import Board, BuildReport, Plan, ToolchainMissing
 
-__all__ = ["XDMA_MODULE", "PcieBoard", "XdmaLink", "XdmaTop", "xdma_ports", "xdma_settings"]
+__all__ = ["XDMA_MODULE", "PcieBoard", "XdmaLink", "XdmaTop", "vivado_figures", "xdma_ports",
+           "xdma_settings"]
 
 XDMA_MODULE = "xdma_0"  # the IP's module name in xdma_ip.tcl and the top's instance
 _GEN_RATE = {1: "2.5_GT/s", 2: "5.0_GT/s", 3: "8.0_GT/s"}
@@ -169,6 +171,27 @@ def xdma_ports(stream_bytes: int) -> dict[str, tuple[str, str]]:
             out[port] = ("usr_irq_req", core_dir)
         else:
             raise KeyError(f"card port {'.'.join(path)} has no XDMA counterpart")
+    return out
+
+
+_UTIL_ROW = r"^\|\s*{}\s*\|\s*([0-9.]+)\s*\|"
+_UTIL = {"luts": "Slice LUTs", "ffs": "Slice Registers", "dsps": "DSPs",
+         "brams": "Block RAM Tile"}
+
+
+def vivado_figures(utilization: str, timing: str, clock_mhz: float) -> dict:
+    """``luts``, ``ffs``, ``dsps``, ``brams`` (RAMB36 tiles, a RAMB18 counting half) from
+    Vivado's ``report_utilization`` text and ``fmax_mhz`` from ``report_timing_summary``'s
+    design WNS (worst negative slack) on a clock of ``clock_mhz``: ``1000 / (period - WNS)``.
+    A figure the reports do not have is None."""
+    out: dict = {}
+    for key, row in _UTIL.items():
+        m = re.search(_UTIL_ROW.format(re.escape(row)), utilization, re.M)
+        value = float(m.group(1)) if m else None
+        out[key] = value if value is None or key == "brams" else int(value)
+    m = re.search(r"^\s*WNS\(ns\)\s+TNS\(ns\).*\n\s*-[- ]+\n\s*(-?[0-9.]+)", timing, re.M)
+    out["fmax_mhz"] = (round(1000.0 / (1000.0 / clock_mhz - float(m.group(1))), 1)
+                       if m else None)
     return out
 
 
@@ -305,12 +328,22 @@ class PcieBoard(Board):
         say("running Vivado (synthesis, implementation, bitstream: tens of minutes)")
         t0 = time.monotonic()
         with open(plan.directory / "vivado.out", "w") as log:
-            subprocess.run(["sh", f"build_{self.top_name}.sh"], cwd=plan.directory,
-                           stdout=log, stderr=subprocess.STDOUT, check=True)
+            done = subprocess.run(["sh", f"build_{self.top_name}.sh"], cwd=plan.directory,
+                                  stdout=log, stderr=subprocess.STDOUT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"Vivado failed (exit status {done.returncode}): see "
+                               f"{plan.directory / 'vivado.out'} and {self.top_name}.log there")
         report = plan.report
         report.status = "built"
-        report.notes.append(f"Vivado ran {time.monotonic() - t0:.0f} s; figures in "
-                            f"{self.top_name}_utilization_place.rpt and {self.top_name}_timing.rpt")
+        util = plan.directory / f"{self.top_name}_utilization_place.rpt"
+        timing = plan.directory / f"{self.top_name}_timing.rpt"
+        figures = vivado_figures(util.read_text(), timing.read_text(), self.xdma.axi_mhz)
+        report.__dict__.update(figures)
+        if figures["fmax_mhz"]:
+            report.clock_mhz = min(float(self.xdma.axi_mhz), figures["fmax_mhz"])
+            report.throughput_mb_s = float(BEAT_BYTES * config.caps.lanes * report.clock_mhz)
+        report.notes.append(f"Vivado ran {time.monotonic() - t0:.0f} s; figures from "
+                            f"{util.name} and {timing.name}")
         report.write(plan.directory)
         return plan
 

@@ -10,7 +10,13 @@ import re
 import pytest
 
 from actpack.boards import get
-from actpack.boards.pcie import XDMA_MODULE, XdmaTop, xdma_ports, xdma_settings
+from actpack.boards.pcie import (
+    XDMA_MODULE,
+    XdmaTop,
+    vivado_figures,
+    xdma_ports,
+    xdma_settings,
+)
 from actpack.cli import main
 from actpack.hw.card import card_ports
 
@@ -195,3 +201,70 @@ def test_report_and_readme(plans, name, mb_s):
     assert f"sh build_actpack_{name}.sh" in readme
     assert "`CONFIG.pl_link_cap_max_link_width` | `X" in readme
     assert _read(plans, name, "summary.txt").startswith(f"{name} ({board.part}): plan")
+
+
+_UTILIZATION = """\
+1. Slice Logic
+--------------
+
++----------------------------+-------+-------+-----------+-------+
+|          Site Type         |  Used | Fixed | Available | Util% |
++----------------------------+-------+-------+-----------+-------+
+| Slice LUTs                 | 21034 |     0 |    133800 | 15.72 |
+|   LUT as Logic             | 20110 |     0 |    133800 | 15.03 |
+| Slice Registers            | 15021 |     0 |    267600 |  5.61 |
+3. Memory
+| Block RAM Tile |  12.5 |     0 |       365 |  3.42 |
+|   RAMB36/FIFO* |    12 |     0 |       365 |  3.29 |
+4. DSP
+| DSPs           |    16 |     0 |       740 |  2.16 |
+"""
+_TIMING = """\
+| Design Timing Summary
+| ---------------------
+------------------------------------------------------------------------------------------------
+
+    WNS(ns)      TNS(ns)  TNS Failing Endpoints  TNS Total Endpoints      WHS(ns)
+    -------      -------  ---------------------  -------------------      -------
+     -2.000     -512.000                    100                20000        0.045
+"""
+
+
+def test_vivado_figures():
+    got = vivado_figures(_UTILIZATION, _TIMING, 125)
+    assert got == {"luts": 21034, "ffs": 15021, "dsps": 16, "brams": 12.5,
+                   "fmax_mhz": 100.0}  # 8 ns period + 2 ns of negative slack
+    assert vivado_figures(_UTILIZATION, _TIMING.replace("-2.000", "1.000"), 100)[
+        "fmax_mhz"] == pytest.approx(111.1)
+    assert vivado_figures("", "", 125) == dict.fromkeys(
+        ("luts", "ffs", "dsps", "brams", "fmax_mhz"))
+
+
+def test_build_with_a_stand_in_vivado(tmp_path, monkeypatch):
+    """``build`` runs the plan's script and reads Vivado's reports back: a stand-in ``vivado``
+    on PATH checks its arguments and writes the two reports."""
+    top = "actpack_nitefury"
+    fake = tmp_path / "bin" / "vivado"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+[ "$*" = "-mode batch -log {top}.log -source {top}.tcl" ] || exit 3
+[ -f xdma_ip.tcl ] && [ -f {top}.v ] || exit 4
+cat > {top}_utilization_place.rpt <<'X'
+{_UTILIZATION}X
+cat > {top}_timing.rpt <<'X'
+{_TIMING}X
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    monkeypatch.delenv("VIVADO", raising=False)
+    board = get("nitefury")
+    plan = board.build(tmp_path / "out", board.card_config(modes=["mask"]))
+    report = json.loads((plan.directory / "report.json").read_text())
+    assert report["status"] == "built"
+    assert (report["luts"], report["ffs"], report["dsps"], report["fmax_mhz"]) == \
+        (21034, 15021, 16, 100.0)
+    assert report["clock_mhz"] == 100.0 and report["throughput_mb_s"] == 1600.0
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    monkeypatch.setattr(type(board), "plan", lambda *a, **k: plan)  # the same files again
+    with pytest.raises(RuntimeError, match="Vivado failed"):
+        board.build(tmp_path / "out", board.card_config(modes=["mask"]))
