@@ -239,7 +239,8 @@ class Board(abc.ABC):
                 "link_mb_s": self.link_mb_s, "toolchain": self.toolchain,
                 "modes": [m.label for m in sorted(self.modes)],
                 "dtypes": [d.label for d in sorted(self.dtypes)],
-                "max_lanes": self.max_lanes, "builds_here": self.toolchain_missing() is None}
+                "max_engines": self.max_engines, "max_lanes": self.max_lanes,
+                "builds_here": self.toolchain_missing() is None}
 
 
 _REGISTRY: dict[str, Board] = {}

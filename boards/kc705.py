@@ -7,7 +7,9 @@ W4/W3 Y6/Y5 AA4/AA3, TX L4/L3 M2/M1 N4/N3 P2/P1 T2/T1 U4/U3 V2/V1 Y2/Y1.
 
 Link: Gen2 x8, which the 7-series XDMA core serves with a 128-bit AXI-Stream at 250 MHz: the
 card must close timing at 250 MHz here (the Artix-7 board runs it at 125 MHz). The part has
-203,800 LUT6, 840 DSP48E1 and 445 RAMB36 (~2 MiB).
+203,800 LUT6, 840 DSP48E1 and 445 RAMB36 (~2 MiB): by the estimate in docs/boards.md, 6 engine
+pairs fit (every mode on one dtype, or three modes on two). Frame buffer as the NiteFury's: 64 KiB
+by default, up to 1.5 MiB once the card's buffers are block RAM.
 """
 
 from amaranth.build import Attrs, Clock, DiffPairs, PinsN, Resource, Subsignal
@@ -38,7 +40,9 @@ class _KC705(PcieBoard):
     title = "Xilinx KC705 (Kintex-7)"
     platform = KC705PciePlatform
     xdma = XdmaLink(gen=2, lanes=8, axi_bits=128, axi_mhz=250)
-    buffer_kib = 512
+    # docs/boards.md "Area estimate": ~39k LUT6 for a one-engine-pair card, ~25k a pair more
+    max_engines = 6
+    buffer_kib = 64
     max_buffer_kib = 1536
     # bank 0 at 2.5 V (UG810), as the board's own example designs set it
     board_constraints = ("set_property CFGBVS VCCO [current_design]",

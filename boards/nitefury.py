@@ -7,9 +7,10 @@ which an MGT reference-clock pin does not take. Pins as upstream (and litex-boar
 B10/A10 B8/A8 D11/C11 D9/C9, TX B6/A6 B4/A4 D5/C5 D7/C7.
 
 Link: Gen2 x4 with a 128-bit AXI-Stream at 125 MHz (the XDMA core's other choice for Gen2 x4,
-64 bits at 250 MHz, would ask the card for twice the clock). Every mode fits the part's 134,600
-LUT6 / 740 DSP48E1 / 365 RAMB36 (docs/boards.md has the estimate); the frame buffer defaults to
-256 KiB (the part has ~1.6 MiB of block RAM).
+64 bits at 250 MHz, would ask the card for twice the clock). The part has 134,600 LUT6, 740
+DSP48E1 and 365 RAMB36 (~1.6 MiB): by the estimate in docs/boards.md every mode on one dtype
+fits (4 engine pairs). The frame buffer defaults to 64 KiB, what fits while the card's buffers
+are read combinationally (LUT RAM); up to 1 MiB once they are block RAM.
 """
 
 from amaranth.build import Attrs, Clock, DiffPairs, PinsN, Resource, Subsignal
@@ -40,7 +41,9 @@ class _Nitefury(PcieBoard):
     title = "SQRL Acorn CLE-215+ / NiteFury II"
     platform = NitefuryPciePlatform
     xdma = XdmaLink(gen=2, lanes=4, axi_bits=128, axi_mhz=125)
-    buffer_kib = 256
+    # docs/boards.md "Area estimate": ~39k LUT6 for a one-engine-pair card, ~25k a pair more
+    max_engines = 4
+    buffer_kib = 64
     max_buffer_kib = 1024
     # the platform's own toolchain_prepare adds CFGBVS / CONFIG_VOLTAGE 3.3 and the SPI flash
     # image; nothing more is needed here

@@ -95,6 +95,16 @@ def test_card_config_names_what_does_not_fit(kwargs, words):
         assert w in str(exc.value)
 
 
+def test_pcie_boards_hold_every_mode_on_one_dtype():
+    for name, pairs in (("nitefury", 4), ("kc705", 6)):
+        board = get(name)
+        assert board.max_engines == pairs
+        assert board.card_config(dtypes=["float32"]).caps.modes == frozenset(Mode)
+    with pytest.raises(BoardFitError, match="8 \\(mode, dtype\\) engine pairs do not fit "
+                                            "nitefury"):
+        get("nitefury").card_config(dtypes=["float32", "bfloat16"])
+
+
 def test_build_without_vivado_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("VIVADO", raising=False)
@@ -125,6 +135,7 @@ def test_cli_boards_table_and_json(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["nitefury"]["link_mb_s"] == 2000.0
     assert rows["kc705"]["modes"] == ["dct", "eb", "sfpr8", "mask"]
+    assert rows["kc705"]["max_engines"] == 6
 
 
 @pytest.mark.parametrize(("argv", "words"), [
