@@ -41,6 +41,7 @@ from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io, wiring
 
+from actpack.hw.axis import axis_layout
 from actpack.hw.beats import BEAT_BYTES
 from actpack.hw.card import Card, card_ports
 from actpack.hw.regs import CardConfig
@@ -77,6 +78,8 @@ class XdmaLink:
             raise ValueError(f"gen: 1, 2 or 3, got {self.gen!r}")
         if self.lanes not in (1, 2, 4, 8, 16):
             raise ValueError(f"lanes: 1, 2, 4, 8 or 16, got {self.lanes!r}")
+        if self.device_id is None and self.lanes > 8:
+            raise ValueError("device_id: give one for x16 (0x70<gen><lanes> has no digit for 16)")
         if self.axi_bits not in (64, 128, 256, 512):
             raise ValueError(f"axi_bits: 64, 128, 256 or 512, got {self.axi_bits!r}")
         # the core's AXI side must carry the link: bits a cycle x clock >= lanes x lane rate
@@ -138,12 +141,6 @@ def xdma_ip_tcl(link: XdmaLink) -> str:
     return "\n".join(lines)
 
 
-def _payload_fields(stream_bytes: int) -> list[str]:
-    from actpack.hw.axis import axis_layout
-
-    return [name for name, _ in axis_layout(stream_bytes)]
-
-
 def xdma_ports(stream_bytes: int) -> dict[str, tuple[str, str]]:
     """How each signal of the card's ports (``hw.card.card_ports(stream_bytes)``) meets the
     XDMA core: card signal path (``bus.awaddr``, ``h2c.payload.data``, ``h2c.valid``, ``irq``)
@@ -163,7 +160,7 @@ def xdma_ports(stream_bytes: int) -> dict[str, tuple[str, str]]:
         elif port in ("h2c", "c2h"):
             prefix = "m_axis_h2c" if port == "h2c" else "s_axis_c2h"
             if path[1] == "payload":
-                for f in _payload_fields(stream_bytes):
+                for f, _ in axis_layout(stream_bytes):
                     out[f"{port}.payload.{f}"] = (f"{prefix}_t{f}_0", core_dir)
             else:
                 out[".".join(path)] = (f"{prefix}_t{path[1]}_0", core_dir)
