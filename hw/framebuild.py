@@ -77,10 +77,12 @@ class FrameBuilder(wiring.Component):
     known and up to it, payload bytes only up to the lengths of the entries taken.
     Throughput: inputs one beat (or entry) a cycle while collecting; output 8 bytes a cycle (the
     CRC takes a 64-bit word per cycle; half the 16-byte beat rate, enough for coded frames, whose
-    payload a lane produces at 1-3 bytes a cycle on activations). Latency: the whole job, then
-    one cycle to the first output beat. Backpressure: ``o.ready`` low holds the output beat and
-    the generator (the CRC and the memories' read addresses do not move); the inputs wait while
-    a frame streams out. Capacity: ``max_header``, ``max_blocks`` and ``max_payload``
+    payload a lane produces at 1-3 bytes a cycle on activations), plus one cycle a frame before
+    the header's CRC word and one before the trailer (each waits for the CRC to take the word
+    before it). Latency: the whole job, then two cycles to the first output beat (one for the
+    word stage in front of the CRC). Backpressure: ``o.ready`` low holds the output beat and the
+    generator (the CRC and the memories' read addresses do not move); the inputs wait while a
+    frame streams out. Capacity: ``max_header``, ``max_blocks`` and ``max_payload``
     bytes/entries, in block RAM with synchronous reads (memories sized at elaboration; each read
     address is the next cycle's word, so the registered read costs no cycle); a job that exceeds
     one sets ``overflow`` and its frame carries status 1 with the data that fitted (the host
@@ -210,21 +212,35 @@ class FrameBuilder(wiring.Component):
         last_word = Signal()
         status = Signal(32)
 
-        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
-        m.d.comb += [crc.data.eq(word), crc.valid.eq(step & feed)]
-
-        # 2:1 gearbox: two words make a beat
-        low = Signal(64)
+        # The word stage: each word is registered before the CRC and the gearbox take it, so
+        # the memories' read data (slow out of block RAM) meets only the word's own mux. A word
+        # made of the CRC (the header's CRC word, the trailer) waits until the stage holds no
+        # word still to go into the CRC: one cycle each.
+        s_word = Signal(64)
+        s_feed, s_last, s_full = Signal(), Signal(), Signal()
+        s_take = Signal()  # the gearbox takes the stage's word
+        crc_settled = Signal()  # every word fed so far is in ``crc.crc``
+        low = Signal(64)  # 2:1 gearbox: two words make a beat
         half = Signal()
-        m.d.comb += step.eq(produce & (~half | ~self.o.valid | self.o.ready))
+        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
+        m.d.comb += [
+            s_take.eq(s_full & (~half | ~self.o.valid | self.o.ready)),
+            step.eq(produce & (~s_full | s_take)),
+            crc.data.eq(s_word), crc.valid.eq(s_take & s_feed),
+            crc_settled.eq(~(s_full & s_feed)),
+        ]
+        with m.If(step):
+            m.d.sync += [s_word.eq(word), s_feed.eq(feed), s_last.eq(last_word), s_full.eq(1)]
+        with m.Elif(s_take):
+            m.d.sync += s_full.eq(0)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(step):
+        with m.If(s_take):
             with m.If(~half):
-                m.d.sync += [low.eq(word), half.eq(1)]
+                m.d.sync += [low.eq(s_word), half.eq(1)]
             with m.Else():
-                m.d.sync += [self.o.payload.data.eq(Cat(low, word)),
-                             self.o.payload.last.eq(last_word), self.o.valid.eq(1),
+                m.d.sync += [self.o.payload.data.eq(Cat(low, s_word)),
+                             self.o.payload.last.eq(s_last), self.o.valid.eq(1),
                              half.eq(0)]
 
         def half_of(row_data, index):
@@ -252,7 +268,7 @@ class FrameBuilder(wiring.Component):
                 m.d.comb += crc.start.eq(1)
                 m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += produce.eq(1)
+                m.d.comb += produce.eq((off != hw) | crc_settled)
                 with m.If(off < hw):  # payload_bytes as counted
                     m.d.comb += [word.eq(Mux(off == _PAYLOAD_WORD, received,
                                              half_of(rh.data, off))),
@@ -284,7 +300,7 @@ class FrameBuilder(wiring.Component):
                          [status.eq(self.status | overflow)])
             with m.State("TRAILER"):
                 trailer = Signal(TRAILER.shape())
-                m.d.comb += [produce.eq(1), trailer.body_crc.eq(crc.crc),
+                m.d.comb += [produce.eq(crc_settled), trailer.body_crc.eq(crc.crc),
                              trailer.status.eq(status), trailer.length.eq(total),
                              word.eq(trailer.as_value().word_select(
                                  off[:(TRAILER.size // _WORD - 1).bit_length()], 64)),
