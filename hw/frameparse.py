@@ -613,31 +613,35 @@ class _BlockEmitter(wiring.Component):
 
         # the beats: load the next block (only one whose entry went out), pop its bytes
         acc = Signal(8 * _ACC_BYTES)  # payload bytes not yet in a beat: the low ``fill``
-        pop_n = Signal(range(BEAT_BYTES + 1))
+        pop = Signal()  # a beat of ``n`` bytes leaves the buffer
         next_len = self.index_beat.data.word_select(bt_next[:2], 16)[:11]
         n = Signal(range(BEAT_BYTES + 1))
         m.d.comb += [n.eq(Mux(rem > BEAT_BYTES, BEAT_BYTES, rem)),
-                     bt_load.eq(self.run & (rem == 0) & (bt_next < ent_next))]
+                     bt_load.eq(self.run & (rem == 0) & (bt_next < ent_next)),
+                     pop.eq(~bt_load & self.run & (rem != 0) & (~beats.valid | beats.ready)
+                            & ((fill >= n) | self.flush))]
         with m.If(beats.valid & beats.ready):
             m.d.sync += beats.valid.eq(0)
         with m.If(bt_load):
             m.d.sync += rem.eq(next_len)
-        with m.Elif(self.run & (rem != 0) & (~beats.valid | beats.ready)
-                    & ((fill >= n) | self.flush)):
-            m.d.comb += pop_n.eq(n)
+        with m.Elif(pop):
             keep = Cat(*[Mux(k < n, 0xFF, 0x00) for k in range(BEAT_BYTES)])
             m.d.sync += [beats.valid.eq(1),
                          beats.payload.data.eq(acc[:8 * BEAT_BYTES] & keep),
                          beats.payload.count.eq(n),
                          beats.payload.last.eq(rem <= BEAT_BYTES),
                          rem.eq(rem - n)]
-        left = Signal.like(fill)
-        m.d.comb += left.eq(Mux(fill > pop_n, fill - pop_n, 0))
+        # The buffer's next state with and without the pop, side by side: ``pop`` (late: it
+        # waits on ``beats.ready`` and the fill comparison) only picks one.
+        left = Signal.like(fill)  # bytes kept after a pop (a flushed pop may want more)
+        m.d.comb += left.eq(Mux(fill > n, fill - n, 0))
+        popped = (acc >> (n * 8)) | (self.push_data << (left * 8))
+        kept = acc | (self.push_data << (fill * 8))
         with m.If(self.clear):
             m.d.sync += [rem.eq(0), acc.eq(0), fill.eq(0)]
         with m.Else():
-            m.d.sync += [acc.eq((acc >> (pop_n * 8)) | (self.push_data << (left * 8))),
-                         fill.eq(left + self.push_n)]
+            m.d.sync += [acc.eq(Mux(pop, popped, kept)),
+                         fill.eq(Mux(pop, left, fill) + self.push_n)]
         m.d.comb += self.busy.eq(
             (self.run & (((ent_next < self.nblocks) & ~self.flush) | (bt_next < ent_next)
                          | (rem != 0))) | blocks.valid | beats.valid)
