@@ -77,11 +77,16 @@ class FrameBuilder(wiring.Component):
     known and up to it, payload bytes only up to the lengths of the entries taken.
     Throughput: inputs one beat (or entry) a cycle while collecting; output 8 bytes a cycle (the
     CRC takes a 64-bit word per cycle; half the 16-byte beat rate, enough for coded frames, whose
-    payload a lane produces at 1-3 bytes a cycle on activations). Latency: the whole job, then
-    one cycle to the first output beat. Capacity: ``max_header``, ``max_blocks`` and
-    ``max_payload`` bytes/entries (memories sized at elaboration); a job that exceeds one sets
-    ``overflow`` and its frame carries status 1 with the data that fitted (the host sizes jobs by
-    ``frame_bound`` so this never happens in a well-behaved system).
+    payload a lane produces at 1-3 bytes a cycle on activations), plus one cycle a frame before
+    the header's CRC word and one before the trailer (each waits for the CRC to take the word
+    before it). Latency: the whole job, then two cycles to the first output beat (one for the
+    word stage in front of the CRC). Backpressure: ``o.ready`` low holds the output beat and the
+    generator (the CRC and the memories' read addresses do not move); the inputs wait while a
+    frame streams out. Capacity: ``max_header``, ``max_blocks`` and ``max_payload``
+    bytes/entries, in block RAM with synchronous reads (memories sized at elaboration; each read
+    address is the next cycle's word, so the registered read costs no cycle); a job that exceeds
+    one sets ``overflow`` and its frame carries status 1 with the data that fitted (the host
+    sizes jobs by ``frame_bound`` so this never happens in a well-behaved system).
     """
 
     def __init__(self, *, max_header: int = 1024, max_blocks: int = 1024,
@@ -110,9 +115,10 @@ class FrameBuilder(wiring.Component):
         m.submodules.mem_i = mem_i = Memory(shape=unsigned(_BEAT_BITS), depth=rows_i, init=[])
         m.submodules.mem_p = mem_p = Memory(shape=unsigned(_BEAT_BITS), depth=rows_p, init=[])
         wh, wi, wp = mem_h.write_port(), mem_i.write_port(), mem_p.write_port()
-        rh = mem_h.read_port(domain="comb")
-        ri = mem_i.read_port(domain="comb")
-        rp = mem_p.read_port(domain="comb")
+        # Synchronous reads (block RAM): every port's address is the word counter's next value,
+        # so each row is on the port's data in the cycle ``off`` reaches it and stays there while
+        # the output stalls (the address does not move then).
+        rh, ri, rp = mem_h.read_port(), mem_i.read_port(), mem_p.read_port()
 
         # ------------------------------------------------------------------ collect
         hlen = Signal(range(self.max_header + 1))  # header template bytes received
@@ -195,6 +201,10 @@ class FrameBuilder(wiring.Component):
         p_total = Signal.like(p_words)  # A(payload) / 8
         total = Signal(64)  # frame length
         off = Signal(range(max(self.max_payload, self.max_header, self.max_blocks) // 2 + 16))
+        off_next = Signal.like(off)  # what ``off`` becomes: the rows to read for next cycle
+        m.d.comb += [off_next.eq(off), rh.addr.eq(off_next >> 1), ri.addr.eq(off_next >> 1),
+                     rp.addr.eq(off_next >> 1)]
+        m.d.sync += off.eq(off_next)
         word = Signal(64)
         feed = Signal()  # the word goes into the CRC
         produce = Signal()  # the generator has a word this cycle
@@ -202,21 +212,35 @@ class FrameBuilder(wiring.Component):
         last_word = Signal()
         status = Signal(32)
 
-        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
-        m.d.comb += [crc.data.eq(word), crc.valid.eq(step & feed)]
-
-        # 2:1 gearbox: two words make a beat
-        low = Signal(64)
+        # The word stage: each word is registered before the CRC and the gearbox take it, so
+        # the memories' read data (slow out of block RAM) meets only the word's own mux. A word
+        # made of the CRC (the header's CRC word, the trailer) waits until the stage holds no
+        # word still to go into the CRC: one cycle each.
+        s_word = Signal(64)
+        s_feed, s_last, s_full = Signal(), Signal(), Signal()
+        s_take = Signal()  # the gearbox takes the stage's word
+        crc_settled = Signal()  # every word fed so far is in ``crc.crc``
+        low = Signal(64)  # 2:1 gearbox: two words make a beat
         half = Signal()
-        m.d.comb += step.eq(produce & (~half | ~self.o.valid | self.o.ready))
+        m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=64).create()
+        m.d.comb += [
+            s_take.eq(s_full & (~half | ~self.o.valid | self.o.ready)),
+            step.eq(produce & (~s_full | s_take)),
+            crc.data.eq(s_word), crc.valid.eq(s_take & s_feed),
+            crc_settled.eq(~(s_full & s_feed)),
+        ]
+        with m.If(step):
+            m.d.sync += [s_word.eq(word), s_feed.eq(feed), s_last.eq(last_word), s_full.eq(1)]
+        with m.Elif(s_take):
+            m.d.sync += s_full.eq(0)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(step):
+        with m.If(s_take):
             with m.If(~half):
-                m.d.sync += [low.eq(word), half.eq(1)]
+                m.d.sync += [low.eq(s_word), half.eq(1)]
             with m.Else():
-                m.d.sync += [self.o.payload.data.eq(Cat(low, word)),
-                             self.o.payload.last.eq(last_word), self.o.valid.eq(1),
+                m.d.sync += [self.o.payload.data.eq(Cat(low, s_word)),
+                             self.o.payload.last.eq(s_last), self.o.valid.eq(1),
                              half.eq(0)]
 
         def half_of(row_data, index):
@@ -234,8 +258,8 @@ class FrameBuilder(wiring.Component):
                     p_total.eq(_align(received, 40) >> 3),
                     total.eq(_align(hlen + HEADER_CRC_BYTES, 32) + _align(nblocks * 2, 40)
                              + _align(received, 40) + TRAILER.size),
-                    off.eq(0),
                 ]
+                m.d.comb += off_next.eq(0)
                 # the last partly filled rows
                 with m.If(n_index[:3] != 0):
                     m.d.comb += [wi.addr.eq(n_index >> 3), wi.data.eq(i_row), wi.en.eq(1)]
@@ -244,7 +268,7 @@ class FrameBuilder(wiring.Component):
                 m.d.comb += crc.start.eq(1)
                 m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [rh.addr.eq(off >> 1), produce.eq(1)]
+                m.d.comb += produce.eq((off != hw) | crc_settled)
                 with m.If(off < hw):  # payload_bytes as counted
                     m.d.comb += [word.eq(Mux(off == _PAYLOAD_WORD, received,
                                              half_of(rh.data, off))),
@@ -252,40 +276,41 @@ class FrameBuilder(wiring.Component):
                 with m.Elif(off == hw):
                     m.d.comb += word.eq(crc.crc)  # header CRC, then zero padding
                 with m.If(step):
-                    m.d.sync += off.eq(off + 1)
+                    m.d.comb += off_next.eq(off + 1)
                     with m.If(off + 1 == h_words):
-                        m.d.sync += off.eq(0)
-                        m.d.comb += crc.start.eq(1)
+                        m.d.comb += [off_next.eq(0), crc.start.eq(1)]
                         m.next = "INDEX"
             # Body sections: ``words`` words from memory, zero words to ``total``, all into the
             # body CRC; an empty section is skipped without a word. Entries past nblocks in
             # the index's last row are zero (the row was packed from 0), so are payload bytes.
             def body_section(name, read, words, total, then, on_leave=()):
                 with m.State(name):
-                    m.d.comb += [read.addr.eq(off >> 1), feed.eq(1), produce.eq(total != 0)]
+                    m.d.comb += [feed.eq(1), produce.eq(total != 0)]
                     with m.If(off < words):
                         m.d.comb += word.eq(half_of(read.data, off))
                     with m.If((total == 0) | (step & (off + 1 == total))):
-                        m.d.sync += [off.eq(0), *on_leave]
+                        m.d.comb += off_next.eq(0)
+                        m.d.sync += on_leave
                         m.next = then
                     with m.Elif(step):
-                        m.d.sync += off.eq(off + 1)
+                        m.d.comb += off_next.eq(off + 1)
 
             body_section("INDEX", ri, i_words, i_total, "PAYLOAD")
             body_section("PAYLOAD", rp, p_words, p_total, "TRAILER",
                          [status.eq(self.status | overflow)])
             with m.State("TRAILER"):
                 trailer = Signal(TRAILER.shape())
-                m.d.comb += [produce.eq(1), trailer.body_crc.eq(crc.crc),
+                m.d.comb += [produce.eq(crc_settled), trailer.body_crc.eq(crc.crc),
                              trailer.status.eq(status), trailer.length.eq(total),
                              word.eq(trailer.as_value().word_select(
                                  off[:(TRAILER.size // _WORD - 1).bit_length()], 64)),
                              last_word.eq(off == TRAILER.size // _WORD - 1)]
                 with m.If(step):
-                    m.d.sync += off.eq(off + 1)
+                    m.d.comb += off_next.eq(off + 1)
                     with m.If(last_word):
+                        m.d.comb += off_next.eq(0)
                         m.d.sync += [
-                            off.eq(0), collecting.eq(1), hlen.eq(0), h_done.eq(0), nb_known.eq(0),
+                            collecting.eq(1), hlen.eq(0), h_done.eq(0), nb_known.eq(0),
                             nblocks.eq(0), n_index.eq(0), expected.eq(0), received.eq(0),
                             i_row.eq(0), p_acc.eq(0), p_fill.eq(0), p_rows.eq(0),
                             overflow.eq(0),
