@@ -2,10 +2,10 @@
 out, bit-exact with ``actpack.Codec.compress``."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from actpack.codec import frame as fmt
 from actpack.codec.frame import (
@@ -20,7 +20,7 @@ from actpack.codec.frame import (
 from actpack.codec.spec import DType, Mode
 
 from . import protocol
-from .beats import BEAT_BYTES
+from .beats import BEAT_BYTES, CodeBeat
 from .compressor import Compressor
 from .framebuild import SECTION, FrameBuilder
 from .frameparse import param_bad, scale_record_bad
@@ -28,7 +28,7 @@ from .geometry import Geometry, GroupWalker
 from .job import Next, job_ports, report
 from .protocol import DESCRIPTOR, ErrorCode
 
-__all__ = ["CompressJob", "engine_name"]
+__all__ = ["CompressJob", "HeaderTemplate", "engine_name"]
 
 _BEAT_BITS = 8 * BEAT_BYTES
 _SHAPE_BEATS = protocol.SHAPE_BYTES // BEAT_BYTES
@@ -46,9 +46,89 @@ assert FIXED_HEADER.size % _HEADER_WORD == 0 and SCALE_RECORD.size == _HEADER_WO
 assert Geometry(count_bits=_COUNT_BITS).latency >= _TABLE_STEPS  # the table CRC costs no cycle
 
 
+def _record_rows(max_groups: int) -> int:
+    """Rows of the scale memory: ``BEAT_BYTES`` of records each, as they arrive."""
+    return -(-max_groups // _RECORDS_PER_BEAT)
+
+
 def engine_name(kind: str, pair) -> str:
     """The submodule name of the engine of (mode, dtype) ``pair``: ``<kind>_<mode>_<dtype>``."""
     return f"{kind}_{pair[0].label}_{pair[1].name.lower()}"
+
+
+class HeaderTemplate(wiring.Component):
+    """The header template of a compress job's frame, format.md 2.1 without its CRC: the fixed
+    part (``payload_bytes`` 0: ``FrameBuilder`` counts it), the shape, the table (dct), the
+    scale records; as ``CodeBeat``s for ``FrameBuilder.header``, two 64-bit words a beat (the
+    last may hold one), ``last`` on the final beat.
+
+    ``start`` (a pulse) begins a header; its words go while ``run`` is high, one a cycle.
+    ``desc``, ``shape`` and ``table`` hold meanwhile; the records come from the job's scale
+    memory: ``record_row`` is the memory row (``BEAT_BYTES`` of records) the next word needs
+    and ``records`` that row one cycle later (a registered read port), so the read costs no
+    cycle. Backpressure: ``o.ready`` low holds a beat and the words behind it. ``done`` is high
+    while ``run`` is and the last beat has gone or goes this cycle. No bad input: the fields
+    were checked (``CompressJob``).
+    """
+
+    def __init__(self, *, max_groups: int):
+        self.max_groups = max_groups
+        super().__init__({
+            "start": In(1),
+            "run": In(1),
+            "desc": In(DESCRIPTOR.shape()),
+            "shape": In(data.ArrayLayout(64, fmt.MAX_NDIM)),
+            "table": In(data.ArrayLayout(8, TABLE_BYTES)),
+            "record_row": Out(range(_record_rows(max_groups))),
+            "records": In(_BEAT_BITS),
+            "o": Out(stream.Signature(CodeBeat)),
+            "done": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        desc, o = self.desc, self.o
+        k = Signal(range(_FIXED_WORDS + fmt.MAX_NDIM + 8 + self.max_groups + 2))  # the word
+        fixed = Signal(FIXED_HEADER.shape())
+        m.d.comb += [fixed.magic.eq(_FRAME_MAGIC), fixed.version.eq(fmt.VERSION),
+                     fixed.mode.eq(desc.mode), fixed.dtype.eq(desc.dtype),
+                     fixed.ndim.eq(desc.ndim), fixed.table_id.eq(desc.table_id),
+                     fixed.table_arg.eq(desc.table_arg), fixed.ngroups.eq(desc.ngroups),
+                     fixed.nblocks.eq(desc.nblocks), fixed.param.eq(desc.param)]
+        n_shape = _FIXED_WORDS + desc.ndim
+        n_table = n_shape + Mux(desc.mode == Mode.DCT, TABLE_BYTES // _HEADER_WORD, 0)
+        n_words = (header_length(desc.mode, desc.ndim, desc.ngroups) >> 3)[:len(k)]
+        lo, half = Signal(64), Signal()  # the beat's first word, when it has one
+        free = ~o.valid | o.ready
+        advance = self.run & free & (k < n_words)  # the word at ``k`` goes this cycle
+        word = Signal(64)
+        with m.If(k < _FIXED_WORDS):
+            m.d.comb += word.eq(fixed.as_value().word_select(
+                k[:(_FIXED_WORDS - 1).bit_length()], 64))
+        with m.Elif(k < n_shape):
+            m.d.comb += word.eq(self.shape[(k - _FIXED_WORDS)[:3]])
+        with m.Elif(k < n_table):
+            m.d.comb += word.eq(self.table.as_value().word_select((k - n_shape)[:3], 64))
+        with m.Else():
+            m.d.comb += word.eq(self.records.word_select((k - n_table)[:_RECORD_SHIFT], 64))
+        m.d.comb += [self.record_row.eq((Mux(advance, k + 1, k) - n_table)[:len(k)]
+                                        >> _RECORD_SHIFT),
+                     self.done.eq(self.run & free & (k == n_words))]
+
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(self.start):
+            m.d.sync += [k.eq(0), half.eq(0)]
+        with m.Elif(advance):
+            m.d.sync += k.eq(k + 1)
+            with m.If(~half & (k + 1 < n_words)):
+                m.d.sync += [lo.eq(word), half.eq(1)]
+            with m.Else():
+                m.d.sync += [o.valid.eq(1), half.eq(0),
+                             o.payload.data.eq(Mux(half, Cat(lo, word), word)),
+                             o.payload.count.eq(Mux(half, 16, 8)),
+                             o.payload.last.eq(k + 1 == n_words)]
+        return m
 
 
 class CompressJob(wiring.Component):
@@ -110,12 +190,12 @@ class CompressJob(wiring.Component):
         m.submodules.walker = walker = GroupWalker(count_bits=_COUNT_BITS)
         m.submodules.crc = crc = catalog.CRC32_ISCSI(data_width=8 * _TABLE_WORD).create()
         m.submodules.scales = scales = Memory(shape=unsigned(_BEAT_BITS),
-                                              depth=-(-self.max_groups // _RECORDS_PER_BEAT),
+                                              depth=_record_rows(self.max_groups),
                                               init=[])
         sc_w, sc_r = scales.write_port(), scales.read_port()  # registered read: block RAM
 
         shape = Signal(data.ArrayLayout(64, fmt.MAX_NDIM))
-        k = Signal(range(5 + fmt.MAX_NDIM + 8 + self.max_groups + 2))  # beats/words of a phase
+        k = Signal(range(5 + fmt.MAX_NDIM + 8 + self.max_groups + 2))  # beats/steps of a phase
         t = Signal(range(TABLE_BYTES + 1))  # table entries written
         faulted = Signal()  # a scale record failed
         rows = Signal(40)  # rows taken by the engine
@@ -168,33 +248,10 @@ class CompressJob(wiring.Component):
                 wiring.connect(m, comp.o, builder.payload)
         m.d.comb += builder.status.eq(0)
 
-        # ------------------------------------------------------------ the header template
-        # format.md 2.1 without its CRC, a word a cycle: the fixed part (payload_bytes 0: the
-        # builder counts it), the shape, the table (dct), the records
-        fixed = Signal(FIXED_HEADER.shape())
-        m.d.comb += [fixed.magic.eq(_FRAME_MAGIC), fixed.version.eq(fmt.VERSION),
-                     fixed.mode.eq(mode), fixed.dtype.eq(dtype), fixed.ndim.eq(ndim),
-                     fixed.table_id.eq(desc.table_id), fixed.table_arg.eq(desc.table_arg),
-                     fixed.ngroups.eq(ngroups), fixed.nblocks.eq(nblocks),
-                     fixed.param.eq(desc.param)]
-        n_shape = _FIXED_WORDS + ndim
-        n_table = n_shape + Mux(is_dct, TABLE_BYTES // _HEADER_WORD, 0)
-        n_words = (header_length(mode, ndim, ngroups) >> 3)[:len(k)]  # 8-byte words
-        hb = builder.header
-        hdr_lo, hdr_half = Signal(64), Signal()
-        free = ~hb.valid | hb.ready
-        advance = free & (k < n_words)  # the word at ``k`` goes this cycle
-        g = (k - n_table)[:len(k)]
-        hdr_word = Signal(64)
-        with m.If(k < _FIXED_WORDS):
-            m.d.comb += hdr_word.eq(fixed.as_value().word_select(
-                k[:(_FIXED_WORDS - 1).bit_length()], 64))
-        with m.Elif(k < n_shape):
-            m.d.comb += hdr_word.eq(shape[(k - _FIXED_WORDS)[:3]])
-        with m.Elif(k < n_table):
-            m.d.comb += hdr_word.eq(table.as_value().word_select((k - n_shape)[:3], 64))
-        with m.Else():
-            m.d.comb += hdr_word.eq(sc_r.data.word_select(g[:_RECORD_SHIFT], 64))
+        m.submodules.header = header = HeaderTemplate(max_groups=self.max_groups)
+        wiring.connect(m, header.o, builder.header)
+        m.d.comb += [header.desc.eq(desc), header.shape.eq(shape), header.table.eq(table),
+                     header.records.eq(sc_r.data)]
 
         # ------------------------------------------------------------ the phases
         with m.FSM() as fsm:
@@ -235,6 +292,7 @@ class CompressJob(wiring.Component):
                         fault(ErrorCode.BAD_DESCRIPTOR)
                         finish(Next.DRAIN)
                     with m.Else():
+                        m.d.comb += header.start.eq(1)
                         m.next = "HEADER"
                 with m.Elif(self.seen_last):
                     finish(Next.STATUS)  # LENGTH
@@ -252,25 +310,13 @@ class CompressJob(wiring.Component):
                                 fault(ErrorCode.BAD_DESCRIPTOR, idx)
                                 m.d.sync += faulted.eq(1)
             with m.State("HEADER"):
-                # header template words into the builder, two a beat; the dct table into the
-                # engine meanwhile, an entry a cycle
+                # the header template into the builder; the dct table into the engine
+                # meanwhile, an entry a cycle
+                m.d.comb += header.run.eq(1)
                 with m.If(is_dct & (t < TABLE_BYTES)):
                     m.d.comb += table_load.eq(1)
                     m.d.sync += t.eq(t + 1)
-                with m.If(hb.valid & hb.ready):
-                    m.d.sync += hb.valid.eq(0)
-                with m.If(advance):
-                    m.d.sync += k.eq(k + 1)
-                    with m.If(~hdr_half & (k + 1 < n_words)):
-                        m.d.sync += [hdr_lo.eq(hdr_word), hdr_half.eq(1)]
-                    with m.Else():
-                        m.d.sync += [hb.valid.eq(1), hdr_half.eq(0),
-                                     hb.payload.data.eq(Mux(hdr_half, Cat(hdr_lo, hdr_word),
-                                                            hdr_word)),
-                                     hb.payload.count.eq(Mux(hdr_half, 16, 8)),
-                                     hb.payload.last.eq(k + 1 == n_words)]
-                with m.If((k == n_words) & free & (~is_dct | (t == TABLE_BYTES))):
-                    m.d.sync += [k.eq(0), hb.valid.eq(0)]
+                with m.If(header.done & (~is_dct | (t == TABLE_BYTES))):
                     m.d.comb += walker.start.eq(1)
                     m.next = "VALUES"
             with m.State("VALUES"):
@@ -302,8 +348,7 @@ class CompressJob(wiring.Component):
                     finish(Next.DONE)
         # one read port: the header's next word in HEADER, the next block's group otherwise
         with m.If(fsm.ongoing("HEADER")):
-            m.d.comb += sc_r.addr.eq((Mux(advance, k + 1, k) - n_table)[:len(k)]
-                                     >> _RECORD_SHIFT)
+            m.d.comb += sc_r.addr.eq(header.record_row)
         with m.Else():
             m.d.comb += sc_r.addr.eq(group >> _RECORD_SHIFT)
         return m
