@@ -22,7 +22,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .beats import BEAT_BYTES, CodeBeat
-from .blockdecode import _popcount
+from .blockdecode import popcount
 
 __all__ = ["STREAM_BYTES", "AxisToBeats", "BeatsToAxis", "axis_layout"]
 
@@ -105,7 +105,7 @@ class AxisToBeats(wiring.Component):
         c_valid, c_ready, c_last = Signal(), Signal(), Signal()
         c_data = Signal(beat_bits)
         c_count = Signal(range(BEAT_BYTES + 1))
-        kept = _popcount(i.payload.keep)
+        kept = popcount(i.payload.keep)
         if n < BEAT_BYTES:
             # two 8-byte beats per chunk: the first waits in `low`
             low, have_low = Signal(8 * n), Signal()

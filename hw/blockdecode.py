@@ -47,6 +47,7 @@ __all__ = [
     "BlockError",
     "DecodedRow",
     "Unzigzag",
+    "popcount",
 ]
 
 # --------------------------------------------------------------------------------- interfaces
@@ -156,7 +157,7 @@ def _mb(entry):
     return entry.mb_minus_1 + 1
 
 
-def _popcount(bits) -> object:
+def popcount(bits) -> object:
     """Sum of the bits of ``bits`` (a Value or a list of 1-bit Values), as a balanced adder tree."""
     terms = [bits[k] for k in range(len(bits))]
     while len(terms) > 1:
@@ -317,7 +318,7 @@ class BlockDecoder(wiring.Component):
         mask1 = Cat(*mbytes)
         p1 = _stage(m, "p1", {
             "valid": p0.valid, "dst": p0.dst, "ent": ent, "mask": mask1,
-            "c": [_popcount(b) for b in mbytes],
+            "c": [popcount(b) for b in mbytes],
             "sparse_w": Array(hb_pad[8 * k:8 * k + 4 * N] for k in range(N + 1))[mb],
             "dense_w": p0.hb[:4 * N],  # DENSE_HEADER bytes of nibbles
             "coded": is_coded, "dense": is_dense,
@@ -503,8 +504,8 @@ class BlockDecoder(wiring.Component):
             **ecarry(e1, "wt"),
             "win": _shift_down(m, e1.pair, e1.sh, beat_bits, "win", bits=range(4, 7)),
             "sh": e1.sh[:4], "olo": olo, "ohi": ohi[:3],
-            "ti": [_popcount(e1.mbyte[:i]) for i in range(1, N)],
-            "count": _popcount(e1.mbyte),
+            "ti": [popcount(e1.mbyte[:i]) for i in range(1, N)],
+            "count": popcount(e1.mbyte),
         })
         # step 3: the window (128 bits from the row's first code); code t's bit offset within it
         offs = [Const(0, 7), *e2.olo, *(e2.olo[-1] + h for h in e2.ohi)]

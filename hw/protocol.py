@@ -55,6 +55,7 @@ __all__ = [
     "compress_in_bytes",
     "frame_error_code",
     "pack_shape",
+    "seal",
     "table_crc",
     "unpack_shape",
     "values_bytes",
@@ -194,8 +195,9 @@ def unpack_shape(data, ndim: int) -> tuple[int, ...]:
     return tuple(dims[:ndim])
 
 
-def _seal(layout: Layout, **fields) -> bytes:
-    """``fields`` packed by ``layout`` with its ``crc`` field, the CRC32C of the bytes before it."""
+def seal(layout: Layout, **fields) -> bytes:
+    """``fields`` packed by ``layout`` (``DESCRIPTOR`` or ``STATUS``) with its ``crc`` field, the
+    CRC32C of the bytes before it; reserved fields zero unless given (tests give them)."""
     body = layout.pack(**fields, crc=0)[: layout.offset("crc")]
     return layout.pack(**fields, crc=crc32c_of(body))
 
@@ -232,7 +234,7 @@ class Descriptor:
     table_crc: int = 0
 
     def to_bytes(self) -> bytes:
-        return _seal(DESCRIPTOR, magic=JOB_MAGIC, op=int(self.op), mode=self.mode,
+        return seal(DESCRIPTOR, magic=JOB_MAGIC, op=int(self.op), mode=self.mode,
                      dtype=self.dtype, ndim=self.ndim, table_id=self.table_id,
                      table_arg=self.table_arg, ngroups=self.ngroups, nblocks=self.nblocks,
                      param=self.param, table_crc=self.table_crc, tag=self.tag,
@@ -275,7 +277,7 @@ class StatusRecord:
     detail: int = 0
 
     def to_bytes(self) -> bytes:
-        return _seal(STATUS, magic=STATUS_MAGIC, code=int(self.code), tag=self.tag,
+        return seal(STATUS, magic=STATUS_MAGIC, code=int(self.code), tag=self.tag,
                      op=int(self.op), bytes_in=self.bytes_in, bytes_out=self.bytes_out,
                      detail=self.detail)
 

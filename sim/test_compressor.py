@@ -33,7 +33,7 @@ from ..hw.compressor import row_layout
 from . import rows
 from .stream import StreamTB, random_pauses
 
-__all__ = ["case_rows", "expected_beats"]
+__all__ = ["case_rng", "case_rows", "expected_beats", "pauses"]
 
 MODE = Mode.parse(os.environ.get("ACTPACK_TB_MODE", "sfpr8"))
 DTYPE = DType[os.environ.get("ACTPACK_TB_DTYPE", "float32").upper()]
@@ -132,11 +132,15 @@ def _beats_per_block(index) -> np.ndarray:
     return -(-lengths // BEAT_BYTES)
 
 
-def _rng(*key) -> np.random.Generator:
+def case_rng(*key) -> np.random.Generator:
+    """The generator of one case of a run (``ACTPACK_TB_SEED`` and the case's key): the
+    compressor's and the decompressor's testbench pause the same case the same way."""
     return np.random.default_rng([SEED, zlib.crc32(repr(key).encode())])
 
 
-def _pauses(rng, on: bool):
+def pauses(rng, on: bool):
+    """Random pauses 30 % of the cycles where ``on``, else none (``StreamTB``'s idle and
+    backpressure arguments)."""
     return random_pauses(rng, 0.3) if on else None
 
 
@@ -145,8 +149,8 @@ def _load(stim: str) -> dict:
         return {k: f[k] for k in f.files}
 
 
-async def _start(dut, case, **pauses) -> CompressorTB:
-    tb = CompressorTB(dut, **pauses)
+async def _start(dut, case, **stalls) -> CompressorTB:
+    tb = CompressorTB(dut, **stalls)
     await tb.reset()
     if MODE is Mode.DCT:
         await tb.load_table(case["table"])
@@ -172,10 +176,10 @@ else:
     @cocotb.parametrize(stim=CASES, idle=[False, True], backpressure=[False, True])
     async def compressor(dut, stim, idle, backpressure):
         case = _load(stim)
-        rng = _rng(stim, idle, backpressure)
-        tb = await _start(dut, case, idle=_pauses(rng, idle),
-                          backpressure=_pauses(rng, backpressure),
-                          backpressure_index=_pauses(rng, backpressure))
+        rng = case_rng(stim, idle, backpressure)
+        tb = await _start(dut, case, idle=pauses(rng, idle),
+                          backpressure=pauses(rng, backpressure),
+                          backpressure_index=pauses(rng, backpressure))
         timing = bool(case["full_rate"]) and not idle and not backpressure
         await tb.check(stim, case, timing=timing)
         await tb.finish(drain_cycles=64)

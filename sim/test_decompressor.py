@@ -31,7 +31,7 @@ from .stream import StreamTB
 
 # the environment of the build (MODE, DTYPE, LANES), SEED, STIM and its CASES: as the
 # compressor's bench reads them
-from .test_compressor import CASES, DTYPE, LANES, MODE, STIM, CompressorTB, _pauses, _rng
+from .test_compressor import CASES, DTYPE, LANES, MODE, STIM, CompressorTB, case_rng, pauses
 
 # ----------------------------------------------------------------------------- the bench
 
@@ -105,9 +105,9 @@ async def _start(tb, case):
 @cocotb.parametrize(stim=CASES, idle=[False, True], backpressure=[False, True])
 async def decompressor(dut, stim, idle, backpressure):
     case = _load(stim)
-    rng = _rng(stim, idle, backpressure)
-    tb = DecompressorTB(dut, idle=_pauses(rng, idle), idle_beats=_pauses(rng, idle),
-                        backpressure=_pauses(rng, backpressure))
+    rng = case_rng(stim, idle, backpressure)
+    tb = DecompressorTB(dut, idle=pauses(rng, idle), idle_beats=pauses(rng, idle),
+                        backpressure=pauses(rng, backpressure))
     await _start(tb, case)
     tb.send(case)
     await tb.check(stim, case)
