@@ -23,7 +23,8 @@ from actpack.codec import spec
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 from actpack.errors import Check
 
-__all__ = ["DECODE_ERRORS", "decode_blocks", "encode_blocks", "group_maxabs"]
+__all__ = ["DECODE_ERRORS", "decode_blocks", "eb2_decode_blocks", "eb2_encode_blocks",
+           "encode_blocks", "group_maxabs"]
 
 _K = np.ascontiguousarray(DCT_MATRIX, dtype=np.int64)
 _ZZ = np.ascontiguousarray(ZIGZAG, dtype=np.int64)
@@ -35,6 +36,7 @@ _DCT, _EB, _SFPR8, _MASK = int(spec.Mode.DCT), int(spec.Mode.EB), int(spec.Mode.
 _F32, _F16, _BF16 = int(spec.DType.FLOAT32), int(spec.DType.FLOAT16), int(spec.DType.BFLOAT16)
 _SFPR_MAX = spec.SFPR_MAX
 _EB_Q_SAT = spec.EB_Q_SAT
+_EB2_Q_SAT = spec.EB2_Q_SAT
 _S1, _S2 = spec.DCT_SHIFT_1, spec.DCT_SHIFT_2
 _IS1, _IS2 = spec.IDCT_SHIFT_1, spec.IDCT_SHIFT_2
 _COEF_MAX = spec.DCT_COEF_MAX
@@ -335,8 +337,23 @@ def _symbols(x, mode, scale, inv, table, recip, error_bound, dtype, sym, p, eo):
         return ok
     # Error-bounded: pre-quantize, check exactly what the decoder will produce, Lorenzo.
     q = p
+    ok = _eb_quantize(x, scale, inv, error_bound, dtype, _EB_Q_SAT, q)
+    for i in range(8):
+        for j in range(8):
+            up = q[8 * (i - 1) + j] if i > 0 else 0
+            left = q[8 * i + j - 1] if j > 0 else 0
+            diag = q[8 * (i - 1) + j - 1] if i > 0 and j > 0 else 0
+            sym[8 * i + j] = q[8 * i + j] - up - left + diag
+    return ok
+
+
+@njit(cache=True)
+def _eb_quantize(x, scale, inv, error_bound, dtype, limit, q):
+    """Modes eb/eb2: ``q = SFPR(x, scale, limit)`` into ``q`` (64 int64); True if every value
+    the decoder produces from it is within ``error_bound`` (False for a non-finite value)."""
+    ok = True
     for k in range(64):
-        q[k] = _sfpr(x[k], scale, _EB_Q_SAT)
+        q[k] = _sfpr(x[k], scale, limit)
     if dtype == _F32:  # the decoder's value is the clamped product itself
         for k in range(64):
             xhat = min(max(np.float32(q[k]) * inv, -_F32_MAX), _F32_MAX)
@@ -345,12 +362,6 @@ def _symbols(x, mode, scale, inv, table, recip, error_bound, dtype, sym, p, eo):
         for k in range(64):
             xhat = _to_f32(_from_f32(np.float32(q[k]) * inv, dtype), dtype)
             ok &= abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound
-    for i in range(8):
-        for j in range(8):
-            up = q[8 * (i - 1) + j] if i > 0 else 0
-            left = q[8 * i + j - 1] if j > 0 else 0
-            diag = q[8 * (i - 1) + j - 1] if i > 0 and j > 0 else 0
-            sym[8 * i + j] = q[8 * i + j] - up - left + diag
     return ok
 
 
@@ -469,6 +480,80 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
             kind[b], mbs[b], length[b] = _code(sym, with_values, raw_len, scratch[b], codes)
         else:
             kind[b], mbs[b], length[b] = 2, 1, raw_len
+
+
+@njit(cache=True, nogil=True)
+def _eb2_quantize_range(flat, geo, b0, b1, dtype, scale, inv, error_bound, q, raw):
+    """Mode eb2, blocks b0..b1-1: pre-quantized values into the rows of ``q`` (nb, 64) and
+    whether the block is RAW (a non-finite value or a failed bound check) into ``raw``."""
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    bits = np.empty(64, np.uint32)
+    x = np.empty(64, np.float32)
+    for b in range(b0, b1):
+        _load_bits(flat, geo, b, bits, src, dst, cur)
+        _bits_to_f32(bits, dtype, x)
+        raw[b] = not _eb_quantize(x, scale, inv, error_bound, dtype, _EB2_Q_SAT, q[b])
+
+
+@njit(cache=True)
+def _wrap15(v):
+    return ((v + 16384) & 32767) - 16384  # spec.eb2_wrap
+
+
+@njit(cache=True, nogil=True)
+def _eb2_plane_range(rec, raw, by_n, bx_n, p0, p1, sym, encode):
+    """Mode eb2's plane-wide Lorenzo recurrence over planes p0..p1-1, blocks in block order and
+    values row-major within a block, so a value's neighbours above, left and above-left are final
+    (docs/format.md 6.6). ``rec`` (nb, 64) is the reconstruction ``R``.
+
+    ``encode``: ``rec`` holds ``q``; RAW blocks' rows become the prediction (residual 0) and the
+    other blocks' residuals go to ``sym``. Else ``rec`` holds the decoded residuals (0 in RAW
+    blocks) and becomes ``R`` in place (``raw`` and ``sym`` unused)."""
+    bpp = by_n * bx_n
+    for p in range(p0, p1):
+        base = p * bpp
+        for by in range(by_n):
+            for bx in range(bx_n):
+                b = base + by * bx_n + bx
+                up_b = b - bx_n  # the block above, left, above-left (when they exist)
+                for i in range(8):
+                    for j in range(8):
+                        up = rec[b, 8 * (i - 1) + j] if i > 0 else (
+                            rec[up_b, 56 + j] if by > 0 else 0)
+                        if j > 0:
+                            left = rec[b, 8 * i + j - 1]
+                            ul = rec[b, 8 * (i - 1) + j - 1] if i > 0 else (
+                                rec[up_b, 56 + j - 1] if by > 0 else 0)
+                        else:
+                            left = rec[b - 1, 8 * i + 7] if bx > 0 else 0
+                            if bx == 0:
+                                ul = 0
+                            elif i > 0:
+                                ul = rec[b - 1, 8 * (i - 1) + 7]
+                            else:
+                                ul = rec[up_b - 1, 63] if by > 0 else 0
+                        pred = up + left - ul
+                        k = 8 * i + j
+                        if not encode:
+                            rec[b, k] = _wrap15(rec[b, k] + pred)
+                        elif raw[b]:
+                            rec[b, k] = _wrap15(pred)
+                        else:
+                            sym[b, k] = _wrap15(rec[b, k] - pred)
+
+
+@njit(cache=True, nogil=True)
+def _code_range(sym, raw, b0, b1, raw_len, scratch, kind, mbs, length):
+    """Code the symbol rows b0..b1-1 of ``sym`` (nb, 64) into their ``scratch`` rows; blocks
+    flagged in ``raw`` are RAW."""
+    codes = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        if raw[b]:
+            kind[b], mbs[b], length[b] = 2, 1, raw_len
+        else:
+            kind[b], mbs[b], length[b] = _code(sym[b], True, raw_len, scratch[b], codes)
 
 
 @njit(cache=True, nogil=True)
@@ -640,6 +725,16 @@ def _reconstruct(sym, mode, inv, table, dtype, out_row, p, y):
     return 0
 
 
+@njit(cache=True)
+def _load_raw(data, o, size, row):
+    """A RAW block's 64 little-endian values of ``size`` bytes at ``data[o]`` into ``row``."""
+    for k in range(64):
+        v = np.uint32(0)
+        for j in range(size):
+            v |= np.uint32(data[o + size * k + j]) << np.uint32(8 * j)
+        row[k] = v
+
+
 @njit(cache=True, nogil=True)
 def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk, table, geo,
                   out, errors):
@@ -658,12 +753,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
     for b in range(b0, b1):
         errors[b] = 0
         if kind[b] == 2:
-            o = offsets[b]
-            for k in range(64):
-                v = np.uint32(0)
-                for j in range(size):
-                    v |= np.uint32(data[o + size * k + j]) << np.uint32(8 * j)
-                row[k] = v
+            _load_raw(data, offsets[b], size, row)
         else:
             sym[:] = 0
             if kind[b] == 1:
@@ -679,6 +769,41 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
             if err:
                 errors[b] = err
                 continue
+        _store_bits(out, geo, b, row, src, dst, cur)
+
+
+@njit(cache=True, nogil=True)
+def _symbols_range(data, kind, mbs, length, offsets, b0, b1, sym, errors):
+    """Decoded symbols of blocks b0..b1-1 into the rows of ``sym`` (nb, 64; 0 in ZERO and RAW
+    blocks), per-block error codes into ``errors``."""
+    where = np.empty(64, np.int64)
+    s = np.empty(64, np.int64)
+    for b in range(b0, b1):
+        s[:] = 0
+        err = 0
+        if kind[b] == 1:
+            err = _unpack(data, offsets[b], length[b], mbs[b], True, s, where)
+        elif kind[b] == 3:
+            err = _unpack_dense(data, offsets[b], length[b], s)
+        errors[b] = err
+        for k in range(64):
+            sym[b, k] = s[k]
+
+
+@njit(cache=True, nogil=True)
+def _eb2_values_range(data, kind, offsets, rec, b0, b1, inv, dtype, geo, out):
+    """Blocks b0..b1-1 into ``out`` (flat bit patterns, padding dropped): RAW blocks copied,
+    the others ``rec[b] * inv`` in ``dtype`` (``rec``: the reconstruction, rows of 64)."""
+    size = out.itemsize
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    row = np.empty(64, np.uint32)
+    for b in range(b0, b1):
+        if kind[b] == 2:
+            _load_raw(data, offsets[b], size, row)
+        else:
+            _dequantize(rec[b], inv, dtype, row)
         _store_bits(out, geo, b, row, src, dst, cur)
 
 
@@ -856,6 +981,53 @@ def encode_blocks(flat, geo, nb, dtype, mode, scale_blk, inv_blk, table, error_b
     _run(_assemble_range, ranges, flat, geo, args_after=(
         kind, length, offsets, scratch, raw_len, payload))
     return kind, mbs, length, payload
+
+
+def eb2_encode_blocks(flat, geo, geometry, dtype, scale, inv, error_bound, raw_len, threads=1):
+    """Mode eb2: pre-quantize and bound-check, predict across the blocks of each plane (planes
+    in parallel), code the blocks. Returns per-block kind, mask bytes and length, and the
+    payload."""
+    nb = geometry.nblocks
+    q = np.empty((nb, 64), np.int64)
+    raw = np.empty(nb, np.bool_)
+    ranges = _ranges(nb, threads)
+    _run(_eb2_quantize_range, ranges, flat, geo, args_after=(
+        dtype, scale, inv, error_bound, q, raw))
+    sym = np.zeros((nb, 64), np.int64)
+    if nb:
+        _run(_eb2_plane_range, _ranges(geometry.planes, threads), q, raw, geometry.blocks_y,
+             geometry.blocks_x, args_after=(sym, True))
+    del q
+    scratch = np.empty((nb, SCRATCH), np.uint8)
+    kind = np.empty(nb, np.int64)
+    mbs = np.empty(nb, np.int64)
+    length = np.empty(nb, np.int64)
+    _run(_code_range, ranges, sym, raw, args_after=(raw_len, scratch, kind, mbs, length))
+    offsets = np.cumsum(length) - length
+    payload = np.empty(int(length.sum()), np.uint8)
+    _run(_assemble_range, ranges, flat, geo, args_after=(
+        kind, length, offsets, scratch, raw_len, payload))
+    return kind, mbs, length, payload
+
+
+def eb2_decode_blocks(data, kind, mbs, length, offsets, dtype, inv, geo, geometry, out,
+                      threads=1):
+    """Mode eb2: the blocks' symbols, the plane-wide reconstruction (planes in parallel), the
+    values. Returns the per-block error codes (DECODE_ERRORS); with any, ``out`` is not
+    written."""
+    nb = kind.shape[0]
+    errors = np.empty(nb, np.int64)
+    sym = np.empty((nb, 64), np.int64)
+    _run(_symbols_range, _ranges(nb, threads), data, kind, mbs, length, offsets,
+         args_after=(sym, errors))
+    if errors.any():
+        return errors
+    if nb:
+        _run(_eb2_plane_range, _ranges(geometry.planes, threads), sym, errors,
+             geometry.blocks_y, geometry.blocks_x, args_after=(sym, False))
+        _run(_eb2_values_range, _ranges(nb, threads), data, kind, offsets, sym,
+             args_after=(inv, dtype, geo, out))
+    return errors
 
 
 def decode_blocks(data, kind, mbs, length, offsets, mode, dtype, inv_blk, table, geo, out,

@@ -155,15 +155,18 @@ def unlorenzo(d: np.ndarray) -> np.ndarray:
 
 
 def to_planes(blocks: np.ndarray, geo: Geometry) -> np.ndarray:
-    """(nblocks, 8, 8) blocks as the padded planes (planes, padded height, padded width)."""
-    b = blocks.reshape(geo.planes, geo.blocks_y, geo.blocks_x, BLOCK, BLOCK)
-    return b.transpose(0, 1, 3, 2, 4).reshape(geo.planes, geo.padded_height, geo.padded_width)
+    """(n, 8, 8) blocks of whole planes of ``geo`` (all of them, or a run of whole planes) as
+    the padded planes (planes, padded height, padded width)."""
+    n = blocks.shape[0] // max(geo.blocks_per_plane, 1)
+    b = blocks.reshape(n, geo.blocks_y, geo.blocks_x, BLOCK, BLOCK)
+    return b.transpose(0, 1, 3, 2, 4).reshape(n, geo.padded_height, geo.padded_width)
 
 
 def from_planes(planes: np.ndarray, geo: Geometry) -> np.ndarray:
     """Inverse of ``to_planes``."""
-    p = planes.reshape(geo.planes, geo.blocks_y, BLOCK, geo.blocks_x, BLOCK)
-    return p.transpose(0, 1, 3, 2, 4).reshape(geo.nblocks, BLOCK, BLOCK)
+    n = planes.shape[0]
+    p = planes.reshape(n, geo.blocks_y, BLOCK, geo.blocks_x, BLOCK)
+    return p.transpose(0, 1, 3, 2, 4).reshape(n * geo.blocks_per_plane, BLOCK, BLOCK)
 
 
 def eb2_reference(q: np.ndarray, raw: np.ndarray, geo: Geometry) -> np.ndarray:
@@ -194,13 +197,13 @@ def eb2_residuals(ref: np.ndarray, geo: Geometry) -> np.ndarray:
     padded plane (values outside the plane count as 0), reduced modulo 2**15."""
     planes = np.pad(to_planes(ref, geo), ((0, 0), (1, 0), (1, 0)))
     d = planes[:, 1:, 1:] - planes[:, :-1, 1:] - planes[:, 1:, :-1] + planes[:, :-1, :-1]
-    return spec.eb2_wrap(from_planes(d, geo)).reshape(geo.nblocks, 64)
+    return spec.eb2_wrap(from_planes(d, geo)).reshape(-1, 64)
 
 
 def eb2_reconstruct(symbols: np.ndarray, geo: Geometry) -> np.ndarray:
-    """Inverse of ``eb2_residuals``: ``R`` (nblocks, 8, 8) from the residuals (0 in RAW
-    blocks), a 2-D prefix sum over each padded plane, down the columns then along the rows,
-    each reduced modulo 2**15."""
+    """Inverse of ``eb2_residuals``: ``R`` (n, 8, 8) from the residuals (n, 64) of whole planes
+    (0 in RAW blocks), a 2-D prefix sum over each padded plane, down the columns then along the
+    rows, each reduced modulo 2**15."""
     planes = to_planes(symbols.reshape(-1, BLOCK, BLOCK), geo)
     planes = spec.eb2_wrap(np.cumsum(planes, axis=1))
     planes = spec.eb2_wrap(np.cumsum(planes, axis=2))

@@ -80,12 +80,10 @@ def _dequantize_values(p: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
 _NP_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
 
 
-def _use_kernels(device: torch.device, kernels: bool | None, mode: Mode) -> bool:
-    # The CPU kernels code each block in one fused pass; mode eb2's plane-wide prediction
-    # crosses blocks, so it runs the eager torch ops on every device.
+def _use_kernels(device: torch.device, kernels: bool | None) -> bool:
     if kernels is None:
         kernels = cpukernels is not None
-    return kernels and device.type == "cpu" and mode is not Mode.EB2
+    return kernels and device.type == "cpu"
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,7 +122,7 @@ def cpu_scales(flat: np.ndarray, header: Header) -> tuple:
         gmax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), groups, geo.groups,
                                       threads=threads)
         return tuple(spec.sfpr_scales(gmax, header.param))
-    if mode is Mode.EB:
+    if mode.error_bounded:
         amax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), np.zeros_like(groups),
                                        1, threads=threads)[0]
         return (spec.eb_scale(header.param, float(amax), dtype),)
@@ -147,6 +145,13 @@ def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
         return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
                            pack_index(kind, mbs, length), payload)
     header = dataclasses.replace(header, scales=cpu_scales(flat, header))
+    if mode is Mode.EB2:
+        s = header.scales[0]
+        kind, mbs, length, payload = cpukernels.eb2_encode_blocks(
+            flat, g, geo, int(dtype), s.value, s.inverse, float(header.param),
+            64 * dtype.itemsize, threads=torch.get_num_threads())
+        return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
+                           pack_index(kind, mbs, length), payload)
     scale_blk, inv_blk = _scale_arrays(header, groups)
     kind, mbs, length, payload = cpukernels.encode_blocks(
         flat, g, nb, int(dtype), int(mode), scale_blk, inv_blk, _table(header),
@@ -162,7 +167,12 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     g, groups = cpu_geometry(geo)
     _, inv_blk = _scale_arrays(header, groups)
     out = torch.empty(geo.numel, dtype=_BITS[dtype])
-    if header.mode is Mode.MASK and kind.max(initial=0) <= 1:
+    if header.mode is Mode.EB2:
+        errors = cpukernels.eb2_decode_blocks(
+            np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype),
+            header.scales[0].inverse, g, geo, out.numpy().view(_NP_BITS[dtype]),
+            threads=torch.get_num_threads())
+    elif header.mode is Mode.MASK and kind.max(initial=0) <= 1:
         errors = cpukernels.mask_decode_blocks(
             np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype), g,
             out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
@@ -187,7 +197,7 @@ def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) ->
 
     On CPU the compiled kernels run (``kernels=False`` forces the eager torch ops, which also
     serve CUDA); both give the numpy model's bytes."""
-    if _use_kernels(t.device, kernels, header.mode):
+    if _use_kernels(t.device, kernels):
         return _compress_cpu(t.contiguous(), header)
     geo, dtype, mode = header.geometry, header.dtype, header.mode
     dev = t.device
@@ -398,7 +408,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     """Decode a frame (bytes-like) to a tensor on ``device`` (default CPU)."""
     header, index, payload = parse_frame(frame)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if _use_kernels(dev, kernels, header.mode):
+    if _use_kernels(dev, kernels):
         return _decompress_cpu(header, index, payload)
     geo, dtype = header.geometry, header.dtype
     nb = geo.nblocks
