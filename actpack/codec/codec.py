@@ -104,7 +104,7 @@ class Codec:
       ``error_bound``; pre-quantization, 2-D Lorenzo prediction within each 8x8 block,
       zero-value and entropy coding.
     - ``Codec(mode="eb2", error_bound=0.01)``: the same bound; the Lorenzo predictor runs over
-      the whole plane (across block edges), which makes the frames 7-15 % smaller on conv and
+      the whole plane (across block edges), which makes the frames 3-15 % smaller on conv and
       ReLU activations (docs/format.md 6.6). Not implemented by the gateware yet.
     - ``Codec(mode="sfpr8", range_max=4.5)``: scaled fixed point + zero-value + entropy coding.
     - ``Codec(mode="mask")``: one bit per element; decompresses to 1 where the input was > 0,
