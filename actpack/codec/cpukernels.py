@@ -482,78 +482,114 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
             kind[b], mbs[b], length[b] = 2, 1, raw_len
 
 
-@njit(cache=True, nogil=True)
-def _eb2_quantize_range(flat, geo, b0, b1, dtype, scale, inv, error_bound, q, raw):
-    """Mode eb2, blocks b0..b1-1: pre-quantized values into the rows of ``q`` (nb, 64) and
-    whether the block is RAW (a non-finite value or a failed bound check) into ``raw``."""
-    src = np.empty(64, np.int64)
-    cur = np.full(4, -1, np.int64)  # see _block_origin
-    dst = np.empty(64, np.int64)
-    bits = np.empty(64, np.uint32)
-    x = np.empty(64, np.float32)
-    for b in range(b0, b1):
-        _load_bits(flat, geo, b, bits, src, dst, cur)
-        _bits_to_f32(bits, dtype, x)
-        raw[b] = not _eb_quantize(x, scale, inv, error_bound, dtype, _EB2_Q_SAT, q[b])
-
-
 @njit(cache=True)
 def _wrap15(v):
     return ((v + 16384) & 32767) - 16384  # spec.eb2_wrap
 
 
-@njit(cache=True, nogil=True)
-def _eb2_plane_range(rec, raw, by_n, bx_n, p0, p1, sym, encode):
-    """Mode eb2's plane-wide Lorenzo recurrence over planes p0..p1-1, blocks in block order and
-    values row-major within a block, so a value's neighbours above, left and above-left are final
-    (docs/format.md 6.6). ``rec`` (nb, 64) is the reconstruction ``R``.
+@njit(cache=True)
+def _eb2_block(rec, b, by, bx, bx_n, d, raw, encode, sym, top):
+    """Mode eb2's plane-wide Lorenzo recurrence over block ``b`` (block row ``by``, column
+    ``bx`` of its plane), values row-major: each value's neighbours above, left and above-left
+    are final, in this block or in the blocks above and to the left (docs/format.md 6.6).
+    ``rec`` (nb, 64) is the reconstruction ``R``; ``top`` is scratch (9 int64: the corner, then
+    the row above).
 
-    ``encode``: ``rec`` holds ``q``; RAW blocks' rows become the prediction (residual 0) and the
-    other blocks' residuals go to ``sym``. Else ``rec`` holds the decoded residuals (0 in RAW
-    blocks) and becomes ``R`` in place (``raw`` and ``sym`` unused)."""
-    bpp = by_n * bx_n
+    ``encode``: ``rec[b]`` holds ``q``; a RAW block's row becomes the prediction (residual 0),
+    another block's residuals go to ``sym``. Else ``d`` holds the block's decoded residuals (0
+    in RAW blocks) and ``rec[b]`` becomes ``R``."""
+    if by > 0:
+        up_b = b - bx_n
+        top[0] = rec[up_b - 1, 63] if bx > 0 else 0
+        for j in range(8):
+            top[1 + j] = rec[up_b, 56 + j]
+    else:
+        top[:] = 0
+    for i in range(8):
+        left = rec[b - 1, 8 * i + 7] if bx > 0 else 0
+        ul = top[0]
+        for j in range(8):
+            k = 8 * i + j
+            up = top[1 + j]
+            pred = up + left - ul
+            if not encode:
+                v = _wrap15(d[k] + pred)
+                rec[b, k] = v
+            elif raw:
+                v = _wrap15(pred)
+                rec[b, k] = v
+            else:
+                v = rec[b, k]
+                sym[k] = _wrap15(v - pred)
+            ul = up
+            left = v
+        top[0] = rec[b - 1, 8 * i + 7] if bx > 0 else 0
+        for j in range(8):
+            top[1 + j] = rec[b, 8 * i + j]
+
+
+@njit(cache=True, nogil=True)
+def _eb2_encode_range(flat, geo, by_n, bx_n, p0, p1, dtype, scale, inv, error_bound, raw_len,
+                      rec, scratch, kind, mbs, length):
+    """Mode eb2's encoder over planes p0..p1-1, one pass: each block pre-quantized and
+    bound-checked (RAW when it fails), the plane recurrence (``rec`` (nb, 64) becomes the
+    reconstruction), the block coded into its ``scratch`` row; kind, mask bytes and length set."""
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    bits = np.empty(64, np.uint32)
+    x = np.empty(64, np.float32)
+    sym = np.empty(64, np.int64)
+    codes = np.empty(64, np.int64)
+    top = np.empty(9, np.int64)
     for p in range(p0, p1):
-        base = p * bpp
         for by in range(by_n):
             for bx in range(bx_n):
-                b = base + by * bx_n + bx
-                up_b = b - bx_n  # the block above, left, above-left (when they exist)
-                for i in range(8):
-                    for j in range(8):
-                        up = rec[b, 8 * (i - 1) + j] if i > 0 else (
-                            rec[up_b, 56 + j] if by > 0 else 0)
-                        if j > 0:
-                            left = rec[b, 8 * i + j - 1]
-                            ul = rec[b, 8 * (i - 1) + j - 1] if i > 0 else (
-                                rec[up_b, 56 + j - 1] if by > 0 else 0)
-                        else:
-                            left = rec[b - 1, 8 * i + 7] if bx > 0 else 0
-                            if bx == 0:
-                                ul = 0
-                            elif i > 0:
-                                ul = rec[b - 1, 8 * (i - 1) + 7]
-                            else:
-                                ul = rec[up_b - 1, 63] if by > 0 else 0
-                        pred = up + left - ul
-                        k = 8 * i + j
-                        if not encode:
-                            rec[b, k] = _wrap15(rec[b, k] + pred)
-                        elif raw[b]:
-                            rec[b, k] = _wrap15(pred)
-                        else:
-                            sym[b, k] = _wrap15(rec[b, k] - pred)
+                b = (p * by_n + by) * bx_n + bx
+                _load_bits(flat, geo, b, bits, src, dst, cur)
+                _bits_to_f32(bits, dtype, x)
+                raw = not _eb_quantize(x, scale, inv, error_bound, dtype, _EB2_Q_SAT, rec[b])
+                _eb2_block(rec, b, by, bx, bx_n, sym, raw, True, sym, top)
+                if raw:
+                    kind[b], mbs[b], length[b] = 2, 1, raw_len
+                else:
+                    kind[b], mbs[b], length[b] = _code(sym, True, raw_len, scratch[b], codes)
 
 
 @njit(cache=True, nogil=True)
-def _code_range(sym, raw, b0, b1, raw_len, scratch, kind, mbs, length):
-    """Code the symbol rows b0..b1-1 of ``sym`` (nb, 64) into their ``scratch`` rows; blocks
-    flagged in ``raw`` are RAW."""
-    codes = np.empty(64, np.int64)
-    for b in range(b0, b1):
-        if raw[b]:
-            kind[b], mbs[b], length[b] = 2, 1, raw_len
-        else:
-            kind[b], mbs[b], length[b] = _code(sym[b], True, raw_len, scratch[b], codes)
+def _eb2_decode_range(data, kind, mbs, length, offsets, by_n, bx_n, p0, p1, rec, inv, dtype,
+                      geo, out, errors):
+    """Mode eb2's decoder over planes p0..p1-1, one pass: each block's symbols, the plane
+    recurrence into ``rec`` (nb, 64), its values into ``out`` (flat bit patterns, padding
+    dropped; RAW blocks copied). Per-block error codes into ``errors``; after any error the
+    output is garbage, to be discarded."""
+    size = out.itemsize
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    row = np.empty(64, np.uint32)
+    d = np.empty(64, np.int64)
+    where = np.empty(64, np.int64)
+    top = np.empty(9, np.int64)
+    for p in range(p0, p1):
+        for by in range(by_n):
+            for bx in range(bx_n):
+                b = (p * by_n + by) * bx_n + bx
+                d[:] = 0
+                err = 0
+                if kind[b] == 1:
+                    err = _unpack(data, offsets[b], length[b], mbs[b], True, d, where)
+                elif kind[b] == 3:
+                    err = _unpack_dense(data, offsets[b], length[b], d)
+                errors[b] = err
+                if err:
+                    d[:] = 0
+                _eb2_block(rec, b, by, bx, bx_n, d, False, False, d, top)
+                if kind[b] == 2:
+                    _load_raw(data, offsets[b], size, row)
+                else:
+                    _dequantize(rec[b], inv, dtype, row)
+                _store_bits(out, geo, b, row, src, dst, cur)
 
 
 @njit(cache=True, nogil=True)
@@ -772,41 +808,6 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
         _store_bits(out, geo, b, row, src, dst, cur)
 
 
-@njit(cache=True, nogil=True)
-def _symbols_range(data, kind, mbs, length, offsets, b0, b1, sym, errors):
-    """Decoded symbols of blocks b0..b1-1 into the rows of ``sym`` (nb, 64; 0 in ZERO and RAW
-    blocks), per-block error codes into ``errors``."""
-    where = np.empty(64, np.int64)
-    s = np.empty(64, np.int64)
-    for b in range(b0, b1):
-        s[:] = 0
-        err = 0
-        if kind[b] == 1:
-            err = _unpack(data, offsets[b], length[b], mbs[b], True, s, where)
-        elif kind[b] == 3:
-            err = _unpack_dense(data, offsets[b], length[b], s)
-        errors[b] = err
-        for k in range(64):
-            sym[b, k] = s[k]
-
-
-@njit(cache=True, nogil=True)
-def _eb2_values_range(data, kind, offsets, rec, b0, b1, inv, dtype, geo, out):
-    """Blocks b0..b1-1 into ``out`` (flat bit patterns, padding dropped): RAW blocks copied,
-    the others ``rec[b] * inv`` in ``dtype`` (``rec``: the reconstruction, rows of 64)."""
-    size = out.itemsize
-    src = np.empty(64, np.int64)
-    cur = np.full(4, -1, np.int64)  # see _block_origin
-    dst = np.empty(64, np.int64)
-    row = np.empty(64, np.uint32)
-    for b in range(b0, b1):
-        if kind[b] == 2:
-            _load_raw(data, offsets[b], size, row)
-        else:
-            _dequantize(rec[b], inv, dtype, row)
-        _store_bits(out, geo, b, row, src, dst, cur)
-
-
 # ----------------------------------------------------------------------------- mask mode
 # The mask is what offload stores for every ReLU output, so it gets kernels of its own: no
 # float conversion and no symbol arrays, just a compare on the bit pattern per value. Bytes equal
@@ -984,49 +985,39 @@ def encode_blocks(flat, geo, nb, dtype, mode, scale_blk, inv_blk, table, error_b
 
 
 def eb2_encode_blocks(flat, geo, geometry, dtype, scale, inv, error_bound, raw_len, threads=1):
-    """Mode eb2: pre-quantize and bound-check, predict across the blocks of each plane (planes
-    in parallel), code the blocks. Returns per-block kind, mask bytes and length, and the
-    payload."""
+    """Mode eb2: each block pre-quantized, bound-checked, predicted across the blocks of its
+    plane and coded in one pass, planes in parallel. Returns per-block kind, mask bytes and
+    length, and the payload."""
     nb = geometry.nblocks
-    q = np.empty((nb, 64), np.int64)
-    raw = np.empty(nb, np.bool_)
-    ranges = _ranges(nb, threads)
-    _run(_eb2_quantize_range, ranges, flat, geo, args_after=(
-        dtype, scale, inv, error_bound, q, raw))
-    sym = np.zeros((nb, 64), np.int64)
-    if nb:
-        _run(_eb2_plane_range, _ranges(geometry.planes, threads), q, raw, geometry.blocks_y,
-             geometry.blocks_x, args_after=(sym, True))
-    del q
     scratch = np.empty((nb, SCRATCH), np.uint8)
     kind = np.empty(nb, np.int64)
     mbs = np.empty(nb, np.int64)
     length = np.empty(nb, np.int64)
-    _run(_code_range, ranges, sym, raw, args_after=(raw_len, scratch, kind, mbs, length))
+    if nb:
+        rec = np.empty((nb, 64), np.int64)
+        _run(_eb2_encode_range, _ranges(geometry.planes, threads), flat, geo, geometry.blocks_y,
+             geometry.blocks_x, args_after=(dtype, scale, inv, error_bound, raw_len, rec,
+                                             scratch, kind, mbs, length))
+        del rec
     offsets = np.cumsum(length) - length
     payload = np.empty(int(length.sum()), np.uint8)
-    _run(_assemble_range, ranges, flat, geo, args_after=(
+    _run(_assemble_range, _ranges(nb, threads), flat, geo, args_after=(
         kind, length, offsets, scratch, raw_len, payload))
     return kind, mbs, length, payload
 
 
 def eb2_decode_blocks(data, kind, mbs, length, offsets, dtype, inv, geo, geometry, out,
                       threads=1):
-    """Mode eb2: the blocks' symbols, the plane-wide reconstruction (planes in parallel), the
-    values. Returns the per-block error codes (DECODE_ERRORS); with any, ``out`` is not
-    written."""
+    """Mode eb2: each block's symbols, the plane-wide reconstruction and the values in one
+    pass, planes in parallel. Returns the per-block error codes (DECODE_ERRORS); with any,
+    ``out`` is garbage, to be discarded."""
     nb = kind.shape[0]
-    errors = np.empty(nb, np.int64)
-    sym = np.empty((nb, 64), np.int64)
-    _run(_symbols_range, _ranges(nb, threads), data, kind, mbs, length, offsets,
-         args_after=(sym, errors))
-    if errors.any():
-        return errors
+    errors = np.zeros(nb, np.int64)
     if nb:
-        _run(_eb2_plane_range, _ranges(geometry.planes, threads), sym, errors,
-             geometry.blocks_y, geometry.blocks_x, args_after=(sym, False))
-        _run(_eb2_values_range, _ranges(nb, threads), data, kind, offsets, sym,
-             args_after=(inv, dtype, geo, out))
+        rec = np.empty((nb, 64), np.int64)
+        _run(_eb2_decode_range, _ranges(geometry.planes, threads), data, kind, mbs, length,
+             offsets, geometry.blocks_y, geometry.blocks_x,
+             args_after=(rec, inv, dtype, geo, out, errors))
     return errors
 
 
