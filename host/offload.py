@@ -305,8 +305,8 @@ def _codec_label(codec: Codec | Lossless | None) -> str:
         return "lossless"
     if codec.mode == "dct":
         return f"dct:{codec.table_name}"
-    if codec.mode == "eb":
-        return f"eb:{codec.error_bound:g}"
+    if codec.error_bound is not None:
+        return f"{codec.mode}:{codec.error_bound:g}"
     if codec.mode == "sfpr8" and codec.range_max != 4.5:
         return f"sfpr8:{codec.range_max:g}"
     return codec.mode

@@ -2,8 +2,8 @@
 
 A setting is one of ``"keep"`` (store the tensor as it is), ``"mask"`` (one bit per value: only
 where x > 0; exact for what ReLU's backward reads), or a codec setting: ``"sfpr8"``,
-``"sfpr8:<range_max>"``, ``"dct"`` (table optH), ``"dct:<table>"``, ``"eb:<error_bound>"``, a dict
-of ``actpack.Codec`` keywords, or an ``actpack.Codec``.
+``"sfpr8:<range_max>"``, ``"dct"`` (table optH), ``"dct:<table>"``, ``"eb:<error_bound>"``,
+``"eb2:<error_bound>"``, a dict of ``actpack.Codec`` keywords, or an ``actpack.Codec``.
 
 ``policy="auto"`` (``Policy.auto()``) starts from JPEG-ACT (Evans et al., ISCA 2020) and keeps
 what backward reads in full precise enough for the gradients (measured against plain autograd):
@@ -173,12 +173,12 @@ def parse_setting(value) -> Codec | None:
             return Codec(mode="sfpr8", range_max=float(arg)) if arg else Codec(mode="sfpr8")
         if name == "dct":
             return Codec(mode="dct", table=arg or "optH")
-        if name == "eb" and arg:
-            return Codec(mode="eb", error_bound=float(arg))
+        if name in ("eb", "eb2") and arg:
+            return Codec(mode=name, error_bound=float(arg))
     except ValueError as exc:
         raise ValueError(f"setting {value!r}: {exc}") from None
     raise ValueError(f"setting {value!r}: expected 'keep', 'mask', 'sfpr8[:<range_max>]', "
-                     "'dct[:<table>]' or 'eb:<error_bound>'")
+                     "'dct[:<table>]', 'eb:<error_bound>' or 'eb2:<error_bound>'")
 
 
 def _as_set(value) -> frozenset[str] | None:

@@ -48,15 +48,15 @@ from .descriptor import DescriptorReader
 from .job import Next, StatusWriter
 from .protocol import DESCRIPTOR, ErrorCode, Op
 from .regfile import AXI4Lite, RegisterFile
-from .regs import REGS, Caps, CardConfig, field_layout
+from .regs import GATEWARE_MODES, REGS, Caps, CardConfig, field_layout
 
 __all__ = ["SIM_CARD", "SIM_PARAMS", "Card", "CardCore", "card_ports"]
 
 _COUNTERS = [r for r in REGS if r.width == 64]
 
-SIM_CARD = CardConfig(caps=Caps(modes=frozenset(Mode), dtypes=frozenset({DType.FLOAT32}),
+SIM_CARD = CardConfig(caps=Caps(modes=GATEWARE_MODES, dtypes=frozenset({DType.FLOAT32}),
                                 stream_bytes=64), buffer_kib=1024)
-"""The card ``actpack.open_device("sim")`` simulates: every mode on float32 (what
+"""The card ``actpack.open_device("sim")`` simulates: every mode the gateware has on float32 (what
 ``Policy.auto`` offloads), a 512-bit stream as an XDMA Gen3 x16 core gives, a 1 MiB frame buffer."""
 SIM_PARAMS = {"max_groups": 256, "max_blocks": 16384}
 

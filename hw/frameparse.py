@@ -118,7 +118,7 @@ def scale_record_bad(record):
 
 def param_bad(mode, param):
     """The range part of docs/format.md 10 #15 on a header's ``param`` (binary64 bits) for frame
-    mode ``mode``: dct/sfpr8 ``range_max`` outside ``[1/16, 64]``, eb error bound outside
+    mode ``mode``: dct/sfpr8 ``range_max`` outside ``[1/16, 64]``, eb/eb2 error bound outside
     ``[1e-30, 1e30]``, mask not 0; an unknown mode fails elsewhere (#9), not here."""
     magnitude = param[:63]
 
@@ -127,7 +127,8 @@ def param_bad(mode, param):
 
     return Mux((mode == int(Mode.DCT)) | (mode == int(Mode.SFPR8)),
                outside(spec.RANGE_MIN_LIMIT, spec.RANGE_MAX_LIMIT),
-               Mux(mode == int(Mode.EB), outside(*spec.ERROR_BOUND_RANGE),
+               Mux((mode == int(Mode.EB)) | (mode == int(Mode.EB2)),
+                   outside(*spec.ERROR_BOUND_RANGE),
                    (mode == int(Mode.MASK)) & (magnitude != 0)))
 
 

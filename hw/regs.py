@@ -28,9 +28,15 @@ from actpack.codec.spec import DType, Mode
 
 from .protocol import PROTOCOL_VERSION
 
+GATEWARE_MODES = frozenset({Mode.DCT, Mode.EB, Mode.SFPR8, Mode.MASK})
+"""The frame modes the gateware's engines implement: the one place that says so. ``Caps``
+claims no other mode, the card answers another with UNSUPPORTED, and the hardware tests and
+benches iterate this set. Mode "eb2" (docs/format.md 6.6) is format and software only so far."""
+
 __all__ = [
     "CARD_MAGIC",
     "FORMAT_VERSION",
+    "GATEWARE_MODES",
     "REGMAP_VERSION",
     "REGS",
     "REG_SPACE",
@@ -305,7 +311,7 @@ def read64(read32: Callable[[int], int], reg: Register) -> int:
 class Caps:
     """The CAPS register as Python values."""
 
-    modes: frozenset[Mode] = frozenset(Mode)
+    modes: frozenset[Mode] = GATEWARE_MODES
     dtypes: frozenset[DType] = frozenset(DType)
     compress: bool = True
     decompress: bool = True

@@ -86,7 +86,8 @@ def test_bench_codec_quick(tmp_path, capsys):
     assert data["meta"]["nproc"] >= 1 and data["meta"]["torch"] == torch.__version__
     rows = {r["name"]: r for r in data["rows"]}
     expected = {"dct/optL", "dct/optH", "dct/optsL", "dct/optsH", "dct/jpeg50", "sfpr8", "mask",
-                "zstd-3"} | {f"eb/{eb:g}" for eb in data["data"]["error_bounds"]}
+                "zstd-3"} | {f"{m}/{eb:g}" for m in ("eb", "eb2")
+                             for eb in data["data"]["error_bounds"]}
     assert expected <= set(rows)
     assert len(data["data"]["error_bounds"]) == 3
     for r in data["rows"]:
@@ -107,6 +108,17 @@ def test_bench_codec_quick(tmp_path, capsys):
     names = [t["name"] for t in data["targets"]]
     assert any("ReLU'd conv" in n for n in names)
     assert sum("beats SZ3" in n for n in names) == 6
+    # eb2 against SZ3 on both models: ratio per kind and bound, throughput per bound
+    assert sum("x SZ3's" in n for n in names) == 2 * 3 * 2
+    assert sum("MB/s >= SZ3's" in n for n in names) == 2 * 3 * 2
+    second = data["second_model"]
+    assert {la["kind"] for la in second["layers"]} == {"conv", "relu_conv"}
+    rows2 = {r["name"]: r for r in second["rows"]}
+    for eb in second["error_bounds"]:
+        for m in ("eb", "eb2", "SZ3"):
+            assert rows2[f"{m}/{eb:g}"]["max_abs_err"] <= eb
+        assert rows2[f"eb2/{eb:g}"]["numpy_identical"] is True
+    assert "Second model" in text
 
 
 def test_demo_quick(tmp_path, capsys):

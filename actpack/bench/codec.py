@@ -2,7 +2,11 @@
 activations, next to zstd, SZ3 and ZFP run on the same data in the same process.
 
 Data: the outputs of the conv, ReLU and linear layers of ``actpack.data.digits_cnn`` after a short
-training run, captured on a batch of test digits (12.6 MB of float32 at batch 64). Every actpack
+training run, captured on a batch of test digits (12.6 MB of float32 at batch 64). A second
+model, the BatchNorm residual CNN ``actpack.models.digits_resnet`` (trained and captured the
+same way, its conv and ReLU outputs), gets the error-bounded rows only (eb, eb2, SZ3, ZFP) at its
+own bounds: the eb2 targets (ratio >= 1.2x SZ3's on conv and on ReLU outputs at every bound,
+throughput >= SZ3's) are checked on both. Every actpack
 row runs the torch path over all of it (the mask row over the ReLU outputs only, the only layers
 whose consumer needs nothing but x > 0); the numpy reference model, a pure-Python entropy coder,
 is timed on a subset (the first images of the batch, about 1 MB) and its bytes are compared with
@@ -46,6 +50,7 @@ from actpack.data import (
     layer_kinds,
     train_digits,
 )
+from actpack.models import digits_resnet
 
 __all__ = ["add_arguments", "collect", "render_markdown", "run"]
 
@@ -53,6 +58,8 @@ DCT_TABLES = (*NAMED_TABLES, "jpeg50")  # every named table, and one jpeg qualit
 EB_FACTORS = (0.01, 0.02, 0.05)  # error bounds as fractions of the pooled std of the data
 TARGET_DCT_MBPS = 200.0
 TARGET_DCT_OPTH_RELU_RATIO = 8.0
+TARGET_EB2_VS_SZ3 = 1.2  # eb2's ratio over SZ3's at the same bound, per kind (issue 10)
+EB2_KINDS = ("conv", "relu_conv")
 _MB = 1e6
 
 
@@ -91,10 +98,17 @@ class Layer:
 def load_layers(*, batch: int, train_steps: int, numpy_bytes: float, seed: int = 0):
     """Train the digits CNN briefly, capture its activations on ``batch`` test images and pick the
     numpy subset (the first k images of every layer, k chosen so the subset is ~numpy_bytes)."""
-    model = digits_cnn(seed=seed)
+    return model_layers(digits_cnn(seed=seed), batch=batch, train_steps=train_steps,
+                        numpy_bytes=numpy_bytes, seed=seed)
+
+
+def model_layers(model, *, batch: int, train_steps: int, numpy_bytes: float, seed: int = 0,
+                 kinds_kept=KINDS):
+    """``load_layers`` for any digits model: the layers of ``kinds_kept`` only."""
     trained = train_digits(model, train_steps, seed)
     acts = capture_activations(model, digits_batch(batch).x)
     kinds = layer_kinds(model)
+    acts = {name: t for name, t in acts.items() if kinds[name] in kinds_kept}
     per_image = sum(t[0].numel() * t.element_size() for t in acts.values())
     k = max(1, min(batch, round(numpy_bytes / per_image)))
     layers = [Layer(name, kinds[name], t.contiguous(), t[:k].contiguous())
@@ -364,13 +378,21 @@ def _collect(batch, train_steps, repeats, numpy_mb, threads, quick) -> dict:
     numpy_repeats = min(repeats, 2)
 
     jobs = [actpack_job(f"dct/{t}", {"mode": "dct", "table": t}, layers) for t in DCT_TABLES]
-    jobs += [actpack_job(f"eb/{eb:g}", {"mode": "eb", "error_bound": eb}, layers)
-             for eb in bounds]
+    jobs += eb_jobs(bounds, layers)
     jobs += [actpack_job("sfpr8", {"mode": "sfpr8"}, layers)]
     jobs += [actpack_job("mask", {"mode": "mask"}, relu, target=lambda x: (x > 0).to(x.dtype),
                          note="ReLU outputs only; error against 1[x > 0]")]
     refs, missing = reference_jobs(bounds, layers)
     jobs += refs
+    # the second model: error-bounded rows only, at its own bounds
+    layers2, _, trained2 = model_layers(digits_resnet(seed=0), batch=batch,
+                                        train_steps=train_steps, numpy_bytes=numpy_mb * _MB,
+                                        kinds_kept=EB2_KINDS)
+    sigma2 = pooled_std([la.x for la in layers2])
+    bounds2 = [_round_sig(f * sigma2) for f in EB_FACTORS]
+    jobs2 = eb_jobs(bounds2, layers2) + [j for j in reference_jobs(bounds2, layers2)[0]
+                                         if j.mode in ("sz3", "zfp")]
+    jobs += jobs2
 
     # one untimed warm-up round (per-shape tables and caches are built on first use), then
     # `repeats` timed rounds over all rows
@@ -389,7 +411,9 @@ def _collect(batch, train_steps, repeats, numpy_mb, threads, quick) -> dict:
         bar.update()
     bar.close()
 
-    out_rows = [r.to_json() for r in rows]
+    second = {id(j) for j in jobs2}
+    out_rows = [r.to_json() for j, r in zip(jobs, rows, strict=True) if id(j) not in second]
+    rows2 = [r.to_json() for j, r in zip(jobs, rows, strict=True) if id(j) in second]
     meta["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta["libraries"] = {d: _version(d) for d in ("zstandard", "pysz", "zfpy")}
     result = {
@@ -408,30 +432,56 @@ def _collect(batch, train_steps, repeats, numpy_mb, threads, quick) -> dict:
         },
         "data": {
             "model": "actpack.data.digits_cnn (digits upsampled to 32x32)",
-            "layers": [
-                {"name": la.name, "kind": la.kind, "shape": list(la.x.shape),
-                 "bytes": la.nbytes, "std": float(la.x.double().std()),
-                 "zero_fraction": float((la.x == 0).double().mean())}
-                for la in layers
-            ],
+            "layers": describe_layers(layers),
             "total_bytes": sum(la.nbytes for la in layers),
             "sigma": sigma,
             "eb_factors": list(EB_FACTORS),
             "error_bounds": bounds,
         },
         "rows": out_rows,
+        "second_model": {
+            "model": "actpack.models.digits_resnet (BatchNorm residual CNN, digits upsampled "
+                     "to 32x32)",
+            "test_accuracy": trained2.test_accuracy,
+            "layers": describe_layers(layers2),
+            "total_bytes": sum(la.nbytes for la in layers2),
+            "sigma": sigma2,
+            "error_bounds": bounds2,
+            "rows": rows2,
+        },
         "missing_references": missing,
     }
     result["targets"], result["checks"] = evaluate_targets(out_rows, bounds)
+    t2, c2 = evaluate_targets(rows2, bounds2, model="digits_resnet", eb2_only=True)
+    result["targets"] += t2
+    result["checks"] += c2
     return result
 
 
-def evaluate_targets(rows: list[dict], bounds: list[float]):
+def describe_layers(layers: list[Layer]) -> list[dict]:
+    """Name, kind, shape, bytes, std and zero fraction of each layer (the JSON's data)."""
+    return [{"name": la.name, "kind": la.kind, "shape": list(la.x.shape), "bytes": la.nbytes,
+             "std": float(la.x.double().std()),
+             "zero_fraction": float((la.x == 0).double().mean())} for la in layers]
+
+
+def eb_jobs(bounds: list[float], layers: list[Layer]) -> list[Job]:
+    """The eb and eb2 rows at ``bounds``."""
+    return [actpack_job(f"{mode}/{eb:g}", {"mode": mode, "error_bound": eb}, layers)
+            for mode in ("eb", "eb2") for eb in bounds]
+
+
+def evaluate_targets(rows: list[dict], bounds: list[float], *, model: str = "digits_cnn",
+                     eb2_only: bool = False):
     """The issue's targets (performance) and the codec's invariants (correctness), each with its
-    measured value and verdict."""
+    measured value and verdict; ``eb2_only``: the eb2 targets and the checks only (the second
+    model's rows)."""
     by = {r["name"]: r for r in rows}
+    targets = _eb2_targets(by, bounds, model)
+    checks = _checks(rows, model if eb2_only else "")
+    if eb2_only:
+        return targets, checks
     dct = [r for r in rows if r["mode"] == "dct"]
-    targets = []
     for way in ("compress", "decompress"):
         worst = min(dct, key=lambda r, w=way: r[f"{w}_mbps"])
         v = worst[f"{way}_mbps"]
@@ -451,16 +501,42 @@ def evaluate_targets(rows: list[dict], bounds: list[float]):
                 "value": ours[key], "threshold": None if sz is None else sz[key],
                 "pass": None if sz is None else ours[key] > sz[key],
             })
+    return targets, checks
+
+
+def _eb2_targets(by: dict, bounds: list[float], model: str) -> list[dict]:
+    """eb2 against SZ3 at each bound: ratio >= TARGET_EB2_VS_SZ3 x SZ3's per kind, and the torch
+    path's compress and decompress throughput >= SZ3's."""
+    targets = []
+    for eb in bounds:
+        ours, sz = by[f"eb2/{eb:g}"], by.get(f"SZ3/{eb:g}")
+        for kind in EB2_KINDS:
+            v = ours["by_kind"][kind]["ratio"]
+            ref = None if sz is None else sz["by_kind"][kind]["ratio"]
+            targets.append({
+                "name": f"{model} eb2/{eb:g} ratio on {kind} >= {TARGET_EB2_VS_SZ3:g}x SZ3's",
+                "value": v, "threshold": None if ref is None else TARGET_EB2_VS_SZ3 * ref,
+                "pass": None if ref is None else v >= TARGET_EB2_VS_SZ3 * ref})
+        for key in ("compress_mbps", "decompress_mbps"):
+            targets.append({
+                "name": f"{model} eb2/{eb:g} {key.split('_')[0]} MB/s >= SZ3's",
+                "value": ours[key], "threshold": None if sz is None else sz[key],
+                "pass": None if sz is None else ours[key] >= sz[key]})
+    return targets
+
+
+def _checks(rows: list[dict], model: str) -> list[dict]:
+    prefix = f"{model} " if model else ""
     checks = []
     for r in rows:
         if r["family"] == "actpack":
-            checks.append({"name": f"{r['name']}: numpy model bytes == torch path bytes",
+            checks.append({"name": f"{prefix}{r['name']}: numpy model bytes == torch path bytes",
                            "pass": bool(r["numpy_identical"])})
-        if r["mode"] in ("eb", "sz3"):
-            checks.append({"name": f"{r['name']}: max abs error <= bound",
+        if r["mode"] in ("eb", "eb2", "sz3"):
+            checks.append({"name": f"{prefix}{r['name']}: max abs error <= bound",
                            "value": r["max_abs_err"], "threshold": r["param"],
                            "pass": r["max_abs_err"] <= r["param"]})
-    return targets, checks
+    return checks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,11 +551,11 @@ def _verdict(p) -> str:
     return "n/a" if p is None else ("PASS" if p else "FAIL")
 
 
-def render_table(result: dict) -> str:
+def render_table(result: dict, rows: list[dict] | None = None) -> str:
     head = ("| row | layers | ratio | ratio relu_conv | ratio conv | rel. RMSE | max abs err "
             "| C MB/s | D MB/s | numpy C MB/s | numpy D MB/s | numpy = torch |")
     lines = [head, "|" + "---|" * 12]
-    for r in result["rows"]:
+    for r in result["rows"] if rows is None else rows:
         bk = r["by_kind"]
         layers = "ReLU outputs" if r["mode"] == "mask" else "all"
         ident = {None: "—", True: "yes", False: "**NO**"}[r["numpy_identical"]]
@@ -492,6 +568,14 @@ def render_table(result: dict) -> str:
             f"| {_fmt(r['numpy_compress_mbps'], '.1f')} "
             f"| {_fmt(r['numpy_decompress_mbps'], '.1f')} "
             f"| {ident} |")
+    return "\n".join(lines)
+
+
+def render_layers(layers: list[dict]) -> str:
+    lines = ["| layer | kind | shape | MB | std | zeros |", "|---|---|---|---|---|---|"]
+    lines += [f"| {la['name']} | {la['kind']} | {'×'.join(map(str, la['shape']))} "
+              f"| {la['bytes'] / _MB:.3f} | {la['std']:.3f} | {la['zero_fraction']:.0%} |"
+              for la in layers]
     return "\n".join(lines)
 
 
@@ -513,12 +597,8 @@ def render_markdown(result: dict) -> str:
         + ", ".join(f"{b:g} (≈{f:g}σ)" for b, f in zip(d["error_bounds"], d["eb_factors"],
                                                       strict=True)) + ".",
         "",
-        "| layer | kind | shape | MB | std | zeros |",
-        "|---|---|---|---|---|---|",
+        render_layers(d["layers"]),
     ]
-    for la in d["layers"]:
-        out.append(f"| {la['name']} | {la['kind']} | {'×'.join(map(str, la['shape']))} "
-                   f"| {la['bytes'] / _MB:.3f} | {la['std']:.3f} | {la['zero_fraction']:.0%} |")
     out += [
         "",
         render_table(result),
@@ -537,6 +617,21 @@ def render_markdown(result: dict) -> str:
         f"{c['numpy_repeats']}); \"numpy = torch\" compares its frames with the torch path's "
         "byte for byte on that subset."),
         "",
+    ]
+    s2 = result.get("second_model")
+    if s2:
+        out += [
+            f"Second model: `{s2['model']}`, same training and capture (test accuracy "
+            f"{s2['test_accuracy']:.1%}), its conv and ReLU outputs "
+            f"({s2['total_bytes'] / _MB:.1f} MB, pooled σ = {s2['sigma']:.4f}; bounds "
+            + ", ".join(f"{b:g}" for b in s2["error_bounds"]) + "):",
+            "",
+            render_layers(s2["layers"]),
+            "",
+            render_table(result, s2["rows"]),
+            "",
+        ]
+    out += [
         "Targets:",
         "",
     ]
@@ -574,6 +669,8 @@ def _target_value(t: dict) -> str:
         return f"measured {t['value']:.3g} (no SZ3 row)"
     if "beats" in t["name"]:
         return f"{t['value']:.3g} vs {t['threshold']:.3g}"
+    if "SZ3's" in t["name"]:  # eb2's targets: the threshold is SZ3's figure (x 1.2 for ratios)
+        return f"measured {t['value']:.3g}, threshold {t['threshold']:.3g}"
     return f"measured {t['value']:.3g}"
 
 

@@ -32,11 +32,12 @@ import torch
 
 from actpack.bench import add_output_arguments, machine_info, publish, source_info
 from actpack.codec.spec import Mode
+from actpack.hw.regs import GATEWARE_MODES
 
 __all__ = ["LANES", "MODES", "add_arguments", "measure_compressor", "measure_compressor_cases",
            "measure_decompressor", "run", "workloads"]
 
-MODES = tuple(m.label for m in Mode)
+MODES = tuple(m.label for m in Mode if m in GATEWARE_MODES)
 LANES = (1, 2, 4)
 _EB_TYPICAL, _EB_DENSE = 1e-2, 1e-4
 

@@ -43,9 +43,10 @@ _ROW_KEYS = ("design", "mode", "lanes", "status", "luts", "ffs", "dsps", "brams"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from actpack.codec.spec import Mode
+    from actpack.hw.regs import GATEWARE_MODES
 
     add_output_arguments(p, "synth")
-    modes = [m.label for m in Mode]
+    modes = [m.label for m in Mode if m in GATEWARE_MODES]
     p.add_argument("--design", action="append", choices=DESIGNS, default=None,
                    help="design to synthesize (repeatable; default: compressor and decompressor; "
                         "card only when named)")
@@ -199,6 +200,7 @@ def render_markdown(rows: list[dict], info: dict, *, xilinx: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from actpack.codec.spec import Mode
     from actpack.hw.compressor import LANES
+    from actpack.hw.regs import GATEWARE_MODES
     from actpack.hw.synth import FREQ_MHZ, ToolchainMissing, toolchain
 
     if args.lanes not in LANES:
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     except ToolchainMissing as exc:
         raise SystemExit(f"bench synth: {exc}") from None
     designs = tuple(dict.fromkeys(args.design or _DEFAULT_DESIGNS))
-    modes = tuple(dict.fromkeys(args.mode or [m.label for m in Mode]))
+    modes = tuple(dict.fromkeys(args.mode or [m.label for m in Mode if m in GATEWARE_MODES]))
     skipped = [] if "card" in designs else [("card", CARD_SKIP)]
     rows = design_rows(_jobs(designs, modes, args.lanes), timeout=args.timeout,
                        xilinx=args.xilinx, force=args.force, skipped=skipped)

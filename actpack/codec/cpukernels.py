@@ -23,7 +23,8 @@ from actpack.codec import spec
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 from actpack.errors import Check
 
-__all__ = ["DECODE_ERRORS", "decode_blocks", "encode_blocks", "group_maxabs"]
+__all__ = ["DECODE_ERRORS", "decode_blocks", "eb2_decode_blocks", "eb2_encode_blocks",
+           "encode_blocks", "group_maxabs"]
 
 _K = np.ascontiguousarray(DCT_MATRIX, dtype=np.int64)
 _ZZ = np.ascontiguousarray(ZIGZAG, dtype=np.int64)
@@ -35,6 +36,7 @@ _DCT, _EB, _SFPR8, _MASK = int(spec.Mode.DCT), int(spec.Mode.EB), int(spec.Mode.
 _F32, _F16, _BF16 = int(spec.DType.FLOAT32), int(spec.DType.FLOAT16), int(spec.DType.BFLOAT16)
 _SFPR_MAX = spec.SFPR_MAX
 _EB_Q_SAT = spec.EB_Q_SAT
+_EB2_Q_SAT = spec.EB2_Q_SAT
 _S1, _S2 = spec.DCT_SHIFT_1, spec.DCT_SHIFT_2
 _IS1, _IS2 = spec.IDCT_SHIFT_1, spec.IDCT_SHIFT_2
 _COEF_MAX = spec.DCT_COEF_MAX
@@ -335,8 +337,23 @@ def _symbols(x, mode, scale, inv, table, recip, error_bound, dtype, sym, p, eo):
         return ok
     # Error-bounded: pre-quantize, check exactly what the decoder will produce, Lorenzo.
     q = p
+    ok = _eb_quantize(x, scale, inv, error_bound, dtype, _EB_Q_SAT, q)
+    for i in range(8):
+        for j in range(8):
+            up = q[8 * (i - 1) + j] if i > 0 else 0
+            left = q[8 * i + j - 1] if j > 0 else 0
+            diag = q[8 * (i - 1) + j - 1] if i > 0 and j > 0 else 0
+            sym[8 * i + j] = q[8 * i + j] - up - left + diag
+    return ok
+
+
+@njit(cache=True)
+def _eb_quantize(x, scale, inv, error_bound, dtype, limit, q):
+    """Modes eb/eb2: ``q = SFPR(x, scale, limit)`` into ``q`` (64 int64); True if every value
+    the decoder produces from it is within ``error_bound`` (False for a non-finite value)."""
+    ok = True
     for k in range(64):
-        q[k] = _sfpr(x[k], scale, _EB_Q_SAT)
+        q[k] = _sfpr(x[k], scale, limit)
     if dtype == _F32:  # the decoder's value is the clamped product itself
         for k in range(64):
             xhat = min(max(np.float32(q[k]) * inv, -_F32_MAX), _F32_MAX)
@@ -345,12 +362,6 @@ def _symbols(x, mode, scale, inv, table, recip, error_bound, dtype, sym, p, eo):
         for k in range(64):
             xhat = _to_f32(_from_f32(np.float32(q[k]) * inv, dtype), dtype)
             ok &= abs(np.float64(x[k]) - np.float64(xhat)) <= error_bound
-    for i in range(8):
-        for j in range(8):
-            up = q[8 * (i - 1) + j] if i > 0 else 0
-            left = q[8 * i + j - 1] if j > 0 else 0
-            diag = q[8 * (i - 1) + j - 1] if i > 0 and j > 0 else 0
-            sym[8 * i + j] = q[8 * i + j] - up - left + diag
     return ok
 
 
@@ -469,6 +480,116 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
             kind[b], mbs[b], length[b] = _code(sym, with_values, raw_len, scratch[b], codes)
         else:
             kind[b], mbs[b], length[b] = 2, 1, raw_len
+
+
+@njit(cache=True)
+def _wrap15(v):
+    return ((v + 16384) & 32767) - 16384  # spec.eb2_wrap
+
+
+@njit(cache=True)
+def _eb2_block(rec, b, by, bx, bx_n, d, raw, encode, sym, top):
+    """Mode eb2's plane-wide Lorenzo recurrence over block ``b`` (block row ``by``, column
+    ``bx`` of its plane), values row-major: each value's neighbours above, left and above-left
+    are final, in this block or in the blocks above and to the left (docs/format.md 6.6).
+    ``rec`` (nb, 64) is the reconstruction ``R``; ``top`` is scratch (9 int64: the corner, then
+    the row above).
+
+    ``encode``: ``rec[b]`` holds ``q``; a RAW block's row becomes the prediction (residual 0),
+    another block's residuals go to ``sym``. Else ``d`` holds the block's decoded residuals (0
+    in RAW blocks) and ``rec[b]`` becomes ``R``."""
+    if by > 0:
+        up_b = b - bx_n
+        top[0] = rec[up_b - 1, 63] if bx > 0 else 0
+        for j in range(8):
+            top[1 + j] = rec[up_b, 56 + j]
+    else:
+        top[:] = 0
+    for i in range(8):
+        left = rec[b - 1, 8 * i + 7] if bx > 0 else 0
+        ul = top[0]
+        for j in range(8):
+            k = 8 * i + j
+            up = top[1 + j]
+            pred = up + left - ul
+            if not encode:
+                v = _wrap15(d[k] + pred)
+                rec[b, k] = v
+            elif raw:
+                v = _wrap15(pred)
+                rec[b, k] = v
+            else:
+                v = rec[b, k]
+                sym[k] = _wrap15(v - pred)
+            ul = up
+            left = v
+        top[0] = rec[b - 1, 8 * i + 7] if bx > 0 else 0
+        for j in range(8):
+            top[1 + j] = rec[b, 8 * i + j]
+
+
+@njit(cache=True, nogil=True)
+def _eb2_encode_range(flat, geo, by_n, bx_n, p0, p1, dtype, scale, inv, error_bound, raw_len,
+                      rec, scratch, kind, mbs, length):
+    """Mode eb2's encoder over planes p0..p1-1, one pass: each block pre-quantized and
+    bound-checked (RAW when it fails), the plane recurrence (``rec`` (nb, 64) becomes the
+    reconstruction), the block coded into its ``scratch`` row; kind, mask bytes and length set."""
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    bits = np.empty(64, np.uint32)
+    x = np.empty(64, np.float32)
+    sym = np.empty(64, np.int64)
+    codes = np.empty(64, np.int64)
+    top = np.empty(9, np.int64)
+    for p in range(p0, p1):
+        for by in range(by_n):
+            for bx in range(bx_n):
+                b = (p * by_n + by) * bx_n + bx
+                _load_bits(flat, geo, b, bits, src, dst, cur)
+                _bits_to_f32(bits, dtype, x)
+                raw = not _eb_quantize(x, scale, inv, error_bound, dtype, _EB2_Q_SAT, rec[b])
+                _eb2_block(rec, b, by, bx, bx_n, sym, raw, True, sym, top)
+                if raw:
+                    kind[b], mbs[b], length[b] = 2, 1, raw_len
+                else:
+                    kind[b], mbs[b], length[b] = _code(sym, True, raw_len, scratch[b], codes)
+
+
+@njit(cache=True, nogil=True)
+def _eb2_decode_range(data, kind, mbs, length, offsets, by_n, bx_n, p0, p1, rec, inv, dtype,
+                      geo, out, errors):
+    """Mode eb2's decoder over planes p0..p1-1, one pass: each block's symbols, the plane
+    recurrence into ``rec`` (nb, 64), its values into ``out`` (flat bit patterns, padding
+    dropped; RAW blocks copied). Per-block error codes into ``errors``; after any error the
+    output is garbage, to be discarded."""
+    size = out.itemsize
+    src = np.empty(64, np.int64)
+    cur = np.full(4, -1, np.int64)  # see _block_origin
+    dst = np.empty(64, np.int64)
+    row = np.empty(64, np.uint32)
+    d = np.empty(64, np.int64)
+    where = np.empty(64, np.int64)
+    top = np.empty(9, np.int64)
+    for p in range(p0, p1):
+        for by in range(by_n):
+            for bx in range(bx_n):
+                b = (p * by_n + by) * bx_n + bx
+                d[:] = 0
+                err = 0
+                if kind[b] == 1:
+                    err = _unpack(data, offsets[b], length[b], mbs[b], True, d, where)
+                elif kind[b] == 3:
+                    err = _unpack_dense(data, offsets[b], length[b], d)
+                errors[b] = err
+                if err:
+                    d[:] = 0
+                _eb2_block(rec, b, by, bx, bx_n, d, False, False, d, top)
+                if kind[b] == 2:
+                    _load_raw(data, offsets[b], size, row)
+                else:
+                    _dequantize(rec[b], inv, dtype, row)
+                _store_bits(out, geo, b, row, src, dst, cur)
 
 
 @njit(cache=True, nogil=True)
@@ -640,6 +761,16 @@ def _reconstruct(sym, mode, inv, table, dtype, out_row, p, y):
     return 0
 
 
+@njit(cache=True)
+def _load_raw(data, o, size, row):
+    """A RAW block's 64 little-endian values of ``size`` bytes at ``data[o]`` into ``row``."""
+    for k in range(64):
+        v = np.uint32(0)
+        for j in range(size):
+            v |= np.uint32(data[o + size * k + j]) << np.uint32(8 * j)
+        row[k] = v
+
+
 @njit(cache=True, nogil=True)
 def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk, table, geo,
                   out, errors):
@@ -658,12 +789,7 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
     for b in range(b0, b1):
         errors[b] = 0
         if kind[b] == 2:
-            o = offsets[b]
-            for k in range(64):
-                v = np.uint32(0)
-                for j in range(size):
-                    v |= np.uint32(data[o + size * k + j]) << np.uint32(8 * j)
-                row[k] = v
+            _load_raw(data, offsets[b], size, row)
         else:
             sym[:] = 0
             if kind[b] == 1:
@@ -856,6 +982,43 @@ def encode_blocks(flat, geo, nb, dtype, mode, scale_blk, inv_blk, table, error_b
     _run(_assemble_range, ranges, flat, geo, args_after=(
         kind, length, offsets, scratch, raw_len, payload))
     return kind, mbs, length, payload
+
+
+def eb2_encode_blocks(flat, geo, geometry, dtype, scale, inv, error_bound, raw_len, threads=1):
+    """Mode eb2: each block pre-quantized, bound-checked, predicted across the blocks of its
+    plane and coded in one pass, planes in parallel. Returns per-block kind, mask bytes and
+    length, and the payload."""
+    nb = geometry.nblocks
+    scratch = np.empty((nb, SCRATCH), np.uint8)
+    kind = np.empty(nb, np.int64)
+    mbs = np.empty(nb, np.int64)
+    length = np.empty(nb, np.int64)
+    if nb:
+        rec = np.empty((nb, 64), np.int64)
+        _run(_eb2_encode_range, _ranges(geometry.planes, threads), flat, geo, geometry.blocks_y,
+             geometry.blocks_x, args_after=(dtype, scale, inv, error_bound, raw_len, rec,
+                                             scratch, kind, mbs, length))
+        del rec
+    offsets = np.cumsum(length) - length
+    payload = np.empty(int(length.sum()), np.uint8)
+    _run(_assemble_range, _ranges(nb, threads), flat, geo, args_after=(
+        kind, length, offsets, scratch, raw_len, payload))
+    return kind, mbs, length, payload
+
+
+def eb2_decode_blocks(data, kind, mbs, length, offsets, dtype, inv, geo, geometry, out,
+                      threads=1):
+    """Mode eb2: each block's symbols, the plane-wide reconstruction and the values in one
+    pass, planes in parallel. Returns the per-block error codes (DECODE_ERRORS); with any,
+    ``out`` is garbage, to be discarded."""
+    nb = kind.shape[0]
+    errors = np.zeros(nb, np.int64)
+    if nb:
+        rec = np.empty((nb, 64), np.int64)
+        _run(_eb2_decode_range, _ranges(geometry.planes, threads), data, kind, mbs, length,
+             offsets, geometry.blocks_y, geometry.blocks_x,
+             args_after=(rec, inv, dtype, geo, out, errors))
+    return errors
 
 
 def decode_blocks(data, kind, mbs, length, offsets, mode, dtype, inv_blk, table, geo, out,

@@ -84,7 +84,7 @@ FIXED_HEADER = Layout("FixedHeader", [  # docs/format.md 2.1
     Field("ngroups", "I", "scale records that follow (groups_of)"),
     Field("nblocks", "Q", "index entries"),
     Field("payload_bytes", "Q", "payload section bytes before padding"),
-    Field("param", "d", "range_max (dct, sfpr8), error bound (eb), 0 (mask)"),
+    Field("param", "d", "range_max (dct, sfpr8), error bound (eb, eb2), 0 (mask)"),
 ])
 SCALE_RECORD = Layout("ScaleRecord", [  # docs/format.md 2.1
     Field("mantissa", "H", "in [2**15, 2**16)"),
@@ -100,7 +100,7 @@ TRAILER = Layout("Trailer", [  # docs/format.md 2.5
 assert TRAILER.size == ALIGN
 
 # scale records per mode: one per scale group of the geometry (None) or a fixed count
-_GROUPS = {Mode.DCT: None, Mode.EB: 1, Mode.SFPR8: None, Mode.MASK: 0}
+_GROUPS = {Mode.DCT: None, Mode.EB: 1, Mode.SFPR8: None, Mode.MASK: 0, Mode.EB2: 1}
 assert set(_GROUPS) == set(Mode)
 
 
@@ -171,7 +171,7 @@ class Header:
     mode: Mode
     dtype: DType
     shape: tuple[int, ...]
-    param: float  # range_max for dct/sfpr8, error bound for eb, 0 for mask
+    param: float  # range_max for dct/sfpr8, error bound for eb/eb2, 0 for mask
     table_id: int = 0
     table_arg: int = 0
     table: np.ndarray | None = None  # 64 uint8, dct only
@@ -352,7 +352,7 @@ def _check_param(mode: Mode, param: float, scales: list[Scale]) -> None:
     if mode in (Mode.DCT, Mode.SFPR8):
         if not RANGE_MIN_LIMIT <= param <= RANGE_MAX_LIMIT:
             _fail(Check.PARAM, f"corrupted header: range_max {param}")
-    elif mode is Mode.EB:
+    elif mode.error_bounded:
         lo, hi = ERROR_BOUND_RANGE
         if not lo <= param <= hi:
             _fail(Check.PARAM, f"corrupted header: error bound {param}")

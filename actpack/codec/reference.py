@@ -154,6 +154,62 @@ def unlorenzo(d: np.ndarray) -> np.ndarray:
     return np.cumsum(np.cumsum(d, axis=1), axis=2)
 
 
+def to_planes(blocks: np.ndarray, geo: Geometry) -> np.ndarray:
+    """(n, 8, 8) blocks of whole planes of ``geo`` (all of them, or a run of whole planes) as
+    the padded planes (planes, padded height, padded width)."""
+    n = blocks.shape[0] // max(geo.blocks_per_plane, 1)
+    b = blocks.reshape(n, geo.blocks_y, geo.blocks_x, BLOCK, BLOCK)
+    return b.transpose(0, 1, 3, 2, 4).reshape(n, geo.padded_height, geo.padded_width)
+
+
+def from_planes(planes: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Inverse of ``to_planes``."""
+    n = planes.shape[0]
+    p = planes.reshape(n, geo.blocks_y, BLOCK, geo.blocks_x, BLOCK)
+    return p.transpose(0, 1, 3, 2, 4).reshape(n * geo.blocks_per_plane, BLOCK, BLOCK)
+
+
+def eb2_reference(q: np.ndarray, raw: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Mode eb2's prediction reference ``R`` (nblocks, 8, 8): the values the decoder
+    reconstructs. ``R = q`` in every block that is not RAW; a RAW block carries no residuals
+    (they count as 0), so the decoder's plane-wide prefix sums continue through it as the
+    boundary extension ``R[y, x] = R[y0 - 1, x] + R[y, x0 - 1] - R[y0 - 1, x0 - 1]`` (row above
+    the block, column left of it, their corner; 0 outside the plane), modulo 2**15. RAW blocks
+    are filled in block order, so a RAW block's neighbours above and to the left are final."""
+    ref = np.where(raw[:, None, None], 0, q).astype(np.int64)
+    if not raw.any():
+        return ref
+    planes = np.pad(to_planes(ref, geo), ((0, 0), (1, 0), (1, 0)))  # row/column -1 are zeros
+    for b in np.flatnonzero(raw):
+        p, rest = divmod(int(b), geo.blocks_per_plane)
+        by, bx = divmod(rest, geo.blocks_x)
+        y0, x0 = BLOCK * by + 1, BLOCK * bx + 1  # in the padded array
+        top = planes[p, y0 - 1, x0 : x0 + BLOCK]
+        left = planes[p, y0 : y0 + BLOCK, x0 - 1]
+        corner = planes[p, y0 - 1, x0 - 1]
+        planes[p, y0 : y0 + BLOCK, x0 : x0 + BLOCK] = spec.eb2_wrap(
+            top[None, :] + left[:, None] - corner)
+    return from_planes(planes[:, 1:, 1:], geo)
+
+
+def eb2_residuals(ref: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Mode eb2's symbols (nblocks, 64): the 2-D Lorenzo residual of ``ref`` over each whole
+    padded plane (values outside the plane count as 0), reduced modulo 2**15."""
+    planes = np.pad(to_planes(ref, geo), ((0, 0), (1, 0), (1, 0)))
+    d = planes[:, 1:, 1:] - planes[:, :-1, 1:] - planes[:, 1:, :-1] + planes[:, :-1, :-1]
+    return spec.eb2_wrap(from_planes(d, geo)).reshape(-1, 64)
+
+
+def eb2_reconstruct(symbols: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Inverse of ``eb2_residuals``: ``R`` (n, 8, 8) from the residuals (n, 64) of whole planes
+    (0 in RAW blocks), a 2-D prefix sum over each padded plane, down the columns then along the
+    rows, each reduced modulo 2**15."""
+    planes = to_planes(symbols.reshape(-1, BLOCK, BLOCK), geo)
+    planes = spec.eb2_wrap(np.cumsum(planes, axis=1))
+    planes = spec.eb2_wrap(np.cumsum(planes, axis=2))
+    return from_planes(planes, geo)
+
+
 def dequantize_values(p: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """Decoded float32 values: float32(p) * inverse, one float32 multiply. A product beyond
     float32's range becomes inf here and saturates in ``from_float32``, as the format says."""
@@ -302,7 +358,7 @@ def compress(bits: np.ndarray, header: Header) -> bytes:
 
     if mode in (Mode.DCT, Mode.SFPR8):
         scales = spec.sfpr_scales(_group_maxabs(x, groups, geo.groups), header.param)
-    elif mode is Mode.EB:
+    elif mode.error_bounded:
         amax = _group_maxabs(x, np.zeros_like(groups), 1)[0]
         scales = [spec.eb_scale(header.param, amax, dtype)]
     else:
@@ -318,6 +374,8 @@ def compress(bits: np.ndarray, header: Header) -> bytes:
         if force_raw[b]:
             kind = Kind.RAW
         elif np.any(symbols[b]):
+            # (eb2 never gets here with a block that cannot be coded: its residuals are 15-bit
+            # codes and a DENSE block of them is at most 124 bytes, section 6.6.)
             # The shortest of sparse (mask + nonzeros) and dense (all 64) coding; ties go to
             # sparse; raw when neither fits in 15-bit widths or both would expand the block.
             kind = Kind.RAW
@@ -346,7 +404,7 @@ def _symbols(x: np.ndarray, groups: np.ndarray, header: Header) -> tuple[np.ndar
     force_raw = np.zeros(n, dtype=bool)
     if header.mode is Mode.MASK:
         return (x > 0).reshape(n, 64).astype(np.int64), force_raw
-    if header.mode is Mode.EB:  # one global scale
+    if header.mode.error_bounded:  # one global scale
         groups = np.zeros_like(groups)
     scale, inverse = _scale_arrays(header.scales, groups)
     if header.mode is Mode.SFPR8:
@@ -354,12 +412,18 @@ def _symbols(x: np.ndarray, groups: np.ndarray, header: Header) -> tuple[np.ndar
     if header.mode is Mode.DCT:
         q = quantize(dct2(sfpr(x, scale, spec.SFPR_MAX)), header.table)
         return q.reshape(n, 64)[:, ZIGZAG], force_raw
-    # Mode.EB: pre-quantize, check the bound on exactly what the decoder will produce, predict.
-    q = sfpr(x, scale, spec.EB_Q_SAT)
+    # Mode.EB/EB2: pre-quantize, check the bound on exactly what the decoder will produce,
+    # predict.
+    eb2 = header.mode is Mode.EB2
+    q = sfpr(x, scale, spec.EB2_Q_SAT if eb2 else spec.EB_Q_SAT)
     xhat = to_float32(from_float32(dequantize_values(q, inverse), header.dtype), header.dtype)
     with np.errstate(invalid="ignore"):
         err = np.abs(x.astype(np.float64) - xhat.astype(np.float64))
         force_raw |= ~(err <= header.param).all(axis=(1, 2))
+    if eb2:
+        force_raw |= ~np.isfinite(x).all(axis=(1, 2))
+        return eb2_residuals(eb2_reference(q, force_raw, header.geometry), header.geometry), \
+            force_raw
     return lorenzo(q).reshape(n, 64), force_raw
 
 
@@ -399,7 +463,7 @@ def _reconstruct(symbols: np.ndarray, header: Header) -> np.ndarray:
     geo = header.geometry
     if header.mode is Mode.MASK:
         return symbols.reshape(n, 8, 8).astype(np.float32)
-    groups = block_groups(geo) if header.mode is not Mode.EB else np.zeros(n, dtype=np.int64)
+    groups = np.zeros(n, dtype=np.int64) if header.mode.error_bounded else block_groups(geo)
     _, inverse = _scale_arrays(header.scales, groups)
     if header.mode is Mode.SFPR8:
         p = symbols.reshape(n, 8, 8)
@@ -407,6 +471,8 @@ def _reconstruct(symbols: np.ndarray, header: Header) -> np.ndarray:
             raise FrameError("sfpr8 value out of range", check=Check.SFPR8_RANGE)
     elif header.mode is Mode.DCT:
         p = idct2(dequantize(symbols[:, _INVERSE_ZIGZAG].reshape(n, 8, 8), header.table))
+    elif header.mode is Mode.EB2:  # RAW blocks decoded no symbols: their residuals are 0
+        p = eb2_reconstruct(symbols, geo)
     else:
         p = unlorenzo(symbols.reshape(n, 8, 8))
     return dequantize_values(p, inverse)

@@ -17,6 +17,8 @@ __all__ = [
     "DCT_COEF_MAX",
     "DCT_SHIFT_1",
     "DCT_SHIFT_2",
+    "EB2_MODULUS_BITS",
+    "EB2_Q_SAT",
     "EB_Q_SAT",
     "ERROR_BOUND_RANGE",
     "IDCT_SHIFT_1",
@@ -34,6 +36,7 @@ __all__ = [
     "Geometry",
     "Mode",
     "Scale",
+    "eb2_wrap",
     "eb_scale",
     "eb_scale_range",
     "geometry",
@@ -70,6 +73,11 @@ MAX_NUMEL = (1 << NUMEL_BITS) - 1
 # Error-bounded mode: pre-quantized integers saturate here; a saturated block is stored raw.
 EB_Q_SAT = 1 << 15
 ERROR_BOUND_RANGE = (1e-30, 1e30)
+# Mode "eb2": pre-quantized integers saturate at 2**14 - 1, so that they, the plane-wide
+# reconstruction and every residual live in Z / 2**15 (15-bit two's complement, ``eb2_wrap``):
+# every residual code then fits the 15-bit group widths and no block is ever too long to code.
+EB2_Q_SAT = (1 << 14) - 1
+EB2_MODULUS_BITS = 15
 
 WIDTH_MAX = 15  # a coded value group's bit width is a 4-bit field
 
@@ -81,10 +89,16 @@ class Mode(enum.IntEnum):
     EB = 2
     SFPR8 = 3
     MASK = 4
+    EB2 = 5
 
     @property
     def label(self) -> str:
         return self.name.lower()
+
+    @property
+    def error_bounded(self) -> bool:
+        """True for the modes whose parameter is an absolute error bound ("eb", "eb2")."""
+        return self in (Mode.EB, Mode.EB2)
 
     @classmethod
     def parse(cls, mode) -> Mode:
@@ -286,6 +300,13 @@ def eb_scale(error_bound: float, amax: float = 0.0, dtype: DType = DType.FLOAT32
     """
     h = min(half_ulp(float(amax) + error_bound, dtype), error_bound / 2)
     return _encode_scale(1.0 / (2.0 * (error_bound - h)), round_up=True)
+
+
+def eb2_wrap(v):
+    """``v`` reduced into ``[-2**14, 2**14)`` modulo ``2**15`` (mode "eb2"'s integer ring);
+    works on ints, numpy and torch integer arrays alike."""
+    half = 1 << (EB2_MODULUS_BITS - 1)
+    return ((v + half) & ((1 << EB2_MODULUS_BITS) - 1)) - half
 
 
 def eb_scale_range(error_bound: float) -> tuple[float, float]:

@@ -99,7 +99,7 @@ def cpu_geometry(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
 def _scale_arrays(header: Header, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not header.scales:
         return np.zeros(len(groups)), np.zeros(len(groups), np.float32)
-    if header.mode is Mode.EB:
+    if header.mode.error_bounded:
         groups = np.zeros_like(groups)
     value = np.array([s.value for s in header.scales], dtype=np.float64)[groups]
     inverse = np.array([s.inverse for s in header.scales], dtype=np.float32)[groups]
@@ -122,7 +122,7 @@ def cpu_scales(flat: np.ndarray, header: Header) -> tuple:
         gmax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), groups, geo.groups,
                                       threads=threads)
         return tuple(spec.sfpr_scales(gmax, header.param))
-    if mode is Mode.EB:
+    if mode.error_bounded:
         amax = cpukernels.group_maxabs(flat, g, geo.nblocks, int(dtype), np.zeros_like(groups),
                                        1, threads=threads)[0]
         return (spec.eb_scale(header.param, float(amax), dtype),)
@@ -145,6 +145,13 @@ def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
         return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
                            pack_index(kind, mbs, length), payload)
     header = dataclasses.replace(header, scales=cpu_scales(flat, header))
+    if mode is Mode.EB2:
+        s = header.scales[0]
+        kind, mbs, length, payload = cpukernels.eb2_encode_blocks(
+            flat, g, geo, int(dtype), s.value, s.inverse, float(header.param),
+            64 * dtype.itemsize, threads=torch.get_num_threads())
+        return build_frame(dataclasses.replace(header, payload_bytes=payload.size),
+                           pack_index(kind, mbs, length), payload)
     scale_blk, inv_blk = _scale_arrays(header, groups)
     kind, mbs, length, payload = cpukernels.encode_blocks(
         flat, g, nb, int(dtype), int(mode), scale_blk, inv_blk, _table(header),
@@ -160,7 +167,12 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     g, groups = cpu_geometry(geo)
     _, inv_blk = _scale_arrays(header, groups)
     out = torch.empty(geo.numel, dtype=_BITS[dtype])
-    if header.mode is Mode.MASK and kind.max(initial=0) <= 1:
+    if header.mode is Mode.EB2:
+        errors = cpukernels.eb2_decode_blocks(
+            np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype),
+            header.scales[0].inverse, g, geo, out.numpy().view(_NP_BITS[dtype]),
+            threads=torch.get_num_threads())
+    elif header.mode is Mode.MASK and kind.max(initial=0) <= 1:
         errors = cpukernels.mask_decode_blocks(
             np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype), g,
             out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
@@ -202,7 +214,7 @@ def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) ->
         gmax = torch.zeros(geo.groups, dtype=torch.float32, device=dev)
         gmax.scatter_reduce_(0, groups, mags, "amax")
         scales = spec.sfpr_scales(gmax.cpu().numpy(), header.param)
-    elif mode is Mode.EB:
+    elif mode.error_bounded:
         amax = torch.where(finite_v, x.abs(), 0).amax() if nb else 0.0
         scales = [spec.eb_scale(header.param, float(amax), dtype)]
     else:
@@ -213,7 +225,7 @@ def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) ->
     if mode is Mode.MASK:
         sym = (x > 0).view(nb, 64).to(torch.int32)
     else:
-        if mode is Mode.EB:
+        if mode.error_bounded:
             scale = torch.full((nb, 1, 1), scales[0].value, dtype=torch.float64, device=dev)
             inverse = torch.full((nb, 1, 1), float(scales[0].inverse), device=dev)
         else:
@@ -229,20 +241,69 @@ def compress(t: torch.Tensor, header: Header, *, kernels: bool | None = None) ->
             qt = torch.tensor(header.table, dtype=torch.float64, device=dev).view(8, 8)
             q = torch.floor(y.abs() / qt) * torch.sign(y)
             sym = q.view(nb, 64)[:, zz].to(torch.int32)
-        else:  # EB
-            q = _sfpr(x, finite_v, scale, spec.EB_Q_SAT)
+        else:  # EB, EB2
+            q = _sfpr(x, finite_v, scale, spec.EB2_Q_SAT if mode is Mode.EB2 else spec.EB_Q_SAT)
             xhat = _to_dtype(_dequantize_values(q, inverse), dtype).double()
             err_ok = ((x.double() - xhat).abs() <= header.param).view(nb, 64).all(1)
             force_raw |= ~err_ok
-            qi = torch.nn.functional.pad(q.to(torch.int32), (1, 0, 1, 0))
-            d = qi[:, 1:, 1:] - qi[:, :-1, 1:] - qi[:, 1:, :-1] + qi[:, :-1, :-1]
-            sym = d.reshape(nb, 64)
+            if mode is Mode.EB2:
+                sym = _eb2_residuals(_eb2_reference(q.long(), force_raw, geo), geo)
+            else:
+                qi = torch.nn.functional.pad(q.to(torch.int32), (1, 0, 1, 0))
+                d = qi[:, 1:, 1:] - qi[:, :-1, 1:] - qi[:, 1:, :-1] + qi[:, :-1, :-1]
+                sym = d.reshape(nb, 64)
 
     kind, mb, length, payload = _encode(sym, force_raw, blocks, raw_len, mode is not Mode.MASK)
     index = (kind << 14) | (torch.where(kind == Kind.CODED, mb - 1, 0) << 11) | length
     index = index.to(torch.int32).cpu().numpy().astype("<u2")
     payload = payload.cpu().numpy()
     return build_frame(dataclasses.replace(header, payload_bytes=payload.size), index, payload)
+
+
+def _to_planes(blocks: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """(n, 8, 8) blocks of whole planes as the padded planes (see ``reference.to_planes``)."""
+    n = blocks.shape[0] // max(geo.blocks_per_plane, 1)
+    return (blocks.reshape(n, geo.blocks_y, geo.blocks_x, 8, 8).permute(0, 1, 3, 2, 4)
+            .reshape(n, geo.padded_height, geo.padded_width))
+
+
+def _from_planes(planes: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    n = planes.shape[0]
+    return (planes.reshape(n, geo.blocks_y, 8, geo.blocks_x, 8).permute(0, 1, 3, 2, 4)
+            .reshape(n * geo.blocks_per_plane, 8, 8))
+
+
+def _eb2_reference(q: torch.Tensor, raw: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``reference.eb2_reference``: RAW blocks filled in block order, all planes at once per
+    block position."""
+    ref = torch.where(raw[:, None, None], 0, q)
+    if not bool(raw.any()):
+        return ref
+    planes = torch.nn.functional.pad(_to_planes(ref, geo), (1, 0, 1, 0))
+    raw_at = raw.view(geo.planes, geo.blocks_per_plane)
+    for pos in torch.nonzero(raw_at.any(0)).flatten().tolist():
+        by, bx = divmod(pos, geo.blocks_x)
+        ps = torch.nonzero(raw_at[:, pos]).flatten()
+        y0, x0 = 8 * by + 1, 8 * bx + 1
+        top = planes[ps, y0 - 1, x0:x0 + 8]
+        left = planes[ps, y0:y0 + 8, x0 - 1]
+        corner = planes[ps, y0 - 1, x0 - 1]
+        planes[ps, y0:y0 + 8, x0:x0 + 8] = spec.eb2_wrap(
+            top[:, None, :] + left[:, :, None] - corner[:, None, None])
+    return _from_planes(planes[:, 1:, 1:], geo)
+
+
+def _eb2_residuals(ref: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``reference.eb2_residuals``: (nblocks, 64) int32."""
+    p = torch.nn.functional.pad(_to_planes(ref, geo), (1, 0, 1, 0))
+    d = p[:, 1:, 1:] - p[:, :-1, 1:] - p[:, 1:, :-1] + p[:, :-1, :-1]
+    return spec.eb2_wrap(_from_planes(d, geo)).reshape(geo.nblocks, 64).to(torch.int32)
+
+
+def _eb2_reconstruct(sym: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """``reference.eb2_reconstruct`` of the (n, 64) symbols of whole planes: (n, 8, 8) int64."""
+    planes = spec.eb2_wrap(_to_planes(sym, geo).cumsum(1))
+    return _from_planes(spec.eb2_wrap(planes.cumsum(2)), geo)
 
 
 def _encode(sym, force_raw, blocks, raw_len, with_values):
@@ -364,12 +425,37 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
     # Blocks a chunk at a time: the int64 temporaries of a chunk are a few MiB, so a decode
     # holds about its output plus that, whatever the tensor's size (all at once it held 10-27x
     # the output). Chunks go in block order, so the first bad block is the one reported.
+    eb2 = header.mode is Mode.EB2
+    # eb2 reconstructs whole planes: its chunks give symbols (|v| <= 2**14, int16), which are
+    # then turned into values a chunk of whole planes at a time.
+    sym = torch.empty(nb, 64, dtype=torch.int16, device=dev) if eb2 else None
     out = torch.empty(nb, 64, dtype=tdtype, device=dev)
     for b0 in range(0, nb, _DECODE_CHUNK):
         b1 = min(nb, b0 + _DECODE_CHUNK)
-        out[b0:b1] = _decode_chunk(header, data, kind[b0:b1], mb[b0:b1], length[b0:b1],
-                                   offsets[b0:b1], b0, dev)
+        (sym if eb2 else out)[b0:b1] = _decode_chunk(
+            header, data, kind[b0:b1], mb[b0:b1], length[b0:b1], offsets[b0:b1], b0, dev,
+            symbols=eb2)
+    if eb2:
+        inverse = torch.tensor(float(header.scales[0].inverse), device=dev)
+        per = geo.blocks_per_plane
+        step = max(1, _DECODE_CHUNK // per) * per
+        for b0 in range(0, nb, step):
+            b1 = min(nb, b0 + step)
+            values = _dequantize_values(_eb2_reconstruct(sym[b0:b1].long(), geo), inverse)
+            out[b0:b1] = _to_dtype(values, dtype).reshape(-1, 64)
+        del sym
+        out = _raw_blocks(out, data, kind == Kind.RAW, offsets, dtype, dev)
     return _untile(out, geo, dev).view(header.shape)
+
+
+def _raw_blocks(out: torch.Tensor, data: torch.Tensor, raw, offsets, dtype: DType,
+                dev) -> torch.Tensor:
+    """``out`` (n, 64) with its RAW blocks' rows replaced by their payload values."""
+    if bool(raw.any()):
+        rl = 64 * dtype.itemsize
+        src = (offsets[raw][:, None] + torch.arange(rl, device=dev)).reshape(-1)
+        out[raw] = data[src].view(_TORCH_OF[dtype]).view(-1, 64)
+    return out
 
 
 _DECODE_CHUNK = 8192  # blocks: 4 MiB per int64 (blocks, 64) temporary
@@ -387,11 +473,11 @@ def _untile(blocks: torch.Tensor, geo: Geometry, dev) -> torch.Tensor:
 
 
 def _decode_chunk(header: Header, data: torch.Tensor, kind, mb, length, offsets, b0: int,
-                  dev) -> torch.Tensor:
-    """Blocks ``b0`` .. ``b0 + len(kind)`` of the frame as (n, 64) values of its dtype."""
+                  dev, *, symbols: bool = False) -> torch.Tensor:
+    """Blocks ``b0`` .. ``b0 + len(kind)`` of the frame as (n, 64) values of its dtype, or with
+    ``symbols`` their decoded symbols (int64; 0 in RAW and ZERO blocks)."""
     dtype, mode = header.dtype, header.mode
     nb = len(kind)
-    tdtype = _TORCH_OF[dtype]
 
     coded = kind == Kind.CODED
     raw = kind == Kind.RAW
@@ -456,13 +542,10 @@ def _decode_chunk(header: Header, data: torch.Tensor, kind, mb, length, offsets,
             u = (word >> (pos & 7)) & ((1 << w) - 1)
             sym[rows] = torch.where((u & 1) == 1, -((u + 1) >> 1), u >> 1)
 
+    if symbols:
+        return sym
     values = _reconstruct(sym, header, dev, b0)
-    out = _to_dtype(values, dtype).view(nb, 64)
-    if bool(raw.any()):
-        rl = 64 * dtype.itemsize
-        src = (offsets[raw][:, None] + torch.arange(rl, device=dev)).reshape(-1)
-        out[raw] = data[src].view(tdtype).view(-1, 64)
-    return out
+    return _raw_blocks(_to_dtype(values, dtype).view(nb, 64), data, raw, offsets, dtype, dev)
 
 
 def _reconstruct(sym: torch.Tensor, header: Header, dev, b0: int = 0) -> torch.Tensor:

@@ -64,6 +64,7 @@ INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16
 # From the enum and the table registry, so a new mode or named table is tested without an edit.
 MODES = tuple(m.label for m in Mode)
 VALUE_MODES = tuple(m.label for m in Mode if m is not Mode.MASK)  # mask stores no values
+EB_MODES = tuple(m.label for m in Mode if m.error_bounded)  # the modes that take error_bound
 NAMED = tuple(NAMED_TABLES)
 MAX_NUMEL = 640
 
@@ -267,7 +268,7 @@ def codec_kwargs(draw, mode: str, data_exp: int = 0):
     if mode == "sfpr8":
         rm = draw(range_maxes)
         return {"mode": mode} if rm is None else {"mode": mode, "range_max": rm}
-    if mode == "eb":
+    if mode in EB_MODES:
         relative = draw(st.booleans())
         if relative:
             k = draw(st.integers(-7, 1))

@@ -23,6 +23,8 @@ CONFIGS = [
     {"mode": "dct", "table": "jpeg90"},
     {"mode": "eb", "error_bound": 1e-3},
     {"mode": "eb", "error_bound": 0.05},
+    {"mode": "eb2", "error_bound": 1e-3},
+    {"mode": "eb2", "error_bound": 0.05},
     {"mode": "sfpr8"},
     {"mode": "mask"},
 ]

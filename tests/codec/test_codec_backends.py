@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from codec_testlib import (
+    EB_MODES,
     INT_OF,
     MODES,
     VALUE_MODES,
@@ -91,7 +92,7 @@ def test_backends_agree_mask(case):
 @_settings(60)
 def test_backends_agree_nchw_default_parameters(mode, t):
     """The common case of training: NCHW activations with the default parameters."""
-    check_backends_agree({"mode": mode, **({"error_bound": 0.01} if mode == "eb" else {})}, t)
+    check_backends_agree({"mode": mode, **({"error_bound": 0.01} if mode in EB_MODES else {})}, t)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -106,7 +107,7 @@ def test_backends_agree_on_multi_block_planes(mode, dtype):
     t[2, 3, 9, 30] = float("nan")
     t[2, 4] *= 1e4  # one channel far larger than the others
     t = t.to(dtype)
-    kw = {"mode": mode, **({"error_bound": 0.003} if mode == "eb" else {})}
+    kw = {"mode": mode, **({"error_bound": 0.003} if mode in EB_MODES else {})}
     check_backends_agree(kw, t)
     check_backends_agree(kw, t.transpose(-1, -2))
 
@@ -118,7 +119,7 @@ def test_cuda_matches_numpy(mode):
     for dtype in INT_OF:
         t = (torch.randn(2, 3, 13, 20, generator=g) * 3).to(dtype)
         t[0, 0, 0, 0] = float("inf")
-        kw = {"mode": mode, **({"error_bound": 0.01} if mode == "eb" else {})}
+        kw = {"mode": mode, **({"error_bound": 0.01} if mode in EB_MODES else {})}
         fn = actpack.Codec(**kw, backend="numpy").compress(t)
         fc = actpack.Codec(**kw, backend="torch").compress(t.cuda())
         assert bytes(fn) == bytes(fc)
@@ -244,7 +245,7 @@ def test_backends_agree_on_many_random_blocks(mode, dtype):
     x[1] = torch.relu(x[1])
     x[2] *= torch.rand(16, 1, 1, generator=g) * 100
     x[3] = torch.round(x[3] * 4) / 4
-    kw = {"mode": mode, **({"error_bound": 0.004} if mode == "eb" else {})}
+    kw = {"mode": mode, **({"error_bound": 0.004} if mode in EB_MODES else {})}
     check_backends_agree(kw, x.to(dtype))
 
 
@@ -257,7 +258,7 @@ def test_backends_agree_on_interior_and_edge_blocks(mode, dtype):
     NaN and inf in interior and edge blocks (RAW); ReLU'd copies for sparse and zero blocks."""
     g = torch.Generator().manual_seed(5)
     shapes = [(2, 3, 16, 24), (2, 13, 19), (64 * 5,), (64 * 5 + 9,)]
-    kw = {"mode": mode, **({"error_bound": 0.004} if mode == "eb" else {})}
+    kw = {"mode": mode, **({"error_bound": 0.004} if mode in EB_MODES else {})}
     for shape in shapes:
         t = torch.randn(shape, generator=g)
         check_backends_agree(kw, t.to(dtype))

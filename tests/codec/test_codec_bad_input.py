@@ -36,6 +36,7 @@ BACKENDS = ("numpy", "torch")
 CONFIGS = {  # a codec per mode: a new Mode fails here (KeyError) until it has one
     "dct": {"mode": "dct", "table": "optL"},
     "eb": {"mode": "eb", "error_bound": 0.01},
+    "eb2": {"mode": "eb2", "error_bound": 0.01},
     "sfpr8": {"mode": "sfpr8"},
     "mask": {"mode": "mask"},
 }
@@ -393,7 +394,7 @@ def test_scale_exponent_range_is_what_encoders_write():
     ({"mode": "eb", "error_bound": 0.1, "range_max": 4.5}, ValueError, r"^range_max: only"),
     ({"mode": "mask", "table": "optL"}, ValueError, r"^table: only mode 'dct'"),
     ({"mode": "mask", "range_max": 1.0}, ValueError, r"^range_max: only"),
-    ({"mode": "mask", "error_bound": 0.1}, ValueError, r"^error_bound: only mode 'eb'"),
+    ({"mode": "mask", "error_bound": 0.1}, ValueError, r"^error_bound: only modes 'eb' and 'eb2'"),
     ({"mode": "sfpr8", "table": "optH"}, ValueError, r"^table: only mode 'dct'"),
     ({"mode": "sfpr8", "error_bound": 0.1}, ValueError, r"^error_bound: only"),
     ({"mode": "dct", "error_bound": 0.1}, ValueError, r"^error_bound: only"),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from codec_testlib import DTYPES, MODES, VALUE_MODES, tensors
+from codec_testlib import DTYPES, EB_MODES, MODES, VALUE_MODES, tensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -336,7 +336,7 @@ def _chosen_symbols(kind: int, chunk: bytes, mb: int, mode: Mode) -> np.ndarray:
 def test_block_kind_is_the_shortest_coding(t, mode):
     """Each nonzero block is coded sparse (CODED) or DENSE, whichever is shorter (ties go to
     sparse), and RAW only when neither fits the raw size or 15-bit widths."""
-    kw = {"mode": mode, **({"error_bound": 1e-3} if mode == "eb" else {})}
+    kw = {"mode": mode, **({"error_bound": 1e-3} if mode in EB_MODES else {})}
     header, index, payload = parse_frame(bytes(actpack.Codec(**kw).compress(t)))
     kinds, mbs, lengths = unpack_index(index)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -373,7 +373,7 @@ def test_index_entry_packing():
 @given(tensors(), st.sampled_from(MODES))
 @_settings(150)
 def test_frame_size_facts(t, mode):
-    kw = {"mode": mode, **({"error_bound": 1e-3} if mode == "eb" else {})}
+    kw = {"mode": mode, **({"error_bound": 1e-3} if mode in EB_MODES else {})}
     frame = actpack.Codec(**kw).compress(t)
     dtype = TORCH_DTYPES[t.dtype]
     assert frame.nbytes % ALIGN == 0
@@ -392,7 +392,7 @@ def test_incompressible_input_meets_the_bound(dtype):
     x = torch.randn(3, 2, 16, 24).to(dtype)
     x[..., ::8, ::8] = float("nan")
     for mode in VALUE_MODES:  # a mask frame has no RAW blocks
-        kw = {"mode": mode, **({"error_bound": 1e-3} if mode == "eb" else {})}
+        kw = {"mode": mode, **({"error_bound": 1e-3} if mode in EB_MODES else {})}
         frame = actpack.Codec(**kw).compress(x)
         assert frame.nbytes == frame_bound(x.shape, TORCH_DTYPES[dtype], Mode.parse(mode))
         _, index, _ = parse_frame(bytes(frame))

@@ -34,7 +34,8 @@ MIN_CASES = 150  # per mode, however slow the machine: a floor on what the budge
 
 _FIXED = FIXED_HEADER.struct  # docs/format.md 2.1
 _SCALE = SCALE_RECORD.struct
-_KWARGS = {Mode.DCT: {"table": "optL"}, Mode.EB: {"error_bound": 0.01}}  # others: defaults
+_KWARGS = {Mode.DCT: {"table": "optL"}, Mode.EB: {"error_bound": 0.01},
+           Mode.EB2: {"error_bound": 0.01}}  # others: defaults
 _U64 = (1 << 64) - 1
 _DIMS = (0, 1, 2, 7, 8, 9, 63, 64, 65, 1 << 24, (1 << 24) + 1, (1 << 31), (1 << 32) - 1,
          1 << 47, 1 << 48, (1 << 48) - 1, 1 << 62, 1 << 63, _U64)
@@ -124,7 +125,7 @@ def _fit(p: Parts, rng) -> None:
     if geo.nblocks > 4096 or geo.groups > 4096:
         return
     mode = p.fixed[2]
-    groups = {Mode.DCT: geo.groups, Mode.SFPR8: geo.groups, Mode.EB: 1}.get(mode, 0)
+    groups = {Mode.DCT: geo.groups, Mode.SFPR8: geo.groups, Mode.EB: 1, Mode.EB2: 1}.get(mode, 0)
     p.scales = (p.scales * groups)[:groups] if p.scales else [(1 << 15, -15, 1.0)] * groups
     p.index = (p.index * geo.nblocks)[:geo.nblocks] if p.index else [0] * geo.nblocks
     if rng.random() < 0.3:  # all ZERO blocks: only the scales and the shape matter

@@ -24,7 +24,7 @@ def _decode_peak(x: torch.Tensor, kwargs: dict) -> int:
 def test_eager_decode_peak_grows_like_a_small_multiple_of_the_output(mode, data):
     # Blocks are decoded a chunk at a time: a constant for the chunk's temporaries, plus the
     # output and its untiled copy. All at once it held 10-27x the output (issue #11).
-    kwargs = {"mode": mode.label} | ({"error_bound": 0.01} if mode is Mode.EB else {})
+    kwargs = {"mode": mode.label} | ({"error_bound": 0.01} if mode.error_bounded else {})
     gen = torch.Generator().manual_seed(0)
     peaks = []
     for n in (2, 8):  # 8 and 32 MiB of float32

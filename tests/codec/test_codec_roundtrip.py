@@ -10,6 +10,7 @@ import pytest
 import torch
 from codec_testlib import (
     DTYPES,
+    EB_MODES,
     INT_OF,
     MODES,
     NAMED,
@@ -43,6 +44,7 @@ def _settings(n: int):
 def _kw(mode: str) -> dict:
     return {"dct": {"mode": "dct", "table": "optL", "range_max": 3.0},
             "eb": {"mode": "eb", "error_bound": 0.01},
+            "eb2": {"mode": "eb2", "error_bound": 0.01},
             "sfpr8": {"mode": "sfpr8"},
             "mask": {"mode": "mask"}}[mode]
 
@@ -119,7 +121,7 @@ def test_roundtrip(mode, dtype, rank, backend):
     assert torch.equal(bits(y)[~finite], bits(x)[~finite])
     assert bool(torch.isfinite(y[finite]).all())
     err = (x.double() - y.double()).abs()[finite]
-    if mode == "eb":
+    if mode in EB_MODES:
         assert float(err.max()) <= 0.01 if err.numel() else True
     elif mode == "sfpr8":
         assert bool((err <= sfpr_error_bound(x, 4.5)[finite]).all())

@@ -189,6 +189,19 @@ def test_capabilities_and_identity():
         open_model(version=REGS.VERSION.value(FORMAT=2, REGMAP=1, PROTOCOL=1))
 
 
+def test_a_mode_the_gateware_lacks_is_refused_by_name():
+    """A card built with the default CAPS (hw.regs.GATEWARE_MODES) does not claim mode eb2,
+    so the driver refuses an eb2 job before it reaches the card, and names why."""
+    device = open_model()
+    assert Mode.EB2 not in device.info.caps.modes
+    x = torch.randn(4, 8, 8)
+    with pytest.raises(CardCapabilityError, match="cannot compress mode 'eb2' float32"):
+        device.compress(x, actpack.Codec(mode="eb2", error_bound=0.01))
+    frame = actpack.Codec(mode="eb2", error_bound=0.01).compress(x)
+    with pytest.raises(CardCapabilityError, match="cannot decompress mode 'eb2'"):
+        device.decompress(frame)
+
+
 def test_stopped_card_and_bad_answers_are_named():
     device = open_model(timeout=0.1)
     t = device.transport

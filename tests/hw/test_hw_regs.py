@@ -262,3 +262,14 @@ def test_register_file_under_simulation():
     assert seen.get("done")
     with pytest.raises(ValueError, match="addr_width"):
         RegisterFile(addr_width=8)
+
+
+def test_gateware_modes_are_the_caps_default_and_lack_eb2():
+    """GATEWARE_MODES is the one declaration of what the engines implement: the default CAPS and
+    the simulated card claim exactly it, and mode eb2 (format and software only) is not in it."""
+    from actpack.hw.card import SIM_CARD
+    from actpack.hw.regs import GATEWARE_MODES
+
+    assert Caps().modes == GATEWARE_MODES == SIM_CARD.caps.modes
+    assert set(Mode) - GATEWARE_MODES == {Mode.EB2}
+    assert Caps.from_word(Caps().word()).modes == GATEWARE_MODES
