@@ -7,24 +7,33 @@ least added time.
     with actpack.offload(plan=plan):             # runs it
         F.cross_entropy(model(x), y).backward()
 
-**Profile** (one step, every saved tensor kept, no worker threads): for every distinct saved
-tensor its ``SavedInfo``, raw bytes, when it was saved and freed (the session's timeline), which
-modules saved it; the time and frame bytes of the setting ``policy="auto"`` gives it (its
+**Profile** (two steps, every saved tensor kept, no worker threads). The first: for every
+distinct saved tensor its ``SavedInfo`` and the setting ``policy="auto"`` gives it (its
 gradient-aware setting: masks for ReLU and max pooling, ``sfpr8:3.96875`` for conv and norm
-outputs, ``dct:optL`` for other 4-D activations, lossless integers), measured by compressing and
-decompressing the tensor itself on the session's path; the forward time of every *region*, a
-maximal run of cheap children of an ``nn.Sequential`` (``RECOMPUTABLE``: ReLU-type and other
-activations, BatchNorm, pooling, Flatten, Identity), and the tensor it starts from; the step's
-measured process-level peak with everything kept (``host.peak.warm_peak``).
+outputs, ``dct:optL`` for other 4-D activations, lossless integers), made and read back on
+the session's own path from the tensor itself: its time, its frame's bytes, and the tensor
+memory compressing and decompressing it allocate (``host.peak.measure_peak``); the forward
+time of every *region*, a maximal run of cheap children of an ``nn.Sequential``
+(``RECOMPUTABLE``: ReLU-type and other activations, BatchNorm, pooling, Flatten, Identity).
+The second, under torch.profiler's allocator events with a marker at every save, first read
+by backward and release: the step's tensor memory between each two markers (its peak there),
+and per saved tensor its liveness, i.e. when it was saved, when nothing but autograd held it
+any more (a weak reference to it died), when backward first read it and when it was released;
+which regions' modules saved it; which memory it views.
 
-**Model of the peak**: ``predicted = transient + saved``, where ``saved`` is the peak over the
-step of the bytes the saved tensors hold (each from its save to its release, at its raw size,
-its frame's, or nothing when a recomputed region makes it; a region's start tensor is held
-exactly from the region's first save to its last release) and ``transient`` what the step held
-beyond its saved tensors at the profiled peak (measured peak minus saved peak, everything kept).
-Decoded tensors in backward and recomputed regions add to it; ``verify=True`` (the default)
-measures the chosen plan's real peak and, if it is over the budget, plans again for a budget
-lowered by the excess (three times at most).
+**Model of the peak** (what ``host.peak`` measures: the tensor memory of the step's device):
+the profiled memory of each segment between markers, less, per tensor the plan compresses,
+its bytes from when only autograd holds it to when backward reads it, plus its codec's
+temporaries at its save and its read, plus its frame where that is a tensor on the device
+(lossless integers; a codec frame is host memory, numpy buffers, outside the device's
+allocator even on the CPU: its bytes are in the table, not in the peak); per recomputed
+region, its tensors' bytes from when only autograd holds them to when backward recomputes
+them, plus its start tensor where no op saved it. Saved tensors that view one memory at the
+same time (q, k and v of one projection) free it only when all of them are stored otherwise;
+they are compressed together. Measured against the model on the digits CNN, the BatchNorm
+residual CNN, ``mobile_net`` and a character transformer: within 0.1 MiB. ``verify=True``
+(the default) measures the chosen plan's peak anyway and, if it is over the budget, plans
+again for a budget lowered by the excess (``tries`` plans at most).
 
 **Choice**: from "keep everything", greedily the change (compress one tensor, or recompute one
 region) that lowers the predicted peak most per second it adds, until the prediction fits; then
@@ -56,7 +65,7 @@ from torch import nn
 from .errors import OffloadError
 from .gradcheck import mean_square_loss
 from .offload import OffloadSession, _codec_label, _dense
-from .peak import warm_peak
+from .peak import measure_peak, warm_peak
 from .policy import Policy, SavedInfo
 from .stats import format_bytes
 
@@ -275,9 +284,13 @@ class _Tensor:
     raw: int
     setting: str          # what auto stores it as ("keep": nothing smaller)
     stored: int           # its frame bytes under that setting
+    resident: int         # of those, what the step's device allocator holds (a frame: none)
+    extra: tuple[int, int]  # tensor bytes compressing and decompressing it allocate beyond
+                            # the frame and the restored tensor (copies of strided tensors)
     codec_s: float        # compress + decompress time
     regions: frozenset    # regions whose recomputation removes it (all its savers inside)
     data_ptr: int
+    storage: tuple[int, int]  # (address, bytes) of the memory it views
     # markers (indices into the profiled step's marker list): saved, no longer referenced by
     # anything but autograd, first read by backward, released
     packed: int = 0
@@ -318,6 +331,7 @@ class _Profiler(OffloadSession):
         self.dormant: dict[int, int] = {}
         self.unpacked: dict[int, int] = {}
         self.freed: dict[int, int] = {}
+        self.storage: dict[int, tuple[int, int]] = {}
 
     def _mark(self) -> int:
         with torch.profiler.record_function(f"actpack.plan.{self.markers}"):
@@ -336,7 +350,10 @@ class _Profiler(OffloadSession):
             region = next((self.region_of[id(m)] for m in reversed(stack)
                            if id(m) in self.region_of), None)
             self.savers.setdefault(rec.seq, []).append(region)
-            self.packed.setdefault(rec.seq, self._mark())
+            if rec.seq not in self.packed:
+                storage = t.untyped_storage()
+                self.storage[rec.seq] = (storage.data_ptr(), storage.nbytes())
+                self.packed[rec.seq] = self._mark()
         return handle
 
     def _unpack(self, packed):
@@ -423,10 +440,11 @@ def _profile(model, inputs, loss_fn, device):
 
     def codecs(session):
         for rec in session._live.values():
-            setting, stored, seconds = "keep", rec.raw_bytes, 0.0
+            setting, stored, resident, seconds = "keep", rec.raw_bytes, rec.raw_bytes, 0.0
             t = rec.values.tensor if rec.values is not None else None
             codec = (Policy.auto()(rec.info) if t is not None and _dense(t)
                      and rec.info.op != "parameter" else None)
+            extra = (0, 0)
             if codec is not None:
                 t0 = time.perf_counter()
                 store = session._new_store(rec, t, codec)
@@ -434,11 +452,22 @@ def _profile(model, inputs, loss_fn, device):
                     session._decode(rec, store.frame)
                     setting, stored = _codec_label(codec), store.nbytes
                     seconds = time.perf_counter() - t0
-            measured[rec.seq] = (setting, min(stored, rec.raw_bytes), seconds)
+                    # frames are host memory; lossless integers stay tensors on the device
+                    data = getattr(store.frame, "data", None)
+                    resident = (stored if isinstance(data, torch.Tensor)
+                                and data.device == t.device else 0)
+                    made = measure_peak(lambda rec=rec, t=t, codec=codec:
+                                        session._new_store(rec, t, codec), device=t.device)
+                    read = measure_peak(lambda rec=rec, store=store:
+                                        session._decode(rec, store.frame), device=t.device)
+                    extra = (max(0, made - resident), max(0, read - rec.raw_bytes))
+            measured[rec.seq] = (setting, min(stored, rec.raw_bytes),
+                                 min(resident, rec.raw_bytes), extra, seconds)
 
     first = _session_step(model, inputs, loss_fn, regions, device, between=codecs)
+    on = next((q.device for q in model.parameters()), torch.device("cpu"))
     session, segments = _profiled(lambda: _session_step(model, inputs, loss_fn, regions,
-                                                        device))
+                                                        device), on)
     if len(session._history) != len(first._history):
         raise OffloadError("plan: two steps of the model saved different tensors; the planner "
                            "needs a step that saves the same tensors each time")
@@ -446,24 +475,30 @@ def _profile(model, inputs, loss_fn, device):
     for rec, rec1 in zip(session._history, first._history, strict=True):
         if rec.info.op == "parameter" or rec1.seq not in measured:
             continue
-        setting, stored, seconds = measured[rec1.seq]
+        setting, stored, resident, extra, seconds = measured[rec1.seq]
         savers = session.savers.get(rec.seq, [None])
         inside = frozenset(savers) if None not in savers and len(set(savers)) == 1 else frozenset()
-        tensors.append(_Tensor(rec.seq, rec.info, rec.raw_bytes, setting, stored, seconds,
-                               inside, rec.key[1], session.packed.get(rec.seq, 0),
+        tensors.append(_Tensor(rec.seq, rec.info, rec.raw_bytes, setting, stored, resident,
+                               extra, seconds,
+                               inside, rec.key[1],
+                               session.storage.get(rec.seq, (rec.key[1], rec.raw_bytes)),
+                               session.packed.get(rec.seq, 0),
                                session.dormant.get(rec.seq), session.unpacked.get(rec.seq),
                                session.freed.get(rec.seq)))
     return tensors, regions, segments
 
 
-def _profiled(step) -> tuple[OffloadSession, np.ndarray]:
+def _profiled(step, device: torch.device) -> tuple[OffloadSession, np.ndarray]:
     """Run ``step()`` (returning a ``_Profiler``) under torch.profiler's memory events; the
-    session and the peak of tensor memory in each segment between its markers."""
+    session and the peak of tensor memory on ``device`` in each segment between its markers."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .peak import _CPU, _quiet_stderr
+    from .peak import _quiet_stderr
 
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    cuda = device.type == "cuda"
+    kind = torch._C._autograd.DeviceType.CUDA if cuda else torch._C._autograd.DeviceType.CPU
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    prof = profile(activities=activities, profile_memory=True)
     with _quiet_stderr():
         prof.__enter__()
     try:
@@ -472,7 +507,7 @@ def _profiled(step) -> tuple[OffloadSession, np.ndarray]:
         with _quiet_stderr():
             prof.__exit__(None, None, None)
     events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if (e.name() == "[memory]" and e.device_type() == _CPU)
+                     if (e.name() == "[memory]" and e.device_type() == kind)
                      or e.name().startswith("actpack.plan.")), key=lambda e: e.start_ns())
     segments = np.zeros(session.markers + 1, dtype=np.int64)
     live = segment = 0
@@ -487,6 +522,10 @@ def _profiled(step) -> tuple[OffloadSession, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ the model
+
+def _end(t: _Tensor, n: int) -> int:
+    return n if t.freed is None else t.freed
+
 
 class _Model:
     """The predicted peak of a choice (compressed tensor seqs, recomputed regions): the
@@ -506,8 +545,23 @@ class _Model:
             r.last = max((t.freed for t in inside if t.freed is not None), default=self.n - 1)
             r.start_tensor = next((t for t in self.by_ptr.get(r.start_ptr, ())
                                    if t.packed <= r.first and t.raw == r.start_bytes), None)
+        # saved tensors that view the same memory at the same time (q, k and v of one
+        # projection): it is freed only when every one of them is stored otherwise
+        self.groups: list[list[_Tensor]] = []
+        open_: dict[int, list[_Tensor]] = {}
+        for t in sorted(tensors, key=lambda t: t.packed):
+            group = open_.get(t.storage[0])
+            if group is not None and max(_end(u, self.n) for u in group) > t.packed:
+                group.append(t)
+            else:
+                open_[t.storage[0]] = [t]
+                self.groups.append(open_[t.storage[0]])
+        self._shared = {t.seq for g in self.groups if len(g) > 1 for t in g}
 
-    def after(self, compressed: set[int], recomputed: set[int]) -> tuple[dict, set]:
+    def after(self, compressed: set[int], recomputed: set[int], *,
+              resident: bool = False) -> tuple[dict, set]:
+        """Per tensor the bytes it holds under the choice (``resident``: on the device's
+        allocator only, as the step's peak counts them), and the exactly kept start tensors."""
         exact = {self.regions[i].start_tensor.seq for i in recomputed
                  if self.regions[i].start_tensor is not None}
         after = {}
@@ -517,13 +571,13 @@ class _Model:
             elif t.regions & recomputed:
                 after[t.seq] = 0
             elif t.seq in compressed:
-                after[t.seq] = t.stored
+                after[t.seq] = t.resident if resident else t.stored
             else:
                 after[t.seq] = t.raw
         return after, exact
 
     def peak(self, compressed: set[int], recomputed: set[int]) -> int:
-        after, _ = self.after(compressed, recomputed)
+        after, exact = self.after(compressed, recomputed, resident=True)
         delta = np.zeros(self.n + 1, dtype=np.int64)  # freed bytes, as differences
 
         def free(nbytes, lo, hi):  # segments lo..hi-1
@@ -532,8 +586,24 @@ class _Model:
                 delta[hi] -= nbytes
 
         end = self.n
+        for group in self.groups:
+            if not self.shared(group[0]):
+                continue
+            for t in group:  # frames and codec temporaries; the memory only as a whole
+                if t.seq in compressed and t.seq not in exact and not t.regions & recomputed:
+                    read = end if t.unpacked is None else t.unpacked + 1
+                    free(-t.extra[0], t.packed, t.packed + 1)
+                    free(-t.extra[1], read, read + 1)
+                    free(-after[t.seq], t.packed + 1, _end(t, end) + 1)
+            if all(t.seq not in exact and (t.seq in compressed or t.regions & recomputed)
+                   for t in group):
+                free(group[0].storage[1],
+                     max(end if t.dormant is None else t.dormant + 1 for t in group),
+                     min(end if t.unpacked is None else t.unpacked + 1 for t in group))
         for t in self.tensors:
-            if t.raw == after[t.seq]:
+            if t.seq in exact or (t.raw == after[t.seq] and not t.regions & recomputed):
+                continue
+            if self.shared(t):
                 continue
             saved = t.packed + 1
             dormant = end if t.dormant is None else t.dormant + 1
@@ -545,6 +615,9 @@ class _Model:
                 continue
             # the frame beside the tensor while forward still holds it and after backward
             # decoded it; the frame instead of the tensor in between
+            if t.seq in compressed:  # the codec's own temporaries, at the save and the read
+                free(-t.extra[0], t.packed, t.packed + 1)
+                free(-t.extra[1], read, read + 1)
             free(-after[t.seq], saved, max(saved, min(dormant, read)))
             free(t.raw - after[t.seq], dormant, read)
             free(-after[t.seq], max(read, saved), freed)
@@ -553,6 +626,9 @@ class _Model:
             if r.start_tensor is None:
                 free(-r.start_bytes, r.first + 1, r.last + 1)
         return int((self.segments - np.cumsum(delta)[:self.n]).max())
+
+    def shared(self, t: _Tensor) -> bool:
+        return t.raw < t.storage[1] or t.seq in self._shared
 
     def seconds(self, compressed: set[int], recomputed: set[int]) -> float:
         after, exact = self.after(compressed, recomputed)
@@ -566,15 +642,16 @@ def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
     compressed: set[int] = set()
     recomputed: set[int] = set()
     options = []
-    if "compress" in allow:
-        options += [("c", t.seq) for t in model.tensors if t.stored < t.raw]
+    if "compress" in allow:  # a group of views of one memory at once
+        options += [("c", frozenset(t.seq for t in g if t.stored < t.raw))
+                    for g in model.groups if any(t.stored < t.raw for t in g)]
     if "recompute" in allow:
         options += [("r", r.index) for r in model.regions]
     order = []
 
     def with_(opt, c, r):
         kind, i = opt
-        return (c | {i}, r) if kind == "c" else (c, r | {i})
+        return (c | i, r) if kind == "c" else (c, r | {i})
 
     peak = model.peak(compressed, recomputed)
     while peak > target:
@@ -597,7 +674,7 @@ def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
         peak = model.peak(compressed, recomputed)
     for opt in reversed(order):  # undo what is not needed
         kind, i = opt
-        c = compressed - {i} if kind == "c" else compressed
+        c = compressed - i if kind == "c" else compressed
         r = recomputed - {i} if kind == "r" else recomputed
         if model.peak(c, r) <= target:
             compressed, recomputed = c, r

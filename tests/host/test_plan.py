@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import actpack
 from actpack.data import digits_cnn, load_digits
 from actpack.host.peak import measure_peak
-from actpack.models import digits_resnet
+from actpack.models import GRADIENT_MODELS, digits_resnet
 
 _TRAIN, _ = load_digits()
 X, Y = _TRAIN.x[:32], _TRAIN.y[:32]
@@ -53,7 +53,7 @@ def test_a_plan_fits_its_budget_and_predicts_its_peak():
     budget = (smallest + baseline) // 2
     p = actpack.plan(model, X, budget_bytes=budget, loss_fn=loss_fn)
     assert p.measured_peak <= budget < baseline
-    assert abs(p.predicted_peak - p.measured_peak) <= 0.1 * p.measured_peak
+    assert abs(p.predicted_peak - p.measured_peak) <= 0.05 * p.measured_peak
     assert any(e.choice not in ("keep", "no") for e in p.entries)
     # what the plan measured is what a step with it peaks at
     def step():
@@ -142,3 +142,14 @@ def test_planning_leaves_the_model_as_it_was_and_a_plan_excludes_a_policy():
         actpack.plan(model, X, budget_bytes=0)
     with pytest.raises(ValueError, match="allow"):
         actpack.plan(model, X, budget_bytes=1 << 30, allow=("offload",))
+
+
+def test_the_prediction_counts_views_of_one_memory_once():
+    # attention saves q, k and v: three views of one projection's output, freed only when all
+    # three are stored as frames; counting each view's bytes as freed predicted 25 % too low
+    model, tokens = GRADIENT_MODELS["attention"]()
+    with pytest.raises(actpack.BudgetError) as info:
+        actpack.plan(model, tokens, budget_bytes=1)
+    p = actpack.plan(model, tokens, budget_bytes=info.value.smallest_feasible_bytes)
+    assert p.measured_peak <= p.budget_bytes < p.baseline_peak
+    assert abs(p.predicted_peak - p.measured_peak) <= 0.05 * p.measured_peak
