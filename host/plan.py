@@ -197,7 +197,16 @@ class Plan:
                 parent = model.get_submodule(path)
                 if "forward" in vars(parent):
                     raise OffloadError(f"plan: module {path!r} has its forward replaced "
-                                       "already; run the plan on the model as it was planned")
+                                       "already (another plan's session entered?); run the "
+                                       "plan on the model as it was planned")
+                children = list(parent.children())
+                hooked = [m for start, stop in runs for m in children[start:stop]
+                          if _hooked(m)]
+                if hooked:
+                    raise OffloadError(
+                        f"plan: module {path!r} has children the plan recomputes that have "
+                        f"hooks now ({', '.join(type(m).__name__ for m in hooked)}); "
+                        "recomputation would call them again in backward: plan again")
                 parent.forward = _segmented(list(parent.children()), runs)
                 undo.append(parent)
             yield
@@ -368,20 +377,34 @@ class _Profiler(OffloadSession):
             self.freed[handle.record.seq] = self._mark()
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has hooks of its own (recomputing it would call them again)."""
+    return any(getattr(module, name, None) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def _recomputable(module: nn.Module) -> bool:
+    return (isinstance(module, RECOMPUTABLE) and not _hooked(module)
+            and not isinstance(module, nn.Sequential))
+
+
 def _regions(model: nn.Module) -> list[_Region]:
-    """The maximal runs of ``RECOMPUTABLE`` children of every ``nn.Sequential`` in ``model``."""
+    """The maximal runs of ``RECOMPUTABLE`` children of every ``nn.Sequential`` in ``model``:
+    none with hooks of its own (recomputation would call them a second time, plain autograd
+    calls them once), none starting with an in-place module (it would change the tensor the
+    region is recomputed from, which autograd would then refuse)."""
     found = []
     for path, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
+        if not isinstance(module, nn.Sequential) or _hooked(module):
             continue
         children = list(module.named_children())
         i = 0
         while i < len(children):
-            if not isinstance(children[i][1], RECOMPUTABLE):
+            if not _recomputable(children[i][1]) or getattr(children[i][1], "inplace", False):
                 i += 1
                 continue
             j = i
-            while j < len(children) and isinstance(children[j][1], RECOMPUTABLE):
+            while j < len(children) and _recomputable(children[j][1]):
                 j += 1
             names = tuple(f"{path}.{n}" if path else n for n, _ in children[i:j])
             found.append(_Region(len(found), path, i, j, names))

@@ -142,3 +142,29 @@ def test_the_prediction_counts_views_of_one_memory_once():
     p = actpack.plan(model, tokens, budget_bytes=info.value.smallest_feasible_bytes)
     assert p.measured_peak <= p.budget_bytes < p.baseline_peak
     assert abs(p.predicted_peak - p.measured_peak) <= 0.05 * p.measured_peak
+
+
+def _inplace_cnn():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Upsample(size=(32, 32)), torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(inplace=True), torch.nn.BatchNorm2d(16), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 256, 10))
+
+
+def test_regions_leave_out_in_place_starts_and_hooked_modules():
+    # an in-place ReLU first would change the tensor the region is recomputed from (autograd
+    # refuses that); a module with hooks would see them called again in backward
+    model = _inplace_cnn()
+    model[4].register_forward_hook(lambda *_: None)
+    p = actpack.plan(model, X, budget_bytes=1 << 40, loss_fn=loss_fn, verify=False)
+    # BatchNorm alone (not after the in-place ReLU, not with the hooked pool), and Flatten
+    assert [e.name for e in p.entries if e.kind == "region"] == ["3", "6"]
+    model = digits_resnet(seed=0)
+    p = actpack.plan(model, X, budget_bytes=_smallest(model, allow=("recompute",)),
+                     loss_fn=loss_fn, allow=("recompute",))
+    assert p.regions == (("", 2, 5),)
+    model[3].register_forward_pre_hook(lambda *_: None)  # hooked after planning
+    with pytest.raises(actpack.OffloadError, match="hooks now"), actpack.offload(plan=p):
+        pass
+    assert "forward" not in vars(model)
