@@ -53,13 +53,29 @@ def test_a_plan_fits_its_budget_and_predicts_its_peak():
     assert p.measured_peak <= budget < baseline
     assert abs(p.predicted_peak - p.measured_peak) <= 0.05 * p.measured_peak
     assert any(e.choice not in ("keep", "no") for e in p.entries)
-    # what the plan measured is what a step with it peaks at
+    # what the plan measured is what a step with it peaks at, storing what it chose
+    sessions = []
+
     def step():
-        with actpack.offload(plan=p):
+        sessions.append(actpack.offload(plan=p))
+        with sessions[-1]:
             loss_fn(model(X)).backward()
+
     step()
     model.zero_grad(set_to_none=True)
     assert measure_peak(step) <= budget
+    modes = {(t.layer, tuple(t.shape)): t.mode.split("+") for t in sessions[-1].stats.tensors}
+    chosen = [e for e in p.entries if e.kind == "tensor" and e.before >= 65536]
+    assert chosen
+    stats = sessions[-1].stats.tensors
+    for e in chosen:
+        if e.choice == "exact":  # saved by the checkpoint it starts, kept as it is
+            assert any(t.context == "checkpoint" and tuple(t.shape) == e.shape
+                       and t.mode == "keep" for t in stats), e
+        elif e.choice == "recompute":  # not stored at all in forward
+            assert (e.name, e.shape) not in modes, e
+        else:
+            assert e.choice in modes[(e.name, e.shape)], (e, modes[(e.name, e.shape)])
     text = str(p)
     assert "predicted" in text and "measured" in text and "choice" in text
 
