@@ -121,8 +121,11 @@ class Plan:
     """What ``plan`` chose; ``actpack.offload(plan=plan)`` runs it. ``entries`` per tensor and
     region; ``predicted_peak`` (the model of the module docstring), ``measured_peak`` (the
     chosen plan's step, None without ``verify``), ``baseline_peak`` (the step without
-    actpack), ``budget_bytes``, ``batch_size`` and, with ``batch_sizes``, ``batch_search``:
-    per batch size tried, the smallest predicted peak a plan reaches (None: not tried)."""
+    actpack), ``budget_bytes``, ``batch_size``, ``added_s`` (the predicted time it adds to a
+    step), ``regions`` (the recomputed runs: parent ``nn.Sequential``'s path, first and
+    past-the-last child index) and, with ``batch_sizes``, ``batch_search``: per batch size
+    (size, smallest peak a plan reaches, fits): predicted where it fits, measured where it
+    does not, None where it was not tried (a smaller batch already did not fit)."""
 
     def __init__(self, *, model, entries, regions, choices, budget_bytes, predicted_peak,
                  baseline_peak, batch_size, added_s):
