@@ -621,8 +621,11 @@ class _Model:
                     free(-t.extra[0], t.packed, t.packed + 1)
                     free(-t.extra[1], read, read + 1)
                     free(-after[t.seq], t.packed + 1, _end(t, end) + 1)
-            if all(t.seq not in exact and (t.seq in compressed or t.regions & recomputed)
-                   for t in group):
+            # (views that do not cover the memory together may leave the rest of it held by
+            # something else: nothing counted as freed then)
+            if sum(t.raw for t in group) >= group[0].storage[1] and all(
+                    t.seq not in exact and (t.seq in compressed or t.regions & recomputed)
+                    for t in group):
                 free(group[0].storage[1],
                      max(end if t.dormant is None else t.dormant + 1 for t in group),
                      min(end if t.unpacked is None else t.unpacked + 1 for t in group))
