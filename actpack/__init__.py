@@ -12,6 +12,10 @@ Public API::
         loss.backward()
     session.report()                          # per-layer raw vs stored bytes, modes, peak
 
+    plan = actpack.plan(model, x, budget_bytes=16 << 20)   # keep / compress / recompute per tensor
+    with actpack.offload(plan=plan):                        # to fit a step's peak in the budget
+        loss_fn(model(x), y).backward()
+
 The names above are imported on first use (PEP 562), so ``import actpack.hw.regs`` or
 ``import actpack.codec.spec`` does not import torch or the host driver: the simulator's card
 server, the gateware and the codec's reference model import without them.
@@ -28,10 +32,12 @@ if TYPE_CHECKING:
     from actpack.codec import Codec, Frame, decompress
     from actpack.host import (
         AdaptivePolicy,
+        BudgetError,
         CompileWarning,
         DeviceUnavailableError,
         OffloadError,
         OffloadSession,
+        Plan,
         Policy,
         Rule,
         SavedInfo,
@@ -41,10 +47,12 @@ if TYPE_CHECKING:
         gradient_check,
         offload,
         open_device,
+        plan,
     )
 
 __all__ = [
     "AdaptivePolicy",
+    "BudgetError",
     "Codec",
     "CompileWarning",
     "DeviceUnavailableError",
@@ -52,6 +60,7 @@ __all__ = [
     "FrameError",
     "OffloadError",
     "OffloadSession",
+    "Plan",
     "Policy",
     "Rule",
     "SavedInfo",
@@ -62,16 +71,18 @@ __all__ = [
     "gradient_check",
     "offload",
     "open_device",
+    "plan",
 ]
 __version__ = "0.1.0"
 
 # Where each lazily imported public name lives (the test of import cycles reads this table).
 _LAZY = {
     **dict.fromkeys(["Codec", "Frame", "decompress"], "actpack.codec"),
-    **dict.fromkeys(["AdaptivePolicy", "CompileWarning", "DeviceUnavailableError",
-                     "OffloadError", "OffloadSession", "Policy", "Rule", "SavedInfo",
-                     "SavedTensorModifiedError", "UnknownDeviceError", "UnpackMismatchError",
-                     "gradient_check", "offload", "open_device"],
+    **dict.fromkeys(["AdaptivePolicy", "BudgetError", "CompileWarning",
+                     "DeviceUnavailableError", "OffloadError", "OffloadSession", "Plan",
+                     "Policy", "Rule", "SavedInfo", "SavedTensorModifiedError",
+                     "UnknownDeviceError", "UnpackMismatchError", "gradient_check", "offload",
+                     "open_device", "plan"],
                     "actpack.host"),
 }
 # Subpackages reachable as attributes after a bare ``import actpack`` (as when the root imported

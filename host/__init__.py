@@ -27,12 +27,14 @@ from .errors import (
 )
 from .gradcheck import GradientCheck, gradient_check
 from .offload import OffloadSession, offload
+from .plan import BudgetError, Plan, PlanEntry, plan
 from .policy import OPS, Policy, Rule, SavedInfo
 from .stats import LayerStats, Stats, TensorStats
 
 __all__ = [
     "OPS",
     "AdaptivePolicy",
+    "BudgetError",
     "CardCapabilityError",
     "CardDevice",
     "CardError",
@@ -48,6 +50,8 @@ __all__ = [
     "LayerStats",
     "OffloadError",
     "OffloadSession",
+    "Plan",
+    "PlanEntry",
     "Policy",
     "RefDevice",
     "Rule",
@@ -61,5 +65,6 @@ __all__ = [
     "gradient_check",
     "offload",
     "open_device",
+    "plan",
     "register_device",
 ]

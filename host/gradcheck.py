@@ -75,16 +75,17 @@ def _step(model: nn.Module, inputs, loss_fn, seed: int, session=None) -> dict[st
 
 def gradient_check(model: nn.Module, inputs, *, policy="auto", device="ref",
                    loss_fn: Callable[[object], torch.Tensor] | None = None, seed: int = 0,
-                   workers: int = 0) -> GradientCheck:
+                   workers: int = 0, plan=None) -> GradientCheck:
     """One step of ``model(inputs)`` with and without ``actpack.offload(policy=, device=)``
-    (``loss_fn(output)``, default the mean square of the output), compared per parameter."""
+    (``loss_fn(output)``, default the mean square of the output), compared per parameter.
+    ``plan``: an ``actpack.plan`` result to run instead of ``policy``."""
     loss_fn = loss_fn or mean_square_loss
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     try:
         ref = _step(model, inputs, loss_fn, seed)
         model.load_state_dict(state)
-        session = offload(policy=policy, device=device, workers=workers)
+        session = offload(policy=policy, device=device, workers=workers, plan=plan)
         got = _step(model, inputs, loss_fn, seed, session)
     finally:
         model.load_state_dict(state)

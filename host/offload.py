@@ -94,7 +94,7 @@ _graph_task_id = torch._C._current_graph_task_id
 
 
 def offload(*, device="ref", policy="auto", workers: int | str = "auto", prefetch: int = 2,
-            max_pending_bytes: int | str | None = "auto") -> OffloadSession:
+            max_pending_bytes: int | str | None = "auto", plan=None) -> OffloadSession:
     """A session that compresses the tensors autograd saves while it is entered.
 
     ``device``: "ref" (the software codec), a card ("xdma" or "xdma:<node prefix>", see
@@ -117,12 +117,16 @@ def offload(*, device="ref", policy="auto", workers: int | str = "auto", prefetc
     stored peak plus one tensor; an integer waits while more raw bytes than it are pending;
     None never waits (the fastest forward, the highest peak).
 
+    ``plan``: an ``actpack.plan`` result, which decides instead of ``policy`` (leave ``policy``
+    at "auto"): the tensors it compresses get "auto"'s setting, the others are kept, and its
+    regions are recomputed (``torch.utils.checkpoint``) while the session is entered.
+
     Enter it around forward and backward (``with offload() as session:``); it can be entered
     again for later steps, and its figures add up. Tensors saved inside it are restored by
     backward even if backward runs after the ``with`` block.
     """
     return OffloadSession(device=device, policy=policy, workers=workers, prefetch=prefetch,
-                          max_pending_bytes=max_pending_bytes)
+                          max_pending_bytes=max_pending_bytes, plan=plan)
 
 
 # ------------------------------------------------------------------------------ module context
@@ -421,7 +425,7 @@ class OffloadSession:
 
     def __init__(self, *, device="ref", policy="auto", workers: int | str = "auto",
                  prefetch: int = 2,
-                 max_pending_bytes: int | str | None = "auto"):
+                 max_pending_bytes: int | str | None = "auto", plan=None):
         if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
                                   or workers < 0):
             raise ValueError(f"workers: expected \"auto\" or an integer >= 0, got {workers!r}")
@@ -434,6 +438,13 @@ class OffloadSession:
                              f"got {max_pending_bytes!r}")
         self.max_pending_bytes = max_pending_bytes
         self.device: Device = resolve_device(device)
+        if plan is not None:
+            if not (isinstance(policy, str) and policy == "auto"):
+                raise ValueError("plan: a plan decides what each tensor gets; pass policy or "
+                                 "plan, not both")
+            policy = plan.policy
+        self.plan = plan
+        self._plan_stack = contextlib.ExitStack()
         self.policy = resolve_policy(policy)
         self.prefetch = prefetch
         self.workers = workers
@@ -460,6 +471,8 @@ class OffloadSession:
 
     def __enter__(self) -> OffloadSession:
         if self._entered == 0:
+            if self.plan is not None:
+                self._plan_stack.enter_context(self.plan._installed())
             self._tracker.install()
             self._release_fn = _not_traced(self._release)
         self._entered += 1
@@ -474,6 +487,7 @@ class OffloadSession:
         self._entered -= 1
         if self._entered == 0:
             self._tracker.remove()
+            self._plan_stack.close()
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
