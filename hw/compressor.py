@@ -41,7 +41,7 @@ __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row
 N = spec.BLOCK
 LANES = (1, 2, 4)
 # Rows of raw input a lane keeps for its RAW blocks: the rows in flight between the input and
-# the encoder's decision (about 40 in dct mode) plus slack for output stalls; 16 blocks.
+# the encoder's decision (about 70 in dct mode) plus slack for output stalls; 16 blocks.
 RAW_ROWS = 16 * N
 _SIDE_DEPTH = N  # FIFOs beside a pipeline: more than its latency (BoundCheck: 5) so both flow
 _BEAT_BITS = 8 * BEAT_BYTES
@@ -229,7 +229,10 @@ class _Lane(wiring.Component):
         for key in ("addr", "data", "en"):
             m.d.comb += getattr(quant.table_wr, key).eq(getattr(self.table_wr, key))
         # nonfinite: ORed over a block's rows, one flag per block beside the transform
-        flags = _fifo(m, "flags", 1, _SIDE_DEPTH)
+        # one flag per block; blocks in flight from the DCT's input to the encoder's: about 7
+        # (DCT2D.LATENCY = 38 cycles, then the quantizer and the zigzag's two banks), so 8
+        # places would stall the input now and then
+        flags = _fifo(m, "flags", 1, 2 * N)
         frow = Signal(range(N))
         acc = Signal()
         fsink = Port(Signal(name="flag_valid"), None, Signal(name="flag_ready"))

@@ -14,7 +14,33 @@ def test_shapes_come_from_the_spec():
     assert PIXEL.signed and PIXEL.width == 8
     assert COEF.signed and COEF.width == 12
     assert (1 << (COEF.width - 1)) - 1 == spec.DCT_COEF_MAX
-    assert DCT2D.LATENCY == IDCT2D.LATENCY == 11
+    # two transposes (rows in, columns out; then back), one adder level a stage: 7 levels a
+    # pass, the rounding increment, and for the inverse the clamp (formula in _latency)
+    assert (DCT2D.LATENCY, IDCT2D.LATENCY) == (38, 39)
+
+
+@pytest.mark.parametrize("matrix", [DCT_MATRIX, DCT_MATRIX.T], ids=["K", "KT"])
+def test_shift_add_network_is_the_matrix(matrix):
+    """The pass network is exact: its linear forms are the matrix (checked on the unit vectors
+    at elaboration; here also on random and extreme integer vectors), built from two-input
+    adders only, one level a stage."""
+    from actpack.hw.dct import _pass_network
+    net, outs = _pass_network(matrix)
+    assert (net.matrix(outs) == matrix.astype(object)).all()
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.integers(-(1 << 20), 1 << 20, size=(200, 8)),
+                         np.array([[-2048, 2047] * 4, [2047] * 8, [-2048] * 8])])
+    for x in xs.tolist():
+        assert [net.value(t, x) for t in outs] == (matrix @ np.array(x)).tolist()
+    adders = len(net.forms) - 8
+    assert adders <= 72 and max(net.level) <= 7
+
+
+@pytest.mark.parametrize("cls", [DCT2D, IDCT2D])
+def test_no_multipliers(cls):
+    """Constant products are shift-add networks: the netlist has no multiply cell."""
+    from amaranth.back import rtlil
+    assert "$mul" not in rtlil.convert(cls(), name="top", emit_src=False)
 
 
 def _shape_bounds(shape):
