@@ -111,7 +111,7 @@ class SerialTransport(Transport):
         self._seq = 0
         self._h2c_ready = False
         self._pending: memoryview | None = None  # the submitted job's bytes not yet sent
-        self._open = False  # a job's H2C transfer has begun and not ended with LAST
+        self._open = False  # H2C bytes of a job went out, its LAST did not
         self._c2h = bytearray()  # C2H bytes received, not yet handed out
         self._messages: list[bytes] = []
         self._rx = bytearray()
@@ -240,7 +240,6 @@ class SerialTransport(Transport):
         if self._pending is not None:
             raise CardError(f"device 'serial:{self.path}': a transfer is still pending")
         self._pending = data
-        self._open = True
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

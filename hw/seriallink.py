@@ -28,7 +28,7 @@ from .linkproto import (
 )
 from .regfile import AXI4Lite
 from .regs import REG_SPACE, CardConfig
-from .uart import UARTRx, UARTTx
+from .uart import UARTRx, UARTTx, _check_divisor
 
 __all__ = ["BUS_TIMEOUT_CYCLES", "SerialCard", "SerialLink"]
 
@@ -73,7 +73,7 @@ class SerialLink(wiring.Component):
         self.divisor = divisor
         self.max_payload, self.gap_cycles = max_payload, gap_cycles
         self.stream_bytes = _check_stream_bytes(stream_bytes)
-        UARTTx(divisor=divisor)  # checks divisor
+        _check_divisor(divisor)
         if gap_cycles < 20 * divisor:
             raise ValueError(f"gap_cycles: {gap_cycles} is under two characters "
                              f"({20 * divisor} cycles at divisor {divisor})")

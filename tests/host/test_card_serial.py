@@ -1,0 +1,159 @@
+"""The driver on device "serial:<port>": the RTL board top (``hw.seriallink.SerialCard``: the link
+and the card) under Verilator behind a real pseudo-terminal, opened with pyserial as a board's
+``/dev/ttyUSBn`` would be; every mode byte for byte against the software codec; faults on the
+wire (a flipped bit, a short packet, a corrupted reply) and a board that stops answering give
+named errors, and the link recovers.
+
+One simulated board for the module (the build is cached under build/sim/). Skips honestly
+without pyserial or the simulation toolchain.
+"""
+
+import os
+
+import pytest
+import torch
+
+import actpack
+from actpack.codec import Codec
+from actpack.host.errors import CardTimeoutError, DeviceUnavailableError
+from actpack.hw.linkproto import LinkError
+from actpack.hw.regs import CARD_MAGIC, REGS
+
+serial = pytest.importorskip("serial")
+
+from actpack.host.serialcard import (  # noqa: E402 - after the skip
+    SerialLinkError,
+    SerialTimeoutError,
+    SerialTransport,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class FaultyPort:
+    """A real pyserial port with one fault on the wire, armed by the test: ``flip_write`` flips
+    bit 4 of byte 13 of the next packet sent, ``cut_write`` sends only its first 15 bytes,
+    ``flip_read`` flips a bit of the next reply byte after its header's first byte."""
+
+    def __init__(self, path):
+        self.port = serial.Serial(path, baudrate=3_000_000, timeout=0.01)
+        self.flip_write = self.cut_write = self.flip_read = False
+
+    def write(self, data):
+        data = bytearray(data)
+        if self.flip_write:
+            self.flip_write = False
+            data[13] ^= 0x10
+        if self.cut_write:
+            self.cut_write = False
+            data = data[:15]
+        return self.port.write(data)
+
+    def read(self, n):
+        data = bytearray(self.port.read(n))
+        if self.flip_read and len(data) >= 2:
+            self.flip_read = False
+            data[1] ^= 0x01  # the op byte: the CRC32C no longer matches
+        return bytes(data)
+
+    def reset_input_buffer(self):
+        self.port.reset_input_buffer()
+
+    def close(self):
+        self.port.close()
+
+
+@pytest.fixture(scope="module")
+def board(verilator):
+    from actpack.sim.board import SIM_BOARD, SimBoard
+
+    with SimBoard(**SIM_BOARD) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def card(board):
+    dev = actpack.open_device(f"serial:{board.port}", **board.device_options)
+    yield dev
+    dev.close()
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(11)
+    act = torch.relu(torch.randn(1, 2, 9, 12, generator=g))
+    nan = torch.randn(2, 8, 8, generator=g)
+    nan[1, 3, 5] = float("nan")
+    return [act, nan, torch.randn(70, generator=g)]
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "dct", "table": "optH"},
+                                    {"mode": "eb", "error_bound": 1e-2},
+                                    {"mode": "sfpr8"},
+                                    {"mode": "mask"}], ids=lambda k: k["mode"])
+def test_every_mode_byte_exact_over_the_serial_link(card, kwargs):
+    codec = Codec(**kwargs)
+    for t in _tensors():
+        frame = card.compress(t, codec)
+        assert bytes(frame) == bytes(codec.compress(t)), (kwargs, tuple(t.shape))
+        back, ref = card.decompress(frame), actpack.decompress(frame)
+        assert torch.equal(back.view(torch.int32), ref.view(torch.int32)), tuple(t.shape)
+    c = card.counters()
+    assert c["crc_errors"] == 0 and c["protocol_errors"] == 0 and c["host_rejected"] == 0
+
+
+def test_faults_on_the_wire_are_named_errors_and_the_link_recovers(board):
+    port = FaultyPort(board.port)
+    t = SerialTransport(port, reply_timeout=board.device_options["reply_timeout"],
+                        quiet_s=board.device_options["quiet_s"])
+    try:
+        t.reg_write(REGS.SCRATCH.offset, 0x1234)
+        port.flip_write = True  # a payload bit of the REG_WRITE: the card's CRC check fails
+        with pytest.raises(SerialLinkError, match="CRC") as info:
+            t.reg_write(REGS.SCRATCH.offset, 0x5678)
+        assert info.value.code is LinkError.CRC
+        assert t.reg_read(REGS.SCRATCH.offset) == 0x1234  # the corrupted write did nothing
+        port.cut_write = True  # the bytes stop mid-packet: the card's gap timer answers
+        with pytest.raises(SerialLinkError, match="SHORT") as info:
+            t.reg_write(REGS.SCRATCH.offset, 0x9ABC)
+        assert info.value.code is LinkError.SHORT
+        port.flip_read = True  # the reply is corrupted on its way back
+        with pytest.raises(SerialLinkError, match="corrupted") as info:
+            t.reg_read(REGS.MAGIC.offset)
+        assert info.value.code is None
+        assert t.reg_read(REGS.MAGIC.offset) == CARD_MAGIC
+    finally:
+        t.close()
+
+
+def test_a_board_that_stops_answering_is_a_named_timeout(board, card):
+    t = card.transport
+    saved = t.reply_timeout
+    board.pause()
+    try:
+        t.reply_timeout = 1.0
+        with pytest.raises(SerialTimeoutError, match="did not answer"):
+            t.reg_read(REGS.MAGIC.offset)
+        with pytest.raises(CardTimeoutError):  # the driver: a job on a silent board
+            card.compress(torch.randn(4, 8), Codec(mode="sfpr8"))
+    finally:
+        t.reply_timeout = saved
+        board.resume()
+    # awake again: the late replies are skipped, the driver resets the card and goes on
+    assert t.reg_read(REGS.MAGIC.offset) == CARD_MAGIC
+    x = torch.randn(3, 20)
+    codec = Codec(mode="sfpr8")
+    assert bytes(card.compress(x, codec)) == bytes(codec.compress(x))
+
+
+def test_no_board_on_the_port_is_device_unavailable():
+    master, slave = os.openpty()  # a serial port nothing answers on
+    try:
+        with pytest.raises(DeviceUnavailableError, match="no actpack link answers"):
+            actpack.open_device(f"serial:{os.ttyname(slave)}", reply_timeout=0.3)
+        with pytest.raises(DeviceUnavailableError, match="cannot open"):
+            actpack.open_device("serial:/dev/actpack-no-such-port")
+        with pytest.raises(DeviceUnavailableError, match="needs a port"):
+            actpack.open_device("serial:")
+    finally:
+        os.close(master)
+        os.close(slave)
