@@ -206,6 +206,7 @@ class SerialBoardTop(Elaboratable):
 
     def elaborate(self, platform):
         from amaranth.hdl import Module
+        from amaranth.lib import io
 
         from actpack.hw.seriallink import SerialCard
         from actpack.hw.uart import uart_divisor
@@ -216,13 +217,12 @@ class SerialBoardTop(Elaboratable):
                           max_groups=self.max_groups, max_blocks=self.max_blocks,
                           max_payload=self.max_payload, gap_cycles=int(self.gap_s * clk_hz))
         m.submodules.card = card
-        uart = platform.request("uart", 0)
-        m.d.comb += [card.rx.eq(uart.rx.i), uart.tx.o.eq(card.tx)]
-        try:
-            led = platform.request("led", 0)
-        except Exception:  # a board without LEDs
-            led = None
-        if led is not None:
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [card.rx.eq(rx.i), tx.o.eq(card.tx)]
+        if ("led", 0) in platform.resources:
+            m.submodules.led_buffer = led = io.Buffer("o", platform.request("led", 0, dir="-"))
             m.d.comb += led.o.eq(1)
         return m
 
