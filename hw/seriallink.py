@@ -32,34 +32,36 @@ from .uart import UARTRx, UARTTx, _check_divisor
 
 __all__ = ["BUS_TIMEOUT_CYCLES", "SerialCard", "SerialLink"]
 
+RX_FIFO_BYTES = 512  # received bytes held while a request executes (more than a reply's)
 BUS_TIMEOUT_CYCLES = 255  # a register access the bus leaves unanswered this long is NAK BUS
 _ADDR_BITS = (REG_SPACE - 1).bit_length()
 
 
 class SerialLink(wiring.Component):
     """Link packets (``hw.linkproto``) on a UART (``rx``/``tx``) to a card's ports: ``bus``
-    (AXI4-Lite master), ``h2c`` (AXI4-Stream out), ``c2h`` (AXI4-Stream in), of
-    ``stream_bytes`` bytes.
+    (AXI4-Lite master), ``h2c`` (AXI4-Stream out), ``c2h`` (AXI4-Stream in), of ``stream_bytes``
+    bytes.
 
     Parameters: ``divisor`` (clock cycles per bit, ``hw.uart``), ``max_payload`` (bytes of an
     H2C or C2H packet's payload, a power of two of 16..4096), ``gap_cycles`` (a packet whose
     bytes stop this long is answered ``NAK SHORT``; after a NAK the link drops bytes until the
     line has been quiet this long), ``stream_bytes``.
 
-    Storage: an H2C ring of ``2 * max_payload`` entries (a byte and its ``tlast``), written as a
-    packet arrives and committed when its CRC checks, so ``H2C_READY`` (room for a whole packet)
-    lets the host send the next packet while the last one streams into the card; a C2H FIFO of
-    ``max_payload`` bytes filled from ``c2h``, holding at most one message end (the tail of the
-    next message waits until the host has read it), both synchronous-read memories (block RAM).
+    Storage: a receive FIFO of ``RX_FIFO_BYTES`` (a request that arrives while the previous
+    reply is still going out waits there; a host that sends on without waiting for replies loses
+    bytes once it is full, which the CRC and gap checks then report); an H2C ring of ``2 *
+    max_payload`` entries (a byte and its ``tlast``), written as a packet arrives and committed
+    when its CRC checks, so ``H2C_READY`` (room for a whole packet) lets the host send the next
+    packet while the last one streams into the card; a C2H FIFO of ``max_payload`` bytes filled
+    from ``c2h``, holding at most one message end (the tail of the next message waits until the
+    host has read it), both synchronous-read memories (block RAM).
 
-    Contract: strictly one request, one reply (the reply's CRC32C, header and payload as in
-    ``hw.linkproto``); the host sends a request once the previous reply is in (the next
-    request's header may arrive while a reply goes out; its execution waits for that reply's
-    end, and bytes that arrive meanwhile are lost). ``h2c`` carries exactly the H2C payload
-    bytes, in order, ``tlast`` on the final byte of a ``LAST`` packet; ``c2h`` bytes leave in
-    order with ``LAST`` on the reply that ends a message. Throughput: the UART's
-    (``10 * divisor`` cycles a byte each way); ``h2c`` gets a byte every 2 cycles, ``c2h`` is
-    taken a byte a cycle.
+    Contract: one reply per request, in order (the reply's CRC32C, header and payload as in
+    ``hw.linkproto``); a request's execution waits for the previous reply's end. ``h2c`` carries
+    exactly the H2C payload bytes, in order, ``tlast`` on the final byte of a ``LAST`` packet;
+    ``c2h`` bytes leave in order with ``LAST`` on the reply that ends a message. Throughput: the
+    UART's (``10 * divisor`` cycles a byte each way); ``h2c`` gets a byte every 2 cycles,
+    ``c2h`` is taken a byte a cycle.
     """
 
     def __init__(self, *, divisor: int, max_payload: int = 256, gap_cycles: int = 100_000,
@@ -99,13 +101,16 @@ class SerialLink(wiring.Component):
         ring_r = ring.read_port()  # synchronous: block RAM
         m.submodules.c2h_fifo = cfifo = fifo.SyncFIFOBuffered(width=9, depth=self.max_payload)
 
-        byte_in = urx.o.valid
-        b = urx.o.payload
+        # received bytes wait here while a request executes (its reply may still be going out)
+        m.submodules.rx_fifo = rfifo = fifo.SyncFIFOBuffered(width=8, depth=RX_FIFO_BYTES)
+        m.d.comb += [rfifo.w_data.eq(urx.o.payload), rfifo.w_en.eq(urx.o.valid)]
+        byte_in = rfifo.r_rdy  # a byte for the request receiver, taken where it is used
+        b = rfifo.r_data
 
         # ------------------------------------------------------------ the line's quiet time
         quiet = Signal(range(self.gap_cycles + 1))
         gap = quiet == self.gap_cycles
-        with m.If(byte_in):
+        with m.If(urx.o.valid):
             m.d.sync += quiet.eq(0)
         with m.Elif(~gap):
             m.d.sync += quiet.eq(quiet + 1)
@@ -248,13 +253,15 @@ class SerialLink(wiring.Component):
                      self.bus.awaddr.eq(hdr.arg[:_ADDR_BITS]),
                      self.bus.wdata.eq(wvalue), self.bus.wstrb.eq(0xF)]
         with m.FSM(name="rx"):
-            with m.State("HUNT"), m.If(byte_in & (b == REQUEST_SYNC)):
-                m.d.comb += [rx_crc.start.eq(1), rx_crc.valid.eq(1)]
-                m.d.sync += [hdr.eq(b), k.eq(1)]
-                m.next = "HEADER"
+            with m.State("HUNT"), m.If(byte_in):
+                m.d.comb += rfifo.r_en.eq(1)
+                with m.If(b == REQUEST_SYNC):
+                    m.d.comb += [rx_crc.start.eq(1), rx_crc.valid.eq(1)]
+                    m.d.sync += [hdr.eq(b), k.eq(1)]
+                    m.next = "HEADER"
             with m.State("HEADER"):
                 with m.If(byte_in):
-                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.comb += [rx_crc.valid.eq(1), rfifo.r_en.eq(1)]
                     m.d.sync += [hdr.as_value().word_select(k, 8).eq(b), k.eq(k + 1)]
                     with m.If(k == HEADER_BYTES - 1):
                         m.d.sync += k.eq(0)
@@ -272,7 +279,7 @@ class SerialLink(wiring.Component):
                     m.d.sync += k.eq(0)
                     m.next = "TRAILER"
                 with m.Elif(byte_in):
-                    m.d.comb += [rx_crc.valid.eq(1),
+                    m.d.comb += [rx_crc.valid.eq(1), rfifo.r_en.eq(1),
                                  ring_w.en.eq((op == LinkOp.H2C) & space_ok)]
                     m.d.sync += [k.eq(k + 1), wvalue.eq(Cat(wvalue[8:], b))]
                 with m.Elif(gap):
@@ -282,7 +289,7 @@ class SerialLink(wiring.Component):
                     m.d.sync += k.eq(0)
                     m.next = "CHECK"
                 with m.Elif(byte_in):
-                    m.d.comb += rx_crc.valid.eq(1)
+                    m.d.comb += [rx_crc.valid.eq(1), rfifo.r_en.eq(1)]
                     m.d.sync += k.eq(k + 1)
                 with m.Elif(gap):
                     send_nak(LinkError.SHORT, discard=1)
@@ -364,8 +371,10 @@ class SerialLink(wiring.Component):
             with m.State("NAK_SEND"):
                 m.d.comb += tx_start.eq(1)
                 m.next = "DISCARD_OR_HUNT"
-            with m.State("DISCARD_OR_HUNT"), m.If(~nak_discard | gap):
-                m.next = "HUNT"
+            with m.State("DISCARD_OR_HUNT"):
+                m.d.comb += rfifo.r_en.eq(nak_discard)  # dropped
+                with m.If(~nak_discard | (gap & ~byte_in)):
+                    m.next = "HUNT"
         return m
 
 

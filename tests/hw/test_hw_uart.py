@@ -244,8 +244,8 @@ def test_link_registers_ping_and_h2c():
 
 def test_link_c2h_message_in_parts():
     message = bytes(random.Random(3).randbytes(21))
-    wire = [req(LinkOp.C2H, 1, 8), 1200, req(LinkOp.C2H, 2, 100), 1500,
-            req(LinkOp.C2H, 3, 100), 300]
+    # back to back: each request waits in the receive FIFO until the reply before it is out
+    wire = [req(LinkOp.C2H, 1, 8), req(LinkOp.C2H, 2, 100), req(LinkOp.C2H, 3, 100), 2000]
     out, _ = run_link(wire, c2h=message)
     r = replies(out)
     assert [p.op for p in r] == [LinkOp.C2H] * 3
