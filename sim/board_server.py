@@ -28,8 +28,8 @@ import tty
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import Edge, FallingEdge, First, RisingEdge, Timer
-from cocotb.utils import get_sim_time
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer, ValueChange
 
 PERIOD_NS = 10
 INFO_ENV = "ACTPACK_BOARD_INFO"
@@ -67,7 +67,7 @@ class Board:
                 if left <= 0:
                     break
                 timer = Timer(left, unit="ns")
-                if await First(Edge(tx), timer) is timer:
+                if isinstance(await First(ValueChange(tx), timer), Timer):
                     break
                 edges.append((self.now(), int(tx.value)))
 
