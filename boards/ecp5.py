@@ -196,11 +196,12 @@ def check_fit(board: ECP5Board, modes, *, lanes: int = 1, dtypes=(DType.FLOAT32,
 class SerialBoardTop(Elaboratable):
     """The board top: a ``SerialCard`` on the platform's ``uart`` 0, clocked by the board's
     default clock with the UART at ``baud``; LED 0 (where the board has one) lights while the
-    card is out of reset. Parameters of the card as ``hw.seriallink.SerialCard``."""
+    card is out of reset. Parameters of the card as ``hw.seriallink.SerialCard`` (``loopback``:
+    the link on a loopback card, for bring-up)."""
 
     def __init__(self, *, config, baud: int, max_groups: int = 16, max_blocks: int = 64,
-                 max_payload: int = 256, gap_s: float = 0.01):
-        self.config, self.baud = config, baud
+                 max_payload: int = 256, gap_s: float = 0.01, loopback: bool = False):
+        self.config, self.baud, self.loopback = config, baud, loopback
         self.max_groups, self.max_blocks = max_groups, max_blocks
         self.max_payload, self.gap_s = max_payload, gap_s
 
@@ -215,7 +216,8 @@ class SerialBoardTop(Elaboratable):
         clk_hz = platform.default_clk_frequency
         card = SerialCard(config=self.config, divisor=uart_divisor(clk_hz, self.baud),
                           max_groups=self.max_groups, max_blocks=self.max_blocks,
-                          max_payload=self.max_payload, gap_cycles=int(self.gap_s * clk_hz))
+                          max_payload=self.max_payload, gap_cycles=int(self.gap_s * clk_hz),
+                          loopback=self.loopback)
         m.submodules.card = card
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
@@ -272,11 +274,14 @@ def _figures(folder: Path, name: str) -> dict:
 
 def build_board(name: str, *, modes=None, lanes: int = 1, dtypes=(DType.FLOAT32,),
                 buffer_kib: int = 8, max_groups: int = 16, max_blocks: int = 64,
-                max_payload: int = 256, out: str | os.PathLike | None = None,
+                max_payload: int = 256, loopback: bool = False,
+                out: str | os.PathLike | None = None,
                 timeout: float = 3600.0, force: bool = False,
                 on_progress=None) -> BoardBuild:
     """Build board ``name``'s bitstream with ``modes`` (default: the board's ``modes``) and
-    return its figures; see the module docstring. ``out``: also copy the bitstream and
+    return its figures; see the module docstring. ``loopback``: the link on
+    ``sim.loopback.LoopbackCard`` instead of the card (bring-up; ``modes`` are then only
+    checked). ``out``: also copy the bitstream and
     ``report.json`` there. ``timeout``: seconds for the toolchain (``TimeoutError`` past it).
     Raises ``UnknownBoardError``, ``BoardFitError``, ``ToolchainMissing`` (``hw.synth``) before
     any work, and ``RuntimeError`` with the tool's last lines when a tool fails."""
@@ -289,13 +294,13 @@ def build_board(name: str, *, modes=None, lanes: int = 1, dtypes=(DType.FLOAT32,
     platform = board.platform()
     top = SerialBoardTop(config=board_config(modes, dtypes=dtypes, buffer_kib=buffer_kib),
                          baud=board.baud, max_groups=max_groups, max_blocks=max_blocks,
-                         max_payload=max_payload)
+                         max_payload=max_payload, loopback=loopback)
     say("elaborating")
     plan = platform.prepare(top, name="top", script_after_read="proc\nsplitnets",
                             nextpnr_opts="--timing-allow-fail", ecppack_opts="--compress")
     key = hashlib.sha256(plan.digest() + json.dumps(_versions(), sort_keys=True).encode()
                          ).hexdigest()[:12]
-    folder = BUILD_ROOT / f"{name}-{key}"
+    folder = BUILD_ROOT / f"{name}{'-loopback' if loopback else ''}-{key}"
     stored = folder / "report.json"
     if stored.exists() and not force:
         result = BoardBuild(**{**json.loads(stored.read_text()), "cached": True})
@@ -322,7 +327,8 @@ def build_board(name: str, *, modes=None, lanes: int = 1, dtypes=(DType.FLOAT32,
         clock_mhz = platform.default_clk_frequency / 1e6
         fig = _figures(folder, "top")
         result = BoardBuild(
-            board=name, part=board.part, modes=[m.label for m in modes], directory=str(folder),
+            board=name, part=board.part, modes=[] if loopback else [m.label for m in modes],
+            directory=str(folder),
             bitstream=str(bit), bitstream_bytes=bit.stat().st_size, luts=fig["luts"],
             ffs=fig["ffs"], dp16kd=fig["dp16kd"], mult18=fig["mult18"],
             fmax_mhz=fig["fmax_mhz"], clock_mhz=clock_mhz,

@@ -384,15 +384,22 @@ class SerialCard(wiring.Component):
 
     Parameters: ``config`` (``CardConfig``; its ``caps.stream_bytes`` is the link's AXIS width),
     ``max_groups``, ``max_blocks`` (as ``Card``), ``divisor``, ``max_payload``, ``gap_cycles``
-    (as ``SerialLink``).
+    (as ``SerialLink``); ``loopback``: instead of the card, ``sim.loopback.LoopbackCard`` (the
+    card's register file and ports, H2C echoed to C2H), a link-only build for bring-up.
     """
 
     rx: In(1, init=1)
     tx: Out(1, init=1)
 
     def __init__(self, *, config: CardConfig, divisor: int, max_groups: int = 256,
-                 max_blocks: int = 4096, max_payload: int = 256, gap_cycles: int = 100_000):
-        self.card = Card(config=config, max_groups=max_groups, max_blocks=max_blocks)
+                 max_blocks: int = 4096, max_payload: int = 256, gap_cycles: int = 100_000,
+                 loopback: bool = False):
+        if loopback:
+            from actpack.sim.loopback import LoopbackCard
+
+            self.card = LoopbackCard(stream_bytes=config.caps.stream_bytes)
+        else:
+            self.card = Card(config=config, max_groups=max_groups, max_blocks=max_blocks)
         self.link = SerialLink(divisor=divisor, max_payload=max_payload, gap_cycles=gap_cycles,
                                stream_bytes=config.caps.stream_bytes)
         super().__init__()
@@ -406,4 +413,3 @@ class SerialCard(wiring.Component):
         wiring.connect(m, card.c2h, link.c2h)
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         return m
-

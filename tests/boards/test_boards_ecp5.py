@@ -73,6 +73,36 @@ def test_build_plan(name, pins, clock, device):
     assert "proc\nsplitnets" in plan.files["top.ys"]
 
 
+def _report(r):
+    print(f"\n{r.board} {r.modes or 'loopback'}: {r.luts} LUT4, {r.ffs} FF, {r.dp16kd} DP16KD, "
+          f"{r.mult18} MULT18X18D, Fmax {r.fmax_mhz} MHz (clock {r.clock_mhz}), "
+          f"{r.bitstream_bytes} bytes, built in {r.seconds} s{' (cached)' if r.cached else ''}")
+
+
+def _check_bitstream(r):
+    # ecppack --compress: the bitstream's size follows the design (the uncompressed image of
+    # an 85k part is ~ 2.4 MB)
+    assert 20_000 < r.bitstream_bytes < 2_500_000
+    with open(r.bitstream, "rb") as f:
+        assert f.read(2) == b"\xff\x00"  # ecppack's comment block opens every bitstream
+    assert r.timing_met and r.fmax_mhz >= r.clock_mhz == 12.0
+    assert 0 < r.luts < 83_640 and 0 < r.ffs < 83_640
+    assert r.dp16kd is not None and r.mult18 is not None
+    _report(r)
+
+
+@pytest.mark.slow
+def test_link_bitstream_on_a_loopback_card():
+    """The link alone (its register file and an echo behind it): minutes, not tens of them."""
+    try:
+        r = build_board("ecp5_5g_evn", **SMALL, loopback=True, timeout=1200)
+    except ToolchainMissing as exc:
+        pytest.skip(str(exc))
+    assert r.part == "LFE5UM5G-85F" and r.modes == []
+    _check_bitstream(r)
+    assert r.luts < 5_000
+
+
 @pytest.mark.slow
 def test_small_bitstream_is_built_and_meets_timing():
     try:
@@ -80,15 +110,4 @@ def test_small_bitstream_is_built_and_meets_timing():
     except ToolchainMissing as exc:
         pytest.skip(str(exc))
     assert r.part == "LFE5UM5G-85F" and r.modes == ["mask"]
-    # ecppack --compress: the bitstream's size follows the design (an empty 85k part's is
-    # ~ 60 KB compressed, the uncompressed image ~ 2.4 MB)
-    assert 60_000 < r.bitstream_bytes < 2_500_000
-    with open(r.bitstream, "rb") as f:
-        head = f.read(64)
-    assert b"\xff\x00" in head  # the bitstream's comment header ends before the preamble
-    assert r.timing_met and r.fmax_mhz >= r.clock_mhz == 12.0
-    assert 0 < r.luts < 83_640 and 0 < r.ffs < 83_640
-    assert r.dp16kd is not None and r.mult18 is not None
-    print(f"\n{r.board} {r.modes}: {r.luts} LUT4, {r.ffs} FF, {r.dp16kd} DP16KD, "
-          f"{r.mult18} MULT18X18D, Fmax {r.fmax_mhz} MHz (clock {r.clock_mhz}), "
-          f"{r.bitstream_bytes} bytes, built in {r.seconds} s{' (cached)' if r.cached else ''}")
+    _check_bitstream(r)
