@@ -21,6 +21,8 @@ from actpack.hw.regs import CARD_MAGIC, REGS
 
 serial = pytest.importorskip("serial")
 
+from serial_testlib import FaultyPort  # noqa: E402
+
 from actpack.host.serialcard import (  # noqa: E402 - after the skip
     SerialLinkError,
     SerialTimeoutError,
@@ -28,39 +30,6 @@ from actpack.host.serialcard import (  # noqa: E402 - after the skip
 )
 
 pytestmark = pytest.mark.slow
-
-
-class FaultyPort:
-    """A real pyserial port with one fault on the wire, armed by the test: ``flip_write`` flips
-    bit 4 of byte 13 of the next packet sent, ``cut_write`` sends only its first 15 bytes,
-    ``flip_read`` flips a bit of the next reply byte after its header's first byte."""
-
-    def __init__(self, path):
-        self.port = serial.Serial(path, baudrate=3_000_000, timeout=0.01)
-        self.flip_write = self.cut_write = self.flip_read = False
-
-    def write(self, data):
-        data = bytearray(data)
-        if self.flip_write:
-            self.flip_write = False
-            data[13] ^= 0x10
-        if self.cut_write:
-            self.cut_write = False
-            data = data[:15]
-        return self.port.write(data)
-
-    def read(self, n):
-        data = bytearray(self.port.read(n))
-        if self.flip_read and len(data) >= 2:
-            self.flip_read = False
-            data[1] ^= 0x01  # the op byte: the CRC32C no longer matches
-        return bytes(data)
-
-    def reset_input_buffer(self):
-        self.port.reset_input_buffer()
-
-    def close(self):
-        self.port.close()
 
 
 @pytest.fixture(scope="module")
