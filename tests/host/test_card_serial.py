@@ -1,8 +1,9 @@
 """The driver on device "serial:<port>": the RTL board top (``hw.seriallink.SerialCard``: the link
 and the card) under Verilator behind a real pseudo-terminal, opened with pyserial as a board's
-``/dev/ttyUSBn`` would be; every mode byte for byte against the software codec; faults on the
-wire (a flipped bit, a short packet, a corrupted reply) and a board that stops answering give
-named errors, and the link recovers.
+``/dev/ttyUSBn`` would be; every mode byte for byte against the software codec; a board that
+stops answering (the simulator stopped with SIGSTOP) gives named timeouts, and after it wakes
+the driver resets the card and goes on. (The wire faults, a flipped bit, a short packet, a
+corrupted reply, are tested on the link's gateware alone: test_card_serial_loopback.py.)
 
 One simulated board for the module (the build is cached under build/sim/). Skips honestly
 without pyserial or the simulation toolchain.
@@ -16,17 +17,13 @@ import torch
 import actpack
 from actpack.codec import Codec
 from actpack.host.errors import CardTimeoutError, DeviceUnavailableError
-from actpack.hw.linkproto import LinkError
 from actpack.hw.regs import CARD_MAGIC, REGS
 
 serial = pytest.importorskip("serial")
 
-from serial_testlib import FaultyPort  # noqa: E402
 
 from actpack.host.serialcard import (  # noqa: E402 - after the skip
-    SerialLinkError,
     SerialTimeoutError,
-    SerialTransport,
 )
 
 pytestmark = pytest.mark.slow
@@ -68,30 +65,6 @@ def test_every_mode_byte_exact_over_the_serial_link(card, kwargs):
         assert torch.equal(back.view(torch.int32), ref.view(torch.int32)), tuple(t.shape)
     c = card.counters()
     assert c["crc_errors"] == 0 and c["protocol_errors"] == 0 and c["host_rejected"] == 0
-
-
-def test_faults_on_the_wire_are_named_errors_and_the_link_recovers(board):
-    port = FaultyPort(board.port)
-    t = SerialTransport(port, reply_timeout=board.device_options["reply_timeout"],
-                        quiet_s=board.device_options["quiet_s"])
-    try:
-        t.reg_write(REGS.SCRATCH.offset, 0x1234)
-        port.flip_write = True  # a payload bit of the REG_WRITE: the card's CRC check fails
-        with pytest.raises(SerialLinkError, match="CRC") as info:
-            t.reg_write(REGS.SCRATCH.offset, 0x5678)
-        assert info.value.code is LinkError.CRC
-        assert t.reg_read(REGS.SCRATCH.offset) == 0x1234  # the corrupted write did nothing
-        port.cut_write = True  # the bytes stop mid-packet: the card's gap timer answers
-        with pytest.raises(SerialLinkError, match="SHORT") as info:
-            t.reg_write(REGS.SCRATCH.offset, 0x9ABC)
-        assert info.value.code is LinkError.SHORT
-        port.flip_read = True  # the reply is corrupted on its way back
-        with pytest.raises(SerialLinkError, match="corrupted") as info:
-            t.reg_read(REGS.MAGIC.offset)
-        assert info.value.code is None
-        assert t.reg_read(REGS.MAGIC.offset) == CARD_MAGIC
-    finally:
-        t.close()
 
 
 def test_a_board_that_stops_answering_is_a_named_timeout(board, card):
