@@ -19,12 +19,9 @@ from actpack.codec import Codec
 from actpack.host.errors import CardTimeoutError, DeviceUnavailableError
 from actpack.hw.regs import CARD_MAGIC, REGS
 
-serial = pytest.importorskip("serial")
+pytest.importorskip("serial")
 
-
-from actpack.host.serialcard import (  # noqa: E402 - after the skip
-    SerialTimeoutError,
-)
+from actpack.host.serialcard import SerialTimeoutError
 
 pytestmark = pytest.mark.slow
 
