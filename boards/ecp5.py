@@ -35,6 +35,8 @@ from amaranth.hdl import Elaboratable
 
 from actpack.codec.spec import DType, Mode
 
+from .ecp5_board import ECP5Board
+
 __all__ = [
     "BUILD_ROOT",
     "ENGINE_COST",
@@ -79,27 +81,6 @@ class UnknownBoardError(ValueError):
 class BoardFitError(ValueError):
     """The asked-for modes (or lanes) do not fit the board's part; the message says what is
     short and which modes fit."""
-
-
-@dataclass(frozen=True)
-class ECP5Board:
-    """One board: ``platform`` (an amaranth-boards platform class, subclassed in the board's
-    file), the UART link's ``baud`` (the board's FTDI; the bitstream runs its UART at it),
-    ``modes`` (the default build: what fits), and the part's capacity."""
-
-    name: str
-    title: str
-    platform: type
-    baud: int
-    modes: tuple[Mode, ...]
-    lut4: int
-    mult18: int
-    dp16kd: int
-    link: str  # how the host reaches it
-
-    @property
-    def part(self) -> str:
-        return self.platform.device
 
 
 @dataclass
@@ -211,13 +192,15 @@ class SerialBoardTop(Elaboratable):
 
         from actpack.hw.seriallink import SerialCard
         from actpack.hw.uart import uart_divisor
+        from actpack.sim.loopback import LoopbackCard
 
         m = Module()
         clk_hz = platform.default_clk_frequency
         card = SerialCard(config=self.config, divisor=uart_divisor(clk_hz, self.baud),
                           max_groups=self.max_groups, max_blocks=self.max_blocks,
                           max_payload=self.max_payload, gap_cycles=int(self.gap_s * clk_hz),
-                          loopback=self.loopback)
+                          card=LoopbackCard(stream_bytes=self.config.caps.stream_bytes)
+                          if self.loopback else None)
         m.submodules.card = card
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)

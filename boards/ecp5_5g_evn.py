@@ -11,7 +11,7 @@ from amaranth_boards.ecp5_5g_evn import ECP55GEVNPlatform
 
 from actpack.codec.spec import Mode
 
-from .ecp5 import ECP5Board
+from .ecp5_board import ECP5Board
 
 __all__ = ["BOARD", "ECP5EVNCardPlatform"]
 

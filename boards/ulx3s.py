@@ -11,7 +11,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from actpack.codec.spec import Mode
 
-from .ecp5 import ECP5Board
+from .ecp5_board import ECP5Board
 
 __all__ = ["BOARD", "ULX3SCardPlatform"]
 

@@ -384,8 +384,9 @@ class SerialCard(wiring.Component):
 
     Parameters: ``config`` (``CardConfig``; its ``caps.stream_bytes`` is the link's AXIS width),
     ``max_groups``, ``max_blocks`` (as ``Card``), ``divisor``, ``max_payload``, ``gap_cycles``
-    (as ``SerialLink``); ``loopback``: instead of the card, ``sim.loopback.LoopbackCard`` (the
-    card's register file and ports, H2C echoed to C2H), a link-only build for bring-up.
+    (as ``SerialLink``); ``card``: a component with the card's ports to use instead of a
+    ``Card`` of ``config`` (e.g. ``sim.loopback.LoopbackCard``, H2C echoed to C2H, for a
+    link-only bring-up build).
     """
 
     rx: In(1, init=1)
@@ -393,13 +394,9 @@ class SerialCard(wiring.Component):
 
     def __init__(self, *, config: CardConfig, divisor: int, max_groups: int = 256,
                  max_blocks: int = 4096, max_payload: int = 256, gap_cycles: int = 100_000,
-                 loopback: bool = False):
-        if loopback:
-            from actpack.sim.loopback import LoopbackCard
-
-            self.card = LoopbackCard(stream_bytes=config.caps.stream_bytes)
-        else:
-            self.card = Card(config=config, max_groups=max_groups, max_blocks=max_blocks)
+                 card=None):
+        self.card = card if card is not None else Card(config=config, max_groups=max_groups,
+                                                       max_blocks=max_blocks)
         self.link = SerialLink(divisor=divisor, max_payload=max_payload, gap_cycles=gap_cycles,
                                stream_bytes=config.caps.stream_bytes)
         super().__init__()

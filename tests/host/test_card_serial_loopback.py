@@ -1,9 +1,9 @@
 """``SerialTransport`` (pyserial on a real pseudo-terminal) against the link's gateware
-(``hw.seriallink.SerialCard`` with the loopback card: the card's register file, H2C echoed to
-C2H) under Amaranth's simulator in a thread: registers, a job larger than the link's buffers
-(the H2C credit and C2H polling), flush; faults on the wire and a board that stops answering
-give named errors and the link recovers. No Verilator needed; the card itself behind the link
-is tests/host/test_card_serial.py."""
+(``hw.seriallink.SerialCard`` with ``sim.loopback.LoopbackCard``: the card's register file, H2C
+echoed to C2H) under Amaranth's simulator in a thread: registers, a job larger than the link's
+buffers (the H2C credit and C2H polling), flush; faults on the wire and a board that stops
+answering give named errors and the link recovers. No Verilator needed; the card itself behind
+the link is tests/host/test_card_serial.py."""
 
 import os
 import threading
@@ -15,6 +15,7 @@ from amaranth.sim import Simulator
 
 from actpack.hw.regs import CARD_MAGIC, REGS, Caps, CardConfig
 from actpack.hw.seriallink import SerialCard
+from actpack.sim.loopback import LoopbackCard
 
 pytest.importorskip("serial")
 
@@ -36,7 +37,8 @@ class PtyBoard:
 
     def __init__(self):
         self.dut = SerialCard(config=CardConfig(caps=Caps(stream_bytes=8)), divisor=DIV,
-                              max_payload=64, gap_cycles=400, loopback=True)
+                              max_payload=64, gap_cycles=400,
+                              card=LoopbackCard(stream_bytes=8))
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         os.set_blocking(self.master, False)
