@@ -28,6 +28,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def board(verilator):
+    # The whole card under Verilator runs a few thousand cycles a second, and the UART takes
+    # 40 cycles a byte: ~20 bytes a second, minutes a mode. Measured 2026-12-07: opt-in.
+    if not os.environ.get("ACTPACK_SERIAL_BOARD_SIM"):
+        pytest.skip("the card behind the UART under Verilator moves ~20 bytes/s (minutes a "
+                    "mode); set ACTPACK_SERIAL_BOARD_SIM=1 to run it")
     from actpack.sim.board import SIM_BOARD, SimBoard
 
     with SimBoard(**SIM_BOARD) as b:
@@ -42,11 +47,11 @@ def card(board):
 
 
 def _tensors():
+    """One block each: every byte costs 40 simulated cycles on the UART."""
     g = torch.Generator().manual_seed(11)
-    act = torch.relu(torch.randn(1, 2, 9, 12, generator=g))
-    nan = torch.randn(2, 8, 8, generator=g)
-    nan[1, 3, 5] = float("nan")
-    return [act, nan, torch.randn(70, generator=g)]
+    nan = torch.randn(64, generator=g)
+    nan[5] = float("nan")
+    return [torch.relu(torch.randn(1, 1, 8, 8, generator=g)), nan]
 
 
 @pytest.mark.parametrize("kwargs", [{"mode": "dct", "table": "optH"},
