@@ -93,6 +93,9 @@ def _check_bitstream(r):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ACTPACK_BOARD_BIT"),
+                    reason="builds a bitstream with YoWASP (not yet timed on these machines); "
+                           "set ACTPACK_BOARD_BIT=1 to build it")
 def test_link_bitstream_on_a_loopback_card():
     """The link alone (its register file and an echo behind it): minutes, not tens of them."""
     try:
