@@ -7,7 +7,8 @@ names:
 
 - ``"xdma"`` / ``"xdma:<prefix>"``: a PCIe card through the Xilinx XDMA character devices;
 - ``"model"``: the card's behavioural model (``host.cardmodel``) behind the same driver;
-- ``"sim"``: the RTL card (``hw.card.Card``) under Verilator in a separate process.
+- ``"sim"``: the RTL card (``hw.card.Card``) under Verilator in a separate process;
+- ``"serial:<port>"``: an ECP5 board's card over its USB-UART (``host.serialcard``).
 
 All are built on the register-level transport of the design (``reg_read``/``reg_write``,
 ``submit``/``receive``) and give the same frames as ``"ref"``, byte for byte. ``open_device(spec)``
@@ -64,7 +65,8 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
     """A device by name: ``"ref"`` (the software codec, default), ``"xdma"`` or
     ``"xdma:<prefix>"`` (a card through the XDMA nodes ``<prefix>_user``/``_h2c_0``/``_c2h_0``,
     prefix ``/dev/xdma0`` by default), ``"model"`` (the card's behavioural model in-process),
-    ``"sim"`` (the RTL card under Verilator: slow, for checking), or any name given to
+    ``"sim"`` (the RTL card under Verilator: slow, for checking), ``"serial:<port>"`` (an ECP5
+    board's card over its USB-UART, e.g. ``"serial:/dev/ttyUSB1"``), or any name given to
     ``register_device``.
 
     ``device.compress(tensor, codec)`` gives the bytes of ``codec.compress(tensor)`` whatever the
@@ -76,6 +78,8 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
         raise TypeError(f"spec: expected a device name such as 'ref' or 'xdma:/dev/xdma0', got "
                         f"{type(spec).__name__}")
     name, sep, arg = spec.partition(":")
+    if name == "serial":
+        return _open_serial(spec, arg, fallback, options)
     if name in ("xdma", "model", "sim"):
         opener = {"xdma": lambda: card.open_xdma(arg or "/dev/xdma0", **options),
                   "model": lambda: card.open_model(**options),
@@ -94,6 +98,20 @@ def open_device(spec: str = "ref", *, fallback: bool = False, **options) -> Devi
         what = "argument" if sep else f"options {sorted(options)}"
         raise UnknownDeviceError(f"device {name!r} takes no {what}; 'xdma:<prefix>' does")
     return resolve_device(name)
+
+
+def _open_serial(spec: str, port: str, fallback: bool, options: dict) -> Device:
+    """``"serial:<port>"``: a ``CardDevice`` over ``host.serialcard.SerialTransport``."""
+    from .serialcard import open_serial
+
+    try:
+        dev = open_serial(port, **options)
+    except (DeviceUnavailableError, card.CardError) as exc:
+        if not fallback:
+            raise
+        card.log.warning("device %r is unavailable (%s); using 'ref'", spec, exc)
+        return RefDevice()
+    return card.FallbackDevice(dev) if fallback else dev
 
 
 def resolve_device(device) -> Device:
