@@ -39,9 +39,10 @@ N = spec.BLOCK
 _BEAT_BITS = 8 * BEAT_BYTES
 _ERROR_BITS = len(BlockError)
 # Rows beside a chain (errors) or behind it: more than the chain holds (dct: Unzigzag's two
-# banks, IDCT2D's pipeline and two transposes (about 60 rows), the 1-cycle stages and
-# FixedToFloat's 3), so a full side FIFO never starves the chain of what it needs to drain.
-_SIDE_ROWS = {Mode.DCT: 128, Mode.SFPR8: 16, Mode.EB: 16, Mode.MASK: 16}
+# banks, IDCT2D's pipeline and two transposes (about 60 rows), Dequantizer's 4 and
+# FixedToFloat's 9; eb: LorenzoReconstructor's 4 and FixedToFloat's 9), so a full side FIFO never
+# starves the chain of what it needs to drain.
+_SIDE_ROWS = {Mode.DCT: 128, Mode.SFPR8: 16, Mode.EB: 24, Mode.MASK: 16}
 # Blocks whose entry is taken but whose rows have not all left: the splitter runs ahead of the
 # output by the whole chain (dct: about 70 cycles from an entry to its block's last row, 9
 # blocks); fewer places stall the input (a bubble every 4 blocks with 4). 16 costs no more LUT

@@ -16,6 +16,7 @@ from actpack.codec import spec
 from actpack.codec.tables import resolve_table
 
 from .dct import COEF, CoefRow, N
+from .sfpr import _DSP_WIDTH, _Pipeline
 
 __all__ = [
     "ENTRY",
@@ -110,17 +111,19 @@ class Quantizer(wiring.Component):
     The division is a multiply by the stored reciprocal ``ceil(2**20 / Q)`` and a shift by 20,
     exact for all inputs (see ``RECIP_SHIFT``).
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle.
-    Backpressure: ``o.valid``/``o.payload`` are registers; ``i.ready = ~o.valid | o.ready``
-    (combinational from ``o.ready``, never the reverse). Bad input: a table entry of 0 (invalid)
-    quantizes every value of its position to 0.
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 4 cycles (``|y|`` and the
+    row's reciprocals; the product's two parts; their sum shifted; the sign: a few LUT levels
+    or one carry chain each, for 150 MHz on ECP5). Backpressure: all stages stall together
+    while ``o.valid & ~o.ready``; ``i.ready = ~o.valid | o.ready`` (combinational from
+    ``o.ready``, never the reverse). Bad input: a table entry of 0 (invalid) quantizes every
+    value of its position to 0.
     """
 
     i: In(stream.Signature(CoefRow))
     o: Out(stream.Signature(CoefRow))
     table_wr: In(TableWrite())
 
-    LATENCY = 1
+    LATENCY = 4
 
     def __init__(self, *, table="optH"):
         self._init = _initial_table(table)
@@ -129,23 +132,27 @@ class Quantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
+        p = _Pipeline(m, i, o, stages=self.LATENCY)
         row = Signal(range(N))
+        with m.If(i.valid & i.ready):
+            m.d.sync += row.eq(row + 1)
         recips = _table_rows(m, self.table_wr, self._init, RECIP, row, transform=reciprocal)
-
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
-        with m.If(i.ready):
-            m.d.sync += o.valid.eq(i.valid)
-            with m.If(i.valid):
-                m.d.sync += row.eq(row + 1)
-            for u in range(N):
-                y = i.payload[u]
-                mag = Signal(unsigned(COEF.width), name=f"mag_{u}")
-                quo = Signal(unsigned(COEF.width + 1), name=f"quo_{u}")
-                m.d.comb += [
-                    mag.eq(abs(y)),
-                    quo.eq((mag * recips[u]) >> RECIP_SHIFT),
-                ]
-                m.d.sync += o.payload[u].eq(Mux(y < 0, -quo, quo))
+        for u in range(N):
+            y = i.payload[u]
+            neg = p.delay(y < 0, f"neg_{u}", self.LATENCY - 1)
+            mag = p.reg(abs(y), f"mag_{u}")
+            recip = p.reg(recips[u], f"recip_{u}")
+            # Every stored word is reciprocal(Q): above bit 17 at most one bit is set (2**20 for
+            # Q = 1, 2**19 for Q = 2, 2**18 for some Q >= 3), so that part of the product is a
+            # shifted copy of |y| (an AND-OR, no adder) and one MULT18X18D takes the rest.
+            lo = p.reg(recip[:_DSP_WIDTH] * mag, f"lo_{u}")
+            hi = 0
+            for b in range(_DSP_WIDTH, RECIP.width):
+                hi = hi | Mux(recip[b], mag << (b - _DSP_WIDTH), 0)
+            hi = p.reg(hi, f"hi_{u}")
+            quo = p.reg(((lo + (hi << _DSP_WIDTH)) >> RECIP_SHIFT)[:COEF.width], f"quo_{u}")
+            with m.If(p.en):
+                m.d.sync += o.payload[u].eq(Mux(neg, -quo, quo))
         return m
 
 
@@ -158,16 +165,18 @@ class Dequantizer(wiring.Component):
     ``o``: rows of 8 coefficients (``CoefRow``, signed 12-bit, within +-2047), ready for
     ``IDCT2D``. Table: ``table_wr`` as ``Quantizer``.
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 1 cycle.
-    Backpressure: as ``Quantizer``. Bad input: a table entry of 0 dequantizes to 0; levels
-    beyond the coefficient range saturate, as in the reference.
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 4 cycles (``2|q| + 1``
+    and the row's steps; the product, one MULT18X18D; saturation; the sign: a few LUT levels or
+    one carry chain each, for 150 MHz on ECP5). Backpressure: as ``Quantizer``. Bad input: a
+    table entry of 0 dequantizes to 0; levels beyond the coefficient range saturate, as in the
+    reference.
     """
 
     i: In(stream.Signature(LevelRow))
     o: Out(stream.Signature(CoefRow))
     table_wr: In(TableWrite())
 
-    LATENCY = 1
+    LATENCY = 4
 
     def __init__(self, *, table="optH"):
         self._init = _initial_table(table)
@@ -176,24 +185,24 @@ class Dequantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
+        p = _Pipeline(m, i, o, stages=self.LATENCY)
         row = Signal(range(N))
+        with m.If(i.valid & i.ready):
+            m.d.sync += row.eq(row + 1)
         steps = _table_rows(m, self.table_wr, self._init, ENTRY, row)
         cmax = spec.DCT_COEF_MAX
         mag_max = 1 << (LEVEL.width - 1)  # every value the port carries, not only valid levels
         rec_max = (2 * mag_max + 1) * ((1 << ENTRY.width) - 1)
-
-        m.d.comb += i.ready.eq(~o.valid | o.ready)
-        with m.If(i.ready):
-            m.d.sync += o.valid.eq(i.valid)
-            with m.If(i.valid):
-                m.d.sync += row.eq(row + 1)
-            for u in range(N):
-                q = i.payload[u]
-                rec = Signal(range(rec_max + 1), name=f"rec_{u}")
-                sat = Signal(range(cmax + 1), name=f"sat_{u}")
-                m.d.comb += [
-                    rec.eq((((abs(q) << 1) + 1) * steps[u]) >> 1),
-                    sat.eq(Mux(rec > cmax, cmax, rec)),
-                ]
-                m.d.sync += o.payload[u].eq(Mux(q == 0, 0, Mux(q < 0, -sat, sat)))
+        for u in range(N):
+            q = i.payload[u]
+            neg = p.delay(q < 0, f"neg_{u}", self.LATENCY - 1)
+            zero = p.delay(q == 0, f"zero_{u}", self.LATENCY - 1)
+            odd = p.reg((abs(q) << 1) + 1, f"odd_{u}")  # 2|q| + 1 <= 2**16 + 1: 17 bits
+            step = p.reg(steps[u], f"step_{u}")
+            rec = Signal(range(rec_max + 1), name=f"rec_{u}")
+            m.d.comb += rec.eq((odd * step) >> 1)
+            rec2 = p.reg(rec, f"rec2_{u}")
+            sat = p.reg(Mux(rec2 > cmax, cmax, rec2), f"sat_{u}")
+            with m.If(p.en):
+                m.d.sync += o.payload[u].eq(Mux(zero, 0, Mux(neg, -sat, sat)))
         return m

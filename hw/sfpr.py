@@ -261,11 +261,13 @@ class _Pipeline:
         self.en = Signal()
         m.d.comb += [self.en.eq(~o.valid | o.ready), i.ready.eq(self.en)]
         valid = i.valid
+        self.valid = []  # the valid bit beside each stage's registers, the output's excepted
         for s in range(stages - 1):
             v = Signal(name=f"valid_{s}")
             with m.If(self.en):
                 m.d.sync += v.eq(valid)
             valid = v
+            self.valid.append(v)
         with m.If(self.en):
             m.d.sync += o.valid.eq(valid)
 
@@ -276,6 +278,12 @@ class _Pipeline:
         with self.m.If(self.en):
             self.m.d.sync += r.eq(value)
         return r
+
+    def delay(self, value, name: str, n: int):
+        """``value`` through ``n`` registers."""
+        for s in range(n):
+            value = self.reg(value, f"{name}_d{s}")
+        return value
 
 
 def _decode(m: Module, bits, fmt: FloatFormat, name: str):
@@ -307,40 +315,111 @@ def _rne(m: Module, value, sh, out_shape, name: str):
     return floor + (guard & (sticky | floor[0]))
 
 
-def _bitlen_minus_1(m: Module, value, name: str):
-    """Index of the highest set bit of ``value`` (0 for 0): a priority encoder."""
-    n = Signal(range(max(len(value), 2)), name=name)
-    for b in range(len(value)):  # later assignments win: the highest set bit
-        with m.If(value[b]):
-            m.d.comb += n.eq(b)
-    return n
+# Ref: Lattice FPGA-TN-02205 (ECP5 sysDSP), MULT18X18D: one 18 x 18-bit multiplier per block.
+_DSP_WIDTH = 18
 
 
-def _f32_magnitude(m: Module, p: _Pipeline, a, r_bits, name: str):
-    """Two stages: bits of ``|float32(a) * r|`` (see ``_f32_product_magnitude``), saturated to
-    the infinity pattern; ``a`` unsigned, ``r_bits`` the 32 bits of a finite float32 ``r``.
-    A non-finite ``r`` gives the infinity pattern (or 0 for ``a = 0``)."""
+def _partial_products(p: _Pipeline, a, b, name: str):
+    """One stage: the products of ``b`` by ``a``'s 18-bit slices, each registered (one
+    MULT18X18D each where ``b`` fits 18 bits) as ``(offset, product)``. Their sum
+    (``_sum_products``) is the next stage: the adder joining them would otherwise follow the
+    multipliers' delay in the same cycle."""
+    return [(lo, p.reg(a[lo:lo + _DSP_WIDTH] * b, f"{name}_pp{lo}"))
+            for lo in range(0, len(a), _DSP_WIDTH)]
+
+
+def _sum_products(parts, width: int):
+    """The exact product from ``_partial_products``' slices, ``width`` bits."""
+    total = parts[0][1] << parts[0][0]
+    for lo, pp in parts[1:]:
+        total = total + (pp << lo)
+    return total[:width]
+
+
+def _top_bit_index4(bits) -> Value:
+    """Index (0..3) of the highest set bit of up to 4 bits, 0 when none is set: one LUT level."""
+    idx = Const(0, 2)
+    for b in range(1, len(bits)):
+        idx = Mux(bits[b], b, idx)
+    return idx
+
+
+def _f32_magnitude(m: Module, p: _Pipeline, v, r_bits, dtype: DType, name: str):
+    """Eight stages: bits of ``|float32(v) * r|`` (see ``_f32_product_magnitude``) clamped to
+    the largest finite value of ``dtype`` (``_max_bits32``), as a register; ``v`` signed, ``r_bits``
+    the 32 bits of a float32 ``r``. A non-finite ``r`` gives the clamp (or 0 where ``v = 0``).
+
+    Each stage keeps to a few LUT levels or one carry chain: 1 ``|v|`` and ``r``'s fields;
+    2 the partial products (MULT18X18D); 3 their sum ``P``; 4 which 4-bit group of ``P >> 23``
+    holds ``P``'s top bit (one-hot), that group's top-bit index and the sticky ORs at group
+    boundaries; 5 the coarse shift by 4 groups (AND-OR of the one-hot); 6 the fine shift (0..3),
+    guard, sticky and round-up bit, and the result's exponent field ``E`` (a short chain);
+    7 ``E:significand + round-up`` (one chain; a carry out of the significand increments
+    ``E``, as in ``_f32_product_magnitude``); 8 saturation and the dtype's clamp."""
+    width = len(v)
+    a = p.reg(abs(v)[:width], f"{name}_a")
     _, sig_r, exp_r, r_nonfinite = _decode(m, r_bits, _F32, f"{name}_r")
-    prod = p.reg(a * sig_r, f"{name}_prod")
-    exp_r1 = p.reg(exp_r, f"{name}_exp_r")
-    big = p.reg(r_nonfinite, f"{name}_rinf")
+    sig_r1 = p.reg(sig_r, f"{name}_sig_r")
+    zero = p.delay((v == 0) | (sig_r == 0), f"{name}_zero", 7)
+    big = p.delay(r_nonfinite, f"{name}_rinf", 7)
+    e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", 4)  # the field of R 2**exp_r, R < 2**23
 
-    n = _bitlen_minus_1(m, prod, f"{name}_n")
-    sh = Signal(range(max(len(prod) - _F32.frac_bits, 2)), name=f"{name}_sh")
-    m.d.comb += sh.eq(Mux(n > _F32.frac_bits, n - _F32.frac_bits, 0))
-    rounded = _rne(m, prod, sh, unsigned(_F32.sig_bits), f"{name}_rnd")
-    mag = Signal(signed(_F32.width + 2), name=f"{name}_mag")
-    m.d.comb += mag.eq(((exp_r1 + sh - _F32.ulp_min) << _F32.frac_bits) + rounded)
-    inf = _F32.exp_max << _F32.frac_bits
-    out = Mux(prod == 0, 0, Mux(big | (mag >= inf), inf, mag))
-    return p.reg(out[:_F32.width - 1], f"{name}_mag32")
-
-
-def _to_dtype(m: Module, mag, dtype: DType, name: str):
-    """Clamped float32 magnitude bits -> magnitude bits of ``dtype`` (format 4, steps 1-2)."""
+    prod_bits = width + _F32.sig_bits
+    prod = p.reg(_sum_products(_partial_products(p, sig_r1, a, f"{name}_p"), prod_bits),
+                 f"{name}_prod")
+    # stage 4: P's bit length n is above 24 iff hi = P >> 23 is above 1; the rounding shift is
+    # then sh = n - 23 = the index of hi's top bit (0 for hi <= 1), found per 4-bit group.
+    hi = prod[_F32.frac_bits:]
+    groups = [hi[4 * g:4 * g + 4] for g in range((len(hi) + 3) // 4)]
+    # group g is the top one when nothing above it is set (group 0 also when hi is 0)
+    onehot = p.reg(Cat(*((groups[g].any() if g else Const(1, 1)) & ~hi[4 * g + 4:].any()
+                         for g in range(len(groups)))),
+                   f"{name}_oh")
+    idx_g = [p.reg(_top_bit_index4(grp), f"{name}_idx{g}") for g, grp in enumerate(groups)]
+    # sticky below a coarse shift by 4 g: the bits of 2P under 2**(4g), i.e. P's under 4g - 1
+    low_or = [Const(0, 1)] + [p.reg(prod[:4 * g - 1].any(), f"{name}_low{g}")
+                              for g in range(1, len(groups))]
+    hi_any = p.reg(hi.any(), f"{name}_hiany")
+    prod4 = p.reg(prod, f"{name}_prod4")
+    # stage 5: coarse shift of 2P by 4 g (AND-OR over the one-hot), the group's index
+    keep = _F32.sig_bits + 5  # 2P >> 4g: bits 1..24 after the fine shift (0..3) + guard
+    wide = Cat(Const(0, 1), prod4)
+    coarse = Const(0, keep)
+    fine = Const(0, 2)
+    sticky = Const(0, 1)
+    gbin = Const(0, 3)
+    for g in range(len(groups)):
+        sel = onehot[g]
+        coarse = coarse | Mux(sel, (wide >> (4 * g))[:keep], 0)
+        fine = fine | Mux(sel, idx_g[g], 0)
+        sticky = sticky | (sel & low_or[g])
+        gbin = gbin | Mux(sel, g, 0)
+    c5 = p.reg(coarse, f"{name}_c")
+    fine5 = p.reg(fine, f"{name}_fine")
+    sticky5 = p.reg(sticky, f"{name}_stk")
+    sh5 = p.reg(Cat(fine, gbin), f"{name}_sh")  # sh = 4 g + fine
+    # E = field of 2**(exp_r + sh) plus floor's bit 23 (1 when sh > 0, else P's bit 23 = hi != 0)
+    e5 = p.reg(e0 + hi_any, f"{name}_e5")
+    # stage 6: fine shift; guard = bit sh of 2P, sticky = the bits below it, RNE round-up bit
+    y = Signal(_F32.sig_bits + 1, name=f"{name}_y")
+    m.d.comb += y.eq(c5 >> fine5)
+    below = Signal(name=f"{name}_below")
+    m.d.comb += below.eq(sticky5 | (c5[:3] & ((Const(1, 4) << fine5) - 1)[:3]).any())
+    floor = p.reg(y[1:], f"{name}_floor")
+    rup = p.reg(y[0] & (below | y[1]), f"{name}_rup")
+    e6 = p.reg(e5 + sh5, f"{name}_e")
+    # stage 7: one chain; 33 bits so that no overflow wraps
+    mag = p.reg(Cat(floor[:_F32.frac_bits], e6) + rup, f"{name}_mag")
+    # stage 8: saturate (the field reached 255: inf) and clamp to the dtype's largest value
     limit = _max_bits32(dtype)
-    clamped = Signal(_F32.width - 1, name=f"{name}_clamp")
-    m.d.comb += clamped.eq(Mux(mag > limit, limit, mag))
+    over = big | (mag[_F32.frac_bits:] >= _F32.exp_max)
+    if dtype is not DType.FLOAT32:  # float32's limit is just below inf: `over` is the clamp
+        over = over | (mag > limit)
+    return p.reg(Mux(zero, 0, Mux(over, limit, mag[:_F32.width - 1])), f"{name}_mag32")
+
+
+def _to_dtype(m: Module, clamped, dtype: DType, name: str):
+    """Clamped float32 magnitude bits -> magnitude bits of ``dtype`` (format 4, step 2)."""
     if dtype is DType.FLOAT32:
         return clamped
     if dtype is DType.BFLOAT16:
@@ -360,6 +439,16 @@ def _to_dtype(m: Module, mag, dtype: DType, name: str):
     return ((high << _F16.frac_bits) + rounded)[:_F16.width - 1]
 
 
+def _fixed_to_float(m: Module, p: _Pipeline, v, r_bits, dtype: DType, name: str):
+    """``from_float32(float32(v) * r, dtype)`` bits of one signed ``v``: the value to register
+    as the ninth stage (``_f32_magnitude``'s eight, then the conversion to ``dtype``)."""
+    sign = p.delay(v[-1] ^ r_bits[_F32.width - 1], f"{name}_s", 8)
+    mag = _f32_magnitude(m, p, v, r_bits, dtype, name)
+    if dtype is DType.FLOAT32:  # nothing to convert: the stage is a plain register
+        return Cat(mag, sign)
+    return Cat(_to_dtype(m, mag, dtype, name), sign)[:8 * dtype.itemsize]
+
+
 # ----------------------------------------------------------------------------- components
 
 
@@ -374,14 +463,18 @@ class FloatToFixed(wiring.Component):
     ``q``, 8 SFPR values, and ``nonfinite``, high when any of the row's inputs is NaN or ±inf
     (OR it over a block's 8 rows: such a block is stored RAW, format 7).
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 2 cycles (integer
-    product ``M * m``, then shift, round, saturate). Backpressure: all stages stall together
-    while ``o.valid & ~o.ready``; ``i.ready = ~o.valid | o.ready``. Bad input: NaN/±inf give
-    ``q = 0`` and ``nonfinite``; ``m`` below 2**15 (not a valid scale) still saturates every
-    product with ``e + E >= 0`` to ``limit``, which the exact formula would not.
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 6 cycles, each stage a
+    few LUT levels or one carry chain for 150 MHz on ECP5: 1 the partial products of
+    ``M * m`` (MULT18X18D) and ``k = E + e``; 2 their sum ``P`` and the shift ``clip(-k)``;
+    3 and 4 the shift of ``2P`` in two steps (by a multiple of 8, then 0..7), keeping the bits
+    that decide saturation; 5 round half up and saturate; 6 the sign. Backpressure: all stages
+    stall together while ``o.valid & ~o.ready``; ``i.ready = ~o.valid | o.ready``. Bad input:
+    NaN/±inf give ``q = 0`` and ``nonfinite``; ``m`` below 2**15 (not a valid scale) still
+    saturates every product with ``e + E >= 0`` to ``limit``, which the exact formula would
+    not.
     """
 
-    LATENCY = 2
+    LATENCY = 6
 
     def __init__(self, *, dtype, limit):
         self.dtype = _dtype(dtype)
@@ -399,30 +492,45 @@ class FloatToFixed(wiring.Component):
         i, o, fmt, limit = self.i, self.o, self.fmt, self.limit
         p = _Pipeline(m, i, o, stages=self.LATENCY)
         prod_bits = fmt.sig_bits + SCALE_MANT.width
+        span = prod_bits + 1  # bits of 2P: a shift by span or more leaves 0
+        # t = floor(2P / 2**sh) saturates from 2L - 1 on (then (t + 1) >> 1 >= L): its low
+        # t_bits bits and whether any bit above them is set decide everything
+        t_bits = (2 * limit - 1).bit_length()
         bad = []
         for u in range(N):
-            sign, sig, exp, nonfinite = _decode(m, i.payload.x[u], fmt, f"x{u}")
-            # stage 1: the exact product P = M * m and its exponent k = E + e
-            prod = p.reg(sig * i.payload.scale.m, f"prod_{u}")
-            k = p.reg(exp + i.payload.scale.e, f"k_{u}")
-            neg = p.reg(sign, f"neg_{u}")
-            zero = p.reg(nonfinite | (sig == 0), f"zero_{u}")
+            sign, sig, _, nonfinite = _decode(m, i.payload.x[u], fmt, f"x{u}")
             bad.append(nonfinite)
-            # stage 2: q = min((P + 2**(-k-1)) >> -k, L), k >= 0 saturates, sign applied
-            sh = Signal(range(prod_bits + 2), name=f"sh_{u}")
-            m.d.comb += sh.eq(Mux(k >= 0, 0, Mux(-k > prod_bits + 1, prod_bits + 1, -k)))
-            rounded = Signal(prod_bits, name=f"rounded_{u}")
-            m.d.comb += rounded.eq((((prod << 1) >> sh) + 1) >> 1)
+            neg = p.delay(sign, f"neg_{u}", self.LATENCY - 1)
+            zero = p.delay(nonfinite | (sig == 0), f"zero_{u}", self.LATENCY - 1)
+            # stage 1: the partial products of P = M * m, and k + bias' = max(field, 1) + e
+            # (E = max(field, 1) - bias', bias' = bias + frac_bits: one carry chain a stage)
+            parts = _partial_products(p, sig, i.payload.scale.m, f"p{u}")
+            expf = i.payload.x[u][fmt.frac_bits:fmt.width - 1]
+            kb = p.reg(Mux(expf == 0, 1, expf) + i.payload.scale.e, f"kb_{u}")
+            # stage 2: P; the shift sh = clip(-k, 0, span); k >= 0 saturates
+            prod = p.reg(_sum_products(parts, prod_bits), f"prod_{u}")
+            nk = Signal(range(-(1 << 16), 1 << 17), name=f"nk_{u}")  # -k
+            m.d.comb += nk.eq(fmt.bias + fmt.frac_bits - kb)
+            sh = p.reg(Mux(nk <= 0, 0, Mux(nk > span, span, nk)), f"sh_{u}")
+            pos = p.delay(p.reg(nk <= 0, f"pos_{u}"), f"pos_{u}", 2)
+            # stage 3: 2P shifted by sh's multiple of 8; stage 4: by the rest (0..7), keeping
+            # t's low bits and ORs of 4 of the bits above them
+            coarse = p.reg((Cat(Const(0, 1), prod) >> Cat(Const(0, 3), sh[3:]))[:span],
+                           f"coarse_{u}")
+            fine = p.reg(sh[:3], f"fine_{u}")
+            t = Signal(span, name=f"t_{u}")
+            m.d.comb += t.eq(coarse >> fine)
+            t_lo = p.reg(t[:t_bits], f"t_lo_{u}")
+            above = p.reg(Cat(*(t[b:b + 4].any() for b in range(t_bits, span, 4))),
+                          f"above_{u}")
+            # stage 5: round half up, saturation; stage 6: the sign
+            rounded = p.reg(((t_lo + 1) >> 1)[:t_bits], f"rounded_{u}")
+            sat = p.reg(pos | above.any() | (t_lo >= 2 * limit - 1), f"sat_{u}")
             mag = Signal(range(limit + 1), name=f"mag_{u}")
-            with m.If(zero):
-                m.d.comb += mag.eq(0)
-            with m.Elif((k >= 0) | (rounded >= limit)):
-                m.d.comb += mag.eq(limit)
-            with m.Else():
-                m.d.comb += mag.eq(rounded)
+            m.d.comb += mag.eq(Mux(zero, 0, Mux(sat, limit, rounded)))
             with m.If(p.en):
                 m.d.sync += o.payload.q[u].eq(Mux(neg, -mag, mag))
-        nonfinite = p.reg(Cat(*bad).any(), "nonfinite")
+        nonfinite = p.delay(Cat(*bad).any(), "nonfinite", self.LATENCY - 1)
         with m.If(p.en):
             m.d.sync += o.payload.nonfinite.eq(nonfinite)
         return m
@@ -442,13 +550,16 @@ class FixedToFloat(wiring.Component):
     the dtype's largest finite value, as the format's clamp does; float16 then rounds once more
     (RNE, subnormals kept), bfloat16 adds ``0x7FFF + lsb`` and keeps the top 16 bits.
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 3 cycles (product;
-    normalize and round; clamp and convert). Backpressure: as ``FloatToFixed``. Bad input: a
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 9 cycles, each stage a
+    few LUT levels or one carry chain for 150 MHz on ECP5 (``_f32_magnitude``'s eight: ``|v|``;
+    partial products; product; leading-bit group; coarse shift; fine shift and round-up bit;
+    round; saturate and clamp; then the conversion to the dtype, a plain register for float32).
+    Backpressure: as ``FloatToFixed``. Bad input: a
     non-finite ``r`` gives ±MAX for every value (the reference gives NaN for ``v = 0`` there;
     frames never carry one: ``r`` is the float32 of a finite 1/s, format 5.3).
     """
 
-    LATENCY = 3
+    LATENCY = 9
 
     def __init__(self, *, dtype, width=22):
         self.dtype = _dtype(dtype)
@@ -465,15 +576,10 @@ class FixedToFloat(wiring.Component):
         m = Module()
         i, o = self.i, self.o
         p = _Pipeline(m, i, o, stages=self.LATENCY)
-        r_sign = i.payload.r[_F32.width - 1]
-        width = 8 * self.dtype.itemsize
         for u in range(N):
-            v = i.payload.v[u]
-            sign = p.reg(p.reg(v[-1] ^ r_sign, f"s1_{u}"), f"s2_{u}")
-            mag = _f32_magnitude(m, p, abs(v), i.payload.r, f"l{u}")
+            value = _fixed_to_float(m, p, i.payload.v[u], i.payload.r, self.dtype, f"l{u}")
             with m.If(p.en):
-                m.d.sync += o.payload[u].eq(
-                    Cat(_to_dtype(m, mag, self.dtype, f"l{u}"), sign)[:width])
+                m.d.sync += o.payload[u].eq(value)
         return m
 
 
@@ -550,13 +656,15 @@ class BoundCheck(wiring.Component):
     least ``|x| (1 - 2**-27) > 2**14 eb``: it fails too. A non-finite ``x`` fails (its block is
     RAW anyway).
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 5 cycles (x_hat in 3, as
-    ``FixedToFloat``; align and subtract; compare). Backpressure: as ``FloatToFixed``. Bad
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 17 cycles (x_hat in 9, as
+    ``FixedToFloat``; then fields, exponent distance, shift amounts, the alignment in two
+    shifts, sum and difference, ``N``, and the compare: a few LUT levels or one carry chain
+    each, for 150 MHz on ECP5). Backpressure: as ``FloatToFixed``. Bad
     input: ``eb`` must be a positive normal binary64 (the codec's 1e-30..1e30); a non-finite
     ``r`` makes ``x_hat`` ±MAX.
     """
 
-    LATENCY = 5
+    LATENCY = 17
 
     def __init__(self, *, dtype):
         self.dtype = _dtype(dtype)
@@ -571,49 +679,57 @@ class BoundCheck(wiring.Component):
         fmt = float_format(dtype)
         p = _Pipeline(m, i, o, stages=self.LATENCY)
 
-        def delay(value, name, n):
-            for s in range(n):
-                value = p.reg(value, f"{name}_d{s}")
-            return value
-
-        eb = delay(i.payload.eb, "eb", 4)
-        eb_sig = Cat(eb[:_F64.frac_bits], 1)
-        eb_exp = eb[_F64.frac_bits:_F64.width - 1] - _F64.bias - _F64.frac_bits
-        r_sign = i.payload.r[_F32.width - 1]
+        xhat_stages = FixedToFloat.LATENCY
+        eb = p.delay(i.payload.eb, "eb", xhat_stages + 1)  # its fields: the stage after x_hat
+        eb_sig = p.delay(Cat(eb[:_F64.frac_bits], 1), "eb_sig", 3)
+        eb_exp = p.reg(eb[_F64.frac_bits:_F64.width - 1] - _F64.bias - _F64.frac_bits, "eb_exp")
+        # d = g - e_eb and M_eb >> clip(d, 0, 53) follow g (stage 3 after x_hat) by a stage each
+        eb_exp = p.reg(eb_exp, "eb_exp2")
+        al_bits = fmt.sig_bits + BOUND_WINDOW
         oks = []
         for u in range(N):
-            q = i.payload.q[u]
-            # x_hat: three stages, as FixedToFloat
-            b_sign = delay(q[-1] ^ r_sign, f"bs{u}", 2)
-            mag = _f32_magnitude(m, p, abs(q), i.payload.r, f"l{u}")
-            b_bits = p.reg(Cat(_to_dtype(m, mag, dtype, f"l{u}"), b_sign), f"xhat_{u}")
-            x_bits = delay(i.payload.x[u], f"x{u}", 3)
-            # stage 4: align both significands to the smaller exponent, subtract (or add)
+            # x_hat: as FixedToFloat
+            b_bits = p.reg(_fixed_to_float(m, p, i.payload.q[u], i.payload.r, dtype, f"l{u}"),
+                           f"xhat_{u}")
+            x_bits = p.delay(i.payload.x[u], f"x{u}", xhat_stages)
+            # 1: both values' fields (a zero takes the other's exponent)
             sa, a_sig, a_exp0, a_bad = _decode(m, x_bits, fmt, f"a{u}")
             sb, b_sig, b_exp0, _ = _decode(m, b_bits, fmt, f"b{u}")
-            a_exp = Mux(a_sig == 0, b_exp0, a_exp0)
-            b_exp = Mux(b_sig == 0, a_exp0, b_exp0)
-            dist = Signal(range(-BOUND_WINDOW - 300, BOUND_WINDOW + 300), name=f"dist_{u}")
-            m.d.comb += dist.eq(a_exp - b_exp)
-            sh_a = Signal(range(BOUND_WINDOW + 1), name=f"sh_a_{u}")
-            sh_b = Signal(range(BOUND_WINDOW + 1), name=f"sh_b_{u}")
-            m.d.comb += [
-                sh_a.eq(Mux(dist > 0, Mux(dist > BOUND_WINDOW, BOUND_WINDOW, dist), 0)),
-                sh_b.eq(Mux(dist < 0, Mux(dist < -BOUND_WINDOW, BOUND_WINDOW, -dist), 0)),
-            ]
-            a_al = Signal(fmt.sig_bits + BOUND_WINDOW, name=f"a_al_{u}")
-            b_al = Signal(fmt.sig_bits + BOUND_WINDOW, name=f"b_al_{u}")
-            m.d.comb += [a_al.eq(a_sig << sh_a), b_al.eq(b_sig << sh_b)]
-            diff = Mux(sa != sb, a_al + b_al, Mux(a_al >= b_al, a_al - b_al, b_al - a_al))
-            n = p.reg(diff, f"n_{u}")
-            g = p.reg(Mux(dist > 0, b_exp, a_exp), f"g_{u}")
-            fail = p.reg(a_bad | (dist > BOUND_WINDOW) | (dist < -BOUND_WINDOW), f"fail_{u}")
-            # stage 5: N * 2**g <= M_eb * 2**e_eb
-            d = Signal(range(-2048, 2048), name=f"d_{u}")
-            m.d.comb += d.eq(g - eb_exp)
-            limit = Signal(_F64.sig_bits, name=f"lim_{u}")
-            m.d.comb += limit.eq(eb_sig >> Mux(d > _F64.sig_bits, _F64.sig_bits, d)[:7])
-            oks.append(~fail & ((d < 0) | (n <= limit)))
+            a_exp = p.reg(Mux(a_sig == 0, b_exp0, a_exp0), f"a_exp_{u}")
+            b_exp = p.reg(Mux(b_sig == 0, a_exp0, b_exp0), f"b_exp_{u}")
+            a_sig = p.delay(a_sig, f"a_sig_{u}", 3)
+            b_sig = p.delay(b_sig, f"b_sig_{u}", 3)
+            opp = p.delay(sa != sb, f"opp_{u}", 6)
+            # 2: their distance; 3: the shifts (clipped to the window), g, the window test
+            dist = p.reg(a_exp - b_exp, f"dist_{u}")
+            b_exp2 = p.reg(b_exp, f"b_exp2_{u}")
+            a_exp2 = p.reg(a_exp, f"a_exp2_{u}")
+            sh_a = p.reg(Mux(dist > 0, Mux(dist > BOUND_WINDOW, BOUND_WINDOW, dist), 0),
+                         f"sh_a_{u}")
+            sh_b = p.reg(Mux(dist < 0, Mux(dist < -BOUND_WINDOW, BOUND_WINDOW, -dist), 0),
+                         f"sh_b_{u}")
+            g = p.reg(Mux(dist > 0, b_exp2, a_exp2), f"g_{u}")
+            bad = p.delay(a_bad, f"bad_{u}", 2)
+            fail = p.delay(p.reg(bad | (dist > BOUND_WINDOW) | (dist < -BOUND_WINDOW),
+                                 f"fail_{u}"), f"fail_{u}", 4)
+            # 4, 5: both significands aligned to the smaller exponent (by 8s, then 0..7)
+            a_c = p.reg((a_sig << Cat(Const(0, 3), sh_a[3:]))[:al_bits], f"a_c_{u}")
+            b_c = p.reg((b_sig << Cat(Const(0, 3), sh_b[3:]))[:al_bits], f"b_c_{u}")
+            a_al = p.reg((a_c << p.reg(sh_a[:3], f"sh_af_{u}"))[:al_bits], f"a_al_{u}")
+            b_al = p.reg((b_c << p.reg(sh_b[:3], f"sh_bf_{u}"))[:al_bits], f"b_al_{u}")
+            # 6: sum and difference; 7: N = |x - x_hat| / 2**g
+            total = p.reg(a_al + b_al, f"sum_{u}")
+            diff = p.reg(a_al - b_al, f"diff_{u}")  # as wide as the sum: its top bit is the sign
+            n = p.reg(Mux(opp, total, Mux(diff[-1], -diff, diff)[:al_bits + 1]), f"n_{u}")
+            # beside 4..7: d = g - e_eb (4) and M_eb >> clip(d, 0, 53) (5 coarse, 6 fine)
+            d = p.reg(g - eb_exp, f"d_{u}")
+            ds = Mux(d > _F64.sig_bits, _F64.sig_bits, Mux(d < 0, 0, d))[:6]
+            lim_c = p.reg(eb_sig >> Cat(Const(0, 3), ds[3:]), f"lim_c_{u}")
+            lim = p.reg(lim_c >> p.reg(ds[:3], f"ds_f_{u}"), f"lim_{u}")
+            early = p.delay(d < 0, f"early_{u}", 3)
+            lim = p.reg(lim, f"lim2_{u}")
+            # last: N * 2**g <= M_eb * 2**e_eb
+            oks.append(~fail & (early | (n <= lim)))
         with m.If(p.en):
             m.d.sync += [o.payload.lanes.eq(Cat(*oks)), o.payload.ok.eq(Cat(*oks).all())]
         return m
