@@ -20,8 +20,8 @@ a job the card cannot run. ``counters()`` reads the card's counters and the driv
 ``FallbackDevice(primary)`` redoes a failed job on the reference codec (same bytes, so no tensor is
 lost) and logs one warning.
 
-Private codec helpers used here (one definition, not copied): ``torchpath._BITS``,
-``/``_NP_BITS``/``_TORCH_OF``, ``Codec._header``.
+Codec helpers used here (one definition, not copied): ``torchpath.TORCH_BITS``,
+``reference.NUMPY_BITS``, ``torchpath.TORCH_OF``, ``Codec.header``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actpack.codec import Codec, Frame, cpukernels, torchpath
+from actpack.codec import Codec, Frame, cpukernels, reference, torchpath
 from actpack.codec.frame import (
     FIXED_HEADER,
     MAGIC,
@@ -286,7 +286,7 @@ class CardDevice:
             raise TypeError(f"codec: expected an actpack.Codec, got {type(codec).__name__}")
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"t: expected a torch.Tensor, got {type(tensor).__name__}")
-        header = codec._header(tensor)  # the codec's own checks of dtype
+        header = codec.header(tensor)  # the codec's own checks of dtype
         geo = header.geometry
         if len(header.shape) > MAX_NDIM or geo.groups > MAX_GROUPS:
             return codec.compress(tensor)  # raises the codec's error for this tensor
@@ -376,12 +376,12 @@ class CardDevice:
         mode, dtype, shape = layout
         geo = geometry(shape)
         tiles = np.frombuffer(msg, dtype=BITS[dtype], count=64 * geo.nblocks).reshape(-1, 64)
-        out = torch.empty(geo.numel, dtype=torchpath._BITS[dtype])
+        out = torch.empty(geo.numel, dtype=torchpath.TORCH_BITS[dtype])
         cpukernels.untile_blocks(tiles.astype(BITS[dtype].newbyteorder("="), copy=False),
                                  torchpath.cpu_geometry(geo)[0],
-                                 out.numpy().view(torchpath._NP_BITS[dtype]),
+                                 out.numpy().view(reference.NUMPY_BITS[dtype]),
                                  threads=torch.get_num_threads())
-        return out.view(torchpath._TORCH_OF[dtype]).view(shape).to(target)
+        return out.view(torchpath.TORCH_OF[dtype]).view(shape).to(target)
 
     def close(self) -> None:
         self.transport.close()

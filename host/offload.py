@@ -278,7 +278,7 @@ def _nodes_since(output, first_seq: int) -> dict[int, object]:
     return found
 
 
-def _dense(t: torch.Tensor) -> bool:
+def is_dense(t: torch.Tensor) -> bool:
     """Whether ``t`` covers its memory exactly once (any dim order): then a dense copy with the
     same strides restores it."""
     if t.is_contiguous():
@@ -302,7 +302,7 @@ def _channel_rows(shape) -> tuple[int, int, int] | None:
     return None
 
 
-def _codec_label(codec: Codec | Lossless | None) -> str:
+def codec_label(codec: Codec | Lossless | None) -> str:
     if codec is None:
         return "keep"
     if isinstance(codec, Lossless):
@@ -372,7 +372,7 @@ class _Record:
 
     @property
     def mode(self) -> str:
-        return "+".join(_codec_label(s.codec) for s in self.stores())
+        return "+".join(codec_label(s.codec) for s in self.stores())
 
     @property
     def stored_bytes(self) -> int:
@@ -544,7 +544,7 @@ class OffloadSession:
         info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
                          t.numel() * t.element_size(), mask_only=own_relu or shape_only,
                          context=context)
-        codec = self.policy(info) if _dense(t) else None
+        codec = self.policy(info) if is_dense(t) else None
         with self._lock:
             rec = _Record(next(self._seq), key, info, t, self._now(), saver)
             rec.threaded = threaded
@@ -631,7 +631,7 @@ class OffloadSession:
             return
         if stricter:
             rec.info = replace(rec.info, context=context)
-        codec = self.policy(rec.info) if _dense(t) else None
+        codec = self.policy(rec.info) if is_dense(t) else None
         if rec.values is not None:
             if codec is not None or rec.values.codec is None:
                 return
@@ -812,7 +812,7 @@ class OffloadSession:
         with self._lock:
             return [r for r in self._live.values()
                     if r.values is not None and r.values.codec is None
-                    and r.values.tensor is not None and _dense(r.values.tensor)
+                    and r.values.tensor is not None and is_dense(r.values.tensor)
                     and lossy(r.info)]
 
     @contextlib.contextmanager

@@ -38,12 +38,12 @@ def measure_peak(fn: Callable[[], object], *, device: torch.device | str = "cpu"
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # Kineto logs its start and stop on the C++ side's stderr
+    with quiet_stderr():  # Kineto logs its start and stop on the C++ side's stderr
         prof.__enter__()
     try:
         fn()
     finally:
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
     events = sorted((e for e in prof.profiler.kineto_results.events()
                      if e.name() == "[memory]" and e.device_type() == _CPU),
@@ -88,7 +88,7 @@ _CPU = torch._C._autograd.DeviceType.CPU
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """File descriptor 2 to /dev/null while inside (C++ logging bypasses ``sys.stderr``)."""
     sys.stderr.flush()
     saved = os.dup(2)

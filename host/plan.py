@@ -64,7 +64,7 @@ from torch import nn
 
 from .errors import OffloadError
 from .gradcheck import mean_square_loss
-from .offload import OffloadSession, _codec_label, _dense
+from .offload import OffloadSession, codec_label, is_dense
 from .peak import measure_peak, warm_peak
 from .policy import Policy, SavedInfo
 from .stats import format_bytes
@@ -468,7 +468,7 @@ def _profile(model, inputs, loss_fn, device):
         for rec in session._live.values():
             setting, stored, resident, seconds = "keep", rec.raw_bytes, rec.raw_bytes, 0.0
             t = rec.values.tensor if rec.values is not None else None
-            codec = (Policy.auto()(rec.info) if t is not None and _dense(t)
+            codec = (Policy.auto()(rec.info) if t is not None and is_dense(t)
                      and rec.info.op != "parameter" else None)
             extra = (0, 0)
             if codec is not None:
@@ -476,7 +476,7 @@ def _profile(model, inputs, loss_fn, device):
                 store = session._new_store(rec, t, codec)
                 if store.error is None:
                     session._decode(rec, store.frame)
-                    setting, stored = _codec_label(codec), store.nbytes
+                    setting, stored = codec_label(codec), store.nbytes
                     seconds = time.perf_counter() - t0
                     # frames are host memory; lossless integers stay tensors on the device
                     data = getattr(store.frame, "data", None)
@@ -519,18 +519,18 @@ def _profiled(step, device: torch.device) -> tuple[OffloadSession, np.ndarray]:
     session and the peak of tensor memory on ``device`` in each segment between its markers."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .peak import _quiet_stderr
+    from .peak import quiet_stderr
 
     cuda = device.type == "cuda"
     kind = torch._C._autograd.DeviceType.CUDA if cuda else torch._C._autograd.DeviceType.CPU
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     prof = profile(activities=activities, profile_memory=True)
-    with _quiet_stderr():
+    with quiet_stderr():
         prof.__enter__()
     try:
         session = step()
     finally:
-        with _quiet_stderr():
+        with quiet_stderr():
             prof.__exit__(None, None, None)
     events = sorted((e for e in prof.profiler.kineto_results.events()
                      if (e.name() == "[memory]" and e.device_type() == kind)

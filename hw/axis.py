@@ -31,12 +31,12 @@ STREAM_BYTES = (8, 16, 32, 64)  # tdata widths of 64 to 512 bits
 
 def axis_layout(stream_bytes: int) -> data.StructLayout:
     """One AXI4-Stream beat of ``stream_bytes`` bytes: ``data``, ``keep``, ``last``."""
-    stream_bytes = _check_stream_bytes(stream_bytes)
+    stream_bytes = check_stream_bytes(stream_bytes)
     return data.StructLayout({"data": unsigned(8 * stream_bytes), "keep": unsigned(stream_bytes),
                               "last": unsigned(1)})
 
 
-def _check_stream_bytes(stream_bytes) -> int:
+def check_stream_bytes(stream_bytes) -> int:
     # type check first: 16.0 == 16 and True == 1 would pass a plain membership test
     if (isinstance(stream_bytes, bool) or not isinstance(stream_bytes, numbers.Integral)
             or stream_bytes not in STREAM_BYTES):
@@ -49,7 +49,7 @@ def _byte_mask(count, nbytes: int):
     return Cat(*((count > k).replicate(8) for k in range(nbytes)))
 
 
-def _thermometer(count, nbytes: int):
+def thermometer(count, nbytes: int):
     """``nbytes`` bits: bit ``k`` set when ``k < count`` (a keep of ``count`` low bytes)."""
     return Cat(*(count > k for k in range(nbytes)))
 
@@ -90,7 +90,7 @@ class AxisToBeats(wiring.Component):
     """
 
     def __init__(self, *, stream_bytes):
-        self.stream_bytes = _check_stream_bytes(stream_bytes)
+        self.stream_bytes = check_stream_bytes(stream_bytes)
         super().__init__({
             "i": In(stream.Signature(axis_layout(stream_bytes))),
             "o": Out(stream.Signature(CodeBeat)),
@@ -200,7 +200,7 @@ class BeatsToAxis(wiring.Component):
     """
 
     def __init__(self, *, stream_bytes):
-        self.stream_bytes = _check_stream_bytes(stream_bytes)
+        self.stream_bytes = check_stream_bytes(stream_bytes)
         super().__init__({
             "i": In(stream.Signature(CodeBeat)),
             "o": Out(stream.Signature(axis_layout(stream_bytes))),
@@ -229,7 +229,7 @@ class BeatsToAxis(wiring.Component):
                 m.d.sync += [
                     o.valid.eq(1),
                     o.payload.data.eq(i.payload.data.word_select(part, 8 * n)),
-                    o.payload.keep.eq(_thermometer(rest, n)),
+                    o.payload.keep.eq(thermometer(rest, n)),
                     o.payload.last.eq(i.payload.last & final),
                 ]
                 if parts > 1:
@@ -249,7 +249,7 @@ class BeatsToAxis(wiring.Component):
                     data_parts.append(Mux(pos > j, before,
                                           Mux(pos == j, i.payload.data, 0)))
                     keep_parts.append(Mux(pos > j, Const((1 << BEAT_BYTES) - 1, BEAT_BYTES),
-                                          Mux(pos == j, _thermometer(nbytes, BEAT_BYTES), 0)))
+                                          Mux(pos == j, thermometer(nbytes, BEAT_BYTES), 0)))
                 m.d.sync += [
                     o.valid.eq(1),
                     o.payload.data.eq(Cat(*data_parts)),

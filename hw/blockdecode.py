@@ -66,7 +66,7 @@ _HEADER_BYTES = N + N // 2  # mask (<= 8 bytes) and width nibbles (<= 8 groups)
 _MAX_CODED = _HEADER_BYTES + spec.WIDTH_MAX * N * N // 8  # + 64 codes of 15 bits: 132 bytes
 BUFFER_BEATS = -(-_MAX_CODED // BEAT_BYTES)  # 9
 # the beats of the longest length an entry can hold (2047 bytes: 128 beats)
-_MAX_BEATS = -(-((1 << Shape.cast(IndexEntry["length"].shape).width) - 1) // BEAT_BYTES)
+MAX_BEATS = -(-((1 << Shape.cast(IndexEntry["length"].shape).width) - 1) // BEAT_BYTES)
 # bit of a row's first code in the block buffer (<= 8 * 132 in a well-formed block), rank of a
 # row's first code (<= 56)
 _PTR_BITS = (8 * BEAT_BYTES * BUFFER_BEATS).bit_length()
@@ -244,12 +244,12 @@ class BlockDecoder(wiring.Component):
         have = Signal()  # ``entry`` holds a block not yet committed to a buffer
         wsel = Signal()
         beat_at = Signal(BUFFER_BEATS)  # one-hot: the buffer word of the next beat (0 past it)
-        left = Signal(range(_MAX_BEATS + 1))  # beats of the entry not yet taken
+        left = Signal(range(MAX_BEATS + 1))  # beats of the entry not yet taken
         is_last = Signal()  # the next beat is the entry's last (left == 1)
         no_beats = Signal()  # length 0
         tail = Signal(range(BEAT_BYTES + 1))  # valid bytes of the last beat
         beats_err = Signal()
-        nbeats_in = Signal(range(_MAX_BEATS + 1))
+        nbeats_in = Signal(range(MAX_BEATS + 1))
         tail_in = Signal(range(BEAT_BYTES + 1))
         bad_beat = Signal()
         can_load = Signal()

@@ -33,7 +33,7 @@ from .dct import COEF, DCT2D
 from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
-from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, _dtype, raw_row
+from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, raw_row
 from .streams import Port, fork, join
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
@@ -53,7 +53,7 @@ def row_layout(mode, dtype) -> data.StructLayout:
     ``scale`` (``m``, ``e``: the scale of the row's block's group, as the frame's scale record
     holds it); in eb mode also ``r`` (float32 bits of the scale's inverse, the record's third
     field) and ``eb`` (binary64 bits of the error bound, the header's ``param``)."""
-    mode, dtype = Mode.parse(mode), _dtype(dtype)
+    mode, dtype = Mode.parse(mode), DType.parse(dtype)
     fields = {"x": raw_row(dtype)}
     if mode is not Mode.MASK:
         fields["scale"] = ScaleLayout
@@ -67,7 +67,7 @@ def engine_params(mode, dtype, table, lanes):
     """An engine's ``(mode, dtype, table, lanes)``, checked now rather than at elaboration: a bad
     value raises ``ValueError``/``TypeError`` naming the parameter."""
     mode = Mode.parse(mode)  # ValueError naming ``mode``
-    dtype = _dtype(dtype)
+    dtype = DType.parse(dtype)
     if lanes not in LANES:
         raise ValueError(f"lanes: expected one of {LANES}, not {lanes!r}")
     if mode is Mode.DCT:

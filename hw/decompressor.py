@@ -24,13 +24,13 @@ from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
-from .blockdecode import _MAX_BEATS, BlockDecoder, BlockError, Unzigzag
+from .blockdecode import MAX_BEATS, BlockDecoder, BlockError, Unzigzag
 from .compressor import LANES, add_lanes, engine_params
 from .dct import IDCT2D
 from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
-from .sfpr import FixedToFloat, _dtype, raw_row
+from .sfpr import FixedToFloat, raw_row
 from .streams import Port, fork, join
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
@@ -65,7 +65,7 @@ def out_row(dtype) -> data.StructLayout:
     """One output row: ``x``, 8 bit patterns of ``dtype`` (column 0 first); ``error``, the
     ``BlockError`` bits known when the row leaves (the block's verdict is its last row's);
     ``last`` on a block's row 7."""
-    return data.StructLayout({"x": raw_row(_dtype(dtype)), "error": unsigned(_ERROR_BITS),
+    return data.StructLayout({"x": raw_row(DType.parse(dtype)), "error": unsigned(_ERROR_BITS),
                               "last": unsigned(1)})
 
 
@@ -85,7 +85,7 @@ def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
     The next block is taken in the cycle of the current block's last beat. Returns the signal
     of a block being taken. Sink ``valid`` depends on registers and ``beats.valid`` only."""
     busy = Signal(name=f"{name}_busy")
-    left = Signal(range(_MAX_BEATS + 1), name=f"{name}_left")
+    left = Signal(range(MAX_BEATS + 1), name=f"{name}_left")
     cur = Signal(range(max(2, len(sinks))), name=f"{name}_cur")
     sink_ready = Signal(name=f"{name}_sink_ready")
     for k, s in enumerate(sinks):

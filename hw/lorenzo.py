@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 from actpack.codec import spec
 
 from .quant import LEVEL, LevelRow
-from .sfpr import _Pipeline
+from .sfpr import Pipeline
 
 __all__ = ["ACC", "COL", "DIFF", "QROW", "AccRow", "DiffRow", "LorenzoPredictor",
            "LorenzoReconstructor"]
@@ -48,13 +48,13 @@ class _BlockRows(wiring.Component):
     """A row pipeline of ``LATENCY`` stages that knows each row's index inside its block (rows
     transferred since reset, modulo 8) and keeps per-lane state from row to row: subclasses give
     ``rows(m, p, row)``, which returns the value of ``o.payload`` (registered as the last
-    stage); ``p`` is the pipeline (``sfpr._Pipeline``: every stage advances while ``o`` is
+    stage); ``p`` is the pipeline (``sfpr.Pipeline``: every stage advances while ``o`` is
     empty or read), ``row`` the index of the row on ``i``."""
 
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
         row = Signal(range(N))
         with m.If(i.valid & i.ready):
             m.d.sync += row.eq(row + 1)

@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from actpack.codec import reference, spec
 from actpack.codec.spec import DType
 
-from .sfpr import _dtype, float_format, raw_row
+from .sfpr import float_format, raw_row
 
 __all__ = ["MaskDecoder", "MaskEncoder", "MaskRow", "mask_model", "one_bits"]
 
@@ -47,7 +47,7 @@ class _RowMap(wiring.Component):
     LATENCY = 1
 
     def __init__(self, *, dtype):
-        self.dtype = _dtype(dtype)
+        self.dtype = DType.parse(dtype)
         layout_in, layout_out = self.layouts(self.dtype)
         super().__init__({
             "i": In(stream.Signature(layout_in)),

@@ -16,7 +16,7 @@ from actpack.codec import spec
 from actpack.codec.tables import resolve_table
 
 from .dct import COEF, CoefRow, N
-from .sfpr import _DSP_WIDTH, _Pipeline
+from .sfpr import DSP_WIDTH, Pipeline
 
 __all__ = [
     "ENTRY",
@@ -132,7 +132,7 @@ class Quantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
         row = Signal(range(N))
         with m.If(i.valid & i.ready):
             m.d.sync += row.eq(row + 1)
@@ -145,12 +145,12 @@ class Quantizer(wiring.Component):
             # Every stored word is reciprocal(Q): above bit 17 at most one bit is set (2**20 for
             # Q = 1, 2**19 for Q = 2, 2**18 for some Q >= 3), so that part of the product is a
             # shifted copy of |y| (an AND-OR, no adder) and one MULT18X18D takes the rest.
-            lo = p.reg(recip[:_DSP_WIDTH] * mag, f"lo_{u}")
+            lo = p.reg(recip[:DSP_WIDTH] * mag, f"lo_{u}")
             hi = 0
-            for b in range(_DSP_WIDTH, RECIP.width):
-                hi = hi | Mux(recip[b], mag << (b - _DSP_WIDTH), 0)
+            for b in range(DSP_WIDTH, RECIP.width):
+                hi = hi | Mux(recip[b], mag << (b - DSP_WIDTH), 0)
             hi = p.reg(hi, f"hi_{u}")
-            quo = p.reg(((lo + (hi << _DSP_WIDTH)) >> RECIP_SHIFT)[:COEF.width], f"quo_{u}")
+            quo = p.reg(((lo + (hi << DSP_WIDTH)) >> RECIP_SHIFT)[:COEF.width], f"quo_{u}")
             with m.If(p.en):
                 m.d.sync += o.payload[u].eq(Mux(neg, -quo, quo))
         return m
@@ -185,7 +185,7 @@ class Dequantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
         row = Signal(range(N))
         with m.If(i.valid & i.ready):
             m.d.sync += row.eq(row + 1)

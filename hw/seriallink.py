@@ -13,7 +13,8 @@ from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .axis import _check_stream_bytes, _popcount, _thermometer, axis_layout
+from .axis import axis_layout, check_stream_bytes, thermometer
+from .blockdecode import popcount
 from .card import Card
 from .linkproto import (
     CRC_BYTES,
@@ -28,7 +29,7 @@ from .linkproto import (
 )
 from .regfile import AXI4Lite
 from .regs import REG_SPACE, CardConfig
-from .uart import UARTRx, UARTTx, _check_divisor
+from .uart import UARTRx, UARTTx, check_divisor
 
 __all__ = ["BUS_TIMEOUT_CYCLES", "SerialCard", "SerialLink"]
 
@@ -74,8 +75,8 @@ class SerialLink(wiring.Component):
             raise ValueError(f"gap_cycles: a positive int, got {gap_cycles!r}")
         self.divisor = divisor
         self.max_payload, self.gap_cycles = max_payload, gap_cycles
-        self.stream_bytes = _check_stream_bytes(stream_bytes)
-        _check_divisor(divisor)
+        self.stream_bytes = check_stream_bytes(stream_bytes)
+        check_divisor(divisor)
         if gap_cycles < 20 * divisor:
             raise ValueError(f"gap_cycles: {gap_cycles} is under two characters "
                              f"({20 * divisor} cycles at divisor {divisor})")
@@ -140,7 +141,7 @@ class SerialLink(wiring.Component):
                 m.d.sync += beat.word_select(beat_j, 8).eq(entry[:8])
                 with m.If(entry[8] | (beat_j == n - 1)):
                     m.d.sync += [beat_valid.eq(1), beat_last.eq(entry[8]), beat_j.eq(0),
-                                 beat_keep.eq(_thermometer(beat_j + 1, n))]
+                                 beat_keep.eq(thermometer(beat_j + 1, n))]
                 with m.Else():
                     m.d.sync += beat_j.eq(beat_j + 1)
                 m.next = "IDLE"
@@ -155,7 +156,7 @@ class SerialLink(wiring.Component):
         with m.If(self.c2h.valid & self.c2h.ready):
             p = self.c2h.payload
             m.d.sync += [c_data.eq(p.data), c_last.eq(p.last), c_valid.eq(1), c_j.eq(0),
-                         c_count.eq(Mux(p.last, _popcount(p.keep), n))]
+                         c_count.eq(Mux(p.last, popcount(p.keep), n))]
         end_byte = c_j + 1 >= c_count
         m.d.comb += [cfifo.w_data.eq(Cat(c_data.word_select(c_j, 8), c_last & end_byte)),
                      cfifo.w_en.eq(c_valid & ~holds_last & (c_count != 0))]

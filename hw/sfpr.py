@@ -115,15 +115,6 @@ _F16_NORMAL_SHIFT = _F32.frac_bits - _F16.frac_bits
 _F16_SHIFT_CAP = _F32.sig_bits + 2
 
 
-def _dtype(dtype) -> DType:
-    if isinstance(dtype, DType):
-        return dtype
-    if isinstance(dtype, str):
-        for d in DType:
-            if d.label == dtype:
-                return d
-    raise ValueError(f"dtype: expected a spec.DType or one of "
-                     f"{', '.join(repr(d.label) for d in DType)}, not {dtype!r}")
 
 
 def raw_row(dtype: DType) -> data.ArrayLayout:
@@ -251,7 +242,7 @@ def fixed_to_float_model(v, r_bits: int, dtype: DType) -> np.ndarray:
 # ----------------------------------------------------------------------------- gateware helpers
 
 
-class _Pipeline:
+class Pipeline:
     """A pipeline whose stages all advance together while ``en`` (= the output register is
     empty or being read): full throughput, ``i.ready = en`` depends only on ``o.ready`` and
     the registered ``o.valid``; ``o.valid`` is a register."""
@@ -316,16 +307,16 @@ def _rne(m: Module, value, sh, out_shape, name: str):
 
 
 # Ref: Lattice FPGA-TN-02205 (ECP5 sysDSP), MULT18X18D: one 18 x 18-bit multiplier per block.
-_DSP_WIDTH = 18
+DSP_WIDTH = 18
 
 
-def _partial_products(p: _Pipeline, a, b, name: str):
+def _partial_products(p: Pipeline, a, b, name: str):
     """One stage: the products of ``b`` by ``a``'s 18-bit slices, each registered (one
     MULT18X18D each where ``b`` fits 18 bits) as ``(offset, product)``. Their sum
     (``_sum_products``) is the next stage: the adder joining them would otherwise follow the
     multipliers' delay in the same cycle."""
-    return [(lo, p.reg(a[lo:lo + _DSP_WIDTH] * b, f"{name}_pp{lo}"))
-            for lo in range(0, len(a), _DSP_WIDTH)]
+    return [(lo, p.reg(a[lo:lo + DSP_WIDTH] * b, f"{name}_pp{lo}"))
+            for lo in range(0, len(a), DSP_WIDTH)]
 
 
 def _sum_products(parts, width: int):
@@ -344,7 +335,7 @@ def _top_bit_index4(bits) -> Value:
     return idx
 
 
-def _f32_magnitude(m: Module, p: _Pipeline, v, r_bits, dtype: DType, name: str):
+def _f32_magnitude(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
     """Eight stages: bits of ``|float32(v) * r|`` (see ``_f32_product_magnitude``) clamped to
     the largest finite value of ``dtype`` (``_max_bits32``), as a register; ``v`` signed, ``r_bits``
     the 32 bits of a float32 ``r``. A non-finite ``r`` gives the clamp (or 0 where ``v = 0``).
@@ -439,7 +430,7 @@ def _to_dtype(m: Module, clamped, dtype: DType, name: str):
     return ((high << _F16.frac_bits) + rounded)[:_F16.width - 1]
 
 
-def _fixed_to_float(m: Module, p: _Pipeline, v, r_bits, dtype: DType, name: str):
+def _fixed_to_float(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
     """``from_float32(float32(v) * r, dtype)`` bits of one signed ``v``: the value to register
     as the ninth stage (``_f32_magnitude``'s eight, then the conversion to ``dtype``)."""
     sign = p.delay(v[-1] ^ r_bits[_F32.width - 1], f"{name}_s", 8)
@@ -477,7 +468,7 @@ class FloatToFixed(wiring.Component):
     LATENCY = 6
 
     def __init__(self, *, dtype, limit):
-        self.dtype = _dtype(dtype)
+        self.dtype = DType.parse(dtype)
         if limit not in _LIMITS:
             raise ValueError(f"limit: expected one of {_LIMITS} (format 6), not {limit!r}")
         self.limit = limit
@@ -490,7 +481,7 @@ class FloatToFixed(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o, fmt, limit = self.i, self.o, self.fmt, self.limit
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
         prod_bits = fmt.sig_bits + SCALE_MANT.width
         span = prod_bits + 1  # bits of 2P: a shift by span or more leaves 0
         # t = floor(2P / 2**sh) saturates from 2L - 1 on (then (t + 1) >> 1 >= L): its low
@@ -562,7 +553,7 @@ class FixedToFloat(wiring.Component):
     LATENCY = 9
 
     def __init__(self, *, dtype, width=22):
-        self.dtype = _dtype(dtype)
+        self.dtype = DType.parse(dtype)
         if not isinstance(width, int) or not 2 <= width <= _F32.sig_bits + 1:
             raise ValueError(f"width: expected an int in 2..{_F32.sig_bits + 1} (float32(v) "
                              f"must be exact), not {width!r}")
@@ -575,7 +566,7 @@ class FixedToFloat(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
         for u in range(N):
             value = _fixed_to_float(m, p, i.payload.v[u], i.payload.r, self.dtype, f"l{u}")
             with m.If(p.en):
@@ -667,7 +658,7 @@ class BoundCheck(wiring.Component):
     LATENCY = 17
 
     def __init__(self, *, dtype):
-        self.dtype = _dtype(dtype)
+        self.dtype = DType.parse(dtype)
         super().__init__({
             "i": In(stream.Signature(bound_in_layout(self.dtype))),
             "o": Out(stream.Signature(BoundOut)),
@@ -677,7 +668,7 @@ class BoundCheck(wiring.Component):
         m = Module()
         i, o, dtype = self.i, self.o, self.dtype
         fmt = float_format(dtype)
-        p = _Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.LATENCY)
 
         xhat_stages = FixedToFloat.LATENCY
         eb = p.delay(i.payload.eb, "eb", xhat_stages + 1)  # its fields: the stage after x_hat

@@ -16,7 +16,7 @@ __all__ = ["MIN_DIVISOR", "UARTRx", "UARTTx", "uart_divisor"]
 MIN_DIVISOR = 4  # the receiver needs a middle to sample: half a bit of 2 cycles or more
 
 
-def _check_divisor(divisor) -> int:
+def check_divisor(divisor) -> int:
     if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < MIN_DIVISOR:
         raise ValueError(f"divisor: clock cycles per bit, an int >= {MIN_DIVISOR}, got "
                          f"{divisor!r}")
@@ -53,7 +53,7 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, *, divisor: int):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):
@@ -92,7 +92,7 @@ class UARTRx(wiring.Component):
     framing_error: Out(1)
 
     def __init__(self, *, divisor: int):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):

@@ -54,13 +54,14 @@ def frame_case(t, codec) -> dict[str, np.ndarray]:
     """Tiles (nblocks, 64) as unsigned bit patterns, per-block scale ``m``, ``e`` and inverse
     ``r`` (float32 bits), ``eb`` (binary64 bits of the header's param), the frame's ``index``
     (u16) and ``payload`` (u8), and for dct the ``table`` the frame was coded with."""
-    from actpack.codec.codec import _INT_VIEW, _NUMPY_BITS
+    from actpack.codec.reference import NUMPY_BITS
+    from actpack.codec.torchpath import TORCH_BITS
 
     frame = bytes(codec.compress(t))
     header, index, payload = parse_frame(frame)
     geo = header.geometry
-    bits_t = _NUMPY_BITS[header.dtype]
-    bits = t.detach().contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()
+    bits_t = NUMPY_BITS[header.dtype]
+    bits = t.detach().contiguous().cpu().view(TORCH_BITS[header.dtype]).numpy()
     bits = bits.view(bits_t).reshape(-1)
     tiles = reference.tile(bits, geo).reshape(-1, 64)
     groups = reference.block_groups(geo)

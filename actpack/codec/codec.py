@@ -26,8 +26,6 @@ from actpack.errors import Check, FrameError
 __all__ = ["BACKENDS", "Codec", "Frame", "decompress"]
 
 BACKENDS = ("torch", "numpy")
-_NUMPY_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
-_INT_VIEW = {DType.FLOAT32: torch.int32, DType.FLOAT16: torch.int16, DType.BFLOAT16: torch.int16}
 
 
 class Frame:
@@ -68,7 +66,7 @@ class Frame:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torchpath._TORCH_OF[DType(self._fixed()[3])]
+        return torchpath.TORCH_OF[DType(self._fixed()[3])]
 
     @property
     def shape(self) -> torch.Size:
@@ -167,7 +165,9 @@ class Codec:
         name = {v: k for k, v in TABLE_IDS.items()}[self.table_id]
         return f"jpeg{self.table_arg}" if name == "jpeg" else name
 
-    def _header(self, t: torch.Tensor) -> Header:
+    def header(self, t: torch.Tensor) -> Header:
+        """The frame header this codec writes for ``t`` (mode, dtype, shape, param, table); the
+        card driver sends it with the job. Raises ``TypeError`` for an unsupported dtype."""
         param = {Mode.EB: self.error_bound, Mode.EB2: self.error_bound,
                  Mode.MASK: 0.0}.get(self._mode, self.range_max)
         return Header(self._mode, _dtype_of(t), tuple(t.shape), float(param), self.table_id,
@@ -178,7 +178,7 @@ class Codec:
         the same input and parameters give the same bytes."""
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"t: expected a torch.Tensor, got {type(t).__name__}")
-        header = self._header(t)
+        header = self.header(t)
         if len(header.shape) > 8:
             raise ValueError(f"t: at most 8 dimensions are supported, got {t.dim()}")
         if header.geometry.groups > MAX_GROUPS:
@@ -189,8 +189,8 @@ class Codec:
                              "(zero dims counted as 1), more than a frame carries")
         t = t.detach()
         if self.backend == "numpy":
-            bits = t.contiguous().cpu().view(_INT_VIEW[header.dtype]).numpy()
-            data = reference.compress(bits.view(_NUMPY_BITS[header.dtype]), header)
+            bits = t.contiguous().cpu().view(torchpath.TORCH_BITS[header.dtype]).numpy()
+            data = reference.compress(bits.view(reference.NUMPY_BITS[header.dtype]), header)
         else:
             data = torchpath.compress(t.contiguous(), header)
         return Frame(data, device=t.device)
@@ -226,7 +226,7 @@ def decompress(frame, *, device=None, backend: str = "torch") -> torch.Tensor:
         bits, header = reference.decompress(data)
         signed = bits.view(np.int32 if bits.itemsize == 4 else np.int16)
         t = torch.from_numpy(np.array(signed, copy=True))
-        return t.view(torchpath._TORCH_OF[header.dtype]).to(target)
+        return t.view(torchpath.TORCH_OF[header.dtype]).to(target)
     if backend != "torch":
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     return torchpath.decompress(data, device=target)

@@ -29,7 +29,7 @@ from actpack.errors import Check, FrameError
 __all__ = ["compress", "decode_block", "decode_dense", "decompress", "encode_block",
            "encode_dense"]
 
-_BITS_DTYPE = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
+NUMPY_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
 _INVERSE_ZIGZAG = np.argsort(ZIGZAG)
 
 
@@ -58,7 +58,7 @@ def from_float32(values: np.ndarray, dtype: DType) -> np.ndarray:
     return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def _tile_index(geo: Geometry) -> np.ndarray:
+def tile_index(geo: Geometry) -> np.ndarray:
     """For each block (nblocks, 8, 8) the flat index of its source element (edge replication)."""
     if geo.flat:
         n = geo.numel
@@ -74,10 +74,10 @@ def _tile_index(geo: Geometry) -> np.ndarray:
 
 def tile(flat: np.ndarray, geo: Geometry) -> np.ndarray:
     """(nblocks, 8, 8) blocks of a flat array, plane-major then row-major, edge-replicated."""
-    return flat[_tile_index(geo)]
+    return flat[tile_index(geo)]
 
 
-def _untile_index(geo: Geometry) -> np.ndarray:
+def untile_index(geo: Geometry) -> np.ndarray:
     """For each element of the flat tensor, its own position in the flattened (nblocks, 64)
     blocks (padding positions are never read back)."""
     if geo.flat:
@@ -91,7 +91,7 @@ def _untile_index(geo: Geometry) -> np.ndarray:
 
 def untile(blocks: np.ndarray, geo: Geometry) -> np.ndarray:
     """Inverse of ``tile``: the flat array, padding dropped."""
-    return blocks.reshape(-1)[_untile_index(geo)]
+    return blocks.reshape(-1)[untile_index(geo)]
 
 
 def block_groups(geo: Geometry) -> np.ndarray:
@@ -351,7 +351,7 @@ def compress(bits: np.ndarray, header: Header) -> bytes:
     geo = header.geometry
     dtype, mode = header.dtype, header.mode
     bit_blocks = tile(np.ascontiguousarray(bits).reshape(-1), geo) if geo.nblocks else (
-        np.zeros((0, 8, 8), dtype=_BITS_DTYPE[dtype]))
+        np.zeros((0, 8, 8), dtype=NUMPY_BITS[dtype]))
     x = to_float32(bit_blocks, dtype)
     groups = block_groups(geo)
     finite = np.isfinite(x).all(axis=(1, 2))
@@ -437,7 +437,7 @@ def decompress(frame) -> tuple[np.ndarray, Header]:
     kinds, mbs, lengths = unpack_index(index)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     symbols = np.zeros((geo.nblocks, 64), dtype=np.int64)
-    raw = np.zeros((geo.nblocks, 64), dtype=_BITS_DTYPE[dtype])
+    raw = np.zeros((geo.nblocks, 64), dtype=NUMPY_BITS[dtype])
     for b in range(geo.nblocks):
         chunk = bytes(payload[offsets[b] : offsets[b + 1]])
         try:

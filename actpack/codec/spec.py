@@ -82,6 +82,19 @@ EB2_MODULUS_BITS = 15
 WIDTH_MAX = 15  # a coded value group's bit width is a 4-bit field
 
 
+def _by_label(cls, value, message: str):
+    """``value`` as a member of the enum ``cls``: a member itself, or a member's ``label``;
+    otherwise ``ValueError(message)`` with ``{value!r}`` and ``{names}`` (the labels) filled in."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        for member in cls:
+            if member.label == value:
+                return member
+    names = ", ".join(repr(m.label) for m in cls)
+    raise ValueError(message.format(value=value, names=names))
+
+
 class Mode(enum.IntEnum):
     """Codec mode, as written in the frame header."""
 
@@ -102,14 +115,8 @@ class Mode(enum.IntEnum):
 
     @classmethod
     def parse(cls, mode) -> Mode:
-        if isinstance(mode, Mode):
-            return mode
-        if isinstance(mode, str):
-            for m in cls:
-                if m.label == mode:
-                    return m
-        names = ", ".join(repr(m.label) for m in cls)
-        raise ValueError(f"mode: unknown mode {mode!r}; expected one of {names}")
+        """``mode`` as a ``Mode``: a member, or its label (``"dct"``, ...)."""
+        return _by_label(cls, mode, "mode: unknown mode {value!r}; expected one of {names}")
 
 
 class DType(enum.IntEnum):
@@ -135,6 +142,12 @@ class DType(enum.IntEnum):
             DType.FLOAT16: 65504.0,
             DType.BFLOAT16: float.fromhex("0x1.fe00000000000p+127"),
         }[self]
+
+    @classmethod
+    def parse(cls, dtype) -> DType:
+        """``dtype`` as a ``DType``: a member, or its label (``"float32"``, ...)."""
+        return _by_label(cls, dtype,
+                         "dtype: expected a spec.DType or one of {names}, not {value!r}")
 
 
 def nonzero_numel(shape) -> int:

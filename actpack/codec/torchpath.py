@@ -16,7 +16,7 @@ import torch
 
 from actpack.codec import spec
 from actpack.codec.frame import Header, Kind, build_frame, pack_index, parse_frame, unpack_index
-from actpack.codec.reference import _tile_index, _untile_index
+from actpack.codec.reference import NUMPY_BITS, tile_index, untile_index
 from actpack.codec.spec import WIDTH_MAX, DType, Geometry, Mode
 from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 from actpack.errors import Check, FrameError
@@ -30,8 +30,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps odd 
 
 TORCH_DTYPES = {torch.float32: DType.FLOAT32, torch.float16: DType.FLOAT16,
                 torch.bfloat16: DType.BFLOAT16}
-_TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
-_BITS = {DType.FLOAT32: torch.int32, DType.FLOAT16: torch.int16, DType.BFLOAT16: torch.int16}
+TORCH_OF = {v: k for k, v in TORCH_DTYPES.items()}
+TORCH_BITS = {DType.FLOAT32: torch.int32, DType.FLOAT16: torch.int16, DType.BFLOAT16: torch.int16}
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,8 +43,8 @@ def _consts(device: torch.device):
 
 @functools.lru_cache(maxsize=64)
 def _indices(geo: Geometry, device: torch.device):
-    tile = torch.from_numpy(_tile_index(geo).reshape(-1)).to(device)
-    untile = torch.from_numpy(_untile_index(geo)).to(device)
+    tile = torch.from_numpy(tile_index(geo).reshape(-1)).to(device)
+    untile = torch.from_numpy(untile_index(geo)).to(device)
     groups = torch.from_numpy(np.repeat(geo.group_of_plane(), geo.blocks_per_plane)).to(device)
     return tile, untile, groups
 
@@ -68,7 +68,7 @@ def _sfpr(x: torch.Tensor, finite: torch.Tensor, scale: torch.Tensor, limit: int
 
 def _to_dtype(values: torch.Tensor, dtype: DType) -> torch.Tensor:
     lim = dtype.max_finite
-    return values.clamp(-lim, lim).to(_TORCH_OF[dtype])
+    return values.clamp(-lim, lim).to(TORCH_OF[dtype])
 
 
 def _dequantize_values(p: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,6 @@ def _dequantize_values(p: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- compiled CPU path
 
-_NP_BITS = {DType.FLOAT32: np.uint32, DType.FLOAT16: np.uint16, DType.BFLOAT16: np.uint16}
 
 
 def _use_kernels(device: torch.device, kernels: bool | None) -> bool:
@@ -131,7 +130,7 @@ def cpu_scales(flat: np.ndarray, header: Header) -> tuple:
 
 def cpu_flat_bits(t: torch.Tensor, dtype: DType) -> np.ndarray:
     """The bit patterns of a contiguous CPU tensor as a flat numpy array (no copy)."""
-    return t.reshape(-1).view(_BITS[dtype]).numpy().view(_NP_BITS[dtype])
+    return t.reshape(-1).view(TORCH_BITS[dtype]).numpy().view(NUMPY_BITS[dtype])
 
 
 def _compress_cpu(t: torch.Tensor, header: Header) -> bytes:
@@ -166,27 +165,27 @@ def _decompress_cpu(header: Header, index: np.ndarray, payload) -> torch.Tensor:
     offsets = np.cumsum(length) - length
     g, groups = cpu_geometry(geo)
     _, inv_blk = _scale_arrays(header, groups)
-    out = torch.empty(geo.numel, dtype=_BITS[dtype])
+    out = torch.empty(geo.numel, dtype=TORCH_BITS[dtype])
     if header.mode is Mode.EB2:
         errors = cpukernels.eb2_decode_blocks(
             np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype),
-            header.scales[0].inverse, g, geo, out.numpy().view(_NP_BITS[dtype]),
+            header.scales[0].inverse, g, geo, out.numpy().view(NUMPY_BITS[dtype]),
             threads=torch.get_num_threads())
     elif header.mode is Mode.MASK and kind.max(initial=0) <= 1:
         errors = cpukernels.mask_decode_blocks(
             np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets, int(dtype), g,
-            out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
+            out.numpy().view(NUMPY_BITS[dtype]), threads=torch.get_num_threads())
     else:
         errors = cpukernels.decode_blocks(
             np.frombuffer(payload, dtype=np.uint8), kind, mbs, length, offsets,
             int(header.mode), int(dtype), inv_blk, _table(header), g,
-            out.numpy().view(_NP_BITS[dtype]), threads=torch.get_num_threads())
+            out.numpy().view(NUMPY_BITS[dtype]), threads=torch.get_num_threads())
     bad = np.flatnonzero(errors)
     if bad.size:
         b = int(bad[0])
         check, message = cpukernels.DECODE_ERRORS[int(errors[b])]
         raise FrameError(f"block {b}: {message}", check=check, block=b)
-    return out.view(_TORCH_OF[dtype]).view(header.shape)
+    return out.view(TORCH_OF[dtype]).view(header.shape)
 
 
 # ----------------------------------------------------------------------------- compress
@@ -412,7 +411,7 @@ def decompress(frame, device=None, *, kernels: bool | None = None) -> torch.Tens
         return _decompress_cpu(header, index, payload)
     geo, dtype = header.geometry, header.dtype
     nb = geo.nblocks
-    tdtype = _TORCH_OF[dtype]
+    tdtype = TORCH_OF[dtype]
     if nb == 0:
         return torch.zeros(header.shape, dtype=tdtype, device=dev)
     idx = torch.from_numpy(index.astype(np.int32)).to(dev).long()
@@ -454,7 +453,7 @@ def _raw_blocks(out: torch.Tensor, data: torch.Tensor, raw, offsets, dtype: DTyp
     if bool(raw.any()):
         rl = 64 * dtype.itemsize
         src = (offsets[raw][:, None] + torch.arange(rl, device=dev)).reshape(-1)
-        out[raw] = data[src].view(_TORCH_OF[dtype]).view(-1, 64)
+        out[raw] = data[src].view(TORCH_OF[dtype]).view(-1, 64)
     return out
 
 

@@ -293,7 +293,7 @@ def compress_eager(kw: dict, t: torch.Tensor) -> bytes:
     """The torch path's eager tensor ops (what runs on CUDA), forced on CPU: ``Codec`` itself
     uses the compiled CPU kernels there."""
     codec = actpack.Codec(**kw, backend="torch")
-    return torchpath.compress(t.detach().contiguous(), codec._header(t), kernels=False)
+    return torchpath.compress(t.detach().contiguous(), codec.header(t), kernels=False)
 
 
 def decompress_eager(data: bytes) -> torch.Tensor:
