@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from actpack.codec import reference, torchpath
-from actpack.codec.frame import Header, parse_frame
+from actpack.codec.frame import FIXED_HEADER, Header, parse_frame
 from actpack.codec.spec import (
     ERROR_BOUND_RANGE,
     MAX_GROUPS,
@@ -56,22 +56,22 @@ class Frame:
         return len(self._data)
 
     def _fixed(self):
-        if len(self._data) < 40:
+        if len(self._data) < FIXED_HEADER.size:
             raise FrameError("truncated frame", check=Check.TRUNCATED_FIXED)
-        return struct.unpack_from("<4sHBBB", self._data, 0)
+        return FIXED_HEADER.unpack_from(self._data)
 
     @property
     def mode(self) -> str:
-        return Mode(self._fixed()[2]).label
+        return Mode(self._fixed().mode).label
 
     @property
     def dtype(self) -> torch.dtype:
-        return torchpath.TORCH_OF[DType(self._fixed()[3])]
+        return torchpath.TORCH_OF[DType(self._fixed().dtype)]
 
     @property
     def shape(self) -> torch.Size:
-        ndim = self._fixed()[4]
-        return torch.Size(struct.unpack_from(f"<{ndim}Q", self._data, 40))
+        ndim = self._fixed().ndim
+        return torch.Size(struct.unpack_from(f"<{ndim}Q", self._data, FIXED_HEADER.size))
 
     def __repr__(self) -> str:
         return (f"Frame(mode={self.mode!r}, dtype={self.dtype}, shape={tuple(self.shape)}, "
