@@ -89,6 +89,10 @@ class BuildReport:
     dsps: int | None = None
     brams: int | None = None
     fmax_mhz: float | None = None
+    bitstream: str | None = None  # the file in the folder, after a build
+    bitstream_bytes: int | None = None
+    build_s: float | None = None  # the toolchain's seconds (of the run that built it)
+    cached: bool = False  # the figures come from an earlier identical build
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -106,6 +110,9 @@ class BuildReport:
             (f"  card {self.values_per_cycle} float32 values/cycle at {self.clock_mhz:g} MHz = "
              f"{self.throughput_mb_s:g} MB/s; link {self.link} {self.link_mb_s:g} MB/s"),
         ]
+        if self.bitstream is not None:
+            lines.append(f"  bitstream {self.bitstream}: {self.bitstream_bytes} bytes, toolchain "
+                         f"{fig(self.build_s, ' s')}{' (cached)' if self.cached else ''}")
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 

@@ -38,7 +38,7 @@ from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from actpack.codec.spec import DType, Mode
+from actpack.codec.spec import DType
 
 from .axis import AxisToBeats, BeatsToAxis, axis_layout
 from .beats import CodeBeat

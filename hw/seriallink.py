@@ -13,7 +13,8 @@ from amaranth.lib.crc import catalog
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .axis import _check_stream_bytes, _popcount, _thermometer, axis_layout
+from .axis import _check_stream_bytes, _thermometer, axis_layout
+from .blockdecode import popcount
 from .card import Card
 from .linkproto import (
     CRC_BYTES,
@@ -155,7 +156,7 @@ class SerialLink(wiring.Component):
         with m.If(self.c2h.valid & self.c2h.ready):
             p = self.c2h.payload
             m.d.sync += [c_data.eq(p.data), c_last.eq(p.last), c_valid.eq(1), c_j.eq(0),
-                         c_count.eq(Mux(p.last, _popcount(p.keep), n))]
+                         c_count.eq(Mux(p.last, popcount(p.keep), n))]
         end_byte = c_j + 1 >= c_count
         m.d.comb += [cfifo.w_data.eq(Cat(c_data.word_select(c_j, 8), c_last & end_byte)),
                      cfifo.w_en.eq(c_valid & ~holds_last & (c_count != 0))]
