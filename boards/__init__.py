@@ -89,6 +89,10 @@ class BuildReport:
     dsps: int | None = None
     brams: int | None = None
     fmax_mhz: float | None = None
+    bitstream: str | None = None  # the file in the folder, after a build
+    bitstream_bytes: int | None = None
+    build_s: float | None = None  # the toolchain's seconds (of the run that built it)
+    cached: bool = False  # the figures come from an earlier identical build
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -106,6 +110,9 @@ class BuildReport:
             (f"  card {self.values_per_cycle} float32 values/cycle at {self.clock_mhz:g} MHz = "
              f"{self.throughput_mb_s:g} MB/s; link {self.link} {self.link_mb_s:g} MB/s"),
         ]
+        if self.bitstream is not None:
+            lines.append(f"  bitstream {self.bitstream}: {self.bitstream_bytes} bytes, toolchain "
+                         f"{fig(self.build_s, ' s')}{' (cached)' if self.cached else ''}")
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -125,7 +132,7 @@ class Plan:
     report: BuildReport
 
 
-def _labels(kind, values, allowed, board: str, what: str):
+def parse_labels(kind, values, allowed, board: str, what: str):
     """``values`` (labels or members of the enum ``kind``) as a frozenset, checked against
     ``allowed``."""
     out = set()
@@ -193,9 +200,9 @@ class Board(abc.ABC):
         ``dtypes`` (default: ``default_dtypes``), names or enum members, ``lanes`` and a
         ``buffer_kib`` frame buffer (default: the board's) on this board's stream width.
         Raises ``BoardFitError`` naming the value that does not fit and what would."""
-        modes = _labels(Mode, self.modes if modes is None else modes, self.modes,
+        modes = parse_labels(Mode, self.modes if modes is None else modes, self.modes,
                         self.name, "modes")
-        dtypes = _labels(DType, self.default_dtypes if dtypes is None else dtypes,
+        dtypes = parse_labels(DType, self.default_dtypes if dtypes is None else dtypes,
                          self.dtypes, self.name, "dtypes")
         if isinstance(lanes, bool) or not isinstance(lanes, int) or not \
                 1 <= lanes <= self.max_lanes:

@@ -5,21 +5,22 @@ ECP5 has no open PCIe core, so the host link is the board's FTDI USB-UART
 (``hw.seriallink.SerialCard``: the link packets of ``hw.linkproto`` to a ``Card``), and the
 driver opens the board as ``actpack.open_device("serial:/dev/ttyUSB1")``.
 
-``build_board("ecp5_5g_evn", modes=("sfpr8",))`` checks that the modes fit the part
-(``BoardFitError`` names what does not and what to do), elaborates ``SerialBoardTop`` on the
-board's amaranth-boards platform and runs the toolchain into ``build/boards/<board>-<key>/``,
-where ``key`` hashes the build plan (the generated RTLIL, constraints and script) and the tool
-versions, so a design is built once; it returns a ``BoardBuild`` with the bitstream and its
-figures (LUT4, FF, DP16KD, MULT18X18D, post-route Fmax against the board clock, bitstream
-bytes, build seconds). The boards are ``ecp5_boards()`` (one file each: ``boards/ecp5_5g_evn.py``,
-``boards/ulx3s.py``). From a shell::
+An ``ECP5Board`` is a registry ``Board`` (``actpack.boards``): ``card_config(...)`` adds up each
+engine's LUT4 and MULT18X18D (``ENGINE_COST``) and raises ``BoardFitError`` naming the shortfall
+and the modes that fit; ``plan(out_dir, config)`` elaborates ``SerialBoardTop`` on the board's
+amaranth-boards platform and writes the Amaranth/Yosys build plan (``top.il``, ``top.ys``,
+``top.lpf``, ``build_top.sh``) without running a tool; ``build(out_dir, config)`` also runs the
+toolchain in ``build/boards/<board>-<key>/`` (``ACTPACK_BOARD_BUILD``), where ``key`` hashes
+the plan and the tool versions, so a design is built once, and copies the bitstream
+(``<board>.bit``) into ``out_dir``; its ``BuildReport`` has LUT4 (``luts``), FF, DP16KD
+(``brams``), MULT18X18D (``dsps``), post-route Fmax, bitstream bytes and build seconds. The
+boards are one file each (``boards/ecp5_5g_evn.py``, ``boards/ulx3s.py``); from a shell::
 
-    python -m actpack.boards.ecp5 ecp5_5g_evn --modes sfpr8 --out build/evn
+    actpack build --board ecp5_5g_evn --modes mask --buffer-kib 2
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -28,29 +29,19 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from amaranth.hdl import Elaboratable
 
 from actpack.codec.spec import DType, Mode
+from actpack.hw.beats import BEAT_BYTES
+from actpack.hw.regs import CardConfig
+from actpack.hw.synth import fmax_from_log, tool_versions, total_luts_from_log
 
-from .ecp5_board import ECP5Board
+from . import Board, BoardFitError, BuildReport, Plan, ToolchainMissing, parse_labels
 
-__all__ = [
-    "BUILD_ROOT",
-    "ENGINE_COST",
-    "BoardBuild",
-    "BoardFitError",
-    "ECP5Board",
-    "SerialBoardTop",
-    "UnknownBoardError",
-    "board_config",
-    "build_board",
-    "check_fit",
-    "ecp5_boards",
-    "get_board",
-]
+__all__ = ["BUILD_ROOT", "ENGINE_COST", "ECP5Board", "SerialBoardTop"]
 
 _REPO = Path(__file__).resolve().parents[1]
 BUILD_ROOT = Path(os.environ.get("ACTPACK_BOARD_BUILD", _REPO / "build" / "boards"))
@@ -72,106 +63,7 @@ ENGINE_COST: dict[tuple[str, Mode], tuple[int, int]] = {
 }
 SHARED_COST = 12_000  # LUT4: frame builder and parser, geometry, CRCs, registers, the link
 FILL_LIMIT = 0.85  # nextpnr needs room to place and route
-
-
-class UnknownBoardError(ValueError):
-    """No ECP5 board of that name; the message lists the known ones."""
-
-
-class BoardFitError(ValueError):
-    """The asked-for modes (or lanes) do not fit the board's part; the message says what is
-    short and which modes fit."""
-
-
-@dataclass
-class BoardBuild:
-    """A built bitstream and its figures (``fmax_mhz``: nextpnr's post-route figure for the
-    board clock, ``clock_mhz`` that clock; ``timing_met`` when Fmax >= clock)."""
-
-    board: str
-    part: str
-    modes: list[str]
-    directory: str
-    bitstream: str
-    bitstream_bytes: int
-    luts: int | None
-    ffs: int | None
-    dp16kd: int | None
-    mult18: int | None
-    fmax_mhz: float | None
-    clock_mhz: float
-    timing_met: bool
-    baud: int
-    seconds: float
-    cached: bool = False
-    utilization: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def ecp5_boards() -> dict[str, ECP5Board]:
-    """The ECP5 boards by name (each defined in its own file)."""
-    from .ecp5_5g_evn import BOARD as evn
-    from .ulx3s import BOARD as ulx3s
-
-    return {b.name: b for b in (evn, ulx3s)}
-
-
-def get_board(name: str) -> ECP5Board:
-    boards = ecp5_boards()
-    if name not in boards:
-        raise UnknownBoardError(f"board {name!r}: no such ECP5 board; known: "
-                                f"{', '.join(sorted(boards))}")
-    return boards[name]
-
-
-def board_config(modes, *, dtypes=(DType.FLOAT32,), buffer_kib: int = 8):
-    """The ``CardConfig`` of a board build: ``modes`` on ``dtypes``, compress and decompress,
-    8-byte streams (the link moves a byte at a time), a ``buffer_kib`` frame buffer."""
-    from actpack.hw.regs import Caps, CardConfig
-
-    return CardConfig(caps=Caps(modes=frozenset(_modes(modes)), dtypes=frozenset(dtypes),
-                                stream_bytes=8), buffer_kib=buffer_kib)
-
-
-def _modes(modes) -> tuple[Mode, ...]:
-    out = tuple(sorted({Mode.parse(m) for m in modes}))
-    if not out:
-        raise ValueError("modes: at least one mode")
-    return out
-
-
-def check_fit(board: ECP5Board, modes, *, lanes: int = 1, dtypes=(DType.FLOAT32,)) -> None:
-    """Raise ``BoardFitError`` if ``modes`` (each with a compress and a decompress engine per
-    dtype) need more LUT4 or MULT18X18D than ``board``'s part has, or ``lanes`` is not 1 (the
-    card top has one lane)."""
-    modes = _modes(modes)
-    if lanes != 1:
-        raise BoardFitError(f"lanes {lanes}: the card top has one lane (Card's CAPS.LANES 1); "
-                            f"build with --lanes 1")
-    n = len(tuple(dtypes))
-    luts = SHARED_COST + n * sum(ENGINE_COST[(e, m)][0] for m in modes
-                                 for e in ("compress", "decompress"))
-    mults = n * sum(ENGINE_COST[(e, m)][1] for m in modes for e in ("compress", "decompress"))
-    fits = ", ".join(m.label for m in board.modes)
-    for m in modes:
-        for e in ("compress", "decompress"):
-            need = ENGINE_COST[(e, m)][1]
-            if need > board.mult18:
-                raise BoardFitError(
-                    f"board {board.name}: mode {m.label} needs {need} MULT18X18D for its "
-                    f"{e} engine alone, the {board.part} has {board.mult18}; drop {m.label} "
-                    f"(modes that fit: {fits})")
-    if mults > board.mult18:
-        raise BoardFitError(f"board {board.name}: modes {', '.join(m.label for m in modes)} "
-                            f"need about {mults} MULT18X18D, the {board.part} has "
-                            f"{board.mult18}; build fewer modes (modes that fit: {fits})")
-    if luts > FILL_LIMIT * board.lut4:
-        raise BoardFitError(f"board {board.name}: modes {', '.join(m.label for m in modes)} "
-                            f"need about {luts:,} LUT4, more than {FILL_LIMIT:.0%} of the "
-                            f"{board.part}'s {board.lut4:,}; build fewer modes (modes that "
-                            f"fit: {fits})")
+_ENGINES = ("compress", "decompress")
 
 
 class SerialBoardTop(Elaboratable):
@@ -213,6 +105,8 @@ class SerialBoardTop(Elaboratable):
 
 
 def _toolchain() -> dict[str, str]:
+    """The YoWASP scripts as the platform's build script names them (``YOSYS``, ...), beside
+    this Python first, then on PATH; ``ToolchainMissing`` naming the install command."""
     here = Path(sys.executable).parent
     env, missing = {}, []
     for var, script in _TOOL_ENV.items():
@@ -222,76 +116,196 @@ def _toolchain() -> dict[str, str]:
             missing.append(script)
         env[var] = found or script
     if missing:
-        from actpack.hw.synth import ToolchainMissing
-
         raise ToolchainMissing(f"{', '.join(missing)} not found: install the ECP5 toolchain "
                                f"with `pip install -e '.[synth]'`")
     return env
 
 
-def _versions() -> dict[str, str]:
-    from actpack.hw.synth import tool_versions
-
-    return tool_versions()
-
-
-_MAX_FREQ = re.compile(r"Max frequency for clock\s+'([^']+)':\s*([0-9.]+) MHz")
 _USE = re.compile(r"^\s*Info:\s+(\w+):\s+(\d+)/\s*(\d+)", re.M)
 
 
-def _figures(folder: Path, name: str) -> dict:
-    log = (folder / f"{name}.tim").read_text(errors="replace")
-    freqs = _MAX_FREQ.findall(log)
+def nextpnr_figures(log: str) -> dict:
+    """``luts`` (LUT4), ``ffs``, ``brams`` (DP16KD), ``dsps`` (MULT18X18D), ``fmax_mhz``
+    (post-route) and ``utilization`` (every cell type used) from a nextpnr-ecp5 log."""
     use = {cell: int(used) for cell, used, _ in _USE.findall(log)}
-    luts = None
-    total = re.findall(r"Total LUT4s:\s*(\d+)/", log)
-    if total:
-        luts = int(total[-1])
-    elif "TRELLIS_COMB" in use:
-        luts = use["TRELLIS_COMB"]
-    return {"fmax_mhz": float(freqs[-1][1]) if freqs else None, "luts": luts,
-            "ffs": use.get("TRELLIS_FF"), "dp16kd": use.get("DP16KD"),
-            "mult18": use.get("MULT18X18D"),
+    luts = total_luts_from_log(log)
+    return {"luts": use.get("TRELLIS_COMB") if luts is None else luts,
+            "ffs": use.get("TRELLIS_FF"), "brams": use.get("DP16KD"),
+            "dsps": use.get("MULT18X18D"), "fmax_mhz": fmax_from_log(log),
             "utilization": {k: v for k, v in use.items() if v}}
 
 
-def build_board(name: str, *, modes=None, lanes: int = 1, dtypes=(DType.FLOAT32,),
-                buffer_kib: int = 8, max_groups: int = 16, max_blocks: int = 64,
-                max_payload: int = 256, loopback: bool = False,
-                out: str | os.PathLike | None = None,
-                timeout: float = 3600.0, force: bool = False,
-                on_progress=None) -> BoardBuild:
-    """Build board ``name``'s bitstream with ``modes`` (default: the board's ``modes``) and
-    return its figures; see the module docstring. ``loopback``: the link on
-    ``sim.loopback.LoopbackCard`` instead of the card (bring-up; ``modes`` are then only
-    checked). ``out``: also copy the bitstream and
-    ``report.json`` there. ``timeout``: seconds for the toolchain (``TimeoutError`` past it).
-    Raises ``UnknownBoardError``, ``BoardFitError``, ``ToolchainMissing`` (``hw.synth``) before
-    any work, and ``RuntimeError`` with the tool's last lines when a tool fails."""
-    board = get_board(name)
-    modes = _modes(modes if modes is not None else board.modes)
-    check_fit(board, modes, lanes=lanes, dtypes=dtypes)
-    env = _toolchain()
-    say = on_progress or (lambda s: None)
-    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    platform = board.platform()
-    top = SerialBoardTop(config=board_config(modes, dtypes=dtypes, buffer_kib=buffer_kib),
-                         baud=board.baud, max_groups=max_groups, max_blocks=max_blocks,
-                         max_payload=max_payload, loopback=loopback)
-    say("elaborating")
-    plan = platform.prepare(top, name="top", script_after_read="proc\nsplitnets",
-                            nextpnr_opts="--timing-allow-fail", ecppack_opts="--compress")
-    key = hashlib.sha256(plan.digest() + json.dumps(_versions(), sort_keys=True).encode()
-                         ).hexdigest()[:12]
-    folder = BUILD_ROOT / f"{name}{'-loopback' if loopback else ''}-{key}"
-    stored = folder / "report.json"
-    if stored.exists() and not force:
-        result = BoardBuild(**{**json.loads(stored.read_text()), "cached": True})
-    else:
+class ECP5Board(Board):
+    """An ECP5 board with its USB-UART as the host link. Subclasses set ``name``, ``title``,
+    ``platform`` (an amaranth-boards platform class), ``baud`` (the UART's rate; the bitstream
+    runs at it), ``link`` (how the host reaches it), the part's ``lut4`` / ``mult18`` /
+    ``dp16kd`` and ``default_modes`` (what ``card_config`` builds when no modes are asked).
+    ``modes`` (the engines that fit at all) follows from ``ENGINE_COST``."""
+
+    toolchain = "YoWASP (yosys, nextpnr-ecp5, ecppack)"
+    platform: type
+    baud: int
+    lut4: int
+    mult18: int
+    dp16kd: int
+    default_modes: tuple[Mode, ...] = (Mode.SFPR8, Mode.MASK)
+    max_lanes = 1
+    stream_bytes = 8  # the link moves a byte at a time
+    buffer_kib = 8
+    max_buffer_kib = 64
+
+    @property
+    def part(self) -> str:
+        return self.platform.device
+
+    @property
+    def link_mb_s(self) -> float:
+        """8N1: ten bits on the wire a byte."""
+        return self.baud / 10 / 1e6
+
+    @property
+    def modes(self) -> frozenset[Mode]:
+        """The modes whose engines (one compress, one decompress, float32) fit alone."""
+        return frozenset(m for m in Mode if self._shortfall([m], 1) is None)
+
+    @property
+    def clock_mhz(self) -> float:
+        return self.platform().default_clk_frequency / 1e6
+
+    def check_fit(self, modes, *, n_dtypes: int = 1) -> None:
+        """Raise ``BoardFitError`` if ``modes`` (``Mode`` members; a compress and a decompress
+        engine each per dtype) need more LUT4 or MULT18X18D than the part has, naming the
+        shortfall and the modes that fit."""
+        why = self._shortfall(modes, n_dtypes)
+        if why is not None:
+            fits = ", ".join(m.label for m in sorted(self.modes))
+            raise BoardFitError(f"board {self.name}: {why} (modes that fit: {fits})")
+
+    def _shortfall(self, modes, n_dtypes: int) -> str | None:
+        modes = sorted(set(modes))
+        names = ", ".join(m.label for m in modes)
+        for m in modes:
+            for e in _ENGINES:
+                if (e, m) not in ENGINE_COST:
+                    return (f"mode {m.label} has no recorded {e} engine area (ENGINE_COST); "
+                            f"measure it with `actpack bench synth` or drop {m.label}")
+                need = ENGINE_COST[(e, m)][1]
+                if need > self.mult18:
+                    return (f"mode {m.label} needs {need} MULT18X18D for its {e} engine alone, "
+                            f"the {self.part} has {self.mult18}; drop {m.label}")
+        mults = n_dtypes * sum(ENGINE_COST[(e, m)][1] for m in modes for e in _ENGINES)
+        luts = SHARED_COST + n_dtypes * sum(ENGINE_COST[(e, m)][0] for m in modes
+                                            for e in _ENGINES)
+        if mults > self.mult18:
+            return (f"modes {names} need about {mults} MULT18X18D, the {self.part} has "
+                    f"{self.mult18}; build fewer modes or dtypes")
+        if luts > FILL_LIMIT * self.lut4:
+            return (f"modes {names} need about {luts:,} LUT4, more than {FILL_LIMIT:.0%} of the "
+                    f"{self.part}'s {self.lut4:,}; build fewer modes or dtypes")
+        return None
+
+    def card_config(self, *, modes=None, dtypes=None, lanes: int = 1,
+                    buffer_kib: int | None = None) -> CardConfig:
+        """As ``Board.card_config``, with ``default_modes`` when no modes are given, and the
+        LUT4 / MULT18X18D fit check (``check_fit``) naming what is short."""
+        modes = parse_labels(Mode, self.default_modes if modes is None else modes, frozenset(Mode),
+                        self.name, "modes")
+        dtypes = parse_labels(DType, self.default_dtypes if dtypes is None else dtypes, self.dtypes,
+                         self.name, "dtypes")
+        self.check_fit(modes, n_dtypes=len(dtypes))
+        return super().card_config(modes=modes, dtypes=dtypes, lanes=lanes,
+                                   buffer_kib=buffer_kib)
+
+    def toolchain_missing(self) -> str | None:
+        try:
+            _toolchain()
+        except ToolchainMissing as exc:
+            return str(exc)
+        return None
+
+    def _prepare(self, config: CardConfig, top: dict):
+        os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+        design = SerialBoardTop(config=config, baud=self.baud, **top)
+        return self.platform().prepare(design, name="top", script_after_read="proc\nsplitnets",
+                                       nextpnr_opts="--timing-allow-fail",
+                                       ecppack_opts="--compress")
+
+    def _report(self, config: CardConfig, status: str, top: dict) -> BuildReport:
+        caps = config.caps
+        notes = [(f"card clock = the board's {self.clock_mhz:g} MHz oscillator; the UART at "
+                  f"{self.baud:,} baud carries {self.link_mb_s:g} MB/s a direction")]
+        if top.get("loopback"):
+            notes.append("loopback card: the link alone, no engines (bring-up)")
+        return BuildReport(
+            board=self.name, part=self.part, status=status,
+            modes=[m.label for m in sorted(caps.modes)],
+            dtypes=[d.label for d in sorted(caps.dtypes)], lanes=caps.lanes, link=self.link,
+            link_mb_s=self.link_mb_s, clock_mhz=self.clock_mhz,
+            values_per_cycle=BEAT_BYTES // 4 * caps.lanes,
+            throughput_mb_s=float(BEAT_BYTES * caps.lanes * self.clock_mhz), notes=notes)
+
+    def plan(self, out_dir, config: CardConfig, *,
+             progress: Callable[[str], None] | None = None, **top) -> Plan:
+        """Write the Amaranth/Yosys build plan (``top.il``, ``top.ys``, ``top.lpf``,
+        ``build_top.sh``) and the report to ``out_dir`` without running a tool. ``top``: the
+        ``SerialBoardTop`` parameters (``max_groups``, ``max_blocks``, ``max_payload``,
+        ``loopback``)."""
+        say = progress or (lambda s: None)
+        say("elaborating the board top")
+        plan = self._prepare(config, top)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plan.extract(str(out))
+        report = self._report(config, "plan", top)
+        report.files = sorted([*plan.files, "report.json", "summary.txt"])
+        report.write(out)
+        return Plan(directory=out, files=report.files, report=report)
+
+    def build(self, out_dir, config: CardConfig, *,
+              progress: Callable[[str], None] | None = None, timeout: float = 3600.0,
+              force: bool = False, **top) -> Plan:
+        """The plan, then the toolchain (cached, see the module docstring): ``out_dir`` gets
+        the plan, ``<board>.bit``, ``build.log`` and a report with the measured figures.
+        ``ToolchainMissing`` before any work; ``TimeoutError`` past ``timeout`` seconds;
+        ``RuntimeError`` with the log's last lines when a tool fails."""
+        env = _toolchain()
+        say = progress or (lambda s: None)
+        say("elaborating the board top")
+        plan = self._prepare(config, top)
+        key = hashlib.sha256(plan.digest() + json.dumps(tool_versions(), sort_keys=True)
+                             .encode()).hexdigest()[:12]
+        folder = BUILD_ROOT / f"{self.name}{'-loopback' if top.get('loopback') else ''}-{key}"
+        stored = folder / "figures.json"
+        cached = stored.exists() and not force
+        if cached:
+            say(f"cached: {folder}")
+            figures = json.loads(stored.read_text())
+        else:
+            figures = self._run(plan, folder, env, timeout, say)
+            stored.write_text(json.dumps(figures, indent=1) + "\n")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plan.extract(str(out))
+        shutil.copy(folder / "top.bit", out / f"{self.name}.bit")
+        shutil.copy(folder / "build.log", out / "build.log")
+        report = self._report(config, "built", top)
+        utilization = figures.pop("utilization", {})
+        report.__dict__.update(figures, bitstream=f"{self.name}.bit", cached=cached)
+        met = report.fmax_mhz is not None and report.fmax_mhz >= self.clock_mhz
+        report.notes.append(
+            f"post-route Fmax {report.fmax_mhz} MHz: timing {'met' if met else 'NOT met'} at "
+            f"{self.clock_mhz:g} MHz; cells {utilization}; built in {folder}"
+            + (" (cached)" if cached else ""))
+        report.files = sorted([*plan.files, f"{self.name}.bit", "build.log", "report.json",
+                               "summary.txt"])
+        report.write(out)
+        return Plan(directory=out, files=report.files, report=report)
+
+    def _run(self, plan, folder: Path, env: dict, timeout: float, say) -> dict:
         if folder.exists():
             shutil.rmtree(folder)
-        plan.extract(folder)
-        say("yosys, nextpnr-ecp5, ecppack")
+        plan.extract(str(folder))
+        say(f"yosys, nextpnr-ecp5, ecppack in {folder} (minutes)")
         start = time.monotonic()
         try:
             with open(folder / "build.log", "w") as log:
@@ -299,51 +313,13 @@ def build_board(name: str, *, modes=None, lanes: int = 1, dtypes=(DType.FLOAT32,
                                stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
                                check=True)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"board {name}: the toolchain ran past {timeout:g} s; logs in "
-                               f"{folder}") from None
+            raise TimeoutError(f"board {self.name}: the toolchain ran past {timeout:g} s; logs "
+                               f"in {folder}") from None
         except subprocess.CalledProcessError:
             tail = (folder / "build.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"board {name}: the toolchain failed; {folder / 'build.log'}:\n"
-                               + "\n".join(tail)) from None
-        seconds = time.monotonic() - start
-        bit = folder / "top.bit"
-        clock_mhz = platform.default_clk_frequency / 1e6
-        fig = _figures(folder, "top")
-        result = BoardBuild(
-            board=name, part=board.part, modes=[] if loopback else [m.label for m in modes],
-            directory=str(folder),
-            bitstream=str(bit), bitstream_bytes=bit.stat().st_size, luts=fig["luts"],
-            ffs=fig["ffs"], dp16kd=fig["dp16kd"], mult18=fig["mult18"],
-            fmax_mhz=fig["fmax_mhz"], clock_mhz=clock_mhz,
-            timing_met=fig["fmax_mhz"] is not None and fig["fmax_mhz"] >= clock_mhz,
-            baud=board.baud, seconds=round(seconds, 1), utilization=fig["utilization"])
-        stored.write_text(json.dumps(result.to_json(), indent=1))
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(result.bitstream, out / f"{name}.bit")
-        (out / "report.json").write_text(json.dumps(result.to_json(), indent=1))
-    return result
-
-
-def main(argv=None) -> int:
-    """``python -m actpack.boards.ecp5 BOARD [--modes ...] [--out DIR]``."""
-    p = argparse.ArgumentParser(prog="python -m actpack.boards.ecp5",
-                                description="Build an ECP5 board's bitstream (serial link).")
-    p.add_argument("board", help=f"one of {', '.join(sorted(ecp5_boards()))}")
-    p.add_argument("--modes", nargs="+", help="codec modes (default: the board's)")
-    p.add_argument("--lanes", type=int, default=1)
-    p.add_argument("--out", help="copy the bitstream and report.json here")
-    args = p.parse_args(argv)
-    try:
-        r = build_board(args.board, modes=args.modes, lanes=args.lanes, out=args.out,
-                        on_progress=lambda s: print(f"  {s}", file=sys.stderr))
-    except (UnknownBoardError, BoardFitError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(r.to_json(), indent=1))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+            raise RuntimeError(f"board {self.name}: the toolchain failed; "
+                               f"{folder / 'build.log'}:\n" + "\n".join(tail)) from None
+        figures = nextpnr_figures((folder / "top.tim").read_text(errors="replace"))
+        figures["build_s"] = round(time.monotonic() - start, 1)
+        figures["bitstream_bytes"] = (folder / "top.bit").stat().st_size
+        return figures

@@ -9,11 +9,10 @@ https://github.com/trabucayre/fixFT2232_ecp5evn); the host then sees ``/dev/ttyU
 
 from amaranth_boards.ecp5_5g_evn import ECP55GEVNPlatform
 
-from actpack.codec.spec import Mode
+from . import register
+from .ecp5 import ECP5Board
 
-from .ecp5_board import ECP5Board
-
-__all__ = ["BOARD", "ECP5EVNCardPlatform"]
+__all__ = ["ECP5_5G_EVN", "ECP5EVNCardPlatform"]
 
 
 class ECP5EVNCardPlatform(ECP55GEVNPlatform):
@@ -21,7 +20,13 @@ class ECP5EVNCardPlatform(ECP55GEVNPlatform):
     VCCIO6 3.3 V for the UART pins), the 12 MHz clock, the reset button."""
 
 
-BOARD = ECP5Board(
-    name="ecp5_5g_evn", title="Lattice ECP5-5G Evaluation Board", platform=ECP5EVNCardPlatform,
-    baud=3_000_000, modes=(Mode.SFPR8, Mode.MASK), lut4=83_640, mult18=156, dp16kd=208,
-    link="FT2232H channel B, 3 Mbaud: serial:/dev/ttyUSB1")
+class _ECP5EVN(ECP5Board):
+    name = "ecp5_5g_evn"
+    title = "Lattice ECP5-5G Evaluation Board"
+    platform = ECP5EVNCardPlatform
+    baud = 3_000_000
+    link = "FT2232H channel B, 3 Mbaud: serial:/dev/ttyUSB1"
+    lut4, mult18, dp16kd = 83_640, 156, 208
+
+
+ECP5_5G_EVN = register(_ECP5EVN())

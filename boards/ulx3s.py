@@ -9,11 +9,10 @@ ulx3s``); after loading the bitstream the same port is the card's serial link:
 
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from actpack.codec.spec import Mode
+from . import register
+from .ecp5 import ECP5Board
 
-from .ecp5_board import ECP5Board
-
-__all__ = ["BOARD", "ULX3SCardPlatform"]
+__all__ = ["ULX3S", "ULX3SCardPlatform"]
 
 
 class ULX3SCardPlatform(ULX3S_85F_Platform):
@@ -21,7 +20,13 @@ class ULX3SCardPlatform(ULX3S_85F_Platform):
     pin (the clock domain's power-on reset), the FTDI's ``uart`` 0."""
 
 
-BOARD = ECP5Board(
-    name="ulx3s", title="Radiona ULX3S (LFE5U-85F)", platform=ULX3SCardPlatform,
-    baud=1_000_000, modes=(Mode.SFPR8, Mode.MASK), lut4=83_640, mult18=156, dp16kd=208,
-    link="FT231X (US1), 1 Mbaud: serial:/dev/ttyUSB0")
+class _ULX3S(ECP5Board):
+    name = "ulx3s"
+    title = "Radiona ULX3S (LFE5U-85F)"
+    platform = ULX3SCardPlatform
+    baud = 1_000_000
+    link = "FT231X (US1), 1 Mbaud: serial:/dev/ttyUSB0"
+    lut4, mult18, dp16kd = 83_640, 156, 208
+
+
+ULX3S = register(_ULX3S())

@@ -1,58 +1,67 @@
-"""ECP5 boards: the named errors before any work, each board's build plan (pins, clock, part,
-toolchain script), and one real bitstream of a small configuration through YoWASP yosys,
-nextpnr-ecp5 and ecppack, cached by a hash of the design (built once; later runs read its
-report)."""
+"""ECP5 boards in the registry: the named errors before any work, each board's build plan (pins,
+clock, part, toolchain script, report), and one real bitstream of a small configuration through
+YoWASP yosys, nextpnr-ecp5 and ecppack, cached by a hash of the design (built once; later runs
+read its figures)."""
 
+import json
 import os
 import sys
 
 import pytest
 
-from actpack.boards.ecp5 import (
-    BoardFitError,
-    SerialBoardTop,
-    UnknownBoardError,
-    board_config,
-    build_board,
-    check_fit,
-    ecp5_boards,
-    get_board,
-)
+from actpack.boards import Board, BoardFitError, ToolchainMissing, boards, get
+from actpack.boards.ecp5 import ECP5Board
+from actpack.cli import main
 from actpack.codec.spec import Mode
-from actpack.hw.synth import ToolchainMissing
 
-# The configuration CI builds: the smallest card (one mode), the link at the board's rate.
-SMALL = {"modes": ("mask",), "buffer_kib": 2, "max_groups": 8, "max_blocks": 16,
-         "max_payload": 64}
-
-
-def test_boards_and_their_parts():
-    boards = ecp5_boards()
-    assert set(boards) >= {"ecp5_5g_evn", "ulx3s"}
-    assert boards["ecp5_5g_evn"].part == "LFE5UM5G-85F"
-    assert boards["ulx3s"].part == "LFE5U-85F"
-    for b in boards.values():
-        check_fit(b, b.modes)  # the default build fits
+# The configuration the bitstream tests build: the smallest card (one mode, 2 KiB buffer), the
+# link at the board's rate, small link/card buffers.
+SMALL = {"max_groups": 8, "max_blocks": 16, "max_payload": 64}
 
 
-def test_bad_input_names_the_fix(monkeypatch):
-    with pytest.raises(UnknownBoardError, match="known: ecp5_5g_evn, ulx3s"):
-        get_board("versa")
-    evn = get_board("ecp5_5g_evn")
-    with pytest.raises(BoardFitError, match=r"dct needs 168 MULT18X18D.*has 156; drop dct"):
-        check_fit(evn, ["dct"])
-    with pytest.raises(BoardFitError, match=r"LUT4.*build fewer modes"):
-        check_fit(evn, ["eb", "sfpr8", "mask"])
-    with pytest.raises(BoardFitError, match="lanes 2"):
-        check_fit(evn, ["mask"], lanes=2)
-    with pytest.raises(ValueError, match="unknown mode 'jpeg'"):
-        check_fit(evn, ["jpeg"])
-    with pytest.raises(BoardFitError):  # before the toolchain is looked for
-        build_board("ecp5_5g_evn", modes=["dct"])
+def test_ecp5_boards_are_registered_boards():
+    ecp5 = {b.name: b for b in boards() if isinstance(b, ECP5Board)}
+    assert set(ecp5) >= {"ecp5_5g_evn", "ulx3s"}
+    assert get("ecp5_5g_evn").part == "LFE5UM5G-85F"
+    assert get("ulx3s").part == "LFE5U-85F"
+    for b in ecp5.values():
+        assert isinstance(b, Board) and b.max_lanes == 1 and b.stream_bytes == 8
+        assert b.modes == {Mode.EB, Mode.SFPR8, Mode.MASK}  # dct's compressor: 168 > 156 DSPs
+        config = b.card_config()  # the default build fits
+        assert config.caps.modes == set(b.default_modes) == {Mode.SFPR8, Mode.MASK}
+        assert config.caps.stream_bytes == 8 and config.buffer_kib == b.buffer_kib
+        assert b.describe()["toolchain"].startswith("YoWASP")
+    assert get("ecp5_5g_evn").link_mb_s == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(("kwargs", "words"), [
+    ({"modes": ["dct"]}, ["dct needs 168 MULT18X18D", "has 156; drop dct",
+                          "modes that fit: eb, sfpr8, mask"]),
+    ({"modes": ["eb", "sfpr8", "mask"]}, ["LUT4", "build fewer modes"]),
+    ({"modes": ["eb"], "dtypes": ["float32", "bfloat16"]}, ["168 MULT18X18D", "or dtypes"]),
+    ({"modes": ["mask"], "lanes": 2}, ["lanes 2", "--lanes 1"]),
+    ({"modes": ["jpeg"]}, ["unknown mode 'jpeg'"]),
+    ({"modes": ["mask"], "buffer_kib": 999}, ["buffer_kib 999"]),
+])
+def test_card_config_names_what_does_not_fit(kwargs, words):
+    with pytest.raises(BoardFitError) as exc:
+        get("ecp5_5g_evn").card_config(**kwargs)
+    for w in words:
+        assert w in str(exc.value)
+
+
+def test_missing_toolchain_names_the_fix(monkeypatch, tmp_path):
+    board = get("ecp5_5g_evn")
+    config = board.card_config(modes=["mask"], buffer_kib=2)
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     monkeypatch.setenv("PATH", "/nonexistent")
+    assert "pip install -e '.[synth]'" in board.toolchain_missing()
+    assert not board.describe()["builds_here"]
     with pytest.raises(ToolchainMissing, match=r"pip install -e '\.\[synth\]'"):
-        build_board("ecp5_5g_evn", modes=["mask"])
+        board.build(tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    assert main(["build", "--board", "ulx3s", "--modes", "mask",
+                 "--out", str(tmp_path / "o")]) == 2
 
 
 @pytest.mark.parametrize("name,pins,clock,device", [
@@ -61,60 +70,66 @@ def test_bad_input_names_the_fix(monkeypatch):
     ("ulx3s", ('"uart_0__rx__io" SITE "M1"', '"uart_0__tx__io" SITE "L4"'),
      '"clk25_0__io" 25000000.0 HZ', "--85k --package CABGA381 --speed 6"),
 ])
-def test_build_plan(name, pins, clock, device):
-    board = get_board(name)
-    top = SerialBoardTop(config=board_config([Mode.MASK], buffer_kib=2), baud=board.baud,
-                         max_groups=8, max_blocks=16, max_payload=64)
-    plan = board.platform().prepare(top, name="top", script_after_read="proc\nsplitnets")
-    lpf = plan.files["top.lpf"]
+def test_build_plan(name, pins, clock, device, tmp_path):
+    board = get(name)
+    plan = board.plan(tmp_path, board.card_config(modes=["mask"], buffer_kib=2), **SMALL)
+    lpf = (tmp_path / "top.lpf").read_text()
     for pin in (*pins, clock):
         assert pin in lpf
-    script = plan.files["build_top.sh"]
-    assert device in script and '"$ECPPACK"' in script
-    assert "proc\nsplitnets" in plan.files["top.ys"]
+    script = (tmp_path / "build_top.sh").read_text()
+    assert device in script and '"$ECPPACK" --compress' in script
+    assert "--timing-allow-fail" in script
+    assert "proc\nsplitnets" in (tmp_path / "top.ys").read_text()
+    assert {"top.il", "top.ys", "top.lpf", "build_top.sh", "report.json"} <= set(plan.files)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "plan" and report["modes"] == ["mask"]
+    assert report["part"] == board.part and report["luts"] is None
+    assert report["clock_mhz"] == board.clock_mhz and report["link_mb_s"] == board.link_mb_s
+    assert not (tmp_path / f"{name}.bit").exists()
 
 
-def _report(r):
-    print(f"\n{r.board} {r.modes or 'loopback'}: {r.luts} LUT4, {r.ffs} FF, {r.dp16kd} DP16KD, "
-          f"{r.mult18} MULT18X18D, Fmax {r.fmax_mhz} MHz (clock {r.clock_mhz}), "
-          f"{r.bitstream_bytes} bytes, built in {r.seconds} s{' (cached)' if r.cached else ''}")
-
-
-def _check_bitstream(r):
+def _check_bitstream(plan, board):
+    r = plan.report
+    print(f"\n{r.board} {r.modes}: {r.luts} LUT4, {r.ffs} FF, {r.brams} DP16KD, {r.dsps} "
+          f"MULT18X18D, Fmax {r.fmax_mhz} MHz (clock {r.clock_mhz}), {r.bitstream_bytes} bytes, "
+          f"built in {r.build_s} s{' (cached)' if r.cached else ''}")
+    bit = plan.directory / r.bitstream
     # ecppack --compress: the bitstream's size follows the design (the uncompressed image of
     # an 85k part is ~ 2.4 MB)
-    assert 20_000 < r.bitstream_bytes < 2_500_000
-    with open(r.bitstream, "rb") as f:
-        assert f.read(2) == b"\xff\x00"  # ecppack's comment block opens every bitstream
-    assert r.timing_met and r.fmax_mhz >= r.clock_mhz == 12.0
-    assert 0 < r.luts < 83_640 and 0 < r.ffs < 83_640
-    assert r.dp16kd is not None and r.mult18 is not None
-    _report(r)
+    assert bit.stat().st_size == r.bitstream_bytes and 20_000 < r.bitstream_bytes < 2_500_000
+    assert bit.read_bytes()[:2] == b"\xff\x00"  # ecppack's comment block opens every bitstream
+    assert r.status == "built" and r.fmax_mhz >= r.clock_mhz == board.clock_mhz
+    assert 0 < r.luts < board.lut4 and 0 < r.ffs < board.lut4
+    assert r.brams is not None and r.dsps is not None and r.build_s > 0
+    assert json.loads((plan.directory / "report.json").read_text())["luts"] == r.luts
+
+
+def _build(tmp_path, **top):
+    board = get("ecp5_5g_evn")
+    try:
+        return board, board.build(tmp_path, board.card_config(modes=["mask"], buffer_kib=2),
+                                  timeout=1800, **top)
+    except ToolchainMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ACTPACK_BOARD_BIT"),
-                    reason="builds a bitstream with YoWASP (not yet timed on these machines); "
-                           "set ACTPACK_BOARD_BIT=1 to build it")
-def test_link_bitstream_on_a_loopback_card():
-    """The link alone (its register file and an echo behind it): minutes, not tens of them."""
-    try:
-        r = build_board("ecp5_5g_evn", **SMALL, loopback=True, timeout=1200)
-    except ToolchainMissing as exc:
-        pytest.skip(str(exc))
-    assert r.part == "LFE5UM5G-85F" and r.modes == []
-    _check_bitstream(r)
-    assert r.luts < 5_000
+                    reason="builds a bitstream with YoWASP (minutes of CPU); set "
+                           "ACTPACK_BOARD_BIT=1 to build it")
+def test_link_bitstream_on_a_loopback_card(tmp_path):
+    """The link alone (its register file and an echo behind it)."""
+    board, plan = _build(tmp_path, loopback=True, **SMALL)
+    _check_bitstream(plan, board)
+    assert plan.report.luts < 5_000
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ACTPACK_BOARD_CARD_BIT"),
-                    reason="the card's bitstream (the mask engines behind the link) is not timed "
-                           "on these machines yet; set ACTPACK_BOARD_CARD_BIT=1 to build it")
-def test_small_bitstream_is_built_and_meets_timing():
-    try:
-        r = build_board("ecp5_5g_evn", **SMALL, timeout=1800)
-    except ToolchainMissing as exc:
-        pytest.skip(str(exc))
-    assert r.part == "LFE5UM5G-85F" and r.modes == ["mask"]
-    _check_bitstream(r)
+                    reason="builds the card's bitstream (mask engines behind the link) with "
+                           "YoWASP; set ACTPACK_BOARD_CARD_BIT=1 to build it")
+def test_small_bitstream_is_built_and_meets_timing(tmp_path):
+    """What ``actpack build --board ecp5_5g_evn --modes mask --buffer-kib 2`` builds."""
+    board, plan = _build(tmp_path)
+    assert plan.report.modes == ["mask"]
+    _check_bitstream(plan, board)
