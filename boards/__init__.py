@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from actpack.codec.spec import DType, Mode
-from actpack.hw.regs import Caps, CardConfig
+from actpack.hw.regs import GATEWARE_MODES, Caps, CardConfig
 from actpack.hw.synth import ToolchainMissing
 
 __all__ = [
@@ -185,7 +185,7 @@ class Board(abc.ABC):
     link: str
     link_mb_s: float
     toolchain: str
-    modes: frozenset[Mode] = frozenset(Mode)
+    modes: frozenset[Mode] = GATEWARE_MODES  # what the engines implement
     dtypes: frozenset[DType] = frozenset(DType)
     default_dtypes: frozenset[DType] = frozenset({DType.FLOAT32})
     max_engines: int | None = None

@@ -36,7 +36,7 @@ from amaranth.hdl import Elaboratable
 
 from actpack.codec.spec import DType, Mode
 from actpack.hw.beats import BEAT_BYTES
-from actpack.hw.regs import CardConfig
+from actpack.hw.regs import GATEWARE_MODES, CardConfig
 from actpack.hw.synth import fmax_from_log, tool_versions, total_luts_from_log
 
 from . import Board, BoardFitError, BuildReport, Plan, ToolchainMissing, parse_labels
@@ -208,7 +208,7 @@ class ECP5Board(Board):
                     buffer_kib: int | None = None) -> CardConfig:
         """As ``Board.card_config``, with ``default_modes`` when no modes are given, and the
         LUT4 / MULT18X18D fit check (``check_fit``) naming what is short."""
-        modes = parse_labels(Mode, self.default_modes if modes is None else modes, frozenset(Mode),
+        modes = parse_labels(Mode, self.default_modes if modes is None else modes, GATEWARE_MODES,
                         self.name, "modes")
         dtypes = parse_labels(DType, self.default_dtypes if dtypes is None else dtypes, self.dtypes,
                          self.name, "dtypes")
