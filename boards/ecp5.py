@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -226,7 +227,9 @@ class ECP5Board(Board):
     def _prepare(self, config: CardConfig, top: dict):
         os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
         design = SerialBoardTop(config=config, baud=self.baud, **top)
-        return self.platform().prepare(design, name="top", script_after_read="proc\nsplitnets",
+        # no source locations in the RTLIL: the cache key follows the design, not line numbers
+        return self.platform().prepare(design, name="top", emit_src=False,
+                                       script_after_read="proc\nsplitnets",
                                        nextpnr_opts="--timing-allow-fail",
                                        ecppack_opts="--compress")
 
@@ -307,18 +310,25 @@ class ECP5Board(Board):
         plan.extract(str(folder))
         say(f"yosys, nextpnr-ecp5, ecppack in {folder} (minutes)")
         start = time.monotonic()
-        try:
-            with open(folder / "build.log", "w") as log:
-                subprocess.run(["sh", "build_top.sh"], cwd=folder, env={**os.environ, **env},
-                               stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                               check=True)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"board {self.name}: the toolchain ran past {timeout:g} s; logs "
-                               f"in {folder}") from None
-        except subprocess.CalledProcessError:
+        with open(folder / "build.log", "w") as log:
+            # a session of its own: a timeout (or ^C) ends the tools, not only their shell
+            proc = subprocess.Popen(["sh", "build_top.sh"], cwd=folder,
+                                    env={**os.environ, **env}, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except BaseException as exc:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise TimeoutError(f"board {self.name}: the toolchain ran past "
+                                       f"{timeout:g} s; logs in {folder}") from None
+                raise
+        if code != 0:
             tail = (folder / "build.log").read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"board {self.name}: the toolchain failed; "
-                               f"{folder / 'build.log'}:\n" + "\n".join(tail)) from None
+            raise RuntimeError(f"board {self.name}: the toolchain failed (exit status {code}); "
+                               f"{folder / 'build.log'}:\n" + "\n".join(tail))
         figures = nextpnr_figures((folder / "top.tim").read_text(errors="replace"))
         figures["build_s"] = round(time.monotonic() - start, 1)
         figures["bitstream_bytes"] = (folder / "top.bit").stat().st_size
