@@ -575,12 +575,7 @@ def _eb2_decode_range(data, kind, mbs, length, offsets, by_n, bx_n, p0, p1, rec,
         for by in range(by_n):
             for bx in range(bx_n):
                 b = (p * by_n + by) * bx_n + bx
-                d[:] = 0
-                err = 0
-                if kind[b] == 1:
-                    err = _unpack(data, offsets[b], length[b], mbs[b], True, d, where)
-                elif kind[b] == 3:
-                    err = _unpack_dense(data, offsets[b], length[b], d)
+                err = _block_symbols(data, kind[b], offsets[b], length[b], mbs[b], True, d, where)
                 errors[b] = err
                 if err:
                     d[:] = 0
@@ -626,6 +621,18 @@ def _get(data, at, w):
     word = (np.int64(data[min(p, last)]) | (np.int64(data[min(p + 1, last)]) << 8)
             | (np.int64(data[min(p + 2, last)]) << 16))
     return (word >> (at & 7)) & ((1 << w) - 1)
+
+
+@njit(cache=True)
+def _block_symbols(data, kind, start, length, mb, with_values, sym, where):
+    """A non-RAW block's 64 symbols into ``sym`` (all zero for a ZERO block): CODED (1) through
+    ``_unpack``, DENSE (3) through ``_unpack_dense``. Returns the error code (0: good)."""
+    sym[:] = 0
+    if kind == 1:
+        return _unpack(data, start, length, mb, with_values, sym, where)
+    if kind == 3:
+        return _unpack_dense(data, start, length, sym)
+    return 0
 
 
 @njit(cache=True)
@@ -791,13 +798,8 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
         if kind[b] == 2:
             _load_raw(data, offsets[b], size, row)
         else:
-            sym[:] = 0
-            if kind[b] == 1:
-                err = _unpack(data, offsets[b], length[b], mbs[b], with_values, sym, where)
-            elif kind[b] == 3:
-                err = _unpack_dense(data, offsets[b], length[b], sym)
-            else:
-                err = 0
+            err = _block_symbols(data, kind[b], offsets[b], length[b], mbs[b], with_values, sym,
+                                 where)
             if err:
                 errors[b] = err
                 continue
