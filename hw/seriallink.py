@@ -7,6 +7,8 @@ and writes, and the job streams both ways (``host.serialcard.SerialTransport`` i
 side).
 """
 
+import contextlib
+
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.crc import catalog
@@ -323,37 +325,35 @@ class SerialLink(wiring.Component):
                             m.next = "REPLY"
                         with m.Case(LinkOp.C2H):
                             m.next = "C2H"
+
+            @contextlib.contextmanager
+            def bus_wait(done):
+                # one AXI-Lite handshake: the body runs when it completes; NAK BUS past the limit
+                m.d.sync += bus_timer.eq(bus_timer + 1)
+                with m.If(done):
+                    yield
+                with m.Elif(bus_timer == BUS_TIMEOUT_CYCLES):
+                    send_nak(LinkError.BUS, discard=0)
+
             with m.State("BUS_AR"):
                 m.d.comb += self.bus.arvalid.eq(1)
-                m.d.sync += bus_timer.eq(bus_timer + 1)
-                with m.If(self.bus.arready):
+                with bus_wait(self.bus.arready):
                     m.next = "BUS_R"
-                with m.Elif(bus_timer == BUS_TIMEOUT_CYCLES):
-                    send_nak(LinkError.BUS, discard=0)
             with m.State("BUS_R"):
                 m.d.comb += self.bus.rready.eq(1)
-                m.d.sync += bus_timer.eq(bus_timer + 1)
-                with m.If(self.bus.rvalid):
+                with bus_wait(self.bus.rvalid):
                     reply(LinkOp.REG_READ, self.bus.rdata)
                     m.next = "REPLY"
-                with m.Elif(bus_timer == BUS_TIMEOUT_CYCLES):
-                    send_nak(LinkError.BUS, discard=0)
             with m.State("BUS_AW"):
                 # the register file takes AW and W together (hw.regfile)
                 m.d.comb += [self.bus.awvalid.eq(1), self.bus.wvalid.eq(1)]
-                m.d.sync += bus_timer.eq(bus_timer + 1)
-                with m.If(self.bus.awready & self.bus.wready):
+                with bus_wait(self.bus.awready & self.bus.wready):
                     m.next = "BUS_B"
-                with m.Elif(bus_timer == BUS_TIMEOUT_CYCLES):
-                    send_nak(LinkError.BUS, discard=0)
             with m.State("BUS_B"):
                 m.d.comb += self.bus.bready.eq(1)
-                m.d.sync += bus_timer.eq(bus_timer + 1)
-                with m.If(self.bus.bvalid):
+                with bus_wait(self.bus.bvalid):
                     reply(LinkOp.REG_WRITE, 0)
                     m.next = "REPLY"
-                with m.Elif(bus_timer == BUS_TIMEOUT_CYCLES):
-                    send_nak(LinkError.BUS, discard=0)
             with m.State("C2H"):
                 # the bytes there now, up to the request's arg; LAST if they end a message
                 # (the FIFO holds at most one message end, as its final entry)
