@@ -196,8 +196,8 @@ class BlockEncoder(wiring.Component):
     bytes (9 beats: CODED with 64 codes of 15 bits, eb float32 or dct levels beyond the
     Quantizer's range) holds the input for at most one cycle.
 
-    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 16 cycles (mask
-    mode: 8) from the transfer of a block's last row to that of its index entry. Its last beat
+    Latency (unstalled, no block over 128 bytes before): ``INDEX_LATENCY`` = 17 cycles (mask
+    mode: 9) from the transfer of a block's last row to that of its index entry. Its last beat
     leaves ``BEAT_LATENCY`` (= ``INDEX_LATENCY``) + ``e`` cycles after the last row, or one
     cycle later if more than 16 bytes were still waiting once group ``e`` was in, where ``e``
     is the last group with bits: 0 in mask mode, ``ceil(n / 8) - 1`` for CODED (``n`` nonzero
@@ -211,11 +211,13 @@ class BlockEncoder(wiring.Component):
     8 codes, then its width (``bitlen``); width sums and the last group's size; lengths (products
     of small values as shifted adds); the kind; the chosen coding's codes, header and index
     entry; the 8 codes packed at ``j * w`` in three pairwise steps; the group shifted to its
-    bit position in the block modulo 128 in two steps. (C) behind a skid register (so B moves
-    on a register, not on C's decision), a 256-bit packer that ORs each slot in at beat 0 or
-    1 and cuts a beat whenever 128 bits are waiting or the block is complete, from the bits
-    waiting plus the slot arriving in the same cycle; ``o`` and ``index`` leave through skid
-    registers, so no ``ready`` reaches the packer's decisions.
+    bit position in the block modulo 128 in two steps. (C) behind a head register and a skid
+    register (so B moves on a register, not on C's decision, and C decides from registers
+    only), a 256-bit packer that ORs each slot in at beat 0 or 1 and cuts a beat whenever 128
+    bits are waiting or the block is complete, from the bits waiting plus the slot taken in
+    the same cycle; its decisions steer only the narrow state (bit and byte counts, flags) and
+    the 256 waiting bits follow them from registers a cycle later; ``o`` and ``index`` leave
+    through skid registers, so no ``ready`` reaches the packer's decisions.
 
     Backpressure: every output ``valid``/``payload`` is a register; ``i.ready`` is low while
     both banks and the two row registers in front of them hold rows (a stalled ``o`` or
@@ -225,8 +227,9 @@ class BlockEncoder(wiring.Component):
 
     def __init__(self, *, mode, dtype=DType.FLOAT32):
         self.mode = Mode.parse(mode)  # ValueError naming ``mode``
-        # 2 row stages before the bank, the group pipeline (12 stages; mask mode: 4), the packer
-        self.INDEX_LATENCY = self.BEAT_LATENCY = 8 if self.mode is Mode.MASK else 16
+        # 2 row stages before the bank, the group pipeline (12 stages; mask mode: 4), the
+        # packer's head register, the packer
+        self.INDEX_LATENCY = self.BEAT_LATENCY = 9 if self.mode is Mode.MASK else 17
         if isinstance(dtype, str):
             dtype = next((d for d in DType if d.label == dtype), dtype)
         if not isinstance(dtype, DType):
@@ -565,47 +568,58 @@ class BlockEncoder(wiring.Component):
         s_lenm = last_s.lenm
         flags = ("cross", "tle16", "tle32")
         s_flags = {f: getattr(last_s, f) for f in flags}
-        k_flags = {f: Signal(name=f"k_{f}") for f in flags}
 
-        # skid buffer between B and C: B's registers move while it is empty (a register, so
-        # C's decision does not fan out to the pipeline)
-        k_valid, k_first, k_end = Signal(), Signal(), Signal()
-        k_bits = Signal(_ACC_BITS)
-        k_len, k_entry, k_total = Signal.like(s_len), Signal(16), Signal.like(s_total)
-        k_tnz = Signal()
-        k_lenm = Signal.like(s_lenm)
+        # B -> C through a pair of registers: ``h`` (head) holds the slot the packer looks at,
+        # always a register (no select between B's last stage and a skid in front of C's
+        # decisions); ``k`` catches B's slot while ``h`` is busy. B moves while ``k`` is empty
+        # (a register), so C's decisions never reach B's enables.
+        # Besides B's fields, constants folded into the slot here (from registers, outside the
+        # packer's loop): compares of ``fill + len`` against 137 and 256 become the carry out
+        # of one adder each.
+        s_fields = {
+            "first": s_first, "end": s_end, "bits": s_bits_v, "len": s_len, "entry": s_entry,
+            "total": s_total, "tnz": s_tnz, "lenm": s_lenm,
+            # len + 375: fill + len <= 136 exactly when fill + len_o < 512
+            "len_o": (s_len + 512 - (_ACC_BITS - _GROUP_BITS + 1))[:10],
+            # len + 247: fill + len - 128 <= 136 exactly when fill + lenm_o < 512 (for
+            # fill + len - 128 in 0..256, the only case it is used)
+            "lenm_o": (s_len + 512 - _BEAT_BITS - (_ACC_BITS - _GROUP_BITS + 1))[:10],
+            "len_le136": s_len <= _ACC_BITS - _GROUP_BITS,
+            "len_ge128": s_len[7:].any(),
+            "total_m16": Mux(s_flags["tle16"], 0, s_total - BEAT_BYTES)[:len(s_total)],
+            **s_flags,
+        }
+        k = {f: Signal(Shape.cast(v.shape()), name=f"k_{f}") for f, v in s_fields.items()}
+        h = {f: Signal(Shape.cast(v.shape()), name=f"h_{f}") for f, v in s_fields.items()}
+        k_valid, h_valid = Signal(), Signal()
+        h_vf, h_vl = Signal(), Signal()  # h_valid & h_first, h_valid & ~h_first
         c_take = Signal()
+        h_free = ~h_valid | c_take
         m.d.comb += adv.eq(~k_valid)
         with m.If(~k_valid):  # (taken or not: the enable is a register)
-            m.d.sync += [k_first.eq(s_first), k_end.eq(s_end),
-                         k_bits.eq(s_bits_v), k_len.eq(s_len), k_entry.eq(s_entry),
-                         k_total.eq(s_total), k_lenm.eq(s_lenm), k_tnz.eq(s_tnz),
-                         *(k_flags[f].eq(s_flags[f]) for f in flags)]
-        # ``k_empty`` == ~k_valid, a register of its own: it selects the packer's control
-        # inputs, ``k_valid`` (with its wide fan-out) the data
-        k_empty = Signal(init=1)
-        with m.If(~k_valid & s_valid & ~c_take):
-            m.d.sync += [k_valid.eq(1), k_empty.eq(0)]
-        with m.Elif(k_valid & c_take):
-            m.d.sync += [k_valid.eq(0), k_empty.eq(1)]
-        x_valid = ~k_empty | s_valid
-        x_first, x_end = Mux(k_empty, s_first, k_first), Mux(k_empty, s_end, k_end)
-        x_bits = Signal(_ACC_BITS)
-        m.d.comb += x_bits.eq(Mux(k_valid, k_bits, s_bits_v))
-        x_len, x_entry = Mux(k_valid, k_len, s_len), Mux(k_valid, k_entry, s_entry)
-        x_lenm = Mux(k_valid, k_lenm, s_lenm)
-        x_total = Mux(k_valid, k_total, s_total)
-        x_tnz = Mux(k_empty, s_tnz, k_tnz)
-        x_flags = {f: Mux(k_empty, s_flags[f], k_flags[f]) for f in flags}
+            m.d.sync += [k[f].eq(v) for f, v in s_fields.items()]
+        with m.If(h_free):
+            m.d.sync += [h[f].eq(Mux(k_valid, k[f], v)) for f, v in s_fields.items()]
+            n_valid, n_first = k_valid | s_valid, Mux(k_valid, k["first"], s_first)
+            m.d.sync += [h_valid.eq(n_valid), h_vf.eq(n_valid & n_first),
+                         h_vl.eq(n_valid & ~n_first)]
+        with m.If(~k_valid & s_valid & ~h_free):
+            m.d.sync += k_valid.eq(1)
+        with m.Elif(k_valid & h_free):
+            m.d.sync += k_valid.eq(0)
 
         # ------------------------------------------------------- C: bit packer and the outputs
         # Each cycle: (1) if the bits waiting make a beat (16 bytes, or the rest of a complete
-        # block), it goes out; otherwise (2) the slot from B is appended first and the beat is
+        # block), it goes out; otherwise (2) the slot in ``h`` is appended first and the beat is
         # cut from the result, so a slot's bits can leave in the cycle they arrive. A block's
         # first slot waits until the previous block's last beat has gone (beats never mix
         # blocks); a later slot needs room for a whole group.
-        acc = Signal(_ACC_BITS)  # bits waiting, LSB first; zero above ``fill``
-        fill = Signal(range(_ACC_BITS + 1))
+        # The decisions (``emit_old``, ``c_take``, ``emit_new``) come from registers through a
+        # few LUTs and steer only narrow state (``fill``, ``left``, flags, ``h``/``k``); the
+        # 256-bit ``acc`` follows them a cycle later: ``acc_r`` is the previous cycle's bits
+        # and ``d_*`` its registered choices, so ``acc`` (the bits waiting now) is two LUT levels
+        # from registers and the decisions never fan out to 256 flip-flops.
+        fill = Signal(range(_ACC_BITS + 1))  # bits waiting in ``acc``
         left = Signal(range(_MAX_BLOCK + 1))  # bytes of the current block not yet emitted
         fed = Signal()  # every slot with bits of the current block is in ``acc``
         waiting = Signal()  # a beat could leave from ``acc``: left_nz & (fill >= 128 | fed)
@@ -615,7 +629,7 @@ class BlockEncoder(wiring.Component):
         push_o, can_o = Signal(), Signal()
         push_i, can_i = Signal(), Signal()
         _skid(m, o, beat, push_o, can_o)
-        _skid(m, index, x_entry, push_i, can_i)
+        _skid(m, index, h["entry"], push_i, can_i)
 
         # flags of the registers (a few LUT levels each, side by side)
         # (fill <= 256, left <= 132: compares as bit tests, no carry chains)
@@ -626,37 +640,45 @@ class BlockEncoder(wiring.Component):
         fill_le136 = Signal(init=1)  # room for a group: fill <= 136 (a register beside fill)
         sum_t = Signal(10)
         sum_m = Signal(9)  # fill + len - 128 where that is 0..256 (beat (2), or (1) and a slot)
-        m.d.comb += [sum_t.eq(fill + x_len), sum_m.eq(fill + x_lenm)]
+        m.d.comb += [sum_t.eq(fill + h["len"]), sum_m.eq(fill + h["lenm"])]
         # a beat's worth once the slot is in (no beat cut before): fill is the slot's start
         # modulo 128, plus 128 while a whole beat waits
-        ge_a = fill_ge128 | x_flags["cross"]
+        ge_a = fill_ge128 | h["cross"]
 
         emit_old, emit_new = Signal(), Signal()
         m.d.comb += [
             # (1): a beat from the bits already waiting
             emit_old.eq(can_o & waiting),
-            c_take.eq(x_valid & Mux(x_first, Mux(emit_old, left_le16, ~left_nz) & can_i,
-                                    emit_old | fill_le136)),
+            c_take.eq((h_vf & can_i & Mux(emit_old, left_le16, ~left_nz))
+                      | (h_vl & (emit_old | fill_le136))),
             # (2): a beat from the waiting bits and the slot taken now (so no beat (1))
-            emit_new.eq(can_o & ~emit_old & c_take & Mux(x_first, x_tnz, left_nz)
-                        & (ge_a | x_end)),
+            emit_new.eq(can_o & ~waiting & c_take & Mux(h["first"], h["tnz"], left_nz)
+                        & (ge_a | h["end"])),
             push_o.eq(emit_old | emit_new),
-            push_i.eq(c_take & x_first),
+            push_i.eq(c_take & h["first"]),
         ]
-        # x_bits sit at the slot's bit position modulo 128: the slot lands at 0 or 128 in
+        # h's bits sit at the slot's bit position modulo 128: the slot lands at 0 or 128 in
         # ``acc`` (after a beat (1): 128 only when ``fill`` was 256), one beat lower after (2)
-        x_hi = Mux(emit_old, fill == _ACC_BITS, fill[7])
-        x_lo_word = Mux(emit_new, Mux(x_hi, x_bits[:_BEAT_BITS], x_bits[_BEAT_BITS:]),
-                        Mux(x_hi, 0, x_bits[:_BEAT_BITS]))
-        x_hi_word = Mux(emit_new, 0, Mux(x_hi, x_bits[:_BEAT_BITS], x_bits[_BEAT_BITS:]))
-        shift = emit_old | emit_new
-        acc_next = Mux(shift, acc[_BEAT_BITS:], acc) | Mux(
-            c_take, Cat(x_lo_word, x_hi_word), 0)
-        m.d.sync += acc.eq(acc_next)
-        nleft = Mux(emit_old, left, Mux(x_first, x_total, left))  # bytes to go at this beat
+        x_hi = Mux(emit_old, fill[8], fill[7])
+        acc_r = Signal(_ACC_BITS)
+        d_shift, d_xb = Signal(), Signal(_ACC_BITS)
+        d_lo = Signal(2)  # the low word of the slot into acc's low word, its high word
+        d_hi = Signal(2)  # the same into acc's high word
+        m.d.sync += [
+            d_shift.eq(emit_old | emit_new), d_xb.eq(h["bits"]),
+            d_lo.eq(Cat(c_take & Mux(emit_new, x_hi, ~x_hi), c_take & emit_new & ~x_hi)),
+            d_hi.eq(Cat(c_take & ~emit_new & x_hi, c_take & ~emit_new & ~x_hi)),
+        ]
+        xb_lo, xb_hi = d_xb[:_BEAT_BITS], d_xb[_BEAT_BITS:]
+        acc = Signal(_ACC_BITS)  # bits waiting, LSB first; zero above ``fill``
+        m.d.comb += acc.eq(Mux(d_shift, acc_r[_BEAT_BITS:], acc_r) | Cat(
+            Mux(d_lo[0], xb_lo, 0) | Mux(d_lo[1], xb_hi, 0),
+            Mux(d_hi[0], xb_lo, 0) | Mux(d_hi[1], xb_hi, 0)))
+        m.d.sync += acc_r.eq(acc)
+        nleft = Mux(emit_old, left, Mux(h["first"], h["total"], left))  # bytes to go at this beat
         m.d.comb += [
-            beat.data.eq(Mux(emit_old, acc[:_BEAT_BITS],
-                             acc[:_BEAT_BITS] | Mux(x_hi, 0, x_bits[:_BEAT_BITS]))),
+            # (beat (1): acc alone; beat (2): with the slot's low word when it lands at 0)
+            beat.data.eq(acc[:_BEAT_BITS] | Mux(~waiting & ~fill[7], h["bits"][:_BEAT_BITS], 0)),
             beat.count.eq(Mux(nleft >= BEAT_BYTES, BEAT_BYTES, nleft)),
             beat.last.eq(nleft <= BEAT_BYTES),
         ]
@@ -664,55 +686,57 @@ class BlockEncoder(wiring.Component):
         # (2) takes them from the sum
         # every candidate comes from registers through one adder; the decisions only select
         left_m16 = Mux(left_le16, 0, left - BEAT_BYTES)
-        total_m16 = Mux(x_total <= BEAT_BYTES, 0, x_total - BEAT_BYTES)
         fill_m128 = Mux(fill[8], _BEAT_BITS, fill[:7])  # fill - 128 for fill >= 128
+
         def set_left(value, nz, le16):
             return [left.eq(value), left_nz.eq(nz), left_le16.eq(le16)]
 
         left_m16_flags = (left_m16, ~left_le16, left_le32)  # left - 16: > 0, <= 16
-        total_flags = (x_total, x_tnz, x_flags["tle16"])
+        total_flags = (h["total"], h["tnz"], h["tle16"])
         with m.If(emit_new):
             m.d.sync += fill.eq(Mux(ge_a, sum_m, 0))
-            with m.If(x_first):
-                m.d.sync += set_left(total_m16, ~x_flags["tle16"], x_flags["tle32"])
+            with m.If(h["first"]):
+                m.d.sync += set_left(h["total_m16"], ~h["tle16"], h["tle32"])
             with m.Else():
                 m.d.sync += set_left(*left_m16_flags)
         with m.Elif(emit_old):
             with m.If(c_take):
-                m.d.sync += fill.eq(Mux(fill_ge128, sum_m, x_len))
+                m.d.sync += fill.eq(Mux(fill_ge128, sum_m, h["len"]))
             with m.Else():
                 m.d.sync += fill.eq(Mux(fill_ge128, fill_m128, 0))
-            with m.If(c_take & x_first):
+            with m.If(c_take & h["first"]):
                 m.d.sync += set_left(*total_flags)
             with m.Else():
                 m.d.sync += set_left(*left_m16_flags)
         with m.Elif(c_take):
             m.d.sync += fill.eq(sum_t)
-            with m.If(x_first):
+            with m.If(h["first"]):
                 m.d.sync += set_left(*total_flags)
         with m.If(c_take):
-            m.d.sync += fed.eq(x_end)
+            m.d.sync += fed.eq(h["end"])
 
-        # ``waiting`` of the next state, from the same choices as above
+        # ``waiting`` and ``fill <= 136`` of the next state, from the same choices as above;
+        # compares of fill + len as the top bit of one adder (``len_o``, ``lenm_o``)
         left_nz_n, fill_ge_n = Signal(), Signal()
-        room_m, room_t = sum_m <= _ACC_BITS - _GROUP_BITS, sum_t <= _ACC_BITS - _GROUP_BITS
+        room_m = ~(fill + h["lenm_o"])[9]  # fill + len - 128 <= 136
+        room_t = ~(fill + h["len_o"])[9]  # fill + len <= 136
+        sum_ge256 = sum_t[8:].any()  # fill + len >= 256: fill + len - 128 >= 128
         with m.If(emit_new):
-            m.d.comb += [left_nz_n.eq(Mux(x_first, ~x_flags["tle16"], ~left_le16)),
-                         fill_ge_n.eq(ge_a & sum_m[7:].any())]
+            m.d.comb += [left_nz_n.eq(Mux(h["first"], ~h["tle16"], ~left_le16)),
+                         fill_ge_n.eq(ge_a & sum_ge256)]
             m.d.sync += fill_le136.eq(~ge_a | room_m)
         with m.Elif(emit_old):
-            m.d.comb += [left_nz_n.eq(Mux(c_take & x_first, x_tnz, ~left_le16)),
-                         fill_ge_n.eq(Mux(c_take, Mux(fill_ge128, sum_m[7:].any(),
-                                                      x_len[7:].any()), fill[8]))]
-            m.d.sync += fill_le136.eq(~c_take | Mux(fill_ge128, room_m,
-                                                    x_len <= _ACC_BITS - _GROUP_BITS))
+            m.d.comb += [left_nz_n.eq(Mux(c_take & h["first"], h["tnz"], ~left_le16)),
+                         fill_ge_n.eq(Mux(c_take, Mux(fill_ge128, sum_ge256, h["len_ge128"]),
+                                          fill[8]))]
+            m.d.sync += fill_le136.eq(~c_take | Mux(fill_ge128, room_m, h["len_le136"]))
         with m.Elif(c_take):
-            m.d.comb += [left_nz_n.eq(Mux(x_first, x_tnz, left_nz)),
+            m.d.comb += [left_nz_n.eq(Mux(h["first"], h["tnz"], left_nz)),
                          fill_ge_n.eq(sum_t[7:].any())]
             m.d.sync += fill_le136.eq(room_t)
         with m.Else():
             m.d.comb += [left_nz_n.eq(left_nz), fill_ge_n.eq(fill_ge128)]
-        m.d.sync += waiting.eq(left_nz_n & (fill_ge_n | Mux(c_take, x_end, fed)))
+        m.d.sync += waiting.eq(left_nz_n & (fill_ge_n | Mux(c_take, h["end"], fed)))
         return m
 
 

@@ -190,32 +190,41 @@ class _Lane(wiring.Component):
         else:
             self._eb_chain(m, f2x, xq, enc, x_bits)
 
-        # RAW rows: the merger pushes each block's decision; rows of other blocks are dropped
+        # RAW rows: the merger pushes each block's decision; rows of other blocks are dropped.
+        # A row and its block's decision are first registered (``rq``): the block RAM's read
+        # data (4 ns clock to output) then reaches only that register, not the beat select.
         dec = _fifo(m, "dec", 1, 4)
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         rrow = Signal(range(N))
         rsub = Signal(range(per_row))
+        rq_valid, rq_keep, rq_last = Signal(), Signal(), Signal()
+        rq_x = Signal(x_bits)
         rb = Port(Signal(name="rb_valid"), Signal(CodeBeat, name="rb_beat"), Signal())
         with m.If(rb.ready):
             m.d.sync += rb.valid.eq(0)
-        row_done = Signal()
-        with m.If(dec.r_rdy & raw.r_rdy):
-            with m.If(~dec.r_data[0]):
-                m.d.comb += row_done.eq(1)
+        rq_done = Signal()  # the row in ``rq`` is dropped or has sent its last beat
+        with m.If(rq_valid):
+            with m.If(~rq_keep):
+                m.d.comb += rq_done.eq(1)
             with m.Elif(~rb.valid | rb.ready):
                 m.d.sync += [
                     rb.valid.eq(1),
-                    rb.payload.data.eq(raw.r_data.word_select(rsub, _BEAT_BITS)
-                                       if per_row > 1 else raw.r_data),
+                    rb.payload.data.eq(rq_x.word_select(rsub, _BEAT_BITS)
+                                       if per_row > 1 else rq_x),
                     rb.payload.count.eq(BEAT_BYTES),
-                    rb.payload.last.eq((rrow == N - 1) & (rsub == per_row - 1)),
+                    rb.payload.last.eq(rq_last & (rsub == per_row - 1)),
                 ]
                 if per_row > 1:
                     m.d.sync += rsub.eq(Mux(rsub == per_row - 1, 0, rsub + 1))
-                m.d.comb += row_done.eq(rsub == per_row - 1)
-        with m.If(row_done):
+                m.d.comb += rq_done.eq(rsub == per_row - 1)
+        pop = Signal()
+        m.d.comb += pop.eq(dec.r_rdy & raw.r_rdy & (~rq_valid | rq_done))
+        with m.If(pop):
             m.d.comb += [raw.r_en.eq(1), dec.r_en.eq(rrow == N - 1)]
-            m.d.sync += rrow.eq(rrow + 1)
+            m.d.sync += [rrow.eq(rrow + 1), rq_valid.eq(1), rq_x.eq(raw.r_data),
+                         rq_keep.eq(dec.r_data[0]), rq_last.eq(rrow == N - 1)]
+        with m.Elif(rq_done):
+            m.d.sync += rq_valid.eq(0)
 
         take = _merge(m, entry=enc.index, beats=[enc.o, rb], index=self.index, o=self.o,
                       pick=lambda e: e.kind == Kind.RAW, busy=lambda e: e.kind != Kind.ZERO,
