@@ -219,8 +219,9 @@ class BlockEncoder(wiring.Component):
     the 256 waiting bits follow them from registers a cycle later; ``o`` and ``index`` leave
     through skid registers, so no ``ready`` reaches the packer's decisions.
 
-    Backpressure: every output ``valid``/``payload`` is a register; ``i.ready`` is low while
-    both banks and the two row registers in front of them hold rows (a stalled ``o`` or
+    Backpressure: every output ``valid``/``payload`` is a register; ``i.ready`` is a register,
+    low while both banks, the two row registers in front of them and the input's skid
+    register hold rows (a stalled ``o`` or
     ``index`` stops the packer, then the group pipeline, the bank reads, then ``i``). Bad
     input: none; every value the port carries is coded or sent RAW as the reference would.
     """
@@ -261,14 +262,23 @@ class BlockEncoder(wiring.Component):
             return r
 
         # ------------------------------------------- A0: codes of a row (input register)
+        # in front of it a skid register, so ``i.ready`` is a register (~sk_valid): the
+        # encoder's stall decision never reaches the stages upstream in the same cycle
         a1_free = Signal()
         a0_valid = Signal()
         a0_free = ~a0_valid | a1_free
-        m.d.comb += i.ready.eq(a0_free)
-        sym = i.payload.symbols
+        sk_valid = Signal()
+        sk = Signal.like(i.payload)
+        m.d.comb += i.ready.eq(~sk_valid)
+        with m.If(~sk_valid):  # (whether or not taken: the enable is a register)
+            m.d.sync += sk.eq(i.payload)
+        m.d.sync += sk_valid.eq(~a0_free & (sk_valid | i.valid))
+        x_in = Mux(sk_valid, sk, i.payload)
+        in_valid = sk_valid | i.valid
+        sym = self.row_layout(x_in).symbols
         with m.If(a0_free):
-            m.d.sync += a0_valid.eq(i.valid)
-        take0 = a0_free & i.valid
+            m.d.sync += a0_valid.eq(in_valid)
+        take0 = a0_free & in_valid
         nz = Cat(*(sym[u] != 0 for u in range(N)))
         a0_nz = stage("a0_nz", nz, take0, N)
         # nonzeros before each lane and in the row (lane 8): the compaction's selects
@@ -294,7 +304,7 @@ class BlockEncoder(wiring.Component):
             a0_dc = [stage(f"a0_dc{u}", dcodes[u], take0, _CODE) for u in range(N)]
             a0_ws = stage("a0_wide_s", Cat(*wide_s_bits).any() if wide_s_bits else 0, take0, 1)
             a0_wd = stage("a0_wide_d", Cat(*wide_d_bits).any() if wide_d_bits else 0, take0, 1)
-            a0_force = stage("a0_force", i.payload.force_raw, take0, 1)
+            a0_force = stage("a0_force", self.row_layout(x_in).force_raw, take0, 1)
 
         # --------------------------- A1: compaction of the nonzero codes (rank order in a row)
         bank_take = Signal()

@@ -503,11 +503,19 @@ class FloatToFixed(wiring.Component):
             nk = Signal(range(-(1 << 16), 1 << 17), name=f"nk_{u}")  # -k
             m.d.comb += nk.eq(fmt.bias + fmt.frac_bits - kb)
             sh = p.reg(Mux(nk <= 0, 0, Mux(nk > span, span, nk)), f"sh_{u}")
+            # sh >> 3 as a one-hot, from the same compares (one LUT level, like sh's clip)
+            csel = p.reg(Cat(*(Mux(nk <= 0, j == 0, Mux(nk > span, j == span >> 3,
+                                                         nk[3:6] == j))
+                               for j in range((span >> 3) + 1))), f"csel_{u}")
             pos = p.delay(p.reg(nk <= 0, f"pos_{u}"), f"pos_{u}", 2)
-            # stage 3: 2P shifted by sh's multiple of 8; stage 4: by the rest (0..7), keeping
+            # stage 3: 2P shifted by sh's multiple of 8 (an AND-OR over the one-hot: two LUT
+            # levels where a barrel shifter took six); stage 4: by the rest (0..7), keeping
             # t's low bits and ORs of 4 of the bits above them
-            coarse = p.reg((Cat(Const(0, 1), prod) >> Cat(Const(0, 3), sh[3:]))[:span],
-                           f"coarse_{u}")
+            p2 = Cat(Const(0, 1), prod)
+            coarse = Const(0, span)
+            for j in range(len(csel)):
+                coarse = coarse | Mux(csel[j], p2[8 * j:], 0)
+            coarse = p.reg(coarse, f"coarse_{u}")
             fine = p.reg(sh[:3], f"fine_{u}")
             t = Signal(span, name=f"t_{u}")
             m.d.comb += t.eq(coarse >> fine)
