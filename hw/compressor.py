@@ -317,8 +317,8 @@ class Compressor(wiring.Component):
     average at most ``8 / lanes`` beats (measured on digits-CNN activations by ``actpack
     bench rtl``: 7.9-8.0 values/cycle at one lane in every mode, 28-31 at four lanes in dct,
     eb and mask, 14-21 in sfpr8, whose blocks are longer). Latency (unstalled, first input
-    transfer to the first index entry): 34 cycles (dct), 13 (sfpr8), 18 (eb), 12 (mask) at one
-    lane; dealing and merging add 3 with more lanes.
+    transfer to the first index entry): per mode in hw/README.md (``actpack bench rtl``); dealing
+    and merging add 3 with more lanes.
 
     Backpressure: ``index`` and ``o`` are registers; a stalled output stops the merger, then the
     encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost).
