@@ -583,8 +583,7 @@ class OffloadSession:
         gname = type(gf).__name__ if gf is not None else ""
         # ReLU saving its own output: its node is the one autograd created last.
         own_relu = gname == "ReluBackward0" and gf._sequence_nr() == _next_sequence_nr() - 1
-        if (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)
-                or isinstance(t._base, nn.Parameter)):
+        if is_parameter(t):
             op = "parameter"
         else:
             op = op_kind(gf)
