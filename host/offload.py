@@ -83,11 +83,12 @@ from .errors import (
     SavedTensorModifiedError,
     UnpackMismatchError,
 )
-from .lossless import LOSSLESS, Lossless, Packed
+from .lossless import LOSSLESS, Lossless, Packed, Window
+from .peak import SavedMemory, is_parameter
 from .policy import SavedInfo, op_kind, resolve_policy
 from .stats import Stats, TensorStats, plot_timeline, timeline_of
 
-__all__ = ["OffloadSession", "offload"]
+__all__ = ["OffloadSession", "SavedRecord", "offload"]
 
 _next_sequence_nr = torch._C._autograd._get_sequence_nr
 _graph_task_id = torch._C._current_graph_task_id
@@ -112,10 +113,13 @@ def offload(*, device="ref", policy="auto", workers: int | str = "auto", prefetc
     stored tensors backward decompresses ahead (with ``workers`` > 0). ``max_pending_bytes``
     bounds the raw bytes still waiting for compression (what ``stats.peak_resident_bytes``
     counts beyond the stored bytes), at the cost of forward waiting for the workers: "auto"
-    (the default) lets a save start while nothing is pending or the pending bytes with it stay
-    within half of what the session holds stored, so the resident peak stays within 1.5x the
-    stored peak plus one tensor; an integer waits while more raw bytes than it are pending;
-    None never waits (the fastest forward, the highest peak).
+    (the default) hands a save to a worker only while the pending bytes with it stay within
+    half of what the session holds stored; otherwise it waits for the workers to drain and, if
+    it is still too large, compresses it in the saving thread (forward waits rather than memory
+    grows), and backward decompresses ahead (``prefetch``) under the same bound, so what is
+    held for backward (``session.saved_memory``, measured from the storages) stays within
+    1.5x the stored peak; an integer waits while more raw bytes than it are pending; None
+    never waits (the fastest forward, the highest peak).
 
     ``plan``: an ``actpack.plan`` result, which decides instead of ``policy`` (leave ``policy``
     at "auto"): the tensors it compresses get "auto"'s setting, the others are kept, and its
@@ -214,6 +218,11 @@ class _ModuleTracker:
         if claims is None:
             claims = self._local.claims = []
         claims.append((self._stack()[-1], claim))
+
+    def running_window(self) -> Window | None:
+        """The innermost running module's pooling geometry (``Window.of``)."""
+        stack = self._stack()
+        return Window.of(stack[-1]) if stack else None
 
     def current(self) -> tuple[str, str]:
         """(dotted path of the innermost running module, its class name); ("", "") outside."""
@@ -335,14 +344,21 @@ class _Store:
         self.dropped = False
 
 
-class _Record:
+class SavedRecord:
     """One distinct saved tensor. ``mask`` is its 1-bit form for ReLU's own backward, ``values``
     the form every other saver reads; either may be None (a ReLU output no other op saved has
-    no values; a tensor that is not a ReLU output has no mask)."""
+    no values; a tensor that is not a ReLU output has no mask).
+
+    What an observer (``OffloadSession.observe``) may read: ``seq`` (its number in the
+    session, in save order), ``info`` (``SavedInfo``), ``shape``, ``dtype``, ``raw_bytes``,
+    ``data_ptr`` (where the saved tensor was), ``tensor`` (the tensor itself while the session
+    keeps it as it is, else None), ``alive`` (whether anything besides autograd's saved state
+    still references the saved tensor object), ``mode``, ``stored_bytes``; the rest is the
+    session's."""
 
     __slots__ = ("alias", "device", "dtype", "freed_at", "info", "key", "mask", "packed_at",
                  "raw_bytes", "refs", "saved_by", "seq", "shape", "stream", "stride", "threaded",
-                 "values", "version", "weak")
+                 "values", "version", "weak", "window")
 
     def __init__(self, seq, key, info, t, packed_at, saver):
         self.seq, self.key, self.info = seq, key, info
@@ -361,9 +377,23 @@ class _Record:
         self.refs = 0
         self.freed_at: float | None = None
         self.threaded = False  # compressed and prefetched by the worker threads
+        self.window: Window | None = None  # max pooling's geometry, for its indices
 
     def stores(self) -> list[_Store]:
         return [s for s in (self.mask, self.values) if s is not None and not s.dropped]
+
+    @property
+    def data_ptr(self) -> int:
+        return self.key[1]
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        values = self.values
+        return values.tensor if values is not None and values.codec is None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.weak() is not None
 
     @property
     def label(self) -> str:
@@ -388,7 +418,7 @@ class _Passed:
     """A saved tensor passed through untouched, with the version check autograd skips while
     hooks are set."""
 
-    __slots__ = ("tensor", "version")
+    __slots__ = ("__weakref__", "tensor", "version")
 
     def __init__(self, t: torch.Tensor):
         self.tensor, self.version = t.detach(), t._version
@@ -452,12 +482,14 @@ class OffloadSession:
         self._lock = threading.RLock()
         self._drained = threading.Condition(self._lock)
         self._pending_bytes = 0
+        # what is held for backward, from the storages (``saved_memory.peak``: see host.peak)
+        self.saved_memory = SavedMemory()
         self._t0 = time.perf_counter()
         self._seq = itertools.count()
-        self._live: dict[int, _Record] = {}
+        self._live: dict[int, SavedRecord] = {}
         self._live_seqs: list[int] = []
-        self._by_key: dict[tuple, _Record] = {}
-        self._history: list[_Record] = []
+        self._by_key: dict[tuple, SavedRecord] = {}
+        self._history: list[SavedRecord] = []
         self._saves = self._passed = 0
         self._tracker = _ModuleTracker(on_return=self._shape_only_settled)
         self._hooks: list = []
@@ -465,6 +497,7 @@ class OffloadSession:
         self._substitutes: dict[int, torch.Tensor] = {}  # record seq -> what unpack returns
         self._entered = 0
         self._warned_compile = False
+        self._observers: list = []
 
     def __repr__(self) -> str:
         return f"OffloadSession(device={self.device.name!r}, policy={self.policy!r})"
@@ -495,18 +528,32 @@ class OffloadSession:
     # ---------------------------------------------------------------- pack
 
     def _pack(self, t: torch.Tensor):
+        handle = self._save(t)
+        if self._observers and isinstance(handle, _Handle):
+            modules = tuple(self._tracker._stack())
+            for observer in self._observers:
+                observer.saved(handle.record, t, modules)
+        return handle
+
+    def _save(self, t: torch.Tensor):
         with self._lock:
             self._saves += 1
         if (_graph_task_id() != -1 or type(t) not in (torch.Tensor, nn.Parameter)
                 or t.layout != torch.strided or t.device.type == "meta"):
             with self._lock:
                 self._passed += 1
-            return _Passed(t)
+            passed = _Passed(t)
+            if not is_parameter(t):
+                self.saved_memory.hold(id(passed), passed.tensor)
+                weakref.finalize(passed, self.saved_memory.drop, id(passed))
+            return passed
         threaded = self._threaded(t)
         if self.max_pending_bytes is not None and threaded:
             nbytes = t.numel() * t.element_size()
             with self._lock:
                 self._drained.wait_for(lambda: self._may_start(nbytes))
+                # still too large to wait raw beside what is stored: compress it here
+                threaded = self._may_pend(nbytes)
         context = _saver_context()
         if context == "compiled" and not self._warned_compile:
             self._warned_compile = True
@@ -536,8 +583,7 @@ class OffloadSession:
         gname = type(gf).__name__ if gf is not None else ""
         # ReLU saving its own output: its node is the one autograd created last.
         own_relu = gname == "ReluBackward0" and gf._sequence_nr() == _next_sequence_nr() - 1
-        if (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)
-                or isinstance(t._base, nn.Parameter)):
+        if is_parameter(t):
             op = "parameter"
         else:
             op = op_kind(gf)
@@ -546,8 +592,10 @@ class OffloadSession:
                          context=context)
         codec = self.policy(info) if is_dense(t) else None
         with self._lock:
-            rec = _Record(next(self._seq), key, info, t, self._now(), saver)
+            rec = SavedRecord(next(self._seq), key, info, t, self._now(), saver)
             rec.threaded = threaded
+            if module_type == "MaxPool2d" and t.dtype == torch.int64:
+                rec.window = self._tracker.running_window()
             self._by_key[key] = rec
             self._live[rec.seq] = rec
             self._live_seqs.append(rec.seq)
@@ -557,6 +605,7 @@ class OffloadSession:
                 rec.mask = store
             else:
                 rec.values = store
+            self._account(rec, store)
             handle = _Handle(self, rec, store)
             if shape_only:
                 self._claim_shape_only(handle, t)
@@ -580,11 +629,19 @@ class OffloadSession:
         return True
 
     def _may_start(self, nbytes: int) -> bool:
-        """Whether a save of ``nbytes`` raw bytes may start compressing (lock held); see
-        ``max_pending_bytes``."""
+        """Whether a save of ``nbytes`` raw bytes stops waiting for the workers (lock held):
+        nothing is pending, or it may wait raw (``_may_pend``); see ``max_pending_bytes``."""
         if self.max_pending_bytes != "auto":
             return self._pending_bytes <= self.max_pending_bytes
-        if self._pending_bytes == 0:
+        return self._pending_bytes == 0 or self._may_pend(nbytes)
+
+    def _may_pend(self, nbytes: int) -> bool:
+        """Whether a save of ``nbytes`` raw bytes may wait for a worker (lock held). With
+        "auto", only while the pending bytes with it stay within half of what is stored;
+        otherwise the saving thread compresses it itself (the first, large tensors of a step,
+        before much is stored), so the raw bytes held beyond the frames never exceed half of
+        them."""
+        if self.max_pending_bytes != "auto":
             return True
         stored = sum(s.nbytes for r in self._live.values() for s in r.stores()
                      if s.stored_at is not None)
@@ -618,8 +675,9 @@ class OffloadSession:
                 handle.store = new
                 if old is rec.mask and old.unread == 0:
                     self._drop(old)
+                    self._account(rec, old)
 
-    def _saved_again(self, rec: _Record, t: torch.Tensor, context: str) -> None:
+    def _saved_again(self, rec: SavedRecord, t: torch.Tensor, context: str) -> None:
         """Another op saves a stored tensor (lock held). It reads values: a ReLU output stored
         as a mask so far gets its values stored too (the mask still serves ReLU's own backward
         exactly). A checkpoint saving it as a recomputation input may ask for a stricter
@@ -636,9 +694,25 @@ class OffloadSession:
             if codec is not None or rec.values.codec is None:
                 return
             self._drop(rec.values)
+            self._account(rec, rec.values)
         rec.values = self._new_store(rec, t, codec)
+        self._account(rec, rec.values)
         if codec is None and rec.mask is not None:  # the kept tensor serves ReLU too
             self._drop(rec.mask)
+            self._account(rec, rec.mask)
+
+    def _account(self, rec: SavedRecord, store: _Store) -> None:
+        """``saved_memory`` follows what ``store`` holds now (lock held): the raw tensor (kept,
+        or waiting for a worker), the frame, a tensor decompressed ahead of backward. Stores
+        not (or no longer) the record's hold nothing for it; parameters are left out."""
+        if rec.info.op == "parameter" or store.dropped or not (store is rec.values
+                                                                 or store is rec.mask):
+            self.saved_memory.drop(id(store))
+            return
+        ahead = store.decoded
+        ahead = (ahead.result() if ahead is not None and ahead.done() and not ahead.cancelled()
+                 and ahead.exception() is None else None)
+        self.saved_memory.hold(id(store), [store.tensor, store.frame, ahead])
 
     @staticmethod
     def _drop(store: _Store) -> None:
@@ -648,7 +722,7 @@ class OffloadSession:
             store.future.cancel()
         store.tensor = store.frame = store.future = store.decoded = None
 
-    def _new_store(self, rec: _Record, t: torch.Tensor, codec: Codec | None) -> _Store:
+    def _new_store(self, rec: SavedRecord, t: torch.Tensor, codec: Codec | None) -> _Store:
         store = _Store(codec, t.detach())
         if codec is None:
             store.stored_at, store.nbytes = self._now(), rec.raw_bytes
@@ -657,6 +731,9 @@ class OffloadSession:
                 store.future = Future()
                 self._compress(rec, store, store.tensor, codec)
                 store.future.set_result(None)
+                # the raw tensor is the op's own while it runs, never held for backward
+                if store.error is None and store.stored_at is not None:
+                    store.stored_at = rec.packed_at
             else:
                 self._pending_bytes += rec.raw_bytes
                 store.future = self._pool.submit(self._compress, rec, store, store.tensor,
@@ -669,12 +746,13 @@ class OffloadSession:
             self._pending_bytes -= nbytes
             self._drained.notify_all()
 
-    def _compress(self, rec: _Record, store: _Store, tensor: torch.Tensor, codec: Codec) -> None:
+    def _compress(self, rec: SavedRecord, store: _Store, tensor: torch.Tensor,
+                  codec: Codec) -> None:
         error = None
         try:
             with _on(rec.stream):
                 if isinstance(codec, Lossless):  # exact host-side packing, no frame
-                    frame = codec.compress(tensor)
+                    frame = codec.compress(tensor, window=rec.window)
                 else:
                     rows = _channel_rows(rec.shape)
                     if rows is not None:
@@ -694,6 +772,7 @@ class OffloadSession:
             if error is None:
                 store.frame, store.tensor, store.nbytes = frame, None, frame.nbytes
             store.stored_at = self._now()
+            self._account(rec, store)
 
     # ---------------------------------------------------------------- unpack
 
@@ -701,6 +780,8 @@ class OffloadSession:
         if isinstance(packed, _Passed):
             return packed.unpack()
         rec = packed.record
+        for observer in self._observers:
+            observer.read(rec)
         t = self._restore(rec, packed.store)
         with self._lock:
             if not packed.read:
@@ -710,7 +791,7 @@ class OffloadSession:
             self._prefetch_before(rec.seq)
         return t
 
-    def _restore(self, rec: _Record, store: _Store) -> torch.Tensor:
+    def _restore(self, rec: SavedRecord, store: _Store) -> torch.Tensor:
         _check_version(rec.label, rec.alias, rec.version)
         substitute = self._substitutes.get(rec.seq)
         if substitute is not None:
@@ -721,6 +802,8 @@ class OffloadSession:
             if store.codec is None:
                 return store.tensor
             future, decoded, store.decoded = store.future, store.decoded, None
+            if decoded is not None:  # handed to backward: its working memory from now on
+                self._account(rec, store)
         if future is not None:
             with contextlib.suppress(Exception):
                 future.result()
@@ -733,7 +816,7 @@ class OffloadSession:
                 return decoded.result()
         return self._decode(rec, frame)
 
-    def _decode(self, rec: _Record, frame: Frame | Packed) -> torch.Tensor:
+    def _decode(self, rec: SavedRecord, frame: Frame | Packed) -> torch.Tensor:
         try:
             with _on(rec.stream):
                 if isinstance(frame, Packed):
@@ -766,10 +849,19 @@ class OffloadSession:
 
     def _prefetch_before(self, seq: int) -> None:
         """Start decompressing the stored tensors backward will ask for next (reverse save
-        order). Only frames that are ready: a decode never waits on a queued encode."""
+        order). Only frames that are ready: a decode never waits on a queued encode. At most
+        ``prefetch`` are decompressed ahead at a time, and with ``max_pending_bytes`` "auto"
+        only while their raw bytes stay within half of what is stored (as for pending saves:
+        the resident bytes stay within 1.5x the stored ones)."""
         with self._lock:
+            live = [(r, st) for r in self._live.values() for st in r.stores()]
+            ahead = [(r, st) for r, st in live if st.decoded is not None]
+            started = len(ahead)
+            room = None
+            if self.max_pending_bytes == "auto":
+                stored = sum(st.nbytes for _, st in live if st.stored_at is not None)
+                room = stored // 2 - sum(r.raw_bytes for r, _ in ahead)
             i = bisect.bisect_left(self._live_seqs, seq)
-            started = 0
             for s in reversed(self._live_seqs[max(0, i - 4 * self.prefetch):i]):
                 rec = self._live[s]
                 if not rec.threaded:
@@ -777,8 +869,19 @@ class OffloadSession:
                 for store in rec.stores():
                     if (started < self.prefetch and store.frame is not None
                             and store.decoded is None and store.unread > 0):
+                        if room is not None:
+                            if rec.raw_bytes > room:
+                                return  # in backward's order: the next one waits its turn
+                            room -= rec.raw_bytes
                         store.decoded = self._pool.submit(self._decode, rec, store.frame)
+                        store.decoded.add_done_callback(
+                            lambda _, rec=rec, store=store: self._decoded(rec, store))
                         started += 1
+
+    def _decoded(self, rec: SavedRecord, store: _Store) -> None:
+        with self._lock:
+            if store.decoded is not None and rec.freed_at is None:
+                self._account(rec, store)
 
     # ---------------------------------------------------------------- release
 
@@ -799,14 +902,17 @@ class OffloadSession:
                 if store.decoded is not None:
                     store.decoded.cancel()
                 store.tensor = store.frame = store.decoded = store.future = None
+                self.saved_memory.drop(id(store))
             del self._live[rec.seq]
             del self._live_seqs[bisect.bisect_left(self._live_seqs, rec.seq)]
             if self._by_key.get(rec.key) is rec:
                 del self._by_key[rec.key]
+        for observer in self._observers:
+            observer.freed(rec)
 
     # ---------------------------------------------------------------- calibration
 
-    def _lossy_records(self, lossy) -> list[_Record]:
+    def _lossy_records(self, lossy) -> list[SavedRecord]:
         """The live records kept exactly whose info ``lossy`` says would be stored lossily (for
         ``AdaptivePolicy.calibrate``, on a session with policy "keep" and no workers)."""
         with self._lock:
@@ -816,7 +922,7 @@ class OffloadSession:
                     and lossy(r.info)]
 
     @contextlib.contextmanager
-    def _substituted(self, rec: _Record, codec: Codec):
+    def _substituted(self, rec: SavedRecord, codec: Codec):
         """Backward reads ``rec`` as stored by ``codec`` (made and decoded by this session's
         own path, as a real step would) while inside."""
         store = self._new_store(rec, rec.values.tensor, codec)
@@ -827,6 +933,39 @@ class OffloadSession:
             yield
         finally:
             del self._substitutes[rec.seq]
+
+    # ---------------------------------------------------------------- profiling
+
+    def observe(self, observer) -> None:
+        """A profiling hook: ``observer`` is told, in the thread where it happens and after the
+        session has done its part, of every save the session stores
+        (``observer.saved(record, tensor, modules)``: the ``SavedRecord`` (one per distinct
+        tensor, so a tensor saved by several ops comes several times), the tensor the op saved,
+        the running modules outermost first), every read by backward
+        (``observer.read(record)``, before the session restores it) and every release
+        (``observer.freed(record)``, when autograd drops its last reference). Observers must
+        not change the records. ``actpack.plan`` profiles a step through it."""
+        self._observers.append(observer)
+
+    def records(self, *, live: bool = True) -> list[SavedRecord]:
+        """The distinct saved tensors autograd still holds (``live``), or every one the session
+        stored, in save order."""
+        with self._lock:
+            return [self._live[s] for s in self._live_seqs] if live else list(self._history)
+
+    def trial(self, record: SavedRecord, codec: Codec | Lossless):
+        """``record``'s kept tensor (``record.tensor``) stored as ``codec`` through the
+        session's own path (the device, the channel-row layout), without keeping it: the stored
+        form (a ``Frame`` or a lossless ``Packed``) and its bytes. Raises what storing it would
+        (``OffloadError``)."""
+        store = self._new_store(record, record.tensor, codec)
+        if store.error is not None:
+            raise store.error
+        return store.frame, store.nbytes
+
+    def restore(self, record: SavedRecord, stored) -> torch.Tensor:
+        """What backward would read from ``stored`` (a ``trial`` result) for ``record``."""
+        return self._decode(record, stored)
 
     # ---------------------------------------------------------------- figures
 

@@ -8,6 +8,18 @@ On CUDA, ``torch.cuda.max_memory_allocated`` after a reset (every stream of the 
 the CPU, the allocator's events recorded by ``torch.profiler`` (``profile_memory=True``, every
 thread), summed in time order. Both count tensor memory allocated inside the call, above what
 was allocated before it; the CPU figure includes the allocations of actpack's worker threads.
+
+The peak of *saved-activation* memory is a different figure: the bytes held for backward, in
+whatever form (a raw tensor kept or still waiting for compression, a frame, a lossless pack, a
+tensor decompressed ahead of backward), counted from the storages themselves (each storage
+once, however many saves or views share it; a frame by the bytes it holds) at every change,
+and its maximum over the step. ``SavedMemory`` keeps that account; ``OffloadSession`` keeps one
+(``session.saved_memory``), and ``tracked_hooks`` keeps one for any other saved-tensor hooks
+(plain autograd, ``save_on_cpu``, a quantizer) so every row is measured the same way.
+Parameters (and their views) are left out: autograd saves them by reference, they are held
+anyway. A tensor handed to backward (unpacked) is backward's working memory from then on, as
+the gradients are: it is in the step's peak (``measure_peak``), not in this one; what a save
+held is counted until autograd releases it.
 """
 
 from __future__ import annotations
@@ -15,11 +27,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 
 import torch
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["measure_peak", "step_peak", "warm_peak"]
+__all__ = ["SavedMemory", "is_parameter", "measure_peak", "step_peak", "storages_of",
+           "tracked_hooks", "warm_peak"]
 
 
 def measure_peak(fn: Callable[[], object], *, device: torch.device | str = "cpu") -> int:
@@ -99,3 +115,112 @@ def quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+# ------------------------------------------------------------------------ saved-activation memory
+
+def is_parameter(t: torch.Tensor) -> bool:
+    """Whether autograd saves ``t`` by reference to a parameter (a leaf that requires grad, or
+    a view of one): held by the model anyway, not activation memory."""
+    return (isinstance(t, torch.nn.Parameter) or (t.is_leaf and t.requires_grad)
+            or isinstance(t._base, torch.nn.Parameter))
+
+
+def storages_of(obj) -> list[tuple[tuple, int]]:
+    """The memory ``obj`` holds as ``(key, nbytes)`` pairs, one per storage: a tensor's whole
+    untyped storage (a view holds all of it), an object with a ``data`` tensor (a lossless
+    pack), bytes (a frame's ``bytes(frame)``), or a container of these."""
+    out = []
+    for leaf in tree_leaves(obj):
+        if isinstance(leaf, torch.Tensor):
+            if leaf.layout != torch.strided or leaf.device.type == "meta":
+                continue
+            st = leaf.untyped_storage()
+            out.append((("storage", leaf.device, st.data_ptr()), st.nbytes()))
+        elif isinstance(leaf, (bytes, bytearray)):
+            out.append((("bytes", id(leaf)), len(leaf)))
+        elif isinstance(getattr(leaf, "data", None), torch.Tensor):
+            out += storages_of(leaf.data)
+        elif hasattr(leaf, "__bytes__"):  # a codec Frame: its bytes object, not a copy
+            data = bytes(leaf)
+            out.append((("bytes", id(data)), len(data)))
+    return out
+
+
+class SavedMemory:
+    """The live bytes held for backward and their peak, from storages (see the module
+    docstring). An owner (any hashable: a store, a saved-tensor handle) ``hold``s objects and
+    later holds others or ``drop``s them; a storage held by several owners counts once.
+    Thread-safe (worker threads finish compressions)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owners: dict[object, list[tuple[tuple, int]]] = {}
+        self._refs: dict[tuple, list[int]] = {}  # storage key -> [owners holding it, nbytes]
+        self.live = 0
+        self.peak = 0
+
+    def hold(self, owner, obj) -> None:
+        """``owner`` holds what ``obj`` holds from now on (instead of what it held before)."""
+        new = storages_of(obj) if obj is not None else []
+        with self._lock:
+            old = self._owners.pop(owner, [])
+            for key, nbytes in new:
+                ref = self._refs.get(key)
+                if ref is None:
+                    self._refs[key] = [1, nbytes]
+                    self.live += nbytes
+                else:
+                    ref[0] += 1
+            if new:
+                self._owners[owner] = new
+            self.peak = max(self.peak, self.live)
+            for key, _ in old:
+                ref = self._refs[key]
+                ref[0] -= 1
+                if ref[0] == 0:
+                    del self._refs[key]
+                    self.live -= ref[1]
+
+    def drop(self, owner) -> None:
+        """``owner`` holds nothing any more."""
+        self.hold(owner, None)
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is live now (at the start of a step)."""
+        with self._lock:
+            self.peak = self.live
+
+
+class _Held:
+    """What a tracked pack hook hands autograd: the inner hook's result, accounted for until
+    autograd releases it."""
+
+    __slots__ = ("__weakref__", "packed")
+
+    def __init__(self, packed):
+        self.packed = packed
+
+
+def tracked_hooks(pack=None, unpack=None, *, memory: SavedMemory | None = None):
+    """``saved_tensors_hooks`` around ``pack``/``unpack`` (default: keep the tensor as it is,
+    plain autograd's storage) that account what each save holds in ``memory`` (a new
+    ``SavedMemory`` by default; the context manager's ``.memory``) until autograd releases it.
+    Parameters are passed through uncounted."""
+    memory = memory if memory is not None else SavedMemory()
+
+    def packed(t):
+        inner = pack(t) if pack is not None else t
+        if is_parameter(t) and inner is t:
+            return _Held(inner)
+        held = _Held(inner)
+        memory.hold(id(held), inner)
+        weakref.finalize(held, memory.drop, id(held))
+        return held
+
+    def unpacked(held):
+        return unpack(held.packed) if unpack is not None else held.packed
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(packed, unpacked)
+    hooks.memory = memory
+    return hooks

@@ -329,55 +329,49 @@ class _Region:
     start_tensor: _Tensor | None = None
 
 
-class _Profiler(OffloadSession):
-    """A "keep" session that notes, at every save, read and release (a marker in the
-    profiler's timeline): which regions' modules were saving, which saved tensors nothing but
-    autograd references any more (their liveness), and when backward first reads each."""
+class _Profiler:
+    """Observes a "keep" session (``OffloadSession.observe``) and notes, at every save, read
+    and release (a marker in the profiler's timeline): which regions' modules were saving,
+    which saved tensors nothing but autograd references any more (their liveness), and when
+    backward first reads each."""
 
     def __init__(self, region_of: dict[int, int]):
-        super().__init__(policy="keep", workers=0)
+        self.session = OffloadSession(policy="keep", workers=0)
+        self.session.observe(self)
         self.region_of = region_of
         self.savers: dict[int, list[int | None]] = {}
         self.markers = 0
         self.packed: dict[int, int] = {}
         self.dormant: dict[int, int] = {}
         self.unpacked: dict[int, int] = {}
-        self.freed: dict[int, int] = {}
+        self.released: dict[int, int] = {}
         self.storage: dict[int, tuple[int, int]] = {}
 
     def _mark(self) -> int:
         with torch.profiler.record_function(f"actpack.plan.{self.markers}"):
             pass
         self.markers += 1
-        for rec in list(self._live.values()):
-            if rec.seq not in self.dormant and rec.weak() is None:
+        for rec in self.session.records():
+            if rec.seq not in self.dormant and not rec.alive:
                 self.dormant[rec.seq] = self.markers - 1
         return self.markers - 1
 
-    def _pack(self, t):
-        handle = super()._pack(t)
-        rec = getattr(handle, "record", None)
-        if rec is not None:
-            stack = self._tracker._stack()
-            region = next((self.region_of[id(m)] for m in reversed(stack)
-                           if id(m) in self.region_of), None)
-            self.savers.setdefault(rec.seq, []).append(region)
-            if rec.seq not in self.packed:
-                storage = t.untyped_storage()
-                self.storage[rec.seq] = (storage.data_ptr(), storage.nbytes())
-                self.packed[rec.seq] = self._mark()
-        return handle
+    def saved(self, rec, t, modules) -> None:
+        region = next((self.region_of[id(m)] for m in reversed(modules)
+                       if id(m) in self.region_of), None)
+        self.savers.setdefault(rec.seq, []).append(region)
+        if rec.seq not in self.packed:
+            storage = t.untyped_storage()
+            self.storage[rec.seq] = (storage.data_ptr(), storage.nbytes())
+            self.packed[rec.seq] = self._mark()
 
-    def _unpack(self, packed):
-        rec = getattr(packed, "record", None)
-        if rec is not None and rec.seq not in self.unpacked:
+    def read(self, rec) -> None:
+        if rec.seq not in self.unpacked:
             self.unpacked[rec.seq] = self._mark()
-        return super()._unpack(packed)
 
-    def _release(self, handle):
-        super()._release(handle)
-        if handle.record.freed_at is not None and handle.record.seq not in self.freed:
-            self.freed[handle.record.seq] = self._mark()
+    def freed(self, rec) -> None:
+        if rec.seq not in self.released:
+            self.released[rec.seq] = self._mark()
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -420,11 +414,13 @@ def _call(model, inputs):
 
 
 def _session_step(model, inputs, loss_fn, regions, device, *, between=None):
-    """One step in a ``_Profiler`` (``between(session)`` after forward); the session."""
+    """One step in a ``_Profiler``'s session (``between(session)`` after forward); the
+    profiler."""
     from .device import resolve_device
 
     region_of = {id(model.get_submodule(n)): r.index for r in regions for n in r.names}
-    session = _Profiler(region_of)
+    profiler = _Profiler(region_of)
+    session = profiler.session
     session.device = resolve_device(device)
     hooks = []
     for r in regions:
@@ -455,7 +451,7 @@ def _session_step(model, inputs, loss_fn, regions, device, *, between=None):
             h.remove()
     del loss
     model.zero_grad(set_to_none=True)
-    return session
+    return profiler
 
 
 def _profile(model, inputs, loss_fn, device):
@@ -465,58 +461,62 @@ def _profile(model, inputs, loss_fn, device):
     measured: dict[int, tuple] = {}
 
     def codecs(session):
-        for rec in session._live.values():
+        for rec in session.records():
             setting, stored, resident, seconds = "keep", rec.raw_bytes, rec.raw_bytes, 0.0
-            t = rec.values.tensor if rec.values is not None else None
+            t = rec.tensor
             codec = (Policy.auto()(rec.info) if t is not None and is_dense(t)
                      and rec.info.op != "parameter" else None)
             extra = (0, 0)
             if codec is not None:
                 t0 = time.perf_counter()
-                store = session._new_store(rec, t, codec)
-                if store.error is None:
-                    session._decode(rec, store.frame)
-                    setting, stored = codec_label(codec), store.nbytes
+                try:
+                    frame, nbytes = session.trial(rec, codec)
+                except OffloadError:
+                    frame = None
+                if frame is not None:
+                    session.restore(rec, frame)
+                    setting, stored = codec_label(codec), nbytes
                     seconds = time.perf_counter() - t0
                     # frames are host memory; lossless integers stay tensors on the device
-                    data = getattr(store.frame, "data", None)
+                    data = getattr(frame, "data", None)
                     resident = (stored if isinstance(data, torch.Tensor)
                                 and data.device == t.device else 0)
-                    made = measure_peak(lambda rec=rec, t=t, codec=codec:
-                                        session._new_store(rec, t, codec), device=t.device)
-                    read = measure_peak(lambda rec=rec, store=store:
-                                        session._decode(rec, store.frame), device=t.device)
+                    made = measure_peak(lambda rec=rec, codec=codec:
+                                        session.trial(rec, codec), device=t.device)
+                    read = measure_peak(lambda rec=rec, frame=frame:
+                                        session.restore(rec, frame), device=t.device)
                     extra = (max(0, made - resident), max(0, read - rec.raw_bytes))
             measured[rec.seq] = (setting, min(stored, rec.raw_bytes),
                                  min(resident, rec.raw_bytes), extra, seconds)
 
     first = _session_step(model, inputs, loss_fn, regions, device, between=codecs)
     on = next((q.device for q in model.parameters()), torch.device("cpu"))
-    session, segments = _profiled(lambda: _session_step(model, inputs, loss_fn, regions,
-                                                        device), on)
-    if len(session._history) != len(first._history):
+    profiler, segments = _profiled(lambda: _session_step(model, inputs, loss_fn, regions,
+                                                         device), on)
+    history, first_history = (p.session.records(live=False) for p in (profiler, first))
+    if len(history) != len(first_history):
         raise OffloadError("plan: two steps of the model saved different tensors; the planner "
                            "needs a step that saves the same tensors each time")
     tensors = []
-    for rec, rec1 in zip(session._history, first._history, strict=True):
+    for rec, rec1 in zip(history, first_history, strict=True):
         if rec.info.op == "parameter" or rec1.seq not in measured:
             continue
         setting, stored, resident, extra, seconds = measured[rec1.seq]
-        savers = session.savers.get(rec.seq, [None])
+        savers = profiler.savers.get(rec.seq, [None])
         inside = frozenset(savers) if None not in savers and len(set(savers)) == 1 else frozenset()
         tensors.append(_Tensor(rec.seq, rec.info, rec.raw_bytes, setting, stored, resident,
                                extra, seconds,
-                               inside, rec.key[1],
-                               session.storage.get(rec.seq, (rec.key[1], rec.raw_bytes)),
-                               session.packed.get(rec.seq, 0),
-                               session.dormant.get(rec.seq), session.unpacked.get(rec.seq),
-                               session.freed.get(rec.seq)))
+                               inside, rec.data_ptr,
+                               profiler.storage.get(rec.seq, (rec.data_ptr, rec.raw_bytes)),
+                               profiler.packed.get(rec.seq, 0),
+                               profiler.dormant.get(rec.seq), profiler.unpacked.get(rec.seq),
+                               profiler.released.get(rec.seq)))
     return tensors, regions, segments
 
 
-def _profiled(step, device: torch.device) -> tuple[OffloadSession, np.ndarray]:
+def _profiled(step, device: torch.device) -> tuple[_Profiler, np.ndarray]:
     """Run ``step()`` (returning a ``_Profiler``) under torch.profiler's memory events; the
-    session and the peak of tensor memory on ``device`` in each segment between its markers."""
+    profiler and the peak of tensor memory on ``device`` in each segment between its markers."""
     from torch.profiler import ProfilerActivity, profile
 
     from .peak import quiet_stderr
@@ -528,14 +528,14 @@ def _profiled(step, device: torch.device) -> tuple[OffloadSession, np.ndarray]:
     with quiet_stderr():
         prof.__enter__()
     try:
-        session = step()
+        profiler = step()
     finally:
         with quiet_stderr():
             prof.__exit__(None, None, None)
     events = sorted((e for e in prof.profiler.kineto_results.events()
                      if (e.name() == "[memory]" and e.device_type() == kind)
                      or e.name().startswith("actpack.plan.")), key=lambda e: e.start_ns())
-    segments = np.zeros(session.markers + 1, dtype=np.int64)
+    segments = np.zeros(profiler.markers + 1, dtype=np.int64)
     live = segment = 0
     for e in events:
         if e.name() == "[memory]":
@@ -544,7 +544,7 @@ def _profiled(step, device: torch.device) -> tuple[OffloadSession, np.ndarray]:
         else:
             segment = int(e.name().rpartition(".")[2]) + 1
             segments[segment] = max(segments[segment], live)
-    return session, segments
+    return profiler, segments
 
 
 # ------------------------------------------------------------------------------ the model

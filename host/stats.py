@@ -7,8 +7,11 @@ their views and autocast copies) are left out of both: autograd saves them by re
 they cost nothing extra; ``parameter_bytes`` counts them. Peaks come from
 the timeline of the session: ``peak_raw_bytes`` and ``peak_stored_bytes`` count each tensor from
 the moment it is saved to the moment autograd frees it (the stored figure as if compression were
-instant); ``peak_resident_bytes`` is the honest one, counting a tensor at its raw size until its
-compression has finished.
+instant); ``peak_resident_bytes`` counts a tensor at its raw size until its compression has
+finished (a tensor compressed inside the op that saves it is stored when the op returns: its
+raw form is the op's own, never held for backward). ``session.saved_memory`` measures the same
+from the storages themselves (``host.peak.SavedMemory``), tensors decompressed ahead of
+backward included.
 """
 
 from __future__ import annotations

@@ -35,12 +35,19 @@ def test_bench_train_quick(tmp_path):
     for r in rows.values():
         assert r["model"] == "digits CNN" and r["seeds"] == 1
         assert r["peak_activation_bytes"] > 0 and r["step_time_s"] > 0
+        assert r["step_peak_bytes"] > 0
         assert 0 < r["test_metric"] <= 1
     base = rows["baseline"]
     assert rows["auto"]["saved_bytes"] < base["saved_bytes"] / 4
-    assert rows["int8"]["saved_bytes"] < 0.6 * base["saved_bytes"]  # pool indices stay int64
+    # pool indices stay int64, and a tensor two ops save (ReLU and max pooling) is quantized
+    # twice: the peer holds about two thirds
+    assert rows["int8"]["saved_bytes"] < 0.7 * base["saved_bytes"]
     assert rows["checkpoint"]["saved_bytes"] < 0.6 * base["saved_bytes"]  # segment inputs
-    assert rows["auto"]["peak_activation_bytes"] < base["peak_activation_bytes"]
+    # the saved-activation peak, measured from the storages, not the step's total
+    assert rows["auto"]["peak_activation_bytes"] < base["peak_activation_bytes"] / 10
+    assert base["peak_activation_bytes"] < base["step_peak_bytes"]
+    assert rows["auto"]["step_peak_bytes"] < base["step_peak_bytes"]
+    assert base["saved_bytes"] <= base["peak_activation_bytes"]
     assert "| digits CNN | auto |" in results.read_text()
     assert (tmp_path / "train.png").read_bytes()[:4] == b"\x89PNG"
     assert any("digits CNN, auto" in t["name"] for t in data["targets"])
@@ -56,6 +63,6 @@ def test_the_plan_row_plans_for_a_tenth_of_the_baseline_or_the_smallest_feasible
     assert row["plan_target_bytes"] > 0 and row["budget_bytes"] >= row["plan_target_bytes"]
     assert row["planned_peak_bytes"] <= row["budget_bytes"]
     # the plan made on the first weights still holds after training on them
-    assert row["peak_activation_bytes"] <= 1.05 * row["budget_bytes"]
+    assert row["step_peak_bytes"] <= 1.05 * row["budget_bytes"]
     # on the digits CNN a tenth is below every plan (one layer's backward alone holds more)
     assert row["budget_bytes"] > row["plan_target_bytes"] / PLAN_FRACTION / 2

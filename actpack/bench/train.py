@@ -33,12 +33,22 @@ Rows (each trained from the same initial weights and batch order per seed):
   planner's predicted and measured peaks and the time planning took (``plan_s``, not in the
   step time).
 
-Figures per row, median over the seeds: ``peak_activation_bytes``, the peak of all tensor memory
-of one training step's forward and backward in the process (``host.peak.step_peak``, measured
-on the trained model: forward's live tensors, saved tensors, gradients and any codec temporaries);
-``saved_bytes``, what the row holds for backward at the end of forward (distinct saved tensors'
-bytes, through saved-tensor hooks: for ``checkpoint`` the inputs it recomputes from);
-``step_time_s``, the median training step; ``test_metric``.
+Figures per row, median over the seeds, both peaks measured on one step of the trained model:
+
+- ``peak_activation_bytes``: the peak of saved-activation memory, the bytes held for backward
+  at their maximum over the step, in whatever form the row holds them (raw tensors, tensors
+  waiting for compression, frames, quantized codes, copies ``save_on_cpu`` made), counted from
+  the storages at every change (``host.peak.SavedMemory``: ``session.saved_memory`` for the
+  actpack rows, ``host.peak.tracked_hooks`` around the peers' hooks and plain autograd), each
+  storage once; parameters left out (held by the model anyway). A tensor handed to backward is
+  backward's working memory from then on (in the step peak). For ``checkpoint``: the inputs it
+  recomputes from; the segment recomputed during backward is held by checkpoint itself, out of
+  the hooks' sight, and shows only in the step peak;
+- ``step_peak_bytes``: the peak of all tensor memory of the step's forward and backward in the
+  process (``host.peak.warm_peak``: forward's working set, saved tensors, gradients, the codec's
+  temporaries);
+- ``saved_bytes``: what the row holds for backward at the end of forward (the same account);
+- ``step_time_s``, the median training step; ``test_metric``.
 """
 
 from __future__ import annotations
@@ -183,23 +193,6 @@ def int8_hooks(*, min_bytes: int = 65536, group: int = 256):
     return Hooks
 
 
-class _CountSaved(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the distinct tensors autograd saves (by storage and offset), passing them on."""
-
-    def __init__(self):
-        self.seen: dict[tuple, int] = {}
-        super().__init__(self._pack, lambda t: t)
-
-    def _pack(self, t):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        self.seen[key] = t.numel() * t.element_size()
-        return t
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.seen.values())
-
-
 @contextlib.contextmanager
 def _checkpointed(model: nn.Module, blocks: list[nn.Module] | None):
     """Every block's forward through ``torch.utils.checkpoint`` (non-reentrant) while inside,
@@ -243,33 +236,29 @@ def _checkpointed(model: nn.Module, blocks: list[nn.Module] | None):
 # ----------------------------------------------------------------------------- one run
 
 def _context(row: str, model: nn.Module, task: Task, state: dict):
-    """The context a step of ``row`` runs in, and how many bytes it holds for backward."""
+    """The context a step of ``row`` runs in, and the ``SavedMemory`` that accounts what it
+    holds for backward."""
     import actpack
+    from actpack.host.peak import tracked_hooks
 
-    if row == "baseline":
-        counter = _CountSaved()
-        return counter, lambda: counter.bytes
-    if row == "checkpoint":
-        counter = _CountSaved()
+    if row in ("baseline", "checkpoint"):
+        hooks = tracked_hooks()
+        if row == "baseline":
+            return hooks, hooks.memory
         stack = contextlib.ExitStack()
         blocks = None if task.blocks is None else task.blocks(model)
         stack.enter_context(_checkpointed(model, blocks))
-        stack.enter_context(counter)
-        return stack, lambda: counter.bytes
-    if row == "save_on_cpu":
-        hooks, held = torch.autograd.graph.save_on_cpu(), _CountSaved()
-        pack = hooks.pack_hook
-        hooks.pack_hook = lambda t: (held._pack(t), pack(t))[1]  # count what it keeps
-        return hooks, lambda: held.bytes
-    if row == "int8":
-        hooks = int8_hooks()
-        hooks.stored = 0
-        return hooks(), lambda: hooks.stored
+        stack.enter_context(hooks)
+        return stack, hooks.memory
+    if row in ("save_on_cpu", "int8"):
+        inner = torch.autograd.graph.save_on_cpu() if row == "save_on_cpu" else int8_hooks()()
+        hooks = tracked_hooks(inner.pack_hook, inner.unpack_hook)
+        return hooks, hooks.memory
     if row == "plan":
         session = actpack.offload(plan=state["plan"])
     else:
         session = actpack.offload(policy=state.get("policy", row))
-    return session, lambda: session.stats.stored_bytes
+    return session, session.saved_memory
 
 
 def _plan(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[object, dict]:
@@ -316,26 +305,30 @@ def train_row(task: Task, row: str, seed: int) -> dict:
         x, y = task.batch(gen)
         if row == "adaptive":
             state["policy"].step(model, x, y, loss_fn=task.loss)
-        ctx, held = _context(row, model, task, state)
+        ctx, memory = _context(row, model, task, state)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with ctx:
             loss = task.loss(model(x), y)
-            saved = held()
+            saved = memory.live
             loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
     metric = task.evaluate(model)
     x, y = task.batch(torch.Generator().manual_seed(seed + 10_000))
 
+    saved_peaks = []
+
     def step_in():
-        ctx, _ = _context(row, model, task, state)
+        ctx, memory = _context(row, model, task, state)
         with ctx:
             task.loss(model(x), y).backward()
+        saved_peaks.append(memory.peak)
 
     peak = warm_peak(step_in, model)
     return {"saved_bytes": saved, "step_time_s": statistics.median(times[len(times) // 5:]),
-            "test_metric": metric, "peak_activation_bytes": peak, **planned}
+            "test_metric": metric, "peak_activation_bytes": saved_peaks[-1],
+            "step_peak_bytes": peak, **planned}
 
 
 def collect(*, quick: bool = False, seeds: int | None = None, models=None, rows=ROWS,
@@ -374,9 +367,9 @@ def _targets(rows: list[dict]) -> list[dict]:
         if base is None:
             continue
         for r in rows:
-            if r["model"] == model and r["name"] == "plan":
-                gain = base["peak_activation_bytes"] / max(1, r["peak_activation_bytes"])
-                targets.append({"name": f"{model}, plan: peak <= {PLAN_FRACTION:g} of the "
+            if r["model"] == model and r["name"] == "plan":  # planned for the step's peak
+                gain = base["step_peak_bytes"] / max(1, r["step_peak_bytes"])
+                targets.append({"name": f"{model}, plan: step peak <= {PLAN_FRACTION:g} of the "
                                         "baseline's", "value": gain,
                                 "pass": gain >= 1 / PLAN_FRACTION})
             if r["model"] != model or r["name"] not in ("auto", "adaptive"):
@@ -388,7 +381,8 @@ def _targets(rows: list[dict]) -> list[dict]:
                 ok_metric = r["test_metric"] <= base["test_metric"] * (1 + tolerance)
             worse = (f"{100 * tolerance:g} points" if r["higher_is_better"]
                      else f"{100 * tolerance:g} %")
-            targets.append({"name": f"{model}, {r['name']}: peak >= {factor:g}x lower at <= "
+            targets.append({"name": f"{model}, {r['name']}: saved-activation peak >= "
+                                    f"{factor:g}x lower at <= "
                                     f"{worse} worse {r['metric']}",
                             "value": gain, "pass": gain >= factor and ok_metric})
     return targets
@@ -400,32 +394,43 @@ def render_markdown(result: dict, plot: str | None = None) -> str:
         "",
         machine_line(result),
         ("Same models, data, initial weights and batch order per seed; medians over the seeds. "
-         "Peak: all tensor memory of one training step in the process (torch.profiler's "
-         "allocator events). Saved: what the row holds for backward at the end of forward. "
+         "Saved-activation peak: the bytes held for backward at their maximum over one step, in "
+         "whatever form the row holds them (raw, waiting for compression, frames, int8 codes, "
+         "save_on_cpu's copies), counted from the storages themselves at every change, each "
+         "storage once, parameters left out (host.peak.SavedMemory; for checkpoint the inputs "
+         "it keeps, not the segment it recomputes during backward). Step peak: all tensor "
+         "memory of the step in the process (torch.profiler's allocator events: forward's "
+         "working set, gradients, decompressed tensors and the codec's temporaries "
+         "included). Saved: what the row holds for backward at the end of forward. "
          f"`plan`: planned for {PLAN_FRACTION:g} of a plain step's peak, or for the smallest "
          "budget any plan reaches where that is more (the plan lines below)."),
         "",
-        "| model | row | peak | peak vs baseline | saved | step | metric | seeds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        ("| model | row | saved-activation peak | vs baseline | step peak | vs baseline | "
+         "saved | step | metric | seeds |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r["model"]: r for r in result["rows"] if r["name"] == "baseline"}
+
+    def gain(b, r, key):
+        return f"{b[key] / max(1, r[key]):.2f}x" if b else "-"
+
     for r in result["rows"]:
         b = base.get(r["model"])
-        gain = (f"{b['peak_activation_bytes'] / max(1, r['peak_activation_bytes']):.2f}x"
-                if b else "-")
         metric = (f"{r['test_metric']:.2%}" if r["higher_is_better"]
                   else f"{r['test_metric']:.4f}")
         lines.append(f"| {r['model']} | {r['name']} | {mib(r['peak_activation_bytes'])} | "
-                     f"{gain} | {mib(r['saved_bytes'])} | {1e3 * r['step_time_s']:.1f} ms | "
-                     f"{metric} ({r['metric']}) | {r['seeds']} |")
+                     f"{gain(b, r, 'peak_activation_bytes')} | {mib(r['step_peak_bytes'])} | "
+                     f"{gain(b, r, 'step_peak_bytes')} | {mib(r['saved_bytes'])} | "
+                     f"{1e3 * r['step_time_s']:.1f} ms | {metric} ({r['metric']}) | "
+                     f"{r['seeds']} |")
     plans = [r for r in result["rows"] if r["name"] == "plan" and "budget_bytes" in r]
     if plans:
         lines += ["", ("| model | plan: budget asked | budget planned for | predicted peak | "
-                       "measured peak (planning) | peak (trained) | planning |"),
+                       "measured peak (planning) | step peak (trained) | planning |"),
                   "|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['model']} | {mib(r['plan_target_bytes'])} | {mib(r['budget_bytes'])} | "
                   f"{mib(r['predicted_peak_bytes'])} | {mib(r['planned_peak_bytes'] or 0)} | "
-                  f"{mib(r['peak_activation_bytes'])} | {r['plan_s']:.1f} s |" for r in plans]
+                  f"{mib(r['step_peak_bytes'])} | {r['plan_s']:.1f} s |" for r in plans]
     if result["targets"]:
         lines += ["", "| goal | measured | |", "|---|---:|---|"]
         lines += [f"| {t['name']} | {t['value']:.2f}x | {'PASS' if t['pass'] else 'MISS'} |"
@@ -436,7 +441,7 @@ def render_markdown(result: dict, plot: str | None = None) -> str:
 
 
 def plot(result: dict, path) -> None:
-    """Peak memory against the metric, one panel per model, one point per row."""
+    """The saved-activation peak against the metric, one panel per model, one point per row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -449,7 +454,7 @@ def plot(result: dict, path) -> None:
             ax.scatter(r["peak_activation_bytes"] / 2**20, r["test_metric"], s=30)
             ax.annotate(r["name"], (r["peak_activation_bytes"] / 2**20, r["test_metric"]),
                         fontsize=8, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("peak tensor memory of a step (MiB)")
+        ax.set_xlabel("saved-activation peak of a step (MiB)")
         ax.set_ylabel(next(r["metric"] for r in result["rows"] if r["model"] == model))
         ax.set_title(model)
         ax.grid(alpha=0.3)

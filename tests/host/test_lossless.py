@@ -47,3 +47,34 @@ def test_floats_are_refused():
     assert not lossless_takes(torch.float32) and lossless_takes(torch.bool)
     with pytest.raises(TypeError, match="bool and integer"):
         LOSSLESS.compress(torch.zeros(3))
+
+
+POOLS = [
+    ("2x2", dict(kernel_size=2), (2, 3, 32, 32), 2),
+    ("3x3 stride 2 padded", dict(kernel_size=3, stride=2, padding=1), (2, 3, 17, 19), 4),
+    ("ceil mode", dict(kernel_size=2, ceil_mode=True), (2, 3, 15, 15), 2),
+    ("dilated", dict(kernel_size=2, stride=1, dilation=2), (1, 2, 9, 10), 2),
+    ("3-D input", dict(kernel_size=(2, 3), stride=(1, 2)), (3, 8, 11), 4),
+    ("1x1", dict(kernel_size=1), (2, 2, 4, 4), 1),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "shape", "bits"), POOLS, ids=[p[0] for p in POOLS])
+def test_max_pool_indices_are_stored_as_window_positions(name, kwargs, shape, bits):
+    from actpack.host.lossless import Window
+
+    pool = torch.nn.MaxPool2d(return_indices=True, **kwargs)
+    _, idx = pool(torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    packed = LOSSLESS.compress(idx, window=Window.of(pool))
+    assert packed.window is not None and packed.nbytes == -(-idx.numel() * bits // 8)
+    back = LOSSLESS.decompress(packed)
+    assert back.dtype == torch.int64 and torch.equal(back, idx)
+
+
+def test_indices_that_are_not_the_pools_are_narrowed_instead():
+    from actpack.host.lossless import Window
+
+    window = Window.of(torch.nn.MaxPool2d(2))
+    t = torch.randint(0, 1024, (2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    packed = LOSSLESS.compress(t, window=window)  # not positions inside 2x2 windows
+    assert packed.window is None and torch.equal(LOSSLESS.decompress(packed), t)
