@@ -3,8 +3,9 @@ bit-exact with ``actpack.codec.reference.compress`` (docs/format.md 6-8).
 
 ``Compressor`` chains the per-stage blocks of this package per mode:
 
-- ``dct``: ``FloatToFixed(limit=127)`` -> ``DCT2D`` -> ``Quantizer`` -> ``Zigzag`` ->
-  ``BlockEncoder``
+- ``dct``: ``FloatToFixed(limit=127)`` -> ``DCT2D(order="zigzag")`` ->
+  ``Quantizer(order="zigzag")`` -> ``BlockEncoder`` (the DCT's output transpose emits the
+  zigzag scan rows, so no ``Zigzag`` buffer)
 - ``sfpr8``: ``FloatToFixed(limit=127)`` -> ``BlockEncoder``
 - ``eb``: ``FloatToFixed(limit=2**15)`` -> ``LorenzoPredictor`` -> ``BlockEncoder``, with
   ``BoundCheck`` on the same values forcing RAW
@@ -28,8 +29,8 @@ from actpack.codec.spec import DType, Mode
 from actpack.codec.tables import resolve_table
 
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
-from .blockcode import BlockEncoder, Zigzag
-from .dct import COEF, DCT2D
+from .blockcode import BlockEncoder
+from .dct import DCT2D
 from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
@@ -233,15 +234,14 @@ class _Lane(wiring.Component):
         return m
 
     def _dct_chain(self, m, f2x, enc):
-        m.submodules.dct = dct = DCT2D()
-        m.submodules.quant = quant = Quantizer(table=self.table)
-        m.submodules.zigzag = zz = Zigzag(shape=COEF)
+        m.submodules.dct = dct = DCT2D(order="zigzag")
+        m.submodules.quant = quant = Quantizer(table=self.table, order="zigzag")
         for key in ("addr", "data", "en"):
             m.d.comb += getattr(quant.table_wr, key).eq(getattr(self.table_wr, key))
         # nonfinite: ORed over a block's rows, one flag per block beside the transform
         # one flag per block; blocks in flight from the DCT's input to the encoder's: about 7
-        # (DCT2D.LATENCY = 38 cycles, then the quantizer and the zigzag's two banks), so 8
-        # places would stall the input now and then
+        # (DCT2D.LATENCY = 38 cycles, then the quantizer), so 8 places would stall the input
+        # now and then
         flags = _fifo(m, "flags", 1, 2 * N)
         frow = Signal(range(N))
         acc = Signal()
@@ -257,10 +257,9 @@ class _Lane(wiring.Component):
                          acc.eq(Mux(frow == N - 1, 0, acc | f2x.o.payload.nonfinite))]
             m.d.comb += flags.w_en.eq(frow == N - 1)
         wiring.connect(m, dct.o, quant.i)
-        wiring.connect(m, quant.o, zz.i)
         erow = Signal(range(N))
-        join(m, [zz.o, Port(flags.r_rdy, None, Signal(name="flags_pop"))], enc.i)
-        m.d.comb += [enc.i.payload.symbols[u].eq(zz.o.payload[u]) for u in range(N)]
+        join(m, [quant.o, Port(flags.r_rdy, None, Signal(name="flags_pop"))], enc.i)
+        m.d.comb += [enc.i.payload.symbols[u].eq(quant.o.payload[u]) for u in range(N)]
         m.d.comb += enc.i.payload.force_raw.eq(flags.r_data)
         with m.If(enc.i.valid & enc.i.ready):
             m.d.sync += erow.eq(erow + 1)

@@ -33,9 +33,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import spec
-from actpack.codec.tables import DCT_MATRIX
+from actpack.codec.tables import DCT_MATRIX, ZIGZAG
 
-__all__ = ["COEF", "DCT2D", "IDCT2D", "PIXEL", "CoefRow", "PixelRow"]
+__all__ = ["COEF", "DCT2D", "IDCT2D", "ORDERS", "PIXEL", "CoefRow", "PixelRow", "block_order"]
 
 N = spec.BLOCK  # 8 values per row, 8 rows per block
 
@@ -46,6 +46,18 @@ COEF = Shape.cast(range(-spec.DCT_COEF_MAX, spec.DCT_COEF_MAX + 1))  # signed(12
 
 PixelRow = data.ArrayLayout(PIXEL, N)
 CoefRow = data.ArrayLayout(COEF, N)
+
+# Orders of a block's 64 values on a stream of rows: output row ``k``, lane ``i`` carries the
+# value at row-major position ``ORDERS[name][8 k + i]``. "raster": rows of the block; "zigzag":
+# the JPEG scan rows the block coder takes (``tables.ZIGZAG``).
+ORDERS = {"raster": tuple(range(N * N)), "zigzag": tuple(int(p) for p in ZIGZAG)}
+
+
+def block_order(order: str) -> tuple[int, ...]:
+    """``ORDERS[order]``; a ``ValueError`` naming ``order`` for anything else."""
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {sorted(ORDERS)}, not {order!r}")
+    return ORDERS[order]
 
 _MAX_SHIFT = 14  # shifts tried when building a constant from others (constants < 2**12)
 
@@ -347,15 +359,19 @@ def _build_pass(stage: _Stage, net: _Net, outs: list, inputs: list, lo: int, hi:
     return result, depth + 1 + (clamp is not None)
 
 
-def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str):
-    """Rows of a block in (``valid``, 8 ``values``), columns out, one a cycle.
+def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
+               cell=lambda k, lane: (lane, k)):
+    """Vectors of a block in (``valid``, 8 ``values``), 8 vectors out, one a cycle: lane
+    ``lane`` of output ``k`` is lane ``j`` of input ``r``, ``(r, j) = cell(k, lane)`` (default:
+    rows in, columns out).
 
     ``A`` fills by shifting rows in; when it holds a whole block it is copied to ``B`` (if ``B``
     is empty or sends its last column this cycle) and fills again from the next row at once;
-    ``B`` sends column ``8 - left`` through a registered 8:1 select. In a pipeline stepped by
+    ``B`` sends output ``8 - left`` through a registered 8:1 select a lane (any ``cell`` map
+    costs the same: each lane picks one of 8 fixed cells by ``left``). In a pipeline stepped by
     one enable, ``B`` sends a column every step and ``A`` takes at most a row, so ``A`` is never
     full when ``B`` still has two columns: no handshake is needed inside.
-    Returns (valid, column registers)."""
+    Returns (valid, output registers)."""
     a = [[Signal(shape, name=f"{prefix}_a{r}_{j}") for j in range(N)] for r in range(N)]
     b = [[Signal(shape, name=f"{prefix}_b{r}_{j}") for j in range(N)] for r in range(N)]
     count = Signal(range(N + 1), name=f"{prefix}_count")
@@ -380,7 +396,8 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str):
         with m.Switch(left):
             for k in range(1, N + 1):
                 with m.Case(k):
-                    m.d.sync += [o_col[r].eq(b[r][N - k]) for r in range(N)]
+                    m.d.sync += [o_col[lane].eq(b[r][j]) for lane in range(N)
+                                 for r, j in [cell(N - k, lane)]]
     return o_valid, o_col
 
 
@@ -394,6 +411,8 @@ class _Separable2D(wiring.Component):
     SHIFT_2: int
     CLAMP: int | None
     LATENCY: int
+    #: the coefficients are the output (forward) or the input (inverse): ``order`` is theirs
+    COEF_OUT: bool
     #: adder levels between two registers (one: a carry chain and its routing a stage)
     LEVELS = 1
 
@@ -415,7 +434,12 @@ class _Separable2D(wiring.Component):
         d2 = stages(cls.COL_MATRIX) + (cls.CLAMP is not None)
         return 1 + d1 + (N + 2) + d2 + (N + 2) + 1
 
-    def __init__(self):
+    def __init__(self, *, order: str = "raster"):
+        self.order = block_order(order)
+        # coefficient rows in another order on the input go through a reorder buffer first
+        self._reorder_in = not self.COEF_OUT and self.order != ORDERS["raster"]
+        if self._reorder_in:
+            self.LATENCY = type(self).LATENCY + N + 2
         super().__init__()
         shapes = self.intermediate_shapes()
         self._row_sum_shape, self._t_shape, self._col_sum_shape, self._y_shape = (
@@ -463,6 +487,10 @@ class _Separable2D(wiring.Component):
         in_lo, in_hi = _shape_range(i.payload.shape().elem_shape)
         x = [st.reg(i.payload[j], i.payload.shape().elem_shape, f"x{j}") for j in range(N)]
         v = st.reg(i.valid, 1, "v0")
+        if self._reorder_in:  # input row r, lane j: position order[8 r + j]; raster rows out
+            slot = {p: k for k, p in enumerate(self.order)}
+            v, x = _transpose(m, en, v, x, i.payload.shape().elem_shape, "tr0",
+                              cell=lambda k, lane: divmod(slot[N * k + lane], N))
         net1, outs1 = _pass_network(self.ROW_MATRIX)
         t_row, d1 = _build_pass(st, net1, outs1, x, in_lo, in_hi, self.SHIFT_1, None,
                                 self._t_shape, self.LEVELS)
@@ -479,7 +507,11 @@ class _Separable2D(wiring.Component):
         for s in range(d2):
             v = st2.reg(v, 1, f"v{s + 1}")
 
-        v, y_row = _transpose(m, en, v, y_col, self._y_shape, "tr2")
+        # pass 2 sends column u (lane v: the value at 8 v + u) as the buffer's input u; the
+        # output order is only where each lane reads from, so it costs nothing here
+        out_order = self.order if self.COEF_OUT else ORDERS["raster"]
+        v, y_row = _transpose(m, en, v, y_col, self._y_shape, "tr2",
+                              cell=lambda k, lane: divmod(out_order[N * k + lane], N)[::-1])
 
         # output register and skid buffer: o.ready only steers these two
         with m.If(~o.valid | o.ready):
@@ -500,6 +532,10 @@ class DCT2D(_Separable2D):
     Output ``o``: one row of 8 coefficients per transfer (``CoefRow``: signed 12-bit; the forward
     transform never exceeds +-1023), coefficient rows v = 0..7 (vertical frequency), each with
     u = 0..7 (horizontal frequency) in lanes 0..7 — i.e. row-major ``reference.dct2`` order.
+    With ``order="zigzag"`` the output rows are the block's zigzag scan rows instead (lane ``i``
+    of row ``k`` is coefficient ``tables.ZIGZAG[8 k + i]``, the rows ``blockcode.Zigzag``
+    would make), at the same cost and latency: the output transpose reads its cells in that
+    order, so the engine needs no separate reorder buffer (``ORDERS``).
 
     Throughput: 8 values per cycle sustained (one row per cycle, no bubbles between blocks) while
     ``i`` is valid and ``o`` ready: each transpose has two banks, one filling while the other
@@ -527,6 +563,7 @@ class DCT2D(_Separable2D):
     SHIFT_1 = spec.DCT_SHIFT_1
     SHIFT_2 = spec.DCT_SHIFT_2
     CLAMP = None
+    COEF_OUT = True
 
 
 class IDCT2D(_Separable2D):
@@ -538,8 +575,14 @@ class IDCT2D(_Separable2D):
     Output ``o``: one row of 8 pixels per transfer (``PixelRow``), rows y = 0..7 with x = 0..7 in
     lanes, clamped to +-``spec.SFPR_MAX`` (127) exactly as the reference clamps.
 
+    With ``order="zigzag"`` the input rows are the block's zigzag scan rows instead (lane ``i``
+    of row ``k`` is coefficient ``tables.ZIGZAG[8 k + i]``, as ``BlockDecoder`` delivers them),
+    and a reorder buffer like the transposes (two banks, an 8:1 select a lane) turns them into
+    rows first, in place of a separate ``Unzigzag``.
+
     Throughput and backpressure: as ``DCT2D``. Latency: ``LATENCY`` = 39 cycles (``DCT2D``'s
-    and one stage for the clamp).
+    and one stage for the clamp); with ``order="zigzag"`` 49 (the reorder buffer's 10), an
+    instance attribute.
     """
 
     i: In(stream.Signature(CoefRow))
@@ -550,3 +593,4 @@ class IDCT2D(_Separable2D):
     SHIFT_1 = spec.IDCT_SHIFT_1
     SHIFT_2 = spec.IDCT_SHIFT_2
     CLAMP = spec.SFPR_MAX
+    COEF_OUT = False

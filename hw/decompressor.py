@@ -4,8 +4,8 @@ before it untiles (docs/format.md 6-8, 12).
 
 ``Decompressor`` chains the per-stage blocks of this package per mode:
 
-- ``dct``: ``BlockDecoder`` -> ``Unzigzag`` -> ``Dequantizer`` -> ``IDCT2D`` ->
-  ``FixedToFloat(width=8)``
+- ``dct``: ``BlockDecoder`` -> ``Dequantizer(order="zigzag")`` -> ``IDCT2D(order="zigzag")``
+  (its input reorder buffer in place of ``Unzigzag``) -> ``FixedToFloat(width=8)``
 - ``sfpr8``: ``BlockDecoder`` -> ``FixedToFloat(width=8)`` (``|v| > 127`` flagged RANGE)
 - ``eb``: ``BlockDecoder`` -> ``LorenzoReconstructor`` -> ``FixedToFloat(width=22)``
 - ``mask``: ``BlockDecoder`` -> ``MaskDecoder``
@@ -24,7 +24,7 @@ from actpack.codec.frame import Kind
 from actpack.codec.spec import DType, Mode
 
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
-from .blockdecode import MAX_BEATS, BlockDecoder, BlockError, Unzigzag
+from .blockdecode import MAX_BEATS, BlockDecoder, BlockError
 from .compressor import LANES, add_lanes, engine_params
 from .dct import IDCT2D
 from .lorenzo import LorenzoReconstructor
@@ -38,8 +38,8 @@ __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 N = spec.BLOCK
 _BEAT_BITS = 8 * BEAT_BYTES
 _ERROR_BITS = len(BlockError)
-# Rows beside a chain (errors) or behind it: more than the chain holds (dct: Unzigzag's two
-# banks, IDCT2D's pipeline and two transposes (about 60 rows), Dequantizer's 4 and
+# Rows beside a chain (errors) or behind it: more than the chain holds (dct: IDCT2D's reorder
+# buffer, pipeline and two transposes (about 60 rows), Dequantizer's 4 and
 # FixedToFloat's 9; eb: LorenzoReconstructor's 4 and FixedToFloat's 9), so a full side FIFO never
 # starves the chain of what it needs to drain.
 _SIDE_ROWS = {Mode.DCT: 128, Mode.SFPR8: 16, Mode.EB: 24, Mode.MASK: 16}
@@ -234,13 +234,11 @@ class _Lane(wiring.Component):
             tail = Port(head.valid, None, head.ready)
             vals = [symbols[u][:width] for u in range(N)]
         elif mode is Mode.DCT:
-            m.submodules.unzigzag = uz = Unzigzag()
-            m.submodules.dequant = deq = Dequantizer(table=self.table)
-            m.submodules.idct = idct = IDCT2D()
+            m.submodules.dequant = deq = Dequantizer(table=self.table, order="zigzag")
+            m.submodules.idct = idct = IDCT2D(order="zigzag")
             forward_table(m, self.table_wr, deq.table_wr)
-            m.d.comb += [uz.i.valid.eq(head.valid), head.ready.eq(uz.i.ready),
-                         uz.i.payload.eq(symbols)]
-            wiring.connect(m, uz.o, deq.i)
+            m.d.comb += [deq.i.valid.eq(head.valid), head.ready.eq(deq.i.ready),
+                         deq.i.payload.eq(symbols)]
             wiring.connect(m, deq.o, idct.i)
             tail, vals = idct.o, [idct.o.payload[u] for u in range(N)]
         else:

@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from actpack.codec import spec
 from actpack.codec.tables import resolve_table
 
-from .dct import COEF, CoefRow, N
+from .dct import COEF, ORDERS, CoefRow, N, block_order
 from .sfpr import DSP_WIDTH, Pipeline
 
 __all__ = [
@@ -62,21 +62,39 @@ def forward_table(m: Module, src, dst) -> None:
     m.d.comb += [getattr(dst, key).eq(getattr(src, key)) for key in ("addr", "data", "en")]
 
 
-def _table_rows(m: Module, port, entries, shape, row, transform=None):
-    """Eight lane memories (lane ``u`` holds entries ``8 * v + u``); returns their words at table
-    row ``row`` (asynchronous read). ``transform`` maps an 8-bit entry to the stored word, in
-    hardware through a 256-word ROM."""
-    word = port.data
+def _table_rows(m: Module, port, entries, shape, row, transform=None, order=ORDERS["raster"]):
+    """Eight lane memories (lane ``u`` holds entries ``order[8 * v + u]`` at address ``v``: the
+    entries of the values a block's row ``v`` carries in lane ``u``); returns their words at row
+    ``row`` (asynchronous read). ``transform`` maps an 8-bit entry to the stored word, in
+    hardware through a 256-word ROM in block RAM, read synchronously: such an entry is written
+    two cycles after the port's write (the read, then a register). ``port`` addresses entries
+    row-major whatever the order."""
+    word, en = port.data, port.en
+    slot = Signal(range(N * N))  # where entry port.addr lives: lane slot % 8, address slot // 8
+    if order == ORDERS["raster"]:
+        m.d.comb += slot.eq(port.addr)
+    else:
+        with m.Switch(port.addr):
+            for k, p in enumerate(order):
+                with m.Case(p):
+                    m.d.comb += slot.eq(k)
     if transform is not None:
+        # read asynchronously the ROM is ~300 LUT4s of logic; its clock-to-out (~4 ns) is
+        # registered before the lane memories' write
         rom = Memory(shape=shape, depth=1 << ENTRY.width,
                      init=[transform(q) for q in range(1 << ENTRY.width)])
         m.submodules.rom = rom
-        rom_rd = rom.read_port(domain="comb")
+        rom_rd = rom.read_port()
         m.d.comb += rom_rd.addr.eq(port.data)
-        word = rom_rd.data
+        word = Signal(shape, name="rom_word")
+        m.d.sync += word.eq(rom_rd.data)
+        for k in range(2):
+            slot_k, en_k = Signal.like(slot, name=f"slot_{k}"), Signal(name=f"wr_en_{k}")
+            m.d.sync += [slot_k.eq(slot), en_k.eq(en)]
+            slot, en = slot_k, en_k
     words = []
     for u in range(N):
-        init = [int(entries[N * v + u]) for v in range(N)]
+        init = [int(entries[order[N * v + u]]) for v in range(N)]
         if transform is not None:
             init = [transform(q) for q in init]
         lane = Memory(shape=shape, depth=N, init=init)
@@ -84,9 +102,9 @@ def _table_rows(m: Module, port, entries, shape, row, transform=None):
         wr = lane.write_port()
         rd = lane.read_port(domain="comb")
         m.d.comb += [
-            wr.addr.eq(port.addr // N),
+            wr.addr.eq(slot // N),
             wr.data.eq(word),
-            wr.en.eq(port.en & (port.addr % N == u)),
+            wr.en.eq(en & (slot % N == u)),
             rd.addr.eq(row),
         ]
         words.append(rd.data)
@@ -103,17 +121,21 @@ class Quantizer(wiring.Component):
     with ``reference.quantize``.
 
     Input ``i``: rows of 8 coefficients (``CoefRow``, signed 12-bit, the order ``DCT2D`` emits:
-    rows v = 0..7, lanes u = 0..7). Output ``o``: the quantized rows in the same order and shape
-    (|level| <= 2048). Table: ``table_wr`` (``TableWrite``); after configuration it holds
+    rows v = 0..7, lanes u = 0..7; with ``order="zigzag"`` the scan rows of
+    ``DCT2D(order="zigzag")``, each value divided by its own position's entry). Output ``o``:
+    the quantized rows in the same order and shape (|level| <= 2048). Table: ``table_wr``
+    (``TableWrite``, row-major addresses in either order); after configuration it holds
     ``table`` (a reset does not reload it). Write it only while no block is in flight: a row
-    transferred in the cycle of a write still sees the old entry.
+    transferred in the cycle of a write or the two after it still sees the old entry (the
+    reciprocal's ROM read and its register come first).
 
     The division is a multiply by the stored reciprocal ``ceil(2**20 / Q)`` and a shift by 20,
     exact for all inputs (see ``RECIP_SHIFT``).
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 4 cycles (``|y|`` and the
-    row's reciprocals; the product's two parts; their sum shifted; the sign: a few LUT levels
-    or one carry chain each, for 150 MHz on ECP5). Backpressure: all stages stall together
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 5 cycles (``|y|`` and the
+    row's reciprocals; the multiplier's operands again, beside it, and the AND-OR part; the
+    product; their sum shifted; the sign: a few LUT levels, one carry chain or the MULT18X18D
+    alone each, for 150 MHz on ECP5). Backpressure: all stages stall together
     while ``o.valid & ~o.ready``; ``i.ready = ~o.valid | o.ready`` (combinational from
     ``o.ready``, never the reverse). Bad input: a table entry of 0 (invalid) quantizes every
     value of its position to 0.
@@ -123,10 +145,11 @@ class Quantizer(wiring.Component):
     o: Out(stream.Signature(CoefRow))
     table_wr: In(TableWrite())
 
-    LATENCY = 4
+    LATENCY = 5
 
-    def __init__(self, *, table="optH"):
+    def __init__(self, *, table="optH", order="raster"):
         self._init = _initial_table(table)
+        self._order = block_order(order)
         super().__init__()
 
     def elaborate(self, platform):
@@ -136,7 +159,8 @@ class Quantizer(wiring.Component):
         row = Signal(range(N))
         with m.If(i.valid & i.ready):
             m.d.sync += row.eq(row + 1)
-        recips = _table_rows(m, self.table_wr, self._init, RECIP, row, transform=reciprocal)
+        recips = _table_rows(m, self.table_wr, self._init, RECIP, row, transform=reciprocal,
+                             order=self._order)
         for u in range(N):
             y = i.payload[u]
             neg = p.delay(y < 0, f"neg_{u}", self.LATENCY - 1)
@@ -145,11 +169,16 @@ class Quantizer(wiring.Component):
             # Every stored word is reciprocal(Q): above bit 17 at most one bit is set (2**20 for
             # Q = 1, 2**19 for Q = 2, 2**18 for some Q >= 3), so that part of the product is a
             # shifted copy of |y| (an AND-OR, no adder) and one MULT18X18D takes the rest.
-            lo = p.reg(recip[:DSP_WIDTH] * mag, f"lo_{u}")
+            # The MULT18X18D's operands get registers of their own (their only load), placed
+            # beside it: its ports are ~2 ns of routing from the fabric, and with the AND-OR
+            # also loading ``mag``/``recip`` the path through it was the engine's slowest.
+            dsp_a = p.reg(recip[:DSP_WIDTH], f"dsp_a_{u}")
+            dsp_b = p.reg(mag, f"dsp_b_{u}")
             hi = 0
             for b in range(DSP_WIDTH, RECIP.width):
                 hi = hi | Mux(recip[b], mag << (b - DSP_WIDTH), 0)
-            hi = p.reg(hi, f"hi_{u}")
+            hi = p.delay(hi, f"hi_{u}", 2)
+            lo = p.reg(dsp_a * dsp_b, f"lo_{u}")
             quo = p.reg(((lo + (hi << DSP_WIDTH)) >> RECIP_SHIFT)[:COEF.width], f"quo_{u}")
             with m.If(p.en):
                 m.d.sync += o.payload[u].eq(Mux(neg, -quo, quo))
@@ -161,9 +190,10 @@ class Dequantizer(wiring.Component):
     +-``spec.DCT_COEF_MAX`` (midpoint reconstruction), bit-exact with ``reference.dequantize``.
 
     Input ``i``: rows of 8 levels (``LevelRow``, signed 16-bit: every level a coded block can
-    carry, |q| <= 2**14, and any other 16-bit value), rows v = 0..7, lanes u = 0..7. Output
-    ``o``: rows of 8 coefficients (``CoefRow``, signed 12-bit, within +-2047), ready for
-    ``IDCT2D``. Table: ``table_wr`` as ``Quantizer``.
+    carry, |q| <= 2**14, and any other 16-bit value), rows v = 0..7, lanes u = 0..7 (with
+    ``order="zigzag"`` the decoder's scan rows). Output ``o``: rows of 8 coefficients
+    (``CoefRow``, signed 12-bit, within +-2047) in the same order, ready for ``IDCT2D`` (of the
+    same ``order``). Table: ``table_wr`` as ``Quantizer``.
 
     Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 4 cycles (``2|q| + 1``
     and the row's steps; the product, one MULT18X18D; saturation; the sign: a few LUT levels or
@@ -178,8 +208,9 @@ class Dequantizer(wiring.Component):
 
     LATENCY = 4
 
-    def __init__(self, *, table="optH"):
+    def __init__(self, *, table="optH", order="raster"):
         self._init = _initial_table(table)
+        self._order = block_order(order)
         super().__init__()
 
     def elaborate(self, platform):
@@ -189,7 +220,7 @@ class Dequantizer(wiring.Component):
         row = Signal(range(N))
         with m.If(i.valid & i.ready):
             m.d.sync += row.eq(row + 1)
-        steps = _table_rows(m, self.table_wr, self._init, ENTRY, row)
+        steps = _table_rows(m, self.table_wr, self._init, ENTRY, row, order=self._order)
         cmax = spec.DCT_COEF_MAX
         mag_max = 1 << (LEVEL.width - 1)  # every value the port carries, not only valid levels
         rec_max = (2 * mag_max + 1) * ((1 << ENTRY.width) - 1)

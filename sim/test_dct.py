@@ -2,7 +2,9 @@
 
 Run through ``actpack.sim.build`` (see tests/hw/test_dct.py). Environment:
 ``ACTPACK_TB_TRANSFORM`` = ``dct`` | ``idct`` (which top was built), ``ACTPACK_TB_SEED``,
-``ACTPACK_TB_BLOCKS`` (random blocks per test).
+``ACTPACK_TB_BLOCKS`` (random blocks per test), ``ACTPACK_TB_ORDER`` (the ``order`` the top was
+built with: the coefficient blocks, the DCT's output or the IDCT's input, are reordered the same
+way, ``dct.ORDERS``).
 
 Each stimulus runs with the idle inserter (source) and the backpressure inserter (sink) each on
 and off. Every output row is compared bit for bit; without inserters the testbench also checks
@@ -17,15 +19,18 @@ import numpy as np
 
 from actpack.codec import reference
 
-from ..hw.dct import DCT2D, IDCT2D, CoefRow, PixelRow
+from ..hw.dct import DCT2D, IDCT2D, ORDERS, CoefRow, PixelRow
 from . import stimulus
 from .stream import StreamTB, random_pauses
 
 TRANSFORM = os.environ.get("ACTPACK_TB_TRANSFORM", "dct")
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
 BLOCKS = int(os.environ.get("ACTPACK_TB_BLOCKS", "48"))
+ORDER_NAME = os.environ.get("ACTPACK_TB_ORDER", "raster")
+ORDER = list(ORDERS[ORDER_NAME])
 
 DUT_CLASS = {"dct": DCT2D, "idct": IDCT2D}[TRANSFORM]
+LATENCY = DUT_CLASS(order=ORDER_NAME).LATENCY
 MODEL = {"dct": reference.dct2, "idct": reference.idct2}[TRANSFORM]
 LAYOUT_IN, LAYOUT_OUT = {"dct": (PixelRow, CoefRow), "idct": (CoefRow, PixelRow)}[TRANSFORM]
 
@@ -74,6 +79,14 @@ async def run_test(dut, data, idle, backpressure):
     rng = np.random.default_rng([SEED, zlib.crc32(f"{data}{idle}{backpressure}".encode())])
     blocks = _blocks(data, rng)
     expected = MODEL(blocks)
+
+    def ordered(b):
+        return b.reshape(-1, 64)[:, ORDER].reshape(-1, 8, 8)
+
+    if TRANSFORM == "dct":
+        expected = ordered(expected)
+    else:
+        blocks = ordered(blocks)
     rows = len(blocks) * 8
 
     tb = StreamTB(dut)
@@ -98,9 +111,9 @@ async def run_test(dut, data, idle, backpressure):
         assert stalls.size == 0, f"input stalled after rows {stalls[:10]}"
         assert bubbles.size == 0, f"output bubble after rows {bubbles[:10]}"
         latency = set((outs - ins).tolist())
-        assert latency == {DUT_CLASS.LATENCY}, f"latency {latency}, documented {DUT_CLASS.LATENCY}"
+        assert latency == {LATENCY}, f"latency {latency}, documented {LATENCY}"
         dut._log.info("%s: %d blocks in %d cycles (%.2f cycles/block), latency %d cycles",
                       TRANSFORM, len(blocks), outs[-1] - outs[0] + 1,
-                      (outs[-1] - outs[0] + 1) / len(blocks), DUT_CLASS.LATENCY)
+                      (outs[-1] - outs[0] + 1) / len(blocks), LATENCY)
 
-    await tb.finish(drain_cycles=2 * DUT_CLASS.LATENCY + 16)
+    await tb.finish(drain_cycles=2 * LATENCY + 16)

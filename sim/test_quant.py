@@ -3,7 +3,9 @@
 
 Run through ``actpack.sim.build`` (see tests/hw/test_quant.py). Environment:
 ``ACTPACK_TB_UNIT`` = ``quant`` | ``dequant`` (which top was built), ``ACTPACK_TB_TABLE`` (the
-table the top was built with, a name ``resolve_table`` accepts), ``ACTPACK_TB_SEED``.
+table the top was built with, a name ``resolve_table`` accepts), ``ACTPACK_TB_SEED``,
+``ACTPACK_TB_ORDER`` (the unit's ``order``: blocks go in and come out in that order,
+``dct.ORDERS``; the table is still written row-major).
 
 The first test checks the table the hardware starts with; every later test loads its table
 through the ``table_wr`` port, then streams blocks with the idle and backpressure inserters each on
@@ -20,7 +22,7 @@ from cocotb.triggers import RisingEdge
 from actpack.codec import reference, spec
 from actpack.codec.tables import NAMED_TABLES, jpeg_table, resolve_table
 
-from ..hw.dct import CoefRow
+from ..hw.dct import ORDERS, CoefRow
 from ..hw.quant import LEVEL, Dequantizer, LevelRow, Quantizer
 from . import stimulus
 from .stream import StreamTB, random_pauses
@@ -28,6 +30,7 @@ from .stream import StreamTB, random_pauses
 UNIT = os.environ.get("ACTPACK_TB_UNIT", "quant")
 INITIAL_TABLE = os.environ.get("ACTPACK_TB_TABLE", "optH")
 SEED = int(os.environ.get("ACTPACK_TB_SEED", "1"))
+ORDER = list(ORDERS[os.environ.get("ACTPACK_TB_ORDER", "raster")])
 
 DUT_CLASS = {"quant": Quantizer, "dequant": Dequantizer}[UNIT]
 MODEL = {"quant": reference.quantize, "dequant": reference.dequantize}[UNIT]
@@ -96,7 +99,11 @@ class TB(StreamTB):
         self.dut.table_wr__en.value = 0
 
     async def check(self, blocks, table, *, timing: bool):
-        expected = MODEL(blocks, table)
+        def ordered(b):
+            return b.reshape(-1, 64)[:, ORDER].reshape(-1, 8, 8)
+
+        expected = ordered(MODEL(blocks, table))
+        blocks = ordered(blocks)
         rows = len(blocks) * 8
         self.src.send(row.tolist() for block in blocks for row in block)
         got = np.array(await self.snk.recv(rows, timeout_cycles=8 * rows + 100)).reshape(-1, 8, 8)

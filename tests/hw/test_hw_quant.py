@@ -48,11 +48,14 @@ def test_bad_initial_table(cls, table, error):
         cls(table=table)
 
 
-@pytest.mark.parametrize("unit, cls", [("quant", Quantizer), ("dequant", Dequantizer)])
-def test_verilator(verilator, seed, unit, cls):
+@pytest.mark.parametrize("unit, cls, order", [
+    ("quant", Quantizer, "raster"), ("quant", Quantizer, "zigzag"),
+    ("dequant", Dequantizer, "raster"), ("dequant", Dequantizer, "zigzag")])
+def test_verilator(verilator, seed, unit, cls, order):
     """Bit-exact vs reference.quantize / dequantize: initial table, tables written through the
-    port (random, optL, jpeg10), random/real/edge data, inserters crossed (sim/test_quant.py)."""
-    sim = build(cls, name=unit, params={"table": "optH"})
+    port (random, optL, jpeg10), random/real/edge data, inserters crossed (sim/test_quant.py);
+    also in the zigzag order the engines use."""
+    sim = build(cls, name=f"{unit}_{order}", params={"table": "optH", "order": order})
     sim.run("actpack.sim.test_quant", seed=seed,
             env={"ACTPACK_TB_UNIT": unit, "ACTPACK_TB_TABLE": "optH",
-                 "ACTPACK_TB_SEED": str(seed)})
+                 "ACTPACK_TB_SEED": str(seed), "ACTPACK_TB_ORDER": order})
