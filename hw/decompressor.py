@@ -39,7 +39,8 @@ __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 N = spec.BLOCK
 _BEAT_BITS = 8 * BEAT_BYTES
 _ERROR_BITS = len(BlockError)
-# RAW rows waiting for the merger (two RAW blocks' worth of beats in flight and more).
+# RAW rows waiting for the merger: a RAW block is taken with places for its 8 rows; two
+# blocks' worth lets the next one load while the merger reads the first.
 _RAW_ROWS = 16
 # Blocks whose entry is taken but whose rows have not all left: the splitter runs ahead of the
 # output by the whole chain (dct: about 70 cycles from an entry to its block's last row, 9
@@ -87,17 +88,19 @@ class _Queue(wiring.Component):
     so ``r_en`` reaches no memory address: for wide words, whose memory cells the read address
     fans out to).
 
-    With ``reserve``, a place is taken ahead of its word: ``reserve`` (while ``w_rdy``) takes
-    the next place, and ``w_en`` writes the words into the reserved places in order, without a
-    check (the writer has reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
+    With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
+    (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
+    writes the words into the reserved places in order, without a check (the writer has
+    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
 
     LATENCY = 3  # cycles from a word's write to its ``r_rdy``
 
-    def __init__(self, width: int, depth: int, *, reserve: bool = False,
-                 registered: bool = False):
+    def __init__(self, width: int, depth: int, *, reserve: int = 0, registered: bool = False):
         if depth < 2 or depth & (depth - 1):
             raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
-        self.depth, self.has_reserve, self.registered = depth, reserve, registered
+        if not 0 <= reserve <= depth:
+            raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
+        self.depth, self.places, self.registered = depth, reserve, registered
         members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
                    "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
         if reserve:
@@ -111,11 +114,11 @@ class _Queue(wiring.Component):
         wport = mem.write_port()
         rport = mem.read_port(domain="sync" if self.registered else "comb")
 
-        def pointer(name, step):
-            """A wrapping pointer (``n + 1`` bits) and itself + 1, both registers."""
-            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=1)
+        def pointer(name, step, by=1):
+            """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
+            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=by)
             with m.If(step):
-                m.d.sync += [p.eq(p1), p1.eq(p1 + 1)]
+                m.d.sync += [p.eq(p1), p1.eq(p1 + by)]
             return p, p1
 
         def seen(p, name):  # the other side's copy, a cycle late
@@ -123,21 +126,23 @@ class _Queue(wiring.Component):
             m.d.sync += s.eq(p)
             return s
 
-        def full(a, b):  # a - b == depth
-            return (a[:n] == b[:n]) & (a[n] != b[n])
+        def room(taken):  # a place (``reserve``: that many) free once ``taken`` are
+            if self.places <= 1:
+                return ~((taken[:n] == rseen[:n]) & (taken[n] != rseen[n]))  # not depth apart
+            return (taken - rseen)[:n + 1] <= self.depth - self.places
 
         push = Signal()
         taking = Signal()  # a place is taken (reserved or written)
         pop = Signal()
         m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
-        if self.has_reserve:
+        if self.places:
             m.d.comb += taking.eq(self.reserve & self.w_rdy)
         else:
             m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
         wptr, wptr1 = pointer("wptr", push)
         rptr, rptr1 = pointer("rptr", pop)
-        if self.has_reserve:
-            tptr, tptr1 = pointer("tptr", taking)
+        if self.places:
+            tptr, tptr1 = pointer("tptr", taking, self.places)
         else:
             tptr, tptr1 = wptr, wptr1
         rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
@@ -148,7 +153,8 @@ class _Queue(wiring.Component):
         else:
             m.d.comb += rport.addr.eq(rptr[:n])
         m.d.sync += [
-            self.w_rdy.eq(~Mux(taking, full(tptr1, rseen), full(tptr, rseen))),
+            # places taken after this cycle, as far as the writer knows, leave room for more
+            self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr))),
             self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr)),
         ]
         return m
@@ -169,13 +175,12 @@ def _w(fifo) -> Port:
     return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
 
 
-def _write_late(m: Module, queue, decide, value, name: str):
-    """Reserve a place in ``queue`` (a ``_Queue`` with ``reserve``) while ``decide`` (and its
-    ``w_rdy``) and write ``value`` into it a cycle later from registers: the decision reaches a
-    few pointer flip-flops, not the memory's write enables."""
+def _write_late(m: Module, queue, write, value, name: str):
+    """Write ``value`` into ``queue`` (a ``_Queue`` with reserved places) a cycle after
+    ``write``, from registers: the decision reaches no memory write enable."""
     w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
-    m.d.sync += [w.eq(decide & queue.w_rdy), d.eq(value)]
-    m.d.comb += [queue.reserve.eq(decide), queue.w_en.eq(w), queue.w_data.eq(d)]
+    m.d.sync += [w.eq(write), d.eq(value)]
+    m.d.comb += [queue.w_en.eq(w), queue.w_data.eq(d)]
 
 
 def _room(m: Module, fifo, name: str) -> Signal:
@@ -259,16 +264,19 @@ class _Lane(wiring.Component):
         m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
                               & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
         # per block: its rows come from raw
-        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=True, registered=True)
+        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, registered=True)
         dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
-        ready = order.w_rdy & _room(m, dix, "dix")
+        # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
+        m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
+        ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
-            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=True, registered=True)
+            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
         take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
                       sinks=[dec.data, raw_in], name="split")
+        m.d.comb += [order.reserve.eq(take), rawq.reserve.eq(take & to_raw)]
         _write_late(m, order, take, to_raw, "order")
         m.d.comb += [
             dix.w_en.eq(take & ~to_raw), dix.w_data.eq(entry),
@@ -276,17 +284,17 @@ class _Lane(wiring.Component):
             dix.r_en.eq(dec.index.ready),
         ]
         if has_r:
+            m.d.comb += rq.reserve.eq(take & ~to_raw)
             _write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
 
         # ---- RAW rows: 64 * itemsize bytes little-endian in raster order are the rows' bits
-        m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=True)
         rbeat = Signal(range(N * per_row))
         rerr = Signal()
         held = Signal(_BEAT_BITS * max(1, per_row - 1))
         final = rbeat == N * per_row - 1
         bad = (raw_in.payload.count != BEAT_BYTES) | (raw_in.payload.last != final)
         row_end = (rbeat[0] == 1) if per_row == 2 else 1
-        m.d.comb += raw_in.ready.eq(~row_end | rawq.w_rdy)
+        m.d.comb += raw_in.ready.eq(1)
         err_now = rerr | bad
         with m.If(raw_in.valid & raw_in.ready):
             m.d.sync += [rbeat.eq(Mux(final, 0, rbeat + 1)), rerr.eq(err_now & ~final)]
@@ -306,7 +314,7 @@ class _Lane(wiring.Component):
             m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, registered=True)
         else:  # mask: a row leaves the chain before a _Queue shows its error bits
             errq = _sync_fifo(m, "errq", _ERROR_BITS, rows)
-        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=True)
+        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1)
         admit = Signal()
         m.d.comb += [
             head.valid.eq(dec.o.valid & outq.w_rdy),
@@ -425,12 +433,17 @@ class Decompressor(wiring.Component):
     CNN): 13 cycles (sfpr8), 30 (dct), 11 (eb), 7 (mask); sfpr8 with 2 / 4 lanes 17 / 19
     (14.4 / 16.5 values a cycle there, the input beat port's bound).
 
-    Backpressure: ``o`` is a register; a stalled output stops the merger, the chains, the
-    decoder and then ``blocks``/``data`` (nothing is lost). Bad input: every check of
-    ``BlockDecoder`` (format 8.2 and the index checks of #21 for one entry); a RAW entry whose
-    length is not ``64 * itemsize`` or with an ``mb`` field, or in mask mode, is flagged INDEX,
-    RAW beats whose ``count``/``last`` disagree BEATS. A flagged block still yields 8 rows
-    (values unspecified) and the next block decodes normally. Reset recovers from any state.
+    Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the
+    merger; a chain never stalls, but takes no more rows from the decoder once its output
+    queue's places are all reserved; the decoder then stops and then ``blocks``/``data``
+    (nothing is lost). Timing: every decision is made from registers a few LUT levels deep;
+    queues between parts placed apart keep no shared counter (``_Queue``).
+
+    Bad input: every check of ``BlockDecoder`` (format 8.2 and the index checks of #21 for one
+    entry); a RAW entry whose length is not ``64 * itemsize`` or with an ``mb`` field, or in
+    mask mode, is flagged INDEX, RAW beats whose ``count``/``last`` disagree BEATS. A flagged
+    block still yields 8 rows (values unspecified) and the next block decodes normally. Reset
+    recovers from any state.
     """
 
     def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
