@@ -430,8 +430,8 @@ class Decompressor(wiring.Component):
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
     input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
-    CNN): 13 cycles (sfpr8), 30 (dct), 11 (eb), 7 (mask); sfpr8 with 2 / 4 lanes 17 / 19
-    (14.4 / 16.5 values a cycle there, the input beat port's bound).
+    CNN): 25 cycles (sfpr8), 74 (dct) (hw/README.md); sfpr8 with 2 / 4 lanes 14.4 / 16.5 values
+    a cycle (the input beat port's bound).
 
     Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the
     merger; a chain never stalls, but takes no more rows from the decoder once its output
