@@ -200,8 +200,8 @@ class BlockDecoder(wiring.Component):
     steps never stall; a block is taken only while the 17-row output FIFO has room for its 8 rows
     beside every row taken and not yet transferred, so ``o.ready`` drives the FIFO's read side
     alone; ``o.valid``/``o.payload`` are the FIFO's output registers. While ``o`` stalls the decoder
-    keeps taking entries and beats until both block buffers are full. ``index.ready`` /
-    ``data.ready`` are registered state only (they depend on neither ``valid`` nor ``o.ready``).
+    keeps taking entries and beats until both block buffers are full. ``index.ready`` and
+    ``data.ready`` are registers (they depend on neither ``valid`` nor ``o.ready``).
     Timing: post-route Fmax on the ECP5-85F (speed 8) in hw/README.md.
 
     Bad input: every check of docs/format.md section 8.2, and the index checks (#21) that concern
@@ -253,6 +253,9 @@ class BlockDecoder(wiring.Component):
         tail_in = Signal(range(BEAT_BYTES + 1))
         bad_beat = Signal()
         can_load = Signal()
+        # can_load & ~no_beats as a register (set from the next state below): the splitter in
+        # front decides a block's take from it
+        load_ready = Signal()
         commit = Signal()
         take_beat = Signal()
         m.d.comb += [
@@ -262,7 +265,7 @@ class BlockDecoder(wiring.Component):
                         | (beats.payload.count != Mux(is_last, tail, BEAT_BYTES))),
             can_load.eq(have & ~Mux(wsel, full[1], full[0])),
             index.ready.eq(~have),
-            beats.ready.eq(can_load & ~no_beats),
+            beats.ready.eq(load_ready),
             take_beat.eq(beats.valid & beats.ready),
             commit.eq(can_load & (no_beats | (beats.valid & is_last))),
         ]
@@ -364,8 +367,10 @@ class BlockDecoder(wiring.Component):
         farr = Array(p3.f)
         wbytes = (p3.n + 2 * N - 1) >> 4  # ceil(ngroups / 2), ngroups = ceil(n / 8)
         p4 = _stage(m, "p4", {
-            **carry(p3, "rank", "w", "expected_dense"),
+            **carry(p3, "rank", "expected_dense"),
             "fr": [farr[r >> 3] for r in p3.rank], "wr": [warr[r >> 3] for r in p3.rank],
+            # the width of the group after the row's first code's: its later codes may be there
+            "wr1": [warr[(r >> 3) + 1] for r in p3.rank],
             "fn": farr[p3.n >> 3], "wn": warr[p3.n >> 3], "rn": p3.n[:3],
             "base": Mux(p3.dense, DENSE_HEADER, _mb(p3.ent) + wbytes),
         })
@@ -375,7 +380,7 @@ class BlockDecoder(wiring.Component):
 
         # step 5: the products and the byte parts
         p5 = _stage(m, "p5", {
-            **carry(p4, "rank", "w", "expected_dense"),
+            **carry(p4, "rank", "wr", "wr1", "expected_dense"),
             "hi": [p4.base + f for f in p4.fr],
             "lo": [times(r[:3], w) for r, w in zip(p4.rank, p4.wr, strict=True)],
             # CODED length check: length - (mb + wbytes + F(n >> 3)) == ceil(lo_n / 8)
@@ -392,7 +397,8 @@ class BlockDecoder(wiring.Component):
             "decodes": decodes,
             "ptr": Cat(*(((h << 3) + lo)[:_PTR_BITS] for h, lo in zip(p5.hi, p5.lo, strict=True))),
             "rank": Cat(*(r[:_RANK_BITS] for r in p5.rank)),
-            "w": p5.w,
+            # per row the widths of its first code's group and of the next (w0, w1)
+            "wpair": Cat(*(Cat(a, b) for a, b in zip(p5.wr, p5.wr1, strict=True))),
             "dense": p5.dense,
             "err": Cat(p5.mask_err, length_err, Const(0, 1), p5.index_err, Const(0, 1)),
         }
@@ -454,7 +460,13 @@ class BlockDecoder(wiring.Component):
                     slots[b]["mask"].eq(slots[b]["mask"] >> N),
                     slots[b]["ptr"].eq(slots[b]["ptr"] >> _PTR_BITS),
                     slots[b]["rank"].eq(slots[b]["rank"] >> _RANK_BITS),
+                    slots[b]["wpair"].eq(slots[b]["wpair"] >> 8),
                 ]
+        # load_ready's next state: the entry held and not committed now, or taken now, with
+        # payload, and buffer ``wsel`` not full after this cycle (the emitter's finish frees it)
+        wsel_free = ~Mux(wsel, full[1], full[0]) | (finish & (rsel == wsel))
+        m.d.sync += load_ready.eq(wsel_free & Mux(have, ~commit & ~no_beats,
+                                                  index.valid & (index.payload.length != 0)))
         with m.If(finish):
             m.d.sync += active.eq(0)
             for b in range(2):
@@ -482,8 +494,7 @@ class BlockDecoder(wiring.Component):
         pair = Const(0, 2 * beat_bits)
         for k, p in enumerate(pairs):
             pair = pair | Mux(sel_at[k], p, 0)
-        warr = Array([*nibbles(seq["w"]), Const(0, 4), Const(0, 4)])
-        w0, w1 = warr[rnk >> 3], warr[(rnk >> 3) + 1]
+        w0, w1 = seq["wpair"][:4], seq["wpair"][4:8]
         e1 = _stage(m, "e1", values={
             "valid": emit, "first": row == 0, "last": row == N - 1,
             "err": seq["err"] | Mux(berr, BlockError.BEATS, 0),

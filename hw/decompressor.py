@@ -17,6 +17,7 @@ scale records, CRCs) and the untiling are the card's top level / the host's.
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import spec
@@ -31,23 +32,23 @@ from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, raw_row
-from .streams import Port, fork, join
+from .streams import Port
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
 N = spec.BLOCK
 _BEAT_BITS = 8 * BEAT_BYTES
 _ERROR_BITS = len(BlockError)
-# Rows beside a chain (errors) or behind it: more than the chain holds (dct: IDCT2D's reorder
-# buffer, pipeline and two transposes (about 60 rows), Dequantizer's 4 and
-# FixedToFloat's 9; eb: LorenzoReconstructor's 4 and FixedToFloat's 9), so a full side FIFO never
-# starves the chain of what it needs to drain.
-_SIDE_ROWS = {Mode.DCT: 128, Mode.SFPR8: 16, Mode.EB: 24, Mode.MASK: 16}
+# RAW rows waiting for the merger: a RAW block is taken with places for its 8 rows; two
+# blocks' worth lets the next one load while the merger reads the first.
+_RAW_ROWS = 16
 # Blocks whose entry is taken but whose rows have not all left: the splitter runs ahead of the
 # output by the whole chain (dct: about 70 cycles from an entry to its block's last row, 9
 # blocks); fewer places stall the input (a bubble every 4 blocks with 4). 16 costs no more LUT
 # RAM than 8 (16-word cells).
 _BLOCK_FIFO = 16
+# The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
+_LUT_RAM_ROWS = 16
 
 
 def block_layout(mode) -> data.StructLayout:
@@ -75,8 +76,120 @@ def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
     return fifo
 
 
+class _Queue(wiring.Component):
+    """A first-word fall-through FIFO of ``depth`` (a power of 2) words of ``width`` bits whose
+    writer and reader share no logic, for a writer and a reader placed apart: each side keeps
+    its own pointer and a copy of the other side's a cycle late, and its flags are registers
+    (``w_rdy``, ``r_rdy``). So neither side's decision reaches the other's in the cycle it is
+    taken: a word is readable ``LATENCY`` = 3 cycles after its write, and its place free again
+    2 cycles after its read (conservative flags: never a lost or invented word). ``r_data``:
+    with ``registered``, a register (the head read synchronously from the next head address:
+    for narrow words), else the memory read combinationally at the head pointer (a register,
+    so ``r_en`` reaches no memory address: for wide words, whose memory cells the read address
+    fans out to).
+
+    With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
+    (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
+    writes the words into the reserved places in order, without a check (the writer has
+    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
+
+    LATENCY = 3  # cycles from a word's write to its ``r_rdy``
+
+    def __init__(self, width: int, depth: int, *, reserve: int = 0, registered: bool = False):
+        if depth < 2 or depth & (depth - 1):
+            raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
+        if not 0 <= reserve <= depth:
+            raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
+        self.depth, self.places, self.registered = depth, reserve, registered
+        members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
+                   "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
+        if reserve:
+            members["reserve"] = In(1)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.depth.bit_length() - 1
+        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[])
+        wport = mem.write_port()
+        rport = mem.read_port(domain="sync" if self.registered else "comb")
+
+        def pointer(name, step, by=1):
+            """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
+            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=by)
+            with m.If(step):
+                m.d.sync += [p.eq(p1), p1.eq(p1 + by)]
+            return p, p1
+
+        def seen(p, name):  # the other side's copy, a cycle late
+            s = Signal(n + 1, name=f"{name}_seen")
+            m.d.sync += s.eq(p)
+            return s
+
+        def room(taken):  # a place (``reserve``: that many) free once ``taken`` are
+            if self.places <= 1:
+                return ~((taken[:n] == rseen[:n]) & (taken[n] != rseen[n]))  # not depth apart
+            return (taken - rseen)[:n + 1] <= self.depth - self.places
+
+        push = Signal()
+        taking = Signal()  # a place is taken (reserved or written)
+        pop = Signal()
+        m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
+        if self.places:
+            m.d.comb += taking.eq(self.reserve & self.w_rdy)
+        else:
+            m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
+        wptr, wptr1 = pointer("wptr", push)
+        rptr, rptr1 = pointer("rptr", pop)
+        if self.places:
+            tptr, tptr1 = pointer("tptr", taking, self.places)
+        else:
+            tptr, tptr1 = wptr, wptr1
+        rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
+        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push),
+                     self.r_data.eq(rport.data)]
+        if self.registered:
+            m.d.comb += [rport.addr.eq(Mux(pop, rptr1, rptr)[:n]), rport.en.eq(1)]
+        else:
+            m.d.comb += rport.addr.eq(rptr[:n])
+        m.d.sync += [
+            # places taken after this cycle, as far as the writer knows, leave room for more
+            self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr))),
+            self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr)),
+        ]
+        return m
+
+
+def _queue_rows(latency: int) -> int:
+    """Rows of the ``_Queue`` behind a chain of ``latency`` cycles for one row a cycle: a credit
+    comes back ``latency + 6`` cycles after its row is admitted (the chain; the queue's write
+    seen by its reader, 3; its read seen by the writer, 2; then ``w_rdy``); the least power of
+    2 from ``_LUT_RAM_ROWS`` on that covers it."""
+    rows = _LUT_RAM_ROWS
+    while rows < latency + 6:
+        rows *= 2
+    return rows
+
+
 def _w(fifo) -> Port:
     return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
+
+
+def _write_late(m: Module, queue, write, value, name: str):
+    """Write ``value`` into ``queue`` (a ``_Queue`` with reserved places) a cycle after
+    ``write``, from registers: the decision reaches no memory write enable."""
+    w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
+    m.d.sync += [w.eq(write), d.eq(value)]
+    m.d.comb += [queue.w_en.eq(w), queue.w_data.eq(d)]
+
+
+def _room(m: Module, fifo, name: str) -> Signal:
+    """A register: ``fifo`` can take a word now, whatever was written in the last cycle (its
+    level then was below ``depth - 1``; one write a cycle at most). So a ``w_en`` decided from it
+    depends on no compare of the level."""
+    room = Signal(name=f"{name}_room")
+    m.d.sync += room.eq(fifo.level < fifo.depth - 1)
+    return room
 
 
 def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
@@ -86,6 +199,7 @@ def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
     of a block being taken. Sink ``valid`` depends on registers and ``beats.valid`` only."""
     busy = Signal(name=f"{name}_busy")
     left = Signal(range(MAX_BEATS + 1), name=f"{name}_left")
+    one = Signal(name=f"{name}_one")  # left == 1, a register beside ``left``
     cur = Signal(range(max(2, len(sinks))), name=f"{name}_cur")
     sink_ready = Signal(name=f"{name}_sink_ready")
     for k, s in enumerate(sinks):
@@ -98,16 +212,16 @@ def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
     m.d.comb += [
         beats.ready.eq(busy & sink_ready),
         step.eq(beats.valid & beats.ready),
-        free.eq(~busy | (step & (left == 1))),
+        free.eq(~busy | (step & one)),
         blk.ready.eq(free & ready),
         take.eq(blk.valid & blk.ready),
     ]
     with m.If(step):
-        m.d.sync += left.eq(left - 1)
-        with m.If(left == 1):
+        m.d.sync += [left.eq(left - 1), one.eq(left == 2)]
+        with m.If(one):
             m.d.sync += busy.eq(0)
     with m.If(take):
-        m.d.sync += [busy.eq(nbeats != 0), left.eq(nbeats), cur.eq(dest)]
+        m.d.sync += [busy.eq(nbeats != 0), left.eq(nbeats), one.eq(nbeats == 1), cur.eq(dest)]
     return take
 
 
@@ -142,119 +256,147 @@ class _Lane(wiring.Component):
         has_r = mode is not Mode.MASK
 
         # ---- splitter: well-formed RAW blocks to the row assembler, all else to the decoder
-        # (which flags any other RAW entry INDEX and still yields its 8 rows)
+        # (which flags any other RAW entry INDEX and still yields its 8 rows). The queues that
+        # cross the engine (to the merger, to FixedToFloat) are ``_Queue``s: registered flags
         entry = blk.payload.entry
         raw_bytes = N * N * dtype.itemsize
         to_raw = Signal()
         m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
                               & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
-        order = _sync_fifo(m, "order", 1, _BLOCK_FIFO)  # per block: its rows come from raw
-        dix = _sync_fifo(m, "dix", IndexEntry.size, 2)
-        ready = order.w_rdy & dix.w_rdy
+        # per block: its rows come from raw
+        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, registered=True)
+        dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
+        # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
+        m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
+        ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
-            rq = _sync_fifo(m, "rq", 32, _BLOCK_FIFO)
+            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
         take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
                       sinks=[dec.data, raw_in], name="split")
+        m.d.comb += [order.reserve.eq(take), rawq.reserve.eq(take & to_raw)]
+        _write_late(m, order, take, to_raw, "order")
         m.d.comb += [
-            order.w_en.eq(take), order.w_data.eq(to_raw),
             dix.w_en.eq(take & ~to_raw), dix.w_data.eq(entry),
             dec.index.valid.eq(dix.r_rdy), dec.index.payload.eq(dix.r_data),
             dix.r_en.eq(dec.index.ready),
         ]
         if has_r:
-            m.d.comb += [rq.w_en.eq(take & ~to_raw), rq.w_data.eq(blk.payload.r)]
+            m.d.comb += rq.reserve.eq(take & ~to_raw)
+            _write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
 
         # ---- RAW rows: 64 * itemsize bytes little-endian in raster order are the rows' bits
-        rawq = _sync_fifo(m, "rawq", x_bits + _ERROR_BITS, _SIDE_ROWS[Mode.SFPR8])
         rbeat = Signal(range(N * per_row))
         rerr = Signal()
         held = Signal(_BEAT_BITS * max(1, per_row - 1))
         final = rbeat == N * per_row - 1
         bad = (raw_in.payload.count != BEAT_BYTES) | (raw_in.payload.last != final)
         row_end = (rbeat[0] == 1) if per_row == 2 else 1
-        m.d.comb += raw_in.ready.eq(~row_end | rawq.w_rdy)
+        m.d.comb += raw_in.ready.eq(1)
         err_now = rerr | bad
         with m.If(raw_in.valid & raw_in.ready):
             m.d.sync += [rbeat.eq(Mux(final, 0, rbeat + 1)), rerr.eq(err_now & ~final)]
-            m.d.comb += rawq.w_en.eq(row_end)
             if per_row == 2:
                 m.d.sync += held.eq(raw_in.payload.data)
         row_bits = Cat(held, raw_in.payload.data) if per_row == 2 else raw_in.payload.data
-        m.d.comb += rawq.w_data.eq(Cat(row_bits, Mux(err_now, BlockError.BEATS, 0)))
+        _write_late(m, rawq, raw_in.valid & row_end,
+                    Cat(row_bits, Mux(err_now, BlockError.BEATS, 0)), "rawq")
 
-        # ---- the decoded path: the decoder's rows forked into the chain and their error bits
-        errq = _sync_fifo(m, "errq", _ERROR_BITS, _SIDE_ROWS[mode])
-        head = Port(Signal(name="chain_valid"), None, Signal(name="chain_ready"))
-        fork(m, dec.o, [head, _w(errq)], "dec")
-        m.d.comb += errq.w_data.eq(dec.o.payload.error)
-        symbols = dec.o.payload.symbols
-        if mode is Mode.MASK:
-            m.submodules.mdec = mdec = MaskDecoder(dtype=dtype)
-            m.d.comb += [mdec.i.valid.eq(head.valid), head.ready.eq(mdec.i.ready),
-                         mdec.i.payload.eq(Cat(*(symbols[k][0] for k in range(N))))]
-            values = mdec.o
-        else:
-            values = self._chain(m, head, symbols, rq)
-        drow = Port(Signal(name="drow_valid"), None, Signal(name="drow_ready"))
-        join(m, [values, Port(errq.r_rdy, None, errq.r_en)], drow)
+        # ---- the decoded path. A decoder row enters the chain only with a place reserved for it
+        # in the chain's output queue (``outq.reserve``: credits), so the chain never waits: its
+        # stages advance every cycle (their enables are constants) and no ``ready`` runs back
+        # through it. A row's error bits wait in ``errq`` beside it (at most ``rows`` of them).
+        head, tail, latency = self._chain(m, dec.o.payload.symbols, rq if has_r else None)
+        rows = _queue_rows(latency)
+        if latency >= _Queue.LATENCY:
+            m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, registered=True)
+        else:  # mask: a row leaves the chain before a _Queue shows its error bits
+            errq = _sync_fifo(m, "errq", _ERROR_BITS, rows)
+        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1)
+        admit = Signal()
+        m.d.comb += [
+            head.valid.eq(dec.o.valid & outq.w_rdy),
+            dec.o.ready.eq(outq.w_rdy & head.ready),
+            admit.eq(dec.o.valid & dec.o.ready),
+            outq.reserve.eq(admit),
+            errq.w_en.eq(admit), errq.w_data.eq(dec.o.payload.error),
+            tail.ready.eq(1),
+            outq.w_en.eq(tail.valid), outq.w_data.eq(Cat(tail.payload, errq.r_data)),
+            errq.r_en.eq(tail.valid),
+        ]
 
-        # ---- merge in block order: 8 rows of a block from the path its ``order`` bit names
+        # ---- merge in block order: 8 rows of a block from the path its ``order`` bit names,
+        # into ``o`` through a skid register: what is merged depends on registers only, and the
+        # rows' 262 flip-flops load under registered selects
         o = self.o
         orow = Signal(range(N))
         sel = order.r_data[0]
-        src_valid = Mux(sel, rawq.r_rdy, drow.valid)
         go = Signal()
+        skid_valid = Signal()
+        row = Signal(len(rawq.r_data) + 1)
+        skid = Signal.like(row)
         m.d.comb += [
-            go.eq(order.r_rdy & src_valid & (~o.valid | o.ready)),
+            go.eq(order.r_rdy & Mux(sel, rawq.r_rdy, outq.r_rdy) & ~skid_valid),
             rawq.r_en.eq(go & sel),
-            drow.ready.eq(go & ~sel),
+            outq.r_en.eq(go & ~sel),
             order.r_en.eq(go & (orow == N - 1)),
+            row.eq(Cat(Mux(sel, rawq.r_data, outq.r_data), orow == N - 1)),
         ]
         with m.If(go):
-            m.d.sync += [
-                o.valid.eq(1), orow.eq(orow + 1), o.payload.last.eq(orow == N - 1),
-                o.payload.x.eq(Mux(sel, rawq.r_data[:x_bits], values.payload)),
-                o.payload.error.eq(Mux(sel, rawq.r_data[x_bits:], errq.r_data)),
-            ]
-        with m.Elif(o.ready):
-            m.d.sync += o.valid.eq(0)
+            m.d.sync += orow.eq(orow + 1)
+        with m.If(~skid_valid):
+            m.d.sync += skid.eq(row)
+        with m.If(~o.valid | o.ready):
+            m.d.sync += [o.valid.eq(skid_valid | go), skid_valid.eq(0),
+                         Cat(o.payload.x, o.payload.error, o.payload.last).eq(
+                             Mux(skid_valid, skid, row))]
+        with m.Elif(go):
+            m.d.sync += skid_valid.eq(1)
         return m
 
-    def _chain(self, m, head, symbols, rq):
-        """Decoder rows (``head`` handshake, ``symbols``) -> ``FixedToFloat`` output stream,
-        each block's ``r`` from ``rq`` joined at ``FixedToFloat``'s input."""
+    def _chain(self, m, symbols, rq):
+        """The mode's chain after the decoder (see ``Decompressor``). Returns its input stream
+        (payload ``symbols``; the caller drives ``valid`` and reads ``ready``), its output
+        stream (the caller drives ``ready``) and its latency: cycles from a row's input transfer
+        to its output ``valid`` while the output is always ready.
+
+        ``FixedToFloat`` takes each block's ``r`` from the head of ``rq`` without waiting for
+        it: the head is that block's, since the splitter writes ``rq`` when it takes the entry,
+        before the decoder has a row of the block, and it is read as the block's row 7 enters
+        ``FixedToFloat``; so no ``ready`` of the chain depends on ``rq``."""
         mode = self.mode
+        if mode is Mode.MASK:
+            m.submodules.mdec = mdec = MaskDecoder(dtype=self.dtype)
+            m.d.comb += mdec.i.payload.eq(Cat(*(symbols[k][0] for k in range(N))))
+            return mdec.i, mdec.o, MaskDecoder.LATENCY
         width = 22 if mode is Mode.EB else 8  # Ref: format 6.4 (22-bit q), 6.1/6.3 (int8)
         m.submodules.x2f = x2f = FixedToFloat(dtype=self.dtype, width=width)
         if mode is Mode.SFPR8:
             # |v| > 127 is flagged RANGE by the decoder; the low 8 bits pass (a flagged block)
-            tail = Port(head.valid, None, head.ready)
+            head, latency = x2f.i, 0
             vals = [symbols[u][:width] for u in range(N)]
-        elif mode is Mode.DCT:
-            m.submodules.dequant = deq = Dequantizer(table=self.table, order="zigzag")
-            m.submodules.idct = idct = IDCT2D(order="zigzag")
-            forward_table(m, self.table_wr, deq.table_wr)
-            m.d.comb += [deq.i.valid.eq(head.valid), head.ready.eq(deq.i.ready),
-                         deq.i.payload.eq(symbols)]
-            wiring.connect(m, deq.o, idct.i)
-            tail, vals = idct.o, [idct.o.payload[u] for u in range(N)]
         else:
-            m.submodules.lorenzo = lor = LorenzoReconstructor()
-            m.d.comb += [lor.i.valid.eq(head.valid), head.ready.eq(lor.i.ready),
-                         lor.i.payload.eq(symbols)]
-            tail, vals = lor.o, [lor.o.payload[u] for u in range(N)]
+            if mode is Mode.DCT:
+                m.submodules.dequant = deq = Dequantizer(table=self.table, order="zigzag")
+                m.submodules.idct = pre = IDCT2D(order="zigzag")
+                forward_table(m, self.table_wr, deq.table_wr)
+                wiring.connect(m, deq.o, pre.i)
+                head, latency = deq.i, Dequantizer.LATENCY + pre.LATENCY
+            else:
+                m.submodules.lorenzo = pre = LorenzoReconstructor()
+                head, latency = pre.i, LorenzoReconstructor.LATENCY
+            m.d.comb += [head.payload.eq(symbols), x2f.i.valid.eq(pre.o.valid),
+                         pre.o.ready.eq(x2f.i.ready)]
+            vals = [pre.o.payload[u] for u in range(N)]
         xrow = Signal(range(N))
-        rport = Port(rq.r_rdy, None, Signal(name="rq_pop"))
-        join(m, [tail, rport], x2f.i)
         m.d.comb += [*(x2f.i.payload.v[u].eq(vals[u]) for u in range(N)),
                      x2f.i.payload.r.eq(rq.r_data)]
         with m.If(x2f.i.valid & x2f.i.ready):
             m.d.sync += xrow.eq(xrow + 1)
             m.d.comb += rq.r_en.eq(xrow == N - 1)
-        return x2f.o
+        return head, x2f.o, latency + FixedToFloat.LATENCY
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -286,15 +428,20 @@ class Decompressor(wiring.Component):
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
     input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
-    CNN): 13 cycles (sfpr8), 30 (dct), 11 (eb), 7 (mask); sfpr8 with 2 / 4 lanes 17 / 19
-    (14.4 / 16.5 values a cycle there, the input beat port's bound).
+    CNN): 25 cycles (sfpr8), 74 (dct) (hw/README.md); sfpr8 with 2 / 4 lanes 14.4 / 16.5 values
+    a cycle (the input beat port's bound).
 
-    Backpressure: ``o`` is a register; a stalled output stops the merger, the chains, the
-    decoder and then ``blocks``/``data`` (nothing is lost). Bad input: every check of
-    ``BlockDecoder`` (format 8.2 and the index checks of #21 for one entry); a RAW entry whose
-    length is not ``64 * itemsize`` or with an ``mb`` field, or in mask mode, is flagged INDEX,
-    RAW beats whose ``count``/``last`` disagree BEATS. A flagged block still yields 8 rows
-    (values unspecified) and the next block decodes normally. Reset recovers from any state.
+    Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the
+    merger; a chain never stalls, but takes no more rows from the decoder once its output
+    queue's places are all reserved; the decoder then stops and then ``blocks``/``data``
+    (nothing is lost). Timing: every decision is made from registers a few LUT levels deep;
+    queues between parts placed apart keep no shared counter (``_Queue``).
+
+    Bad input: every check of ``BlockDecoder`` (format 8.2 and the index checks of #21 for one
+    entry); a RAW entry whose length is not ``64 * itemsize`` or with an ``mb`` field, or in
+    mask mode, is flagged INDEX, RAW beats whose ``count``/``last`` disagree BEATS. A flagged
+    block still yields 8 rows (values unspecified) and the next block decodes normally. Reset
+    recovers from any state.
     """
 
     def __init__(self, *, mode, dtype=DType.FLOAT32, table="optH", lanes=1):
