@@ -48,7 +48,7 @@ from torch import nn
 
 from actpack.codec import Codec
 
-from .gradcheck import mean_square_loss
+from .losses import mean_square_loss
 from .lossless import Lossless
 from .offload import OffloadSession
 from .policy import Policy, SavedInfo, parse_setting, register_policy

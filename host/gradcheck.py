@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .losses import mean_square_loss
 from .offload import offload
 from .stats import Stats
 
@@ -52,12 +53,6 @@ class GradientCheck:
     @property
     def ratio(self) -> float:
         return self.raw_bytes / max(1, self.stored_bytes)
-
-
-def mean_square_loss(output) -> torch.Tensor:
-    """The loss the checks use when given none: the mean square of the output (every output
-    element gets a gradient)."""
-    return (output.float() ** 2).mean()
 
 
 def _step(model: nn.Module, inputs, loss_fn, seed: int, session=None) -> dict[str, torch.Tensor]:

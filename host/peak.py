@@ -34,6 +34,8 @@ from collections.abc import Callable
 import torch
 from torch.utils._pytree import tree_leaves
 
+from .losses import mean_square_loss
+
 __all__ = ["SavedMemory", "is_parameter", "measure_peak", "step_peak", "storages_of",
            "tracked_hooks", "warm_peak"]
 
@@ -74,9 +76,7 @@ def measure_peak(fn: Callable[[], object], *, device: torch.device | str = "cpu"
 def step_peak(model: torch.nn.Module, inputs, *, session=None,
               loss_fn: Callable | None = None) -> int:
     """``warm_peak`` of one forward and backward of ``model(inputs)`` (inside ``session`` when
-    given; ``loss_fn(output)``, default ``gradcheck.mean_square_loss``)."""
-    from .gradcheck import mean_square_loss
-
+    given; ``loss_fn(output)``, default ``losses.mean_square_loss``)."""
     loss_fn = loss_fn or mean_square_loss
 
     def step():

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from .errors import OffloadError
-from .gradcheck import mean_square_loss
+from .losses import mean_square_loss
 from .offload import OffloadSession, codec_label, is_dense
 from .peak import measure_peak, warm_peak
 from .policy import Policy, SavedInfo
