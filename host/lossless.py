@@ -99,10 +99,7 @@ class Lossless:
                 return packed
         flat = t.reshape(-1)
         if t.dtype == torch.bool:
-            pad = (-flat.numel()) % 8
-            bits = torch.nn.functional.pad(flat.to(torch.uint8), (0, pad)).view(-1, 8)
-            data = (bits << _shifts(t.device)).sum(1, dtype=torch.uint8)
-            return Packed(data, 0, t.dtype, t.shape)
+            return Packed(_pack_bits(flat.to(torch.uint8), 1), 0, t.dtype, t.shape)
         if flat.numel() == 0:
             return Packed(flat.clone(), 0, t.dtype, t.shape)
         lo, hi = (int(v) for v in torch.aminmax(flat))
@@ -119,8 +116,7 @@ class Lossless:
         if packed.window is not None:
             return _window_indices(data, packed)
         if packed.dtype == torch.bool:
-            bits = (data.unsqueeze(1) >> _shifts(data.device)) & 1
-            return bits.reshape(-1)[:n].to(torch.bool).reshape(packed.shape)
+            return _unpack_bits(data, 1, n).to(torch.bool).reshape(packed.shape)
         out = data.to(packed.dtype)
         if packed.offset:
             out += packed.offset
@@ -130,8 +126,19 @@ class Lossless:
         return "Lossless()"
 
 
-def _shifts(device: torch.device) -> torch.Tensor:
-    return torch.arange(8, dtype=torch.uint8, device=device)
+def _pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``codes`` (uint8, 1-D, each below ``2**bits``; ``bits`` divides 8) packed ``8 // bits``
+    to a byte, LSB first (the last byte zero-padded)."""
+    per = 8 // bits
+    flat = torch.nn.functional.pad(codes, (0, -codes.numel() % per)).view(-1, per)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device)
+    return (flat << shifts).sum(1, dtype=torch.uint8)
+
+
+def _unpack_bits(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The first ``n`` codes (uint8, 1-D) ``_pack_bits(codes, bits)`` packed into ``data``."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
+    return ((data.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
 
 
 def _starts(window: Window, shape, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,22 +180,11 @@ def _window_codes(t: torch.Tensor, window: Window) -> Packed | None:
                 break
             codes[a:b] = qr.mul_(window.kernel[1]).add_(qc)
         else:
-            per = 8 // bits
-            flat = torch.nn.functional.pad(codes.reshape(-1), (0, -codes.numel() % per))
-            shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=t.device)
-            data = (flat.view(-1, per) << shifts).sum(1, dtype=torch.uint8)
+            data = _pack_bits(codes.reshape(-1), bits)
             packed = Packed(data, 0, t.dtype, t.shape, (window, width, bits))
             if _restores(data, packed, planes):  # exact, or not this form
                 return packed
     return None
-
-
-def _codes(data: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """The window positions (uint8, one per index, in the indices' shape) ``data`` packs."""
-    _, _, bits = packed.window
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=data.device)
-    codes = ((data.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)
-    return codes[:packed.shape.numel()].view(packed.shape)
 
 
 def _plane_indices(codes: torch.Tensor, packed: Packed, rows0, cols0) -> torch.Tensor:
@@ -198,23 +194,28 @@ def _plane_indices(codes: torch.Tensor, packed: Packed, rows0, cols0) -> torch.T
     return rows.mul_(width).add_((codes % window.kernel[1]).mul_(window.dilation[1])).add_(cols0)
 
 
+def _index_chunks(data: torch.Tensor, packed: Packed):
+    """The indices ``data`` packs (window codes), as ``(a, b, planes a..b-1)`` in chunks of
+    ``_chunks`` (the int64 temporaries stay small)."""
+    ho, wo = packed.shape[-2], packed.shape[-1]
+    codes = _unpack_bits(data, packed.window[2], packed.shape.numel()).view(-1, ho, wo)
+    rows0, cols0 = _starts(packed.window[0], packed.shape, data.device)
+    for a, b in _chunks(len(codes), ho * wo):
+        yield a, b, _plane_indices(codes[a:b], packed, rows0, cols0)
+
+
 def _restores(data: torch.Tensor, packed: Packed, planes: torch.Tensor) -> bool:
     """Whether ``data`` restores ``planes`` (the indices, as (-1, H, W) planes) exactly."""
-    ho, wo = planes.shape[-2], planes.shape[-1]
-    codes = _codes(data, packed).reshape(-1, ho, wo)
-    rows0, cols0 = _starts(packed.window[0], packed.shape, data.device)
-    return all(torch.equal(_plane_indices(codes[a:b], packed, rows0, cols0), planes[a:b])
-               for a, b in _chunks(len(planes), ho * wo))
+    return all(torch.equal(idx, planes[a:b]) for a, b, idx in _index_chunks(data, packed))
 
 
 def _window_indices(data: torch.Tensor, packed: Packed) -> torch.Tensor:
     """The indices ``_window_codes`` packed."""
     ho, wo = packed.shape[-2], packed.shape[-1]
-    codes = _codes(data, packed).reshape(-1, ho, wo)
-    rows0, cols0 = _starts(packed.window[0], packed.shape, data.device)
-    out = torch.empty(codes.shape, dtype=torch.int64, device=data.device)
-    for a, b in _chunks(len(codes), ho * wo):
-        out[a:b] = _plane_indices(codes[a:b], packed, rows0, cols0)
+    out = torch.empty((packed.shape.numel() // (ho * wo), ho, wo), dtype=torch.int64,
+                      device=data.device)
+    for a, b, idx in _index_chunks(data, packed):
+        out[a:b] = idx
     return out.view(packed.shape)
 
 

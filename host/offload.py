@@ -544,8 +544,7 @@ class OffloadSession:
                 self._passed += 1
             passed = _Passed(t)
             if not is_parameter(t):
-                self.saved_memory.hold(id(passed), passed.tensor)
-                weakref.finalize(passed, self.saved_memory.drop, id(passed))
+                self.saved_memory.hold_while(passed, passed.tensor)
             return passed
         threaded = self._threaded(t)
         if self.max_pending_bytes is not None and threaded:
@@ -594,7 +593,7 @@ class OffloadSession:
         with self._lock:
             rec = SavedRecord(next(self._seq), key, info, t, self._now(), saver)
             rec.threaded = threaded
-            if module_type == "MaxPool2d" and t.dtype == torch.int64:
+            if t.dtype == torch.int64:  # max pooling's indices, if a MaxPool2d is running
                 rec.window = self._tracker.running_window()
             self._by_key[key] = rec
             self._live[rec.seq] = rec
@@ -643,9 +642,13 @@ class OffloadSession:
         them."""
         if self.max_pending_bytes != "auto":
             return True
-        stored = sum(s.nbytes for r in self._live.values() for s in r.stores()
-                     if s.stored_at is not None)
-        return 2 * (self._pending_bytes + nbytes) <= stored
+        return 2 * (self._pending_bytes + nbytes) <= self._stored_bytes()
+
+    def _stored_bytes(self) -> int:
+        """What the live records hold in stored form (lock held): the bound "auto" keeps the
+        raw bytes pending or decompressed ahead within half of."""
+        return sum(s.nbytes for r in self._live.values() for s in r.stores()
+                   if s.stored_at is not None)
 
     def _claim_shape_only(self, handle: _Handle, t: torch.Tensor) -> None:
         """``handle`` reads only the shape if the op saving it now (the node autograd made
@@ -675,7 +678,6 @@ class OffloadSession:
                 handle.store = new
                 if old is rec.mask and old.unread == 0:
                     self._drop(old)
-                    self._account(rec, old)
 
     def _saved_again(self, rec: SavedRecord, t: torch.Tensor, context: str) -> None:
         """Another op saves a stored tensor (lock held). It reads values: a ReLU output stored
@@ -694,12 +696,10 @@ class OffloadSession:
             if codec is not None or rec.values.codec is None:
                 return
             self._drop(rec.values)
-            self._account(rec, rec.values)
         rec.values = self._new_store(rec, t, codec)
         self._account(rec, rec.values)
         if codec is None and rec.mask is not None:  # the kept tensor serves ReLU too
             self._drop(rec.mask)
-            self._account(rec, rec.mask)
 
     def _account(self, rec: SavedRecord, store: _Store) -> None:
         """``saved_memory`` follows what ``store`` holds now (lock held): the raw tensor (kept,
@@ -714,10 +714,11 @@ class OffloadSession:
                  and ahead.exception() is None else None)
         self.saved_memory.hold(id(store), [store.tensor, store.frame, ahead])
 
-    @staticmethod
-    def _drop(store: _Store) -> None:
-        """A store superseded by the record's values (readers are redirected there)."""
+    def _drop(self, store: _Store) -> None:
+        """A store superseded by the record's values (readers are redirected there); it holds
+        nothing for backward any more (``saved_memory``)."""
         store.dropped = True
+        self.saved_memory.drop(id(store))
         if store.future is not None:
             store.future.cancel()
         store.tensor = store.frame = store.future = store.decoded = None
@@ -854,13 +855,12 @@ class OffloadSession:
         only while their raw bytes stay within half of what is stored (as for pending saves:
         the resident bytes stay within 1.5x the stored ones)."""
         with self._lock:
-            live = [(r, st) for r in self._live.values() for st in r.stores()]
-            ahead = [(r, st) for r, st in live if st.decoded is not None]
+            ahead = [r for r in self._live.values() for st in r.stores()
+                     if st.decoded is not None]
             started = len(ahead)
             room = None
             if self.max_pending_bytes == "auto":
-                stored = sum(st.nbytes for _, st in live if st.stored_at is not None)
-                room = stored // 2 - sum(r.raw_bytes for r, _ in ahead)
+                room = self._stored_bytes() // 2 - sum(r.raw_bytes for r in ahead)
             i = bisect.bisect_left(self._live_seqs, seq)
             for s in reversed(self._live_seqs[max(0, i - 4 * self.prefetch):i]):
                 rec = self._live[s]

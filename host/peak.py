@@ -186,6 +186,12 @@ class SavedMemory:
         """``owner`` holds nothing any more."""
         self.hold(owner, None)
 
+    def hold_while(self, keeper, obj) -> None:
+        """``obj`` is held until ``keeper`` (an object autograd keeps for a save, weakly
+        referenceable) is released."""
+        self.hold(id(keeper), obj)
+        weakref.finalize(keeper, self.drop, id(keeper))
+
     def reset_peak(self) -> None:
         """Start a new peak from what is live now (at the start of a step)."""
         with self._lock:
@@ -214,8 +220,7 @@ def tracked_hooks(pack=None, unpack=None, *, memory: SavedMemory | None = None):
         if is_parameter(t) and inner is t:
             return _Held(inner)
         held = _Held(inner)
-        memory.hold(id(held), inner)
-        weakref.finalize(held, memory.drop, id(held))
+        memory.hold_while(held, inner)
         return held
 
     def unpacked(held):

@@ -163,17 +163,14 @@ TASKS = ("digits CNN", "digits ResNet", "char transformer")
 def int8_hooks(*, min_bytes: int = 65536, group: int = 256):
     """``saved_tensors_hooks`` storing every float tensor of ``min_bytes`` and more as 8-bit
     codes per group of ``group`` consecutive values (min and scale in float32 per group, round
-    to nearest); ``.stored`` counts the bytes held."""
+    to nearest). What it holds is measured around it (``host.peak.tracked_hooks``)."""
 
     class Hooks(torch.autograd.graph.saved_tensors_hooks):
-        stored = 0
-
         def __init__(self):
             super().__init__(self.pack, self.unpack)
 
         def pack(self, t):
             if not t.is_floating_point() or t.numel() * t.element_size() < min_bytes:
-                Hooks.stored += t.numel() * t.element_size()
                 return t
             flat = t.detach().reshape(-1).float()
             pad = -len(flat) % group
@@ -181,7 +178,6 @@ def int8_hooks(*, min_bytes: int = 65536, group: int = 256):
             lo, hi = g.min(1, keepdim=True).values, g.max(1, keepdim=True).values
             scale = ((hi - lo) / 255).clamp_min(torch.finfo(torch.float32).tiny)
             codes = ((g - lo) / scale).round().clamp(0, 255).to(torch.uint8)
-            Hooks.stored += codes.numel() + 8 * len(lo)
             return codes, lo, scale, t.shape, t.dtype, len(flat)
 
         def unpack(self, packed):
