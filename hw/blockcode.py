@@ -24,6 +24,7 @@ from actpack.codec.tables import ZIGZAG
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .dct import PIXEL
 from .quant import LEVEL
+from .streams import skid
 
 __all__ = [
     "BlockEncoder",
@@ -638,8 +639,8 @@ class BlockEncoder(wiring.Component):
         beat = Signal(CodeBeat)
         push_o, can_o = Signal(), Signal()
         push_i, can_i = Signal(), Signal()
-        _skid(m, o, beat, push_o, can_o)
-        _skid(m, index, h["entry"], push_i, can_i)
+        skid(m, o, beat, push_o, can_o)
+        skid(m, index, h["entry"], push_i, can_i)
 
         # flags of the registers (a few LUT levels each, side by side)
         # (fill <= 256, left <= 132: compares as bit tests, no carry chains)
@@ -748,22 +749,6 @@ class BlockEncoder(wiring.Component):
             m.d.comb += [left_nz_n.eq(left_nz), fill_ge_n.eq(fill_ge128)]
         m.d.sync += waiting.eq(left_nz_n & (fill_ge_n | Mux(c_take, h["end"], fed)))
         return m
-
-
-def _skid(m, port, payload, push, ready):
-    """Drive stream ``port`` from ``payload`` on ``push`` through a skid register: ``ready``
-    (a register) says a push is taken this cycle."""
-    held = Signal.like(port.payload)
-    held_valid = Signal()
-    m.d.comb += ready.eq(~held_valid)
-    with m.If(~held_valid):  # (whether or not pushed: the enable is a register)
-        m.d.sync += held.eq(payload)
-    with m.If(~port.valid | port.ready):
-        m.d.sync += port.valid.eq(held_valid | push)
-        m.d.sync += port.payload.eq(Mux(held_valid, held, payload))
-        m.d.sync += held_valid.eq(0)
-    with m.Elif(push):
-        m.d.sync += held_valid.eq(1)
 
 
 def _sum(values):

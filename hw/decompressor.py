@@ -32,7 +32,7 @@ from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, raw_row
-from .streams import Port
+from .streams import Port, skid
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
@@ -333,12 +333,10 @@ class _Lane(wiring.Component):
         o = self.o
         orow = Signal(range(N))
         sel = order.r_data[0]
-        go = Signal()
-        skid_valid = Signal()
-        row = Signal(len(rawq.r_data) + 1)
-        skid = Signal.like(row)
+        go, can = Signal(), Signal()
+        row = Signal(len(rawq.r_data) + 1)  # x, error, last: ``out_row``'s bits
         m.d.comb += [
-            go.eq(order.r_rdy & Mux(sel, rawq.r_rdy, outq.r_rdy) & ~skid_valid),
+            go.eq(order.r_rdy & Mux(sel, rawq.r_rdy, outq.r_rdy) & can),
             rawq.r_en.eq(go & sel),
             outq.r_en.eq(go & ~sel),
             order.r_en.eq(go & (orow == N - 1)),
@@ -346,14 +344,7 @@ class _Lane(wiring.Component):
         ]
         with m.If(go):
             m.d.sync += orow.eq(orow + 1)
-        with m.If(~skid_valid):
-            m.d.sync += skid.eq(row)
-        with m.If(~o.valid | o.ready):
-            m.d.sync += [o.valid.eq(skid_valid | go), skid_valid.eq(0),
-                         Cat(o.payload.x, o.payload.error, o.payload.last).eq(
-                             Mux(skid_valid, skid, row))]
-        with m.Elif(go):
-            m.d.sync += skid_valid.eq(1)
+        skid(m, o, row, go, can)
         return m
 
     def _chain(self, m, symbols, rq):
@@ -428,8 +419,8 @@ class Decompressor(wiring.Component):
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
     input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
-    CNN): 25 cycles (sfpr8), 74 (dct) (hw/README.md); sfpr8 with 2 / 4 lanes 14.4 / 16.5 values
-    a cycle (the input beat port's bound).
+    CNN): 25 cycles (sfpr8), 84 (dct) (hw/README.md; derived); sfpr8 with 2 / 4 lanes
+    14.4 / 16.5 values a cycle (the input beat port's bound).
 
     Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the
     merger; a chain never stalls, but takes no more rows from the decoder once its output

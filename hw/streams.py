@@ -1,10 +1,11 @@
 """Stream plumbing shared by the engines: a transfer's sides as plain signals (``Port``),
-broadcast to several sinks (``fork``) and joining several sources into one (``join``), keeping
-Amaranth's stream rule (a ``valid`` never depends on a ``ready``)."""
+broadcast to several sinks (``fork``), joining several sources into one (``join``) and an output
+behind a skid register (``skid``), keeping Amaranth's stream rule (a ``valid`` never depends on
+a ``ready``)."""
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 
-__all__ = ["Port", "fork", "join"]
+__all__ = ["Port", "fork", "join", "skid"]
 
 
 class Port:
@@ -35,3 +36,20 @@ def join(m: Module, sources, sink):
     for k, s in enumerate(sources):
         others = Cat(*(v for j, v in enumerate(valids) if j != k)).all()
         m.d.comb += s.ready.eq(sink.ready & others)
+
+
+def skid(m: Module, port, payload, push, ready):
+    """Drive stream ``port`` from ``payload`` on ``push`` through a skid register: ``ready``
+    (a register) says a push is taken this cycle. So ``port.ready`` reaches only the output
+    register and the skid, never the pusher's decision."""
+    held = Signal.like(port.payload)
+    held_valid = Signal()
+    m.d.comb += ready.eq(~held_valid)
+    with m.If(~held_valid):  # (whether or not pushed: the enable is a register)
+        m.d.sync += held.eq(payload)
+    with m.If(~port.valid | port.ready):
+        m.d.sync += port.valid.eq(held_valid | push)
+        m.d.sync += port.payload.eq(Mux(held_valid, held, payload))
+        m.d.sync += held_valid.eq(0)
+    with m.Elif(push):
+        m.d.sync += held_valid.eq(1)
