@@ -232,12 +232,7 @@ class BlockEncoder(wiring.Component):
         # 2 row stages before the bank, the group pipeline (12 stages; mask mode: 4), the
         # packer's head register, the packer
         self.INDEX_LATENCY = self.BEAT_LATENCY = 9 if self.mode is Mode.MASK else 17
-        if isinstance(dtype, str):
-            dtype = next((d for d in DType if d.label == dtype), dtype)
-        if not isinstance(dtype, DType):
-            raise ValueError(f"dtype: unknown dtype {dtype!r}; expected a spec.DType or one of "
-                             + ", ".join(repr(d.label) for d in DType))
-        self.dtype = dtype
+        self.dtype = DType.parse(dtype)  # ValueError naming ``dtype``
         fields = {"symbols": data.ArrayLayout(symbol_shape(self.mode), N)}
         if self.mode is not Mode.MASK:
             fields["force_raw"] = unsigned(1)
