@@ -338,18 +338,15 @@ def _dsp_product(p: Pipeline, a, b, name: str):
     """``a * b`` (both unsigned, at most 36 bits) registered after ``_product_stages(wide)``
     stages, ``wide`` when ``b`` is over 18 bits; each stage one MULT18X18D or one carry chain.
 
-    1: both operands registered again, their only load the multipliers (``a`` once per
-    product: see below), so that nextpnr places them beside the MULT18X18D (its ports are ~2 ns
-    of routing from the fabric, and its combinational product takes ~3 ns of the cycle: an
-    operand register far away missed 150 MHz). 2: the products of 18-bit slices of both
-    operands (one MULT18X18D each: a slice product never needs the adders yosys adds after a
-    DSP for a wider operand). ``wide`` only: 3 the two sums that need no carry between them,
-    the outer products side by side and the inner ones (both at 18) added. Last: their sum."""
+    1: both operands registered again, their only load the multipliers, so that nextpnr places
+    them beside the MULT18X18D (its ports are ~2 ns of routing from the fabric, and its
+    combinational product takes ~3 ns of the cycle: an operand register far away missed
+    150 MHz). 2: the products of 18-bit slices of both operands (one MULT18X18D each: a slice
+    product never needs the adders yosys adds after a DSP for a wider operand). ``wide`` only:
+    3 the two sums that need no carry between them, the outer products side by side and the
+    inner ones (both at 18) added. Last: their sum."""
     assert len(a) <= 2 * DSP_WIDTH and len(b) <= 2 * DSP_WIDTH
-    # ``a`` as 0 where ``b`` is 0 (the product is 0 either way): the copies of an operand that
-    # several products share (r of a row's 8 values) differ, so yosys does not merge them into
-    # one register driving every lane's MULT18X18D from afar (136 MHz on eb when it did)
-    a = p.reg(Mux(b == 0, 0, a), f"{name}_dsp_a")
+    a = p.reg(a, f"{name}_dsp_a")
     b = p.reg(b, f"{name}_dsp_b")
     width = len(a) + len(b)
     if len(b) <= DSP_WIDTH:
