@@ -44,7 +44,8 @@ LANES = (1, 2, 4)
 # Rows of raw input a lane keeps for its RAW blocks: the rows in flight between the input and
 # the encoder's decision (about 70 in dct mode) plus slack for output stalls; 16 blocks.
 RAW_ROWS = 16 * N
-# FIFOs beside a pipeline: more than its latency (BoundCheck: 17, FloatToFixed: 6) so both flow
+# FIFOs beside a pipeline: more than its latency (BoundCheck.LATENCY, FloatToFixed.LATENCY) so
+# both flow
 _SIDE_DEPTH = 3 * N
 _BEAT_BITS = 8 * BEAT_BYTES
 

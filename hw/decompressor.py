@@ -387,7 +387,7 @@ class _Lane(wiring.Component):
         with m.If(x2f.i.valid & x2f.i.ready):
             m.d.sync += xrow.eq(xrow + 1)
             m.d.comb += rq.r_en.eq(xrow == N - 1)
-        return head, x2f.o, latency + FixedToFloat.LATENCY
+        return head, x2f.o, latency + x2f.latency
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -419,7 +419,7 @@ class Decompressor(wiring.Component):
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
     input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
-    CNN): 25 cycles (sfpr8), 84 (dct) (hw/README.md; derived); sfpr8 with 2 / 4 lanes
+    CNN): 26 cycles (sfpr8), 85 (dct) (hw/README.md; derived); sfpr8 with 2 / 4 lanes
     14.4 / 16.5 values a cycle (the input beat port's bound).
 
     Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the

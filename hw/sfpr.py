@@ -20,7 +20,7 @@ besides its pipeline, so row and block order do not matter to it.
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,6 +40,7 @@ __all__ = [
     "bound_check_model",
     "bound_in_layout",
     "fixed_in_layout",
+    "fixed_to_float_latency",
     "fixed_to_float_model",
     "float_format",
     "raw_row",
@@ -327,6 +328,40 @@ def _sum_products(parts, width: int):
     return total[:width]
 
 
+def _product_stages(wide: bool) -> int:
+    """Stages of ``_dsp_product``: operands, partial products, (``wide``: two partial sums,)
+    the product."""
+    return 4 if wide else 3
+
+
+def _dsp_product(p: Pipeline, a, b, name: str):
+    """``a * b`` (both unsigned, at most 36 bits) registered after ``_product_stages(wide)``
+    stages, ``wide`` when ``b`` is over 18 bits; each stage one MULT18X18D or one carry chain.
+
+    1: both operands registered again, their only load the multipliers, so that nextpnr places
+    them beside the MULT18X18D (its ports are ~2 ns of routing from the fabric, and its
+    combinational product takes ~3 ns of the cycle: an operand register far away missed
+    150 MHz). 2: the products of 18-bit slices of both operands (one MULT18X18D each: a slice
+    product never needs the adders yosys adds after a DSP for a wider operand). ``wide`` only:
+    3 the two sums that need no carry between them, the outer products side by side and the
+    inner ones (both at 18) added. Last: their sum."""
+    assert len(a) <= 2 * DSP_WIDTH and len(b) <= 2 * DSP_WIDTH
+    a = p.reg(a, f"{name}_dsp_a")
+    b = p.reg(b, f"{name}_dsp_b")
+    width = len(a) + len(b)
+    if len(b) <= DSP_WIDTH:
+        return p.reg(_sum_products(_partial_products(p, a, b, name), width), f"{name}_prod")
+    lo = DSP_WIDTH
+    assert len(a) > lo, "wide: both operands over 18 bits (a is r's 24-bit significand)"
+    ll = p.reg(a[:lo] * b[:lo], f"{name}_pp_ll")
+    lh = p.reg(a[:lo] * b[lo:], f"{name}_pp_lh")
+    hl = p.reg(a[lo:] * b[:lo], f"{name}_pp_hl")
+    hh = p.reg(a[lo:] * b[lo:], f"{name}_pp_hh")
+    outer = p.reg(Cat(ll, hh), f"{name}_outer")  # ll < 2**36: no carry into hh's bits
+    inner = p.reg(lh + hl, f"{name}_inner")
+    return p.reg((outer + (inner << lo))[:width], f"{name}_prod")
+
+
 def _top_bit_index4(bits) -> Value:
     """Index (0..3) of the highest set bit of up to 4 bits, 0 when none is set: one LUT level."""
     idx = Const(0, 2)
@@ -335,29 +370,35 @@ def _top_bit_index4(bits) -> Value:
     return idx
 
 
+def _magnitude_stages(width: int) -> int:
+    """Stages of ``_f32_magnitude`` for a ``width``-bit ``v``."""
+    return 6 + _product_stages(width > DSP_WIDTH)
+
+
 def _f32_magnitude(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
-    """Eight stages: bits of ``|float32(v) * r|`` (see ``_f32_product_magnitude``) clamped to
-    the largest finite value of ``dtype`` (``_max_bits32``), as a register; ``v`` signed, ``r_bits``
-    the 32 bits of a float32 ``r``. A non-finite ``r`` gives the clamp (or 0 where ``v = 0``).
+    """``_magnitude_stages(len(v))`` stages (9, or 10 for ``v`` over 18 bits): bits of
+    ``|float32(v) * r|`` (see ``_f32_product_magnitude``) clamped to the largest finite value of
+    ``dtype`` (``_max_bits32``), as a register; ``v`` signed, ``r_bits`` the 32 bits of a
+    float32 ``r``. A non-finite ``r`` gives the clamp (or 0 where ``v = 0``).
 
     Each stage keeps to a few LUT levels or one carry chain: 1 ``|v|`` and ``r``'s fields;
-    2 the partial products (MULT18X18D); 3 their sum ``P``; 4 which 4-bit group of ``P >> 23``
+    then ``_dsp_product``'s stages: the product ``P = |v| * M_r`` (3, or 4 for ``v`` over 18
+    bits); then 1 which 4-bit group of ``P >> 23``
     holds ``P``'s top bit (one-hot), that group's top-bit index and the sticky ORs at group
-    boundaries; 5 the coarse shift by 4 groups (AND-OR of the one-hot); 6 the fine shift (0..3),
+    boundaries; 2 the coarse shift by 4 groups (AND-OR of the one-hot); 3 the fine shift (0..3),
     guard, sticky and round-up bit, and the result's exponent field ``E`` (a short chain);
-    7 ``E:significand + round-up`` (one chain; a carry out of the significand increments
-    ``E``, as in ``_f32_product_magnitude``); 8 saturation and the dtype's clamp."""
+    4 ``E:significand + round-up`` (one chain; a carry out of the significand increments
+    ``E``, as in ``_f32_product_magnitude``); 5 saturation and the dtype's clamp."""
     width = len(v)
+    before = _product_stages(width > DSP_WIDTH)  # stages from |v| to P
     a = p.reg(abs(v)[:width], f"{name}_a")
     _, sig_r, exp_r, r_nonfinite = _decode(m, r_bits, _F32, f"{name}_r")
     sig_r1 = p.reg(sig_r, f"{name}_sig_r")
-    zero = p.delay((v == 0) | (sig_r == 0), f"{name}_zero", 7)
-    big = p.delay(r_nonfinite, f"{name}_rinf", 7)
-    e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", 4)  # the field of R 2**exp_r, R < 2**23
+    zero = p.delay((v == 0) | (sig_r == 0), f"{name}_zero", before + 5)
+    big = p.delay(r_nonfinite, f"{name}_rinf", before + 5)
+    e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", before + 2)  # R 2**exp_r's field, R < 2**23
 
-    prod_bits = width + _F32.sig_bits
-    prod = p.reg(_sum_products(_partial_products(p, sig_r1, a, f"{name}_p"), prod_bits),
-                 f"{name}_prod")
+    prod = _dsp_product(p, sig_r1, a, f"{name}_p")
     # stage 4: P's bit length n is above 24 iff hi = P >> 23 is above 1; the rounding shift is
     # then sh = n - 23 = the index of hi's top bit (0 for hi <= 1), found per 4-bit group.
     hi = prod[_F32.frac_bits:]
@@ -430,10 +471,16 @@ def _to_dtype(m: Module, clamped, dtype: DType, name: str):
     return ((high << _F16.frac_bits) + rounded)[:_F16.width - 1]
 
 
+def fixed_to_float_latency(width: int) -> int:
+    """Cycles ``FixedToFloat`` takes for ``width``-bit values (``_fixed_to_float``'s stages)."""
+    return _magnitude_stages(width) + 1
+
+
 def _fixed_to_float(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
     """``from_float32(float32(v) * r, dtype)`` bits of one signed ``v``: the value to register
-    as the ninth stage (``_f32_magnitude``'s eight, then the conversion to ``dtype``)."""
-    sign = p.delay(v[-1] ^ r_bits[_F32.width - 1], f"{name}_s", 8)
+    as the last of ``fixed_to_float_latency(len(v))`` stages (``_f32_magnitude``'s, then the
+    conversion to ``dtype``)."""
+    sign = p.delay(v[-1] ^ r_bits[_F32.width - 1], f"{name}_s", _magnitude_stages(len(v)))
     mag = _f32_magnitude(m, p, v, r_bits, dtype, name)
     if dtype is DType.FLOAT32:  # nothing to convert: the stage is a plain register
         return Cat(mag, sign)
@@ -549,16 +596,16 @@ class FixedToFloat(wiring.Component):
     the dtype's largest finite value, as the format's clamp does; float16 then rounds once more
     (RNE, subnormals kept), bfloat16 adds ``0x7FFF + lsb`` and keeps the top 16 bits.
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 9 cycles, each stage a
-    few LUT levels or one carry chain for 150 MHz on ECP5 (``_f32_magnitude``'s eight: ``|v|``;
-    partial products; product; leading-bit group; coarse shift; fine shift and round-up bit;
-    round; saturate and clamp; then the conversion to the dtype, a plain register for float32).
+    Throughput: 8 values per cycle, no bubbles. Latency: ``latency`` =
+    ``fixed_to_float_latency(width)`` cycles, 10 (11 for ``width`` over 18), each stage a few LUT
+    levels, one carry chain or one MULT18X18D for 150 MHz on ECP5 (``_f32_magnitude``'s: ``|v|``;
+    the multipliers' operands again, beside them; partial products; for ``width`` over 18 two
+    partial sums; product; leading-bit group; coarse shift; fine shift and round-up bit; round;
+    saturate and clamp; then the conversion to the dtype, a plain register for float32).
     Backpressure: as ``FloatToFixed``. Bad input: a
     non-finite ``r`` gives ±MAX for every value (the reference gives NaN for ``v = 0`` there;
     frames never carry one: ``r`` is the float32 of a finite 1/s, format 5.3).
     """
-
-    LATENCY = 9
 
     def __init__(self, *, dtype, width=22):
         self.dtype = DType.parse(dtype)
@@ -566,6 +613,7 @@ class FixedToFloat(wiring.Component):
             raise ValueError(f"width: expected an int in 2..{_F32.sig_bits + 1} (float32(v) "
                              f"must be exact), not {width!r}")
         self.width = width
+        self.latency = fixed_to_float_latency(width)
         super().__init__({
             "i": In(stream.Signature(fixed_in_layout(width))),
             "o": Out(stream.Signature(raw_row(self.dtype))),
@@ -574,7 +622,7 @@ class FixedToFloat(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i, o = self.i, self.o
-        p = Pipeline(m, i, o, stages=self.LATENCY)
+        p = Pipeline(m, i, o, stages=self.latency)
         for u in range(N):
             value = _fixed_to_float(m, p, i.payload.v[u], i.payload.r, self.dtype, f"l{u}")
             with m.If(p.en):
@@ -618,11 +666,14 @@ def bound_check_model(x_bits, q, r_bits: int, eb: float, dtype: DType) -> np.nda
     return ok & inside & (a_expf != fmt.exp_max)
 
 
+_EB_Q = range(-spec.EB_Q_SAT, spec.EB_Q_SAT + 1)  # the values BoundCheck takes
+
+
 def bound_in_layout(dtype: DType) -> data.StructLayout:
     """Input of ``BoundCheck``: a row of inputs, their eb SFPR values, the float32 bits of the
     inverse scale and the binary64 bits of the error bound."""
     return data.StructLayout({"x": raw_row(dtype),
-                              "q": data.ArrayLayout(range(-spec.EB_Q_SAT, spec.EB_Q_SAT + 1), N),
+                              "q": data.ArrayLayout(_EB_Q, N),
                               "r": unsigned(_F32.width), "eb": unsigned(_F64.width)})
 
 
@@ -655,15 +706,16 @@ class BoundCheck(wiring.Component):
     least ``|x| (1 - 2**-27) > 2**14 eb``: it fails too. A non-finite ``x`` fails (its block is
     RAW anyway).
 
-    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 17 cycles (x_hat in 9, as
-    ``FixedToFloat``; then fields, exponent distance, shift amounts, the alignment in two
-    shifts, sum and difference, ``N``, and the compare: a few LUT levels or one carry chain
-    each, for 150 MHz on ECP5). Backpressure: as ``FloatToFixed``. Bad
-    input: ``eb`` must be a positive normal binary64 (the codec's 1e-30..1e30); a non-finite
-    ``r`` makes ``x_hat`` ±MAX.
+    Throughput: 8 values per cycle, no bubbles. Latency: ``LATENCY`` = 18 cycles (x_hat in
+    ``XHAT_STAGES`` = 10, as ``FixedToFloat`` for ``q``'s 17 bits; then fields, exponent
+    distance, shift amounts, the alignment in two shifts, sum and difference, ``N``, and the
+    compare: a few LUT levels or one carry chain each, for 150 MHz on ECP5). Backpressure: as
+    ``FloatToFixed``. Bad input: ``eb`` must be a positive normal binary64 (the codec's
+    1e-30..1e30); a non-finite ``r`` makes ``x_hat`` ±MAX.
     """
 
-    LATENCY = 17
+    XHAT_STAGES = fixed_to_float_latency(Shape.cast(_EB_Q).width)
+    LATENCY = XHAT_STAGES + 8
 
     def __init__(self, *, dtype):
         self.dtype = DType.parse(dtype)
@@ -678,7 +730,7 @@ class BoundCheck(wiring.Component):
         fmt = float_format(dtype)
         p = Pipeline(m, i, o, stages=self.LATENCY)
 
-        xhat_stages = FixedToFloat.LATENCY
+        xhat_stages = self.XHAT_STAGES
         eb = p.delay(i.payload.eb, "eb", xhat_stages + 1)  # its fields: the stage after x_hat
         eb_sig = p.delay(Cat(eb[:_F64.frac_bits], 1), "eb_sig", 3)
         eb_exp = p.reg(eb[_F64.frac_bits:_F64.width - 1] - _F64.bias - _F64.frac_bits, "eb_exp")

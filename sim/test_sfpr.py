@@ -26,10 +26,10 @@ from ..hw.maskpack import MaskDecoder, MaskEncoder, MaskRow
 from ..hw.sfpr import (
     BoundCheck,
     BoundOut,
-    FixedToFloat,
     FloatToFixed,
     bound_in_layout,
     fixed_in_layout,
+    fixed_to_float_latency,
     raw_row,
     sfpr_in_layout,
     sfpr_out_layout,
@@ -175,16 +175,16 @@ def mdec_case(rng):
     return symbols.tolist(), expected.tolist()
 
 
-UNITS = {
-    "f2x127": (FloatToFixed, sfpr_in_layout(DTYPE), sfpr_out_layout(spec.SFPR_MAX),
+UNITS = {  # name: (latency, input layout, output layout, case)
+    "f2x127": (FloatToFixed.LATENCY, sfpr_in_layout(DTYPE), sfpr_out_layout(spec.SFPR_MAX),
                lambda rng: f2x_case(rng, spec.SFPR_MAX)),
-    "f2x32768": (FloatToFixed, sfpr_in_layout(DTYPE), sfpr_out_layout(spec.EB_Q_SAT),
+    "f2x32768": (FloatToFixed.LATENCY, sfpr_in_layout(DTYPE), sfpr_out_layout(spec.EB_Q_SAT),
                  lambda rng: f2x_case(rng, spec.EB_Q_SAT)),
-    **{f"x2f{w}": (FixedToFloat, fixed_in_layout(w), raw_row(DTYPE),
+    **{f"x2f{w}": (fixed_to_float_latency(w), fixed_in_layout(w), raw_row(DTYPE),
                    lambda rng, w=w: x2f_case(rng, w)) for w in rows.X2F_WIDTHS},
-    "bound": (BoundCheck, bound_in_layout(DTYPE), BoundOut, bound_case),
-    "menc": (MaskEncoder, raw_row(DTYPE), MaskRow, menc_case),
-    "mdec": (MaskDecoder, MaskRow, raw_row(DTYPE), mdec_case),
+    "bound": (BoundCheck.LATENCY, bound_in_layout(DTYPE), BoundOut, bound_case),
+    "menc": (MaskEncoder.LATENCY, raw_row(DTYPE), MaskRow, menc_case),
+    "mdec": (MaskDecoder.LATENCY, MaskRow, raw_row(DTYPE), mdec_case),
 }
 
 
@@ -196,7 +196,7 @@ UNITS = {
 )
 async def run_test(dut, unit, idle, backpressure):
     rng = np.random.default_rng([SEED, zlib.crc32(f"{DTYPE}{unit}{idle}{backpressure}".encode())])
-    cls, layout_in, layout_out, case = UNITS[unit]
+    latency, layout_in, layout_out, case = UNITS[unit]
     ins, expected = case(rng)
 
     tb = StreamTB(dut)
@@ -212,6 +212,6 @@ async def run_test(dut, unit, idle, backpressure):
                      f"{bad[0]}: input {ins[bad[0]]} expected {expected[bad[0]]} "
                      f"got {got[bad[0]]}")
     if not idle and not backpressure:
-        rows.check_full_rate(src, snk, cls.LATENCY)
+        rows.check_full_rate(src, snk, latency)
     dut._log.info("%s %s: %d rows", unit, DTYPE.label, len(ins))
     await tb.finish(drain_cycles=16)
