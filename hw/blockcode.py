@@ -313,7 +313,10 @@ class BlockEncoder(wiring.Component):
         in_valid = sk_valid | i.valid
         with m.If(a0_free):
             m.d.sync += a0_valid.eq(in_valid)
-        take0 = a0_free & in_valid
+        # the row registers load whenever the stage is free (``a0_valid`` says whether they
+        # hold a row): their enable, which fans out to some 300 flip-flops, is a LUT of three
+        # registers (``a0_valid``, ``a1_valid``, ``w_full``), not of the input's valid too
+        take0 = a0_free
         a0_nz = stage("a0_nz", x_in.nz, take0, N)
         # nonzeros before each lane and in the row (lane 8): the compaction's selects
         a0_before = [stage(f"a0_before{u}", x_in.before[u - 1], take0, range(N + 1)) if u
@@ -350,6 +353,7 @@ class BlockEncoder(wiring.Component):
         # ---------------------------------------------------------- A2: the row into a bank
         w_bank, w_row = Signal(), Signal(range(N))
         full, set_full, clear_full = Signal(2), Signal(2), Signal(2)
+        w_full = Signal()  # full[w_bank], a register: the row stages' stall starts at it
         masks = [Signal(64, name=f"mask{k}") for k in range(2)]
         counts = [Signal(range(65), name=f"count{k}") for k in range(2)]  # nonzero symbols
         force = [Signal(name=f"force_raw{k}") for k in range(2)]
@@ -359,7 +363,7 @@ class BlockEncoder(wiring.Component):
         ranks = [[Signal(_CODE, name=f"rank{k}_{e}") for e in range(64)] for k in range(2)]
         dense = [[Signal(_CODE, name=f"dense{k}_{p}") for p in range(64)] for k in range(2)]
 
-        m.d.comb += bank_take.eq(a1_valid & ~full.bit_select(w_bank, 1))
+        m.d.comb += bank_take.eq(a1_valid & ~w_full)
         write = bank_take
         # registers, not functions of w_row and counts: they fan out to every entry
         first_row = Signal(init=1)  # w_row == 0
@@ -428,7 +432,9 @@ class BlockEncoder(wiring.Component):
                 m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
                 m.d.sync += r_bank.eq(~r_bank)
         # set needs the bank empty and clear needs it full: never the same bank in one cycle
-        m.d.sync += full.eq((full | set_full) & ~clear_full)
+        full_next = (full | set_full) & ~clear_full
+        m.d.sync += [full.eq(full_next),  # w_bank flips as its bank fills
+                     w_full.eq(full_next.bit_select(w_bank ^ set_full.any(), 1))]
 
         def rd(pair):
             return Mux(r_bank, pair[1], pair[0])
