@@ -386,9 +386,10 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
     o_valid = Signal(name=f"{prefix}_valid")
     o_col = [Signal(shape, name=f"{prefix}_col{r}") for r in range(N)]
     if shift:
-        return _transpose_shift(m, en, valid, values, a, b, count, full, left, last, o_valid,
-                                o_col, cell, prefix)
-    copy = full & last
+        copy = Signal(name=f"{prefix}_copy")  # full & last, a register of its own: it fans out
+        busy = Signal(name=f"{prefix}_busy")  # left != 0: B sends an output this step
+    else:
+        copy = full & last
     with m.If(en):
         with m.If(valid):
             for r in range(N - 1):
@@ -398,6 +399,18 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
         m.d.sync += [count.eq(new_count), full.eq(new_count == N)]
         new_left = Mux(copy, N, Mux(left == 0, 0, left - 1))
         m.d.sync += [left.eq(new_left), last.eq(new_left <= 1)]
+        if shift:
+            m.d.sync += [copy.eq((new_count == N) & (new_left <= 1)), busy.eq(new_left != 0)]
+            with m.If(copy):
+                m.d.sync += [b[k][lane].eq(a[r][j]) for k in range(N) for lane in range(N)
+                             for r, j in [cell(k, lane)]]
+            with m.Elif(busy):
+                m.d.sync += [b[k][lane].eq(b[k + 1][lane])
+                             for k in range(N - 1) for lane in range(N)]
+            m.d.sync += o_valid.eq(busy)
+            with m.If(busy):
+                m.d.sync += [o_col[lane].eq(b[0][lane]) for lane in range(N)]
+            return o_valid, o_col
         with m.If(copy):
             m.d.sync += [b[r][j].eq(a[r][j]) for r in range(N) for j in range(N)]
         m.d.sync += o_valid.eq(left != 0)
@@ -406,34 +419,6 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
                 with m.Case(k):
                     m.d.sync += [o_col[lane].eq(b[r][j]) for lane in range(N)
                                  for r, j in [cell(N - k, lane)]]
-    return o_valid, o_col
-
-
-def _transpose_shift(m: Module, en, valid, values, a, b, count, full, left, last, o_valid,
-                     o_col, cell, prefix: str):
-    """``_transpose`` with ``shift`` (its registers passed in)."""
-    copy = Signal(name=f"{prefix}_copy")  # full & last, a register of its own: it fans out
-    busy = Signal(name=f"{prefix}_busy")  # left != 0: B sends a column this step
-    with m.If(en):
-        with m.If(valid):
-            for r in range(N - 1):
-                m.d.sync += [a[r][j].eq(a[r + 1][j]) for j in range(N)]
-            m.d.sync += [a[N - 1][j].eq(values[j]) for j in range(N)]
-        new_count = Mux(copy, 0, count) + valid
-        new_left = Mux(copy, N, Mux(left == 0, 0, left - 1))
-        m.d.sync += [count.eq(new_count), full.eq(new_count == N),
-                     left.eq(new_left), last.eq(new_left <= 1),
-                     copy.eq((new_count == N) & (new_left <= 1)), busy.eq(new_left != 0)]
-        with m.If(copy):
-            for k in range(N):
-                for lane in range(N):
-                    r, j = cell(k, lane)
-                    m.d.sync += b[k][lane].eq(a[r][j])
-        with m.Elif(busy):
-            m.d.sync += [b[k][lane].eq(b[k + 1][lane]) for k in range(N - 1) for lane in range(N)]
-        m.d.sync += o_valid.eq(busy)
-        with m.If(busy):
-            m.d.sync += [o_col[lane].eq(b[0][lane]) for lane in range(N)]
     return o_valid, o_col
 
 
