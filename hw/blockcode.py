@@ -243,6 +243,43 @@ class BlockEncoder(wiring.Component):
             "o": Out(stream.Signature(CodeBeat)),
         })
 
+    def _row_codes(self, m: Module, row):
+        """A0's values of one input row (a ``row_layout`` value), combinational: ``nz`` (a
+        symbol's nonzero bit a lane), ``before`` (nonzeros before lanes 1..8: lane 8 is the
+        row's count) and, except in mask mode, ``sc``/``dc`` (each lane's sparse and dense
+        code, cut to 15 bits), ``wide_s``/``wide_d`` (a code wider than that) and
+        ``force_raw``."""
+        fields = {"nz": unsigned(N), "before": data.ArrayLayout(range(N + 1), N)}
+        if self.mode is not Mode.MASK:
+            fields.update(sc=data.ArrayLayout(_CODE, N), dc=data.ArrayLayout(_CODE, N),
+                          wide_s=unsigned(1), wide_d=unsigned(1), force_raw=unsigned(1))
+        codes = Signal(data.StructLayout(fields), name="row_codes")
+        sym = self.row_layout(row).symbols
+        nz = Cat(*(sym[u] != 0 for u in range(N)))
+        m.d.comb += [codes.nz.eq(nz),
+                     *(codes.before[u - 1].eq(sum(nz[x] for x in range(u)))
+                       for u in range(1, N + 1))]
+        if self.mode is Mode.MASK:
+            return codes
+        wide_s_bits, wide_d_bits = [], []
+        for u in range(N):
+            v = sym[u]
+            neg = v[-1]
+            inv = ~v.as_unsigned()
+            # 2 (|v| - 1) + sign and 2 |v| - sign without an absolute value: -v - 1 == ~v
+            sfull = Mux(neg, Cat(Const(1, 1), inv),
+                        Cat(Const(0, 1), (v - 1).as_unsigned()[:len(v)]))
+            dfull = Mux(neg, Cat(Const(1, 1), inv), Cat(Const(0, 1), v.as_unsigned()))
+            cut = min(_CODE, len(v) + 1)
+            m.d.comb += [codes.sc[u].eq(Mux(v != 0, sfull[:cut], 0)),
+                         codes.dc[u].eq(dfull[:cut])]
+            if len(v) + 1 > _CODE:
+                wide_s_bits.append((v != 0) & sfull[_CODE:].any())
+                wide_d_bits.append(dfull[_CODE:].any())
+        m.d.comb += [codes.wide_s.eq(Cat(*wide_s_bits).any() if wide_s_bits else 0),
+                     codes.wide_d.eq(Cat(*wide_d_bits).any() if wide_d_bits else 0),
+                     codes.force_raw.eq(self.row_layout(row).force_raw)]
+        return codes
 
     def elaborate(self, platform):
         m = Module()
@@ -259,48 +296,37 @@ class BlockEncoder(wiring.Component):
 
         # ------------------------------------------- A0: codes of a row (input register)
         # in front of it a skid register, so ``i.ready`` is a register (~sk_valid): the
-        # encoder's stall decision never reaches the stages upstream in the same cycle
+        # encoder's stall decision never reaches the stages upstream in the same cycle. The skid
+        # holds the row's codes (computed from ``i.payload`` as it loads), not its symbols, so
+        # its select sits behind the symbol compares and popcounts, not in front of them.
         a1_free = Signal()
         a0_valid = Signal()
         a0_free = ~a0_valid | a1_free
         sk_valid = Signal()
-        sk = Signal.like(i.payload)
+        codes = self._row_codes(m, i.payload)
+        sk = Signal.like(codes)
         m.d.comb += i.ready.eq(~sk_valid)
         with m.If(~sk_valid):  # (whether or not taken: the enable is a register)
-            m.d.sync += sk.eq(i.payload)
+            m.d.sync += sk.eq(codes)
         m.d.sync += sk_valid.eq(~a0_free & (sk_valid | i.valid))
-        x_in = Mux(sk_valid, sk, i.payload)
+        x_in = codes.shape()(Mux(sk_valid, sk, codes))
         in_valid = sk_valid | i.valid
-        sym = self.row_layout(x_in).symbols
         with m.If(a0_free):
             m.d.sync += a0_valid.eq(in_valid)
-        take0 = a0_free & in_valid
-        nz = Cat(*(sym[u] != 0 for u in range(N)))
-        a0_nz = stage("a0_nz", nz, take0, N)
+        # the row registers load whenever the stage is free (``a0_valid`` says whether they
+        # hold a row): their enable, which fans out to some 300 flip-flops, is a LUT of three
+        # registers (``a0_valid``, ``a1_valid``, ``w_full``), not of the input's valid too
+        take0 = a0_free
+        a0_nz = stage("a0_nz", x_in.nz, take0, N)
         # nonzeros before each lane and in the row (lane 8): the compaction's selects
-        a0_before = [stage(f"a0_before{u}", sum(nz[x] for x in range(u)) if u else Const(0, 1),
-                           take0, range(N + 1)) for u in range(N + 1)]
+        a0_before = [stage(f"a0_before{u}", x_in.before[u - 1], take0, range(N + 1)) if u
+                     else Const(0, 1) for u in range(N + 1)]
         if values:
-            scodes, dcodes, wide_s_bits, wide_d_bits = [], [], [], []
-            for u in range(N):
-                v = sym[u]
-                neg = v[-1]
-                inv = ~v.as_unsigned()
-                # 2 (|v| - 1) + sign and 2 |v| - sign without an absolute value: -v - 1 == ~v
-                sfull = Mux(neg, Cat(Const(1, 1), inv),
-                            Cat(Const(0, 1), (v - 1).as_unsigned()[:len(v)]))
-                dfull = Mux(neg, Cat(Const(1, 1), inv), Cat(Const(0, 1), v.as_unsigned()))
-                cut = min(_CODE, len(v) + 1)
-                scodes.append(Mux(v != 0, sfull[:cut], 0))
-                dcodes.append(dfull[:cut])
-                if len(v) + 1 > _CODE:
-                    wide_s_bits.append((v != 0) & sfull[_CODE:].any())
-                    wide_d_bits.append(dfull[_CODE:].any())
-            a0_sc = [stage(f"a0_sc{u}", scodes[u], take0, _CODE) for u in range(N)]
-            a0_dc = [stage(f"a0_dc{u}", dcodes[u], take0, _CODE) for u in range(N)]
-            a0_ws = stage("a0_wide_s", Cat(*wide_s_bits).any() if wide_s_bits else 0, take0, 1)
-            a0_wd = stage("a0_wide_d", Cat(*wide_d_bits).any() if wide_d_bits else 0, take0, 1)
-            a0_force = stage("a0_force", self.row_layout(x_in).force_raw, take0, 1)
+            a0_sc = [stage(f"a0_sc{u}", x_in.sc[u], take0, _CODE) for u in range(N)]
+            a0_dc = [stage(f"a0_dc{u}", x_in.dc[u], take0, _CODE) for u in range(N)]
+            a0_ws = stage("a0_wide_s", x_in.wide_s, take0, 1)
+            a0_wd = stage("a0_wide_d", x_in.wide_d, take0, 1)
+            a0_force = stage("a0_force", x_in.force_raw, take0, 1)
 
         # --------------------------- A1: compaction of the nonzero codes (rank order in a row)
         bank_take = Signal()
@@ -327,6 +353,7 @@ class BlockEncoder(wiring.Component):
         # ---------------------------------------------------------- A2: the row into a bank
         w_bank, w_row = Signal(), Signal(range(N))
         full, set_full, clear_full = Signal(2), Signal(2), Signal(2)
+        w_full = Signal()  # full[w_bank], a register: the row stages' stall starts at it
         masks = [Signal(64, name=f"mask{k}") for k in range(2)]
         counts = [Signal(range(65), name=f"count{k}") for k in range(2)]  # nonzero symbols
         force = [Signal(name=f"force_raw{k}") for k in range(2)]
@@ -336,7 +363,7 @@ class BlockEncoder(wiring.Component):
         ranks = [[Signal(_CODE, name=f"rank{k}_{e}") for e in range(64)] for k in range(2)]
         dense = [[Signal(_CODE, name=f"dense{k}_{p}") for p in range(64)] for k in range(2)]
 
-        m.d.comb += bank_take.eq(a1_valid & ~full.bit_select(w_bank, 1))
+        m.d.comb += bank_take.eq(a1_valid & ~w_full)
         write = bank_take
         # registers, not functions of w_row and counts: they fan out to every entry
         first_row = Signal(init=1)  # w_row == 0
@@ -405,7 +432,9 @@ class BlockEncoder(wiring.Component):
                 m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
                 m.d.sync += r_bank.eq(~r_bank)
         # set needs the bank empty and clear needs it full: never the same bank in one cycle
-        m.d.sync += full.eq((full | set_full) & ~clear_full)
+        full_next = (full | set_full) & ~clear_full
+        m.d.sync += [full.eq(full_next),  # w_bank flips as its bank fills
+                     w_full.eq(full_next.bit_select(w_bank ^ set_full.any(), 1))]
 
         def rd(pair):
             return Mux(r_bank, pair[1], pair[0])

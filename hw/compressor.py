@@ -35,7 +35,7 @@ from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, raw_row
-from .streams import Port, fork, join
+from .streams import Port, fork, join, skid
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
@@ -247,15 +247,23 @@ class _Lane(wiring.Component):
         frow = Signal(range(N))
         acc = Signal()
         fsink = Port(Signal(name="flag_valid"), None, Signal(name="flag_ready"))
+        # FloatToFixed's rows leave through a skid register (one cycle), so its stall is a
+        # register: the fork's decision below (the DCT's ready, the flags FIFO's room) does not
+        # run through FloatToFixed's stall into the input fork in the same cycle
+        f2x_o = Port(Signal(name="f2x_s_valid"), Signal.like(f2x.o.payload, name="f2x_s"),
+                     Signal(name="f2x_s_ready"))
+        f2x_can = Signal()
+        m.d.comb += f2x.o.ready.eq(f2x_can)
+        skid(m, f2x_o, f2x.o.payload, f2x.o.valid & f2x_can, f2x_can)
+        nonfinite = f2x_o.payload.nonfinite
         m.d.comb += [
-            dct.i.payload.eq(f2x.o.payload.q),
+            dct.i.payload.eq(f2x_o.payload.q),
             fsink.ready.eq((frow != N - 1) | flags.w_rdy),
-            flags.w_data.eq(acc | f2x.o.payload.nonfinite),
+            flags.w_data.eq(acc | nonfinite),
         ]
-        fork(m, f2x.o, [dct.i, fsink], "f2x")
+        fork(m, f2x_o, [dct.i, fsink], "f2x")
         with m.If(fsink.valid & fsink.ready):
-            m.d.sync += [frow.eq(frow + 1),
-                         acc.eq(Mux(frow == N - 1, 0, acc | f2x.o.payload.nonfinite))]
+            m.d.sync += [frow.eq(frow + 1), acc.eq(Mux(frow == N - 1, 0, acc | nonfinite))]
             m.d.comb += flags.w_en.eq(frow == N - 1)
         wiring.connect(m, dct.o, quant.i)
         erow = Signal(range(N))

@@ -360,7 +360,7 @@ def _build_pass(stage: _Stage, net: _Net, outs: list, inputs: list, lo: int, hi:
 
 
 def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
-               cell=lambda k, lane: (lane, k)):
+               cell=lambda k, lane: (lane, k), shift: bool = False):
     """Vectors of a block in (``valid``, 8 ``values``), 8 vectors out, one a cycle: lane
     ``lane`` of output ``k`` is lane ``j`` of input ``r``, ``(r, j) = cell(k, lane)`` (default:
     rows in, columns out).
@@ -371,6 +371,11 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
     costs the same: each lane picks one of 8 fixed cells by ``left``). In a pipeline stepped by
     one enable, ``B`` sends a column every step and ``A`` takes at most a row, so ``A`` is never
     full when ``B`` still has two columns: no handshake is needed inside.
+
+    With ``shift``, ``B`` holds the block in output order (the copy wires cell ``(k, lane)``
+    to ``B[k][lane]``) and shifts by one output a step, so the output registers load ``B[0]``:
+    no 8:1 select and no ``left`` decode fanning out to every lane, for a 2:1 select on each
+    cell of ``B`` (copy or shift; ``copy`` a register). Same outputs and timing.
     Returns (valid, output registers)."""
     a = [[Signal(shape, name=f"{prefix}_a{r}_{j}") for j in range(N)] for r in range(N)]
     b = [[Signal(shape, name=f"{prefix}_b{r}_{j}") for j in range(N)] for r in range(N)]
@@ -380,7 +385,11 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
     last = Signal(name=f"{prefix}_last")  # left <= 1
     o_valid = Signal(name=f"{prefix}_valid")
     o_col = [Signal(shape, name=f"{prefix}_col{r}") for r in range(N)]
-    copy = full & last
+    if shift:
+        copy = Signal(name=f"{prefix}_copy")  # full & last, a register of its own: it fans out
+        busy = Signal(name=f"{prefix}_busy")  # left != 0: B sends an output this step
+    else:
+        copy = full & last
     with m.If(en):
         with m.If(valid):
             for r in range(N - 1):
@@ -390,6 +399,18 @@ def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
         m.d.sync += [count.eq(new_count), full.eq(new_count == N)]
         new_left = Mux(copy, N, Mux(left == 0, 0, left - 1))
         m.d.sync += [left.eq(new_left), last.eq(new_left <= 1)]
+        if shift:
+            m.d.sync += [copy.eq((new_count == N) & (new_left <= 1)), busy.eq(new_left != 0)]
+            with m.If(copy):
+                m.d.sync += [b[k][lane].eq(a[r][j]) for k in range(N) for lane in range(N)
+                             for r, j in [cell(k, lane)]]
+            with m.Elif(busy):
+                m.d.sync += [b[k][lane].eq(b[k + 1][lane])
+                             for k in range(N - 1) for lane in range(N)]
+            m.d.sync += o_valid.eq(busy)
+            with m.If(busy):
+                m.d.sync += [o_col[lane].eq(b[0][lane]) for lane in range(N)]
+            return o_valid, o_col
         with m.If(copy):
             m.d.sync += [b[r][j].eq(a[r][j]) for r in range(N) for j in range(N)]
         m.d.sync += o_valid.eq(left != 0)
@@ -415,6 +436,9 @@ class _Separable2D(wiring.Component):
     COEF_OUT: bool
     #: adder levels between two registers (one: a carry chain and its routing a stage)
     LEVELS = 1
+    #: transposes send from a shifting bank instead of an 8:1 select (``_transpose``'s
+    #: ``shift``): about 400 LUT4 more a transpose, no select decode on the output path
+    SHIFT_BANKS = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -490,14 +514,15 @@ class _Separable2D(wiring.Component):
         if self._reorder_in:  # input row r, lane j: position order[8 r + j]; raster rows out
             slot = {p: k for k, p in enumerate(self.order)}
             v, x = _transpose(m, en, v, x, i.payload.shape().elem_shape, "tr0",
-                              cell=lambda k, lane: divmod(slot[N * k + lane], N))
+                              cell=lambda k, lane: divmod(slot[N * k + lane], N),
+                              shift=self.SHIFT_BANKS)
         net1, outs1 = _pass_network(self.ROW_MATRIX)
         t_row, d1 = _build_pass(st, net1, outs1, x, in_lo, in_hi, self.SHIFT_1, None,
                                 self._t_shape, self.LEVELS)
         for s in range(d1):
             v = st.reg(v, 1, f"v{s + 1}")
 
-        v, t_col = _transpose(m, en, v, t_row, self._t_shape, "tr1")
+        v, t_col = _transpose(m, en, v, t_row, self._t_shape, "tr1", shift=self.SHIFT_BANKS)
 
         st2 = _Stage(m, en, "p2")
         t_lo, t_hi = _shape_range(self._t_shape)
@@ -511,7 +536,8 @@ class _Separable2D(wiring.Component):
         # output order is only where each lane reads from, so it costs nothing here
         out_order = self.order if self.COEF_OUT else ORDERS["raster"]
         v, y_row = _transpose(m, en, v, y_col, self._y_shape, "tr2",
-                              cell=lambda k, lane: divmod(out_order[N * k + lane], N)[::-1])
+                              cell=lambda k, lane: divmod(out_order[N * k + lane], N)[::-1],
+                              shift=self.SHIFT_BANKS)
 
         # output register and skid buffer: o.ready only steers these two
         with m.If(~o.valid | o.ready):
@@ -577,8 +603,8 @@ class IDCT2D(_Separable2D):
 
     With ``order="zigzag"`` the input rows are the block's zigzag scan rows instead (lane ``i``
     of row ``k`` is coefficient ``tables.ZIGZAG[8 k + i]``, as ``BlockDecoder`` delivers them),
-    and a reorder buffer like the transposes (two banks, an 8:1 select a lane) turns them into
-    rows first, in place of a separate ``Unzigzag``.
+    and a reorder buffer like the transposes (two banks, the second shifting its outputs out)
+    turns them into rows first, in place of a separate ``Unzigzag``.
 
     Throughput and backpressure: as ``DCT2D``. Latency: ``LATENCY`` = 39 cycles (``DCT2D``'s
     and one stage for the clamp); with ``order="zigzag"`` 49 (the reorder buffer's 10), an
@@ -594,3 +620,6 @@ class IDCT2D(_Separable2D):
     SHIFT_2 = spec.IDCT_SHIFT_2
     CLAMP = spec.SFPR_MAX
     COEF_OUT = False
+    # the Decompressor's critical path was this transform's column select (``left`` decoded and
+    # fanned out to 88 8:1 selects placed apart); DCT2D's is off the Compressor's critical path
+    SHIFT_BANKS = True

@@ -49,6 +49,9 @@ _RAW_ROWS = 16
 _BLOCK_FIFO = 16
 # The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
 _LUT_RAM_ROWS = 16
+# Chain queues of this many rows on (dct: 128) go to block RAM: in LUT RAM their 8:1 read select
+# and the address's fan-out to hundreds of cells spread over the part miss 150 MHz.
+_BLOCK_RAM_ROWS = 64
 
 
 def block_layout(mode) -> data.StructLayout:
@@ -81,26 +84,44 @@ class _Queue(wiring.Component):
     writer and reader share no logic, for a writer and a reader placed apart: each side keeps
     its own pointer and a copy of the other side's a cycle late, and its flags are registers
     (``w_rdy``, ``r_rdy``). So neither side's decision reaches the other's in the cycle it is
-    taken: a word is readable ``LATENCY`` = 3 cycles after its write, and its place free again
-    2 cycles after its read (conservative flags: never a lost or invented word). ``r_data``:
-    with ``registered``, a register (the head read synchronously from the next head address:
-    for narrow words), else the memory read combinationally at the head pointer (a register,
-    so ``r_en`` reaches no memory address: for wide words, whose memory cells the read address
-    fans out to).
+    taken: a word is readable ``latency`` cycles after its write, and its place free again 2
+    cycles after its read (conservative flags: never a lost or invented word). The read side:
+
+    - ``read="comb"``: ``r_data`` is the memory read combinationally at the head pointer (a
+      register, so ``r_en`` reaches no memory address; LUT RAM); ``latency`` = ``LATENCY``;
+    - ``read="sync"``: ``r_data`` is a register, the memory read synchronously from the next
+      head address (for narrow words: ``r_en`` reaches the address); ``latency`` = ``LATENCY``;
+    - ``read="prefetch"``: for deep wide queues in block RAM (``block_ram``). Words
+      are fetched from the memory into a ring of ``HEAD_WORDS`` registers ahead of the reader,
+      from registers only (the fetch pointer, a late copy of the writer's, the ring's room), so
+      ``r_en`` reaches neither the memory nor its address, and the memory's read data (about
+      4 ns clock to output) only a register. ``r_data`` is the ring's head (a ``HEAD_WORDS``:1
+      select of registers). One word a cycle in steady flow; ``latency`` = ``PREFETCH_LATENCY``
+      (fetch, memory read, ring); a place is free again once its word is fetched.
 
     With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
     (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
     writes the words into the reserved places in order, without a check (the writer has
-    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
+    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both. ``block_ram``: the memory
+    is asked for block RAM (``ram_style="block"``; read "sync" or "prefetch"), else the tools
+    choose (LUT RAM for the shallow queues here)."""
 
-    LATENCY = 3  # cycles from a word's write to its ``r_rdy``
+    LATENCY = 3  # cycles from a word's write to its ``r_rdy`` (``read`` "comb" or "sync")
+    PREFETCH_LATENCY = 4  # the same with ``read="prefetch"``
+    HEAD_WORDS = 3  # the least ring for a word a cycle: one word fetched, one to read, one more
 
-    def __init__(self, width: int, depth: int, *, reserve: int = 0, registered: bool = False):
+    def __init__(self, width: int, depth: int, *, reserve: int = 0, read: str = "comb",
+                 block_ram: bool = False):
         if depth < 2 or depth & (depth - 1):
             raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
         if not 0 <= reserve <= depth:
             raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
-        self.depth, self.places, self.registered = depth, reserve, registered
+        if read not in ("comb", "sync", "prefetch"):
+            raise ValueError(f"read: expected 'comb', 'sync' or 'prefetch', not {read!r}")
+        if block_ram and read == "comb":
+            raise ValueError("block_ram: block RAM has no combinational read")
+        self.depth, self.places, self.read, self.block_ram = depth, reserve, read, block_ram
+        self.latency = self.PREFETCH_LATENCY if read == "prefetch" else self.LATENCY
         members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
                    "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
         if reserve:
@@ -110,9 +131,11 @@ class _Queue(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self.depth.bit_length() - 1
-        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[])
+        attrs = {"ram_style": "block"} if self.block_ram else None
+        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[],
+                                        attrs=attrs)
         wport = mem.write_port()
-        rport = mem.read_port(domain="sync" if self.registered else "comb")
+        rport = mem.read_port(domain="comb" if self.read == "comb" else "sync")
 
         def pointer(name, step, by=1):
             """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
@@ -134,39 +157,72 @@ class _Queue(wiring.Component):
         push = Signal()
         taking = Signal()  # a place is taken (reserved or written)
         pop = Signal()
+        # the memory's head word leaves: popped, or with "prefetch" fetched into the ring
+        step = Signal(name="fetch") if self.read == "prefetch" else pop
         m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
         if self.places:
             m.d.comb += taking.eq(self.reserve & self.w_rdy)
         else:
             m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
         wptr, wptr1 = pointer("wptr", push)
-        rptr, rptr1 = pointer("rptr", pop)
+        rptr, rptr1 = pointer("rptr", step)
         if self.places:
             tptr, tptr1 = pointer("tptr", taking, self.places)
         else:
             tptr, tptr1 = wptr, wptr1
         rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
-        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push),
-                     self.r_data.eq(rport.data)]
-        if self.registered:
+        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push)]
+        # places taken after this cycle, as far as the writer knows, leave room for more
+        m.d.sync += self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr)))
+        if self.read == "prefetch":
+            self._prefetch(m, rport, rptr, wseen, step, pop)
+            return m
+        m.d.comb += self.r_data.eq(rport.data)
+        if self.read == "sync":
             m.d.comb += [rport.addr.eq(Mux(pop, rptr1, rptr)[:n]), rport.en.eq(1)]
         else:
             m.d.comb += rport.addr.eq(rptr[:n])
-        m.d.sync += [
-            # places taken after this cycle, as far as the writer knows, leave room for more
-            self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr))),
-            self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr)),
-        ]
+        m.d.sync += self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr))
         return m
 
+    def _prefetch(self, m, rport, rptr, wseen, fetch, pop):
+        """The read side of ``read="prefetch"``: ``fetch`` (the memory word at ``rptr`` is read,
+        ``rptr`` steps) while a written word is there and the ring has room counting the words
+        on their way; the read data lands in the ring a cycle later."""
+        b = self.HEAD_WORDS
+        ring = [Signal(len(self.r_data), name=f"head{k}") for k in range(b)]
+        w_slot, r_slot = Signal(range(b)), Signal(range(b))
+        landing = Signal()  # a fetched word is on the memory's read data
+        held = Signal(range(b + 1))  # ring words plus the one landing
+        ring_room = Signal(init=1)  # held < b, a register
+        filled = Signal(range(b + 1))  # ring words
+        n = self.depth.bit_length() - 1
+        m.d.comb += [
+            fetch.eq((wseen != rptr) & ring_room),
+            rport.addr.eq(rptr[:n]), rport.en.eq(1),
+            self.r_data.eq(Array(ring)[r_slot]),
+        ]
+        m.d.sync += landing.eq(fetch)
+        for k, word in enumerate(ring):
+            with m.If(landing & (w_slot == k)):  # the read data reaches a register only
+                m.d.sync += word.eq(rport.data)
+        held_next = held + fetch - pop
+        filled_next = filled + landing - pop
+        m.d.sync += [held.eq(held_next), ring_room.eq(held_next < b),
+                     filled.eq(filled_next), self.r_rdy.eq(filled_next != 0)]
+        with m.If(landing):
+            m.d.sync += w_slot.eq(Mux(w_slot == b - 1, 0, w_slot + 1))
+        with m.If(pop):
+            m.d.sync += r_slot.eq(Mux(r_slot == b - 1, 0, r_slot + 1))
 
-def _queue_rows(latency: int) -> int:
+
+def _queue_rows(latency: int, queue_latency: int = _Queue.LATENCY) -> int:
     """Rows of the ``_Queue`` behind a chain of ``latency`` cycles for one row a cycle: a credit
-    comes back ``latency + 6`` cycles after its row is admitted (the chain; the queue's write
-    seen by its reader, 3; its read seen by the writer, 2; then ``w_rdy``); the least power of
-    2 from ``_LUT_RAM_ROWS`` on that covers it."""
+    comes back ``latency + queue_latency + 3`` cycles after its row is admitted (the chain; the
+    queue's write seen by its reader, ``queue_latency``; its read seen by the writer, 2; then
+    ``w_rdy``); the least power of 2 from ``_LUT_RAM_ROWS`` on that covers it."""
     rows = _LUT_RAM_ROWS
-    while rows < latency + 6:
+    while rows < latency + queue_latency + 3:
         rows *= 2
     return rows
 
@@ -264,13 +320,13 @@ class _Lane(wiring.Component):
         m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
                               & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
         # per block: its rows come from raw
-        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, registered=True)
+        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, read="sync")
         dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
         # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
         m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
         ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
-            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
+            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, read="sync")
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
@@ -309,12 +365,19 @@ class _Lane(wiring.Component):
         # stages advance every cycle (their enables are constants) and no ``ready`` runs back
         # through it. A row's error bits wait in ``errq`` beside it (at most ``rows`` of them).
         head, tail, latency = self._chain(m, dec.o.payload.symbols, rq if has_r else None)
-        rows = _queue_rows(latency)
+        # deep queues (dct) in block RAM: ``outq`` prefetched into registers, written a cycle
+        # after the chain's output from registers (``errq``'s read data, 4 ns from its block RAM,
+        # reaches only that register)
+        block_ram = _queue_rows(latency) >= _BLOCK_RAM_ROWS
+        read = "prefetch" if block_ram else "comb"
+        late = int(block_ram)
+        rows = _queue_rows(latency + late, _Queue.PREFETCH_LATENCY if block_ram else _Queue.LATENCY)
         if latency >= _Queue.LATENCY:
-            m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, registered=True)
+            m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, read="sync", block_ram=block_ram)
         else:  # mask: a row leaves the chain before a _Queue shows its error bits
             errq = _sync_fifo(m, "errq", _ERROR_BITS, rows)
-        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1)
+        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1, read=read,
+                                          block_ram=block_ram)
         admit = Signal()
         m.d.comb += [
             head.valid.eq(dec.o.valid & outq.w_rdy),
@@ -323,9 +386,12 @@ class _Lane(wiring.Component):
             outq.reserve.eq(admit),
             errq.w_en.eq(admit), errq.w_data.eq(dec.o.payload.error),
             tail.ready.eq(1),
-            outq.w_en.eq(tail.valid), outq.w_data.eq(Cat(tail.payload, errq.r_data)),
-            errq.r_en.eq(tail.valid),
         ]
+        if late:
+            _write_late(m, outq, tail.valid, Cat(tail.payload, errq.r_data), "outq")
+        else:
+            m.d.comb += [outq.w_en.eq(tail.valid), outq.w_data.eq(Cat(tail.payload, errq.r_data))]
+        m.d.comb += errq.r_en.eq(tail.valid)
 
         # ---- merge in block order: 8 rows of a block from the path its ``order`` bit names,
         # into ``o`` through a skid register: what is merged depends on registers only, and the
@@ -419,7 +485,7 @@ class Decompressor(wiring.Component):
     merged back in order: up to ``8 * lanes`` values a cycle, bounded by the one beat a cycle of
     ``data`` (blocks averaging ``b`` beats: at most ``64 / b`` values a cycle). Latency (first
     input transfer to first row, ``bench.rtl.measure_decompressor`` on the digits
-    CNN): 26 cycles (sfpr8), 85 (dct) (hw/README.md; derived); sfpr8 with 2 / 4 lanes
+    CNN): 26 cycles (sfpr8), 87 (dct) (hw/README.md; derived); sfpr8 with 2 / 4 lanes
     14.4 / 16.5 values a cycle (the input beat port's bound).
 
     Backpressure: ``o`` is a register (behind a skid register); a stalled output stops the
