@@ -85,7 +85,7 @@ from .errors import (
 )
 from .lossless import LOSSLESS, Lossless, Packed, Window
 from .peak import SavedMemory, is_parameter
-from .policy import SavedInfo, op_kind, resolve_policy
+from .policy import SavedInfo, op_kind, producer, resolve_policy
 from .stats import Stats, TensorStats, plot_timeline, timeline_of
 
 __all__ = ["OffloadSession", "SavedRecord", "offload"]
@@ -588,7 +588,7 @@ class OffloadSession:
             op = op_kind(gf)
         info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
                          t.numel() * t.element_size(), mask_only=own_relu or shape_only,
-                         context=context)
+                         context=context, producer=producer(gf))
         codec = self.policy(info) if is_dense(t) else None
         with self._lock:
             rec = SavedRecord(next(self._seq), key, info, t, self._now(), saver)

@@ -13,18 +13,26 @@ what backward reads in full precise enough for the gradients (measured against p
    ``min_bytes`` (64 KiB), sparse/overlapping/odd tensors the codec does not take;
 2. ``"mask"`` for a tensor whose only savers read nothing but its sign: ReLU's own output (its
    backward is ``grad * (result > 0)``), as long as no other op saves the same tensor;
-   if another op saves the same tensor too, its values are stored as well (rules 3-5), and the mask
+   if another op saves the same tensor too, its values are stored as well (rules 3-7), and the mask
    keeps serving ReLU's backward, so ReLU's gradient stays exact;
 3. ``"keep"`` for the inputs ``torch.utils.checkpoint`` saves to recompute its block from: a
    lossy seed makes every recomputed activation of the block lossy, ReLU masks included
    (measured: 6 % off on the first conv's weight gradient instead of under 1 %);
-4. ``"sfpr8:3.96875"`` for conv outputs (op ``"conv"``: what BatchNorm's backward reads in
+4. ``"keep"`` for softmax outputs (attention probabilities, and the views of them the matmul
+   with the values saves): a group code's error is absolute, about 0.4 % of the largest
+   probability of the group, while most probabilities of a T-token row are about 1/T, so at
+   T = 64 they moved by a quarter. One step's gradients hid it (cosine 1.0000 on the
+   attention model); training did not: the character transformer of ``bench train``, 400
+   steps, validation loss 2.47 with them stored (sfpr8 and dct:optL) against 1.79 plain, and
+   1.785 with them kept (one seed; 26.6 -> 9.6 MiB saved-activation peak, 2.8x instead of
+   4.5x);
+5. ``"sfpr8:3.96875"`` for conv outputs (op ``"conv"``: what BatchNorm's backward reads in
    full, its weight gradient is a sum over exactly those values) and normalization outputs (op
    ``"norm"``: what SiLU, GELU, Hardswish and the other value-reading activations read);
-5. ``"dct:optL"`` for the other 4-D activations (ReLU outputs the next conv reads, pool outputs,
+6. ``"dct:optL"`` for the other 4-D activations (ReLU outputs the next conv reads, pool outputs,
    sums, gated products; not the model's inputs) whose planes hold an 8 x 8 block; smaller
    planes are stored as (position, channel) rows (``offload``), which a 2-D DCT does not suit;
-6. ``"sfpr8:3.96875"`` for everything else (linear layers' inputs and outputs, small planes).
+7. ``"sfpr8:3.96875"`` for everything else (linear layers' inputs and outputs, small planes).
 
 Why not JPEG-ACT's optH everywhere (the assignment until 2026-12): gradients, not the loss, show
 what lossy storage costs, and one step of small models with BatchNorm, depthwise convs,
@@ -63,7 +71,7 @@ from actpack.codec.spec import MAX_GROUPS, geometry
 from .lossless import LOSSLESS, Lossless, lossless_takes
 
 __all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
-           "op_kind", "parse_setting", "register_policy"]
+           "op_kind", "parse_setting", "producer", "register_policy"]
 
 CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
@@ -101,24 +109,30 @@ def _name(node) -> str:
     return type(node).__name__
 
 
-def op_kind(grad_fn) -> str:
-    """The kind (one of ``OPS``) of the op that produced a tensor with this ``grad_fn``.
-
-    Views and casts are looked through; a chain that ends at a leaf that requires grad (an
-    ``AccumulateGrad`` node) is a ``"parameter"``.
-    """
+def producer(grad_fn) -> str:
+    """The class name of the node that made a tensor with this ``grad_fn``, views and casts
+    looked through: "AccumulateGrad" for a parameter (or a view of one), "" for no history."""
     node, hops = grad_fn, 0
     while node is not None and hops < 64:
         name = _name(node)
-        if name == "AccumulateGrad":
-            return "parameter"
-        if not name.startswith(_PASS_THROUGH):
-            break
+        if name == "AccumulateGrad" or not name.startswith(_PASS_THROUGH):
+            return name
         nexts = [n for n, _ in node.next_functions if n is not None]
         node, hops = (nexts[0] if nexts else None), hops + 1
-    if node is None:
+    return "" if node is None else _name(node)
+
+
+def op_kind(grad_fn) -> str:
+    """The kind (one of ``OPS``) of the op that produced a tensor with this ``grad_fn``.
+
+    Views and casts are looked through (``producer``); a chain that ends at a leaf that
+    requires grad (an ``AccumulateGrad`` node) is a ``"parameter"``.
+    """
+    name = producer(grad_fn)
+    if name == "AccumulateGrad":
+        return "parameter"
+    if not name:
         return "input"
-    name = _name(node)
     for kind, prefixes in _KIND_PREFIXES:
         if name.startswith(prefixes):
             return kind
@@ -131,8 +145,9 @@ class SavedInfo:
 
     ``layer`` is the dotted module path of the module whose forward was running when the tensor
     was first saved ("" outside any submodule; ``module_type`` then names the root's class);
-    ``op`` the kind of its producer (see ``OPS``) and ``grad_fn`` the producer node's class name
-    ("" without history); ``mask_only`` is True while every op that saved it reads nothing but
+    ``op`` the kind of its producer (see ``OPS``), ``grad_fn`` the tensor's own node's class name
+    ("" without history) and ``producer`` the producer's, views and casts looked through
+    (``producer``); ``mask_only`` is True while every op that saved it reads nothing but
     its sign (ReLU saving its own output) or nothing but its shape (max pooling saving its
     input). ``context`` says who saved it: "eager" (an op),
     "checkpoint" (``torch.utils.checkpoint`` keeping the input it recomputes from) or "compiled"
@@ -148,6 +163,7 @@ class SavedInfo:
     nbytes: int
     mask_only: bool = False
     context: str = "eager"
+    producer: str = ""
 
     @property
     def numel(self) -> int:
@@ -258,6 +274,12 @@ def _has_blocks(info: SavedInfo) -> bool:
     return len(info.shape) != 4 or info.shape[2] * info.shape[3] >= 64
 
 
+def _probabilities(info: SavedInfo) -> bool:
+    """A softmax output (attention probabilities), or a view of one (the batched matmul that
+    applies them to the values saves them reshaped)."""
+    return info.producer.startswith("Softmax")
+
+
 def _spatial(info: SavedInfo) -> bool:
     """4-D with planes that hold an 8 x 8 block: an image-like activation for the DCT. Not the
     model's inputs (op "input"): the first conv's weight gradient reads them directly, and
@@ -303,6 +325,7 @@ class Policy:
     @classmethod
     def auto(cls, *, conv=f"sfpr8:{SFPR8_FULL_RANGE}", spatial="dct:optL",
              values=f"sfpr8:{SFPR8_FULL_RANGE}", mask: bool = True, checkpoint_inputs="keep",
+             probabilities="keep",
              min_bytes: int = 65536, integers: str = "lossless",
              rules: Iterable[Rule] = ()) -> Policy:
         """The default assignment (see the module docstring). ``rules`` go first, so they
@@ -310,8 +333,10 @@ class Policy:
         the first epochs, then "dct:optsH"); ``spatial`` the setting of the other 4-D
         activations with 8 x 8 planes; ``values`` the setting for the rest;
         ``checkpoint_inputs`` the setting for the inputs ``torch.utils.checkpoint`` recomputes
-        from; ``integers`` what integer and bool tensors get ("lossless" or "keep")."""
-        auto_rules = [Rule(checkpoint_inputs, context="checkpoint")]
+        from; ``probabilities`` the setting for softmax outputs (attention maps, rule 4);
+        ``integers`` what integer and bool tensors get ("lossless" or "keep")."""
+        auto_rules = [Rule(checkpoint_inputs, context="checkpoint"),
+                      Rule(probabilities, where=_probabilities)]
         if mask:
             auto_rules.append(Rule("mask"))
         # planes under 8 x 8 are stored as (position, channel) rows (offload._channel_rows),

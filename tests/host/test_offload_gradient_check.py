@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import actpack
 from actpack import Policy
 from actpack.host.gradcheck import gradient_check
 from actpack.models import GRADIENT_MODELS
@@ -19,7 +20,21 @@ def test_auto_keeps_every_gradient(name):
     assert len(check.cosines) >= 10
     assert check.min_cosine >= 0.95, (check.worst, check.min_cosine)
     assert check.rel_l2 <= 0.1
-    assert check.ratio >= 4  # and it still stores a lot less
+    # and it still stores a lot less; the attention model's softmax outputs (most of what it
+    # saves at 64 tokens) are kept: stored as 8-bit group codes they did not show in one
+    # step's gradients but cost the character transformer 38 % validation loss in training
+    assert check.ratio >= (2 if name == "attention" else 4)
+
+
+def test_auto_keeps_softmax_outputs_and_the_views_the_value_matmul_saves():
+    model, x = GRADIENT_MODELS["attention"]()
+    session = actpack.offload(policy="auto", workers=0)
+    with session:
+        model(x).square().mean().backward()
+    probs = [t for t in session.stats.tensors if t.op == "activation" and len(t.shape) >= 3
+             and t.shape[-1] == t.shape[-2]]
+    assert len(probs) >= 2 and all(t.mode == "keep" for t in probs), probs
+    assert any(t.mode != "keep" for t in session.stats.tensors)  # the rest is still stored
 
 
 def test_the_check_sees_what_optH_everywhere_does_to_batchnorm():
