@@ -85,7 +85,7 @@ from .errors import (
 )
 from .lossless import LOSSLESS, Lossless, Packed, Window
 from .peak import SavedMemory, is_parameter
-from .policy import SavedInfo, op_kind, producer, resolve_policy
+from .policy import SavedInfo, producer, producer_kind, resolve_policy
 from .stats import Stats, TensorStats, plot_timeline, timeline_of
 
 __all__ = ["OffloadSession", "SavedRecord", "offload"]
@@ -582,13 +582,11 @@ class OffloadSession:
         gname = type(gf).__name__ if gf is not None else ""
         # ReLU saving its own output: its node is the one autograd created last.
         own_relu = gname == "ReluBackward0" and gf._sequence_nr() == _next_sequence_nr() - 1
-        if is_parameter(t):
-            op = "parameter"
-        else:
-            op = op_kind(gf)
+        made_by = producer(gf)  # one walk through the views, for the kind and the name
+        op = "parameter" if is_parameter(t) else producer_kind(made_by)
         info = SavedInfo(layer, module_type, op, gname, tuple(t.shape), t.dtype,
                          t.numel() * t.element_size(), mask_only=own_relu or shape_only,
-                         context=context, producer=producer(gf))
+                         context=context, producer=made_by)
         codec = self.policy(info) if is_dense(t) else None
         with self._lock:
             rec = SavedRecord(next(self._seq), key, info, t, self._now(), saver)

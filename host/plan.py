@@ -780,8 +780,7 @@ def _smallest(model: _Model, allow, peak_of) -> tuple[set, set]:
     recomputed: set[int] = set()
     if "recompute" in allow:
         for r in model.regions:
-            if peak_of(compressed, recomputed | {r.index}) < peak_of(compressed,
-                                                                            recomputed):
+            if peak_of(compressed, recomputed | {r.index}) < peak_of(compressed, recomputed):
                 recomputed.add(r.index)
     return compressed, recomputed
 

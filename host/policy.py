@@ -71,7 +71,7 @@ from actpack.codec.spec import MAX_GROUPS, geometry
 from .lossless import LOSSLESS, Lossless, lossless_takes
 
 __all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
-           "op_kind", "parse_setting", "producer", "register_policy"]
+           "op_kind", "parse_setting", "producer", "producer_kind", "register_policy"]
 
 CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
@@ -128,7 +128,11 @@ def op_kind(grad_fn) -> str:
     Views and casts are looked through (``producer``); a chain that ends at a leaf that
     requires grad (an ``AccumulateGrad`` node) is a ``"parameter"``.
     """
-    name = producer(grad_fn)
+    return producer_kind(producer(grad_fn))
+
+
+def producer_kind(name: str) -> str:
+    """The kind (one of ``OPS``) of a producer named as ``producer`` names it."""
     if name == "AccumulateGrad":
         return "parameter"
     if not name:
