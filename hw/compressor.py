@@ -35,7 +35,7 @@ from .lorenzo import DiffRow, LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, raw_row
-from .streams import Port, fork, join
+from .streams import Port, Queue, fork, join, queue_rows
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
@@ -44,8 +44,6 @@ LANES = (1, 2, 4)
 # Rows of raw input a lane keeps for its RAW blocks: the rows in flight between the input and
 # the encoder's decision (about 70 in dct mode) plus slack for output stalls; 16 blocks.
 RAW_ROWS = 16 * N
-# FIFOs beside a pipeline: more than its latency (BoundCheck: 17, FloatToFixed: 6) so both flow
-_SIDE_DEPTH = 3 * N
 _BEAT_BITS = 8 * BEAT_BYTES
 
 
@@ -95,6 +93,25 @@ def _fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFOBuffered:
     fifo = SyncFIFOBuffered(width=width, depth=depth)
     m.submodules[name] = fifo
     return fifo
+
+
+def _beside(m: Module, name: str, width: int, delay: int) -> SyncFIFOBuffered:
+    """A FIFO for words each read exactly ``delay`` cycles after its write, beside a pipeline
+    that never stalls: at most ``delay + 1`` words are in it, and a ``SyncFIFOBuffered`` shows a
+    word 2 cycles after its write; so the writer and the reader need no flags."""
+    if delay < 2:
+        raise ValueError(f"delay: a word is readable 2 cycles after its write, not {delay}")
+    return _fifo(m, name, width, delay + 2)
+
+
+def _head(m: Module, queue, sink):
+    """Drive stream ``sink`` from ``queue`` (a ``Queue``) through a register: the queue's head
+    memory read reaches only that register, and ``sink.ready`` only its enable and the
+    queue's pop."""
+    load = ~sink.valid | sink.ready
+    m.d.comb += queue.r_en.eq(load)
+    with m.If(load):
+        m.d.sync += [sink.valid.eq(queue.r_rdy), sink.payload.eq(queue.r_data)]
 
 
 def _merge(m: Module, *, entry, beats, index, o, pick, busy, accept=1, name: str):
@@ -174,12 +191,8 @@ class _Lane(wiring.Component):
         raw = _fifo(m, "raw", x_bits, RAW_ROWS)
         m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale),
                      raw.w_data.eq(i.payload.x)]
-        sinks = [f2x.i, Port(raw.w_en, None, raw.w_rdy)]
-        if mode is Mode.EB:
-            xq = _fifo(m, "xq", x_bits + 32 + 64, _SIDE_DEPTH)  # x, r, eb beside FloatToFixed
-            m.d.comb += xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb))
-            sinks.append(Port(xq.w_en, None, xq.w_rdy))
-        fork(m, i, sinks, "in")
+        if mode is not Mode.EB:  # eb: the row is admitted with credits (``_eb_chain``)
+            fork(m, i, [f2x.i, Port(raw.w_en, None, raw.w_rdy)], "in")
 
         # the chain from q rows to the encoder's rows (symbols, force_raw)
         if mode is Mode.SFPR8:
@@ -189,7 +202,7 @@ class _Lane(wiring.Component):
         elif mode is Mode.DCT:
             self._dct_chain(m, f2x, enc)
         else:
-            self._eb_chain(m, f2x, xq, enc, x_bits)
+            self._eb_chain(m, f2x, raw, enc, x_bits)
 
         # RAW rows: the merger pushes each block's decision; rows of other blocks are dropped.
         # A row and its block's decision are first registered (``rq``): the block RAM's read
@@ -265,25 +278,45 @@ class _Lane(wiring.Component):
             m.d.sync += erow.eq(erow + 1)
             m.d.comb += flags.r_en.eq(erow == N - 1)
 
-    def _eb_chain(self, m, f2x, xq, enc, x_bits):
+    def _eb_chain(self, m, f2x, raw, enc, x_bits):
+        """Credits instead of backpressure through the chain: a row is admitted (into
+        ``FloatToFixed`` and the row buffer ``raw``) only with a place reserved for it in
+        ``outq``, the queue in front of the encoder. So ``FloatToFixed``, ``LorenzoPredictor``
+        and ``BoundCheck`` never wait (their outputs are always ready: their stage enables are
+        constants) and no ``ready`` runs back through them: the encoder's stall ends at
+        ``outq``'s read side, and ``i.ready`` is made of the two queues' flags."""
+        i = self.i
         m.submodules.lorenzo = lor = LorenzoPredictor()
         m.submodules.bound = bc = BoundCheck(dtype=self.dtype)
-        diffs = _fifo(m, "diffs", DiffRow.size, _SIDE_DEPTH)  # residuals wait for the check
-        bsink = Port(Signal(name="bound_valid"), None, Signal(name="bound_ready"))
-        m.d.comb += [lor.i.payload.eq(f2x.o.payload.q), bc.i.payload.q.eq(f2x.o.payload.q)]
-        fork(m, f2x.o, [lor.i, bsink], "f2x")
-        # BoundCheck takes q with its x (and r, eb) from the side FIFO
-        join(m, [bsink, Port(xq.r_rdy, None, xq.r_en)], bc.i)
+        # a row's cycles from its admission to BoundCheck's output (the chain never stalls)
+        latency = FloatToFixed.LATENCY + BoundCheck.LATENCY
+        m.submodules.outq = outq = Queue(enc.row_layout.size, queue_rows(latency), reserve=1)
+        admit = Signal()
         m.d.comb += [
+            i.ready.eq(raw.w_rdy & outq.w_rdy),
+            admit.eq(i.valid & i.ready),
+            f2x.i.valid.eq(admit), raw.w_en.eq(admit), outq.reserve.eq(admit),
+            f2x.o.ready.eq(1), lor.o.ready.eq(1), bc.o.ready.eq(1),
+        ]
+        # x, r and eb wait beside FloatToFixed, the residuals beside BoundCheck
+        xq = _beside(m, "xq", x_bits + 32 + 64, FloatToFixed.LATENCY)
+        diffs = _beside(m, "diffs", DiffRow.size,
+                        BoundCheck.LATENCY - LorenzoPredictor.LATENCY)
+        m.d.comb += [
+            xq.w_en.eq(admit), xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb)),
+            lor.i.valid.eq(f2x.o.valid), lor.i.payload.eq(f2x.o.payload.q),
+            bc.i.valid.eq(f2x.o.valid), bc.i.payload.q.eq(f2x.o.payload.q),
+            xq.r_en.eq(f2x.o.valid),
             bc.i.payload.x.eq(xq.r_data[:x_bits]),
             bc.i.payload.r.eq(xq.r_data[x_bits:x_bits + 32]),
             bc.i.payload.eb.eq(xq.r_data[x_bits + 32:]),
+            diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
+            diffs.r_en.eq(bc.o.valid),
         ]
-        m.d.comb += [diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
-                     lor.o.ready.eq(diffs.w_rdy)]
-        join(m, [Port(diffs.r_rdy, None, diffs.r_en), bc.o], enc.i)
-        m.d.comb += [enc.i.payload.symbols.eq(diffs.r_data),
-                     enc.i.payload.force_raw.eq(~bc.o.payload.ok)]
+        row = Signal(enc.row_layout)
+        m.d.comb += [row.symbols.eq(diffs.r_data), row.force_raw.eq(~bc.o.payload.ok),
+                     outq.w_en.eq(bc.o.valid), outq.w_data.eq(row)]
+        _head(m, outq, enc.i)
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -17,7 +17,6 @@ scale records, CRCs) and the untiling are the card's top level / the host's.
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import spec
@@ -32,7 +31,7 @@ from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, raw_row
-from .streams import Port, skid
+from .streams import Port, Queue, queue_rows, skid
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
@@ -47,8 +46,6 @@ _RAW_ROWS = 16
 # blocks); fewer places stall the input (a bubble every 4 blocks with 4). 16 costs no more LUT
 # RAM than 8 (16-word cells).
 _BLOCK_FIFO = 16
-# The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
-_LUT_RAM_ROWS = 16
 
 
 def block_layout(mode) -> data.StructLayout:
@@ -76,107 +73,12 @@ def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
     return fifo
 
 
-class _Queue(wiring.Component):
-    """A first-word fall-through FIFO of ``depth`` (a power of 2) words of ``width`` bits whose
-    writer and reader share no logic, for a writer and a reader placed apart: each side keeps
-    its own pointer and a copy of the other side's a cycle late, and its flags are registers
-    (``w_rdy``, ``r_rdy``). So neither side's decision reaches the other's in the cycle it is
-    taken: a word is readable ``LATENCY`` = 3 cycles after its write, and its place free again
-    2 cycles after its read (conservative flags: never a lost or invented word). ``r_data``:
-    with ``registered``, a register (the head read synchronously from the next head address:
-    for narrow words), else the memory read combinationally at the head pointer (a register,
-    so ``r_en`` reaches no memory address: for wide words, whose memory cells the read address
-    fans out to).
-
-    With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
-    (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
-    writes the words into the reserved places in order, without a check (the writer has
-    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
-
-    LATENCY = 3  # cycles from a word's write to its ``r_rdy``
-
-    def __init__(self, width: int, depth: int, *, reserve: int = 0, registered: bool = False):
-        if depth < 2 or depth & (depth - 1):
-            raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
-        if not 0 <= reserve <= depth:
-            raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
-        self.depth, self.places, self.registered = depth, reserve, registered
-        members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
-                   "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
-        if reserve:
-            members["reserve"] = In(1)
-        super().__init__(members)
-
-    def elaborate(self, platform):
-        m = Module()
-        n = self.depth.bit_length() - 1
-        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[])
-        wport = mem.write_port()
-        rport = mem.read_port(domain="sync" if self.registered else "comb")
-
-        def pointer(name, step, by=1):
-            """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
-            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=by)
-            with m.If(step):
-                m.d.sync += [p.eq(p1), p1.eq(p1 + by)]
-            return p, p1
-
-        def seen(p, name):  # the other side's copy, a cycle late
-            s = Signal(n + 1, name=f"{name}_seen")
-            m.d.sync += s.eq(p)
-            return s
-
-        def room(taken):  # a place (``reserve``: that many) free once ``taken`` are
-            if self.places <= 1:
-                return ~((taken[:n] == rseen[:n]) & (taken[n] != rseen[n]))  # not depth apart
-            return (taken - rseen)[:n + 1] <= self.depth - self.places
-
-        push = Signal()
-        taking = Signal()  # a place is taken (reserved or written)
-        pop = Signal()
-        m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
-        if self.places:
-            m.d.comb += taking.eq(self.reserve & self.w_rdy)
-        else:
-            m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
-        wptr, wptr1 = pointer("wptr", push)
-        rptr, rptr1 = pointer("rptr", pop)
-        if self.places:
-            tptr, tptr1 = pointer("tptr", taking, self.places)
-        else:
-            tptr, tptr1 = wptr, wptr1
-        rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
-        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push),
-                     self.r_data.eq(rport.data)]
-        if self.registered:
-            m.d.comb += [rport.addr.eq(Mux(pop, rptr1, rptr)[:n]), rport.en.eq(1)]
-        else:
-            m.d.comb += rport.addr.eq(rptr[:n])
-        m.d.sync += [
-            # places taken after this cycle, as far as the writer knows, leave room for more
-            self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr))),
-            self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr)),
-        ]
-        return m
-
-
-def _queue_rows(latency: int) -> int:
-    """Rows of the ``_Queue`` behind a chain of ``latency`` cycles for one row a cycle: a credit
-    comes back ``latency + 6`` cycles after its row is admitted (the chain; the queue's write
-    seen by its reader, 3; its read seen by the writer, 2; then ``w_rdy``); the least power of
-    2 from ``_LUT_RAM_ROWS`` on that covers it."""
-    rows = _LUT_RAM_ROWS
-    while rows < latency + 6:
-        rows *= 2
-    return rows
-
-
 def _w(fifo) -> Port:
     return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
 
 
 def _write_late(m: Module, queue, write, value, name: str):
-    """Write ``value`` into ``queue`` (a ``_Queue`` with reserved places) a cycle after
+    """Write ``value`` into ``queue`` (a ``Queue`` with reserved places) a cycle after
     ``write``, from registers: the decision reaches no memory write enable."""
     w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
     m.d.sync += [w.eq(write), d.eq(value)]
@@ -257,20 +159,20 @@ class _Lane(wiring.Component):
 
         # ---- splitter: well-formed RAW blocks to the row assembler, all else to the decoder
         # (which flags any other RAW entry INDEX and still yields its 8 rows). The queues that
-        # cross the engine (to the merger, to FixedToFloat) are ``_Queue``s: registered flags
+        # cross the engine (to the merger, to FixedToFloat) are ``Queue``s: registered flags
         entry = blk.payload.entry
         raw_bytes = N * N * dtype.itemsize
         to_raw = Signal()
         m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
                               & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
         # per block: its rows come from raw
-        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, registered=True)
+        m.submodules.order = order = Queue(1, _BLOCK_FIFO, reserve=1, registered=True)
         dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
         # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
-        m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
+        m.submodules.rawq = rawq = Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
         ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
-            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
+            m.submodules.rq = rq = Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
@@ -309,12 +211,12 @@ class _Lane(wiring.Component):
         # stages advance every cycle (their enables are constants) and no ``ready`` runs back
         # through it. A row's error bits wait in ``errq`` beside it (at most ``rows`` of them).
         head, tail, latency = self._chain(m, dec.o.payload.symbols, rq if has_r else None)
-        rows = _queue_rows(latency)
-        if latency >= _Queue.LATENCY:
-            m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, registered=True)
-        else:  # mask: a row leaves the chain before a _Queue shows its error bits
+        rows = queue_rows(latency)
+        if latency >= Queue.LATENCY:
+            m.submodules.errq = errq = Queue(_ERROR_BITS, rows, registered=True)
+        else:  # mask: a row leaves the chain before a Queue shows its error bits
             errq = _sync_fifo(m, "errq", _ERROR_BITS, rows)
-        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1)
+        m.submodules.outq = outq = Queue(x_bits + _ERROR_BITS, rows, reserve=1)
         admit = Signal()
         m.d.comb += [
             head.valid.eq(dec.o.valid & outq.w_rdy),
@@ -426,7 +328,7 @@ class Decompressor(wiring.Component):
     merger; a chain never stalls, but takes no more rows from the decoder once its output
     queue's places are all reserved; the decoder then stops and then ``blocks``/``data``
     (nothing is lost). Timing: every decision is made from registers a few LUT levels deep;
-    queues between parts placed apart keep no shared counter (``_Queue``).
+    queues between parts placed apart keep no shared counter (``Queue``).
 
     Bad input: every check of ``BlockDecoder`` (format 8.2 and the index checks of #21 for one
     entry); a RAW entry whose length is not ``64 * itemsize`` or with an ``mb`` field, or in

@@ -1,11 +1,18 @@
 """Stream plumbing shared by the engines: a transfer's sides as plain signals (``Port``),
-broadcast to several sinks (``fork``), joining several sources into one (``join``) and an output
-behind a skid register (``skid``), keeping Amaranth's stream rule (a ``valid`` never depends on
-a ``ready``)."""
+broadcast to several sinks (``fork``), joining several sources into one (``join``), an output
+behind a skid register (``skid``) and a queue between parts placed apart, with places reserved
+ahead of their words for credit flow control (``Queue``, ``queue_rows``), keeping Amaranth's
+stream rule (a ``valid`` never depends on a ``ready``)."""
 
 from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["Port", "fork", "join", "skid"]
+__all__ = ["Port", "Queue", "fork", "join", "queue_rows", "skid"]
+
+# The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
+_LUT_RAM_ROWS = 16
 
 
 class Port:
@@ -53,3 +60,98 @@ def skid(m: Module, port, payload, push, ready):
         m.d.sync += held_valid.eq(0)
     with m.Elif(push):
         m.d.sync += held_valid.eq(1)
+
+
+class Queue(wiring.Component):
+    """A first-word fall-through FIFO of ``depth`` (a power of 2) words of ``width`` bits whose
+    writer and reader share no logic, for a writer and a reader placed apart: each side keeps
+    its own pointer and a copy of the other side's a cycle late, and its flags are registers
+    (``w_rdy``, ``r_rdy``). So neither side's decision reaches the other's in the cycle it is
+    taken: a word is readable ``LATENCY`` = 3 cycles after its write, and its place free again
+    2 cycles after its read (conservative flags: never a lost or invented word). ``r_data``:
+    with ``registered``, a register (the head read synchronously from the next head address:
+    for narrow words), else the memory read combinationally at the head pointer (a register,
+    so ``r_en`` reaches no memory address: for wide words, whose memory cells the read address
+    fans out to).
+
+    With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
+    (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
+    writes the words into the reserved places in order, without a check (the writer has
+    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both."""
+
+    LATENCY = 3  # cycles from a word's write to its ``r_rdy``
+
+    def __init__(self, width: int, depth: int, *, reserve: int = 0, registered: bool = False):
+        if depth < 2 or depth & (depth - 1):
+            raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
+        if not 0 <= reserve <= depth:
+            raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
+        self.depth, self.places, self.registered = depth, reserve, registered
+        members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
+                   "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
+        if reserve:
+            members["reserve"] = In(1)
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.depth.bit_length() - 1
+        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[])
+        wport = mem.write_port()
+        rport = mem.read_port(domain="sync" if self.registered else "comb")
+
+        def pointer(name, step, by=1):
+            """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
+            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=by)
+            with m.If(step):
+                m.d.sync += [p.eq(p1), p1.eq(p1 + by)]
+            return p, p1
+
+        def seen(p, name):  # the other side's copy, a cycle late
+            s = Signal(n + 1, name=f"{name}_seen")
+            m.d.sync += s.eq(p)
+            return s
+
+        def room(taken):  # a place (``reserve``: that many) free once ``taken`` are
+            if self.places <= 1:
+                return ~((taken[:n] == rseen[:n]) & (taken[n] != rseen[n]))  # not depth apart
+            return (taken - rseen)[:n + 1] <= self.depth - self.places
+
+        push = Signal()
+        taking = Signal()  # a place is taken (reserved or written)
+        pop = Signal()
+        m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
+        if self.places:
+            m.d.comb += taking.eq(self.reserve & self.w_rdy)
+        else:
+            m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
+        wptr, wptr1 = pointer("wptr", push)
+        rptr, rptr1 = pointer("rptr", pop)
+        if self.places:
+            tptr, tptr1 = pointer("tptr", taking, self.places)
+        else:
+            tptr, tptr1 = wptr, wptr1
+        rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
+        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push),
+                     self.r_data.eq(rport.data)]
+        if self.registered:
+            m.d.comb += [rport.addr.eq(Mux(pop, rptr1, rptr)[:n]), rport.en.eq(1)]
+        else:
+            m.d.comb += rport.addr.eq(rptr[:n])
+        m.d.sync += [
+            # places taken after this cycle, as far as the writer knows, leave room for more
+            self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr))),
+            self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr)),
+        ]
+        return m
+
+
+def queue_rows(latency: int) -> int:
+    """Rows of the ``Queue`` behind a chain of ``latency`` cycles for one row a cycle: a credit
+    comes back ``latency + 6`` cycles after its row is admitted (the chain; the queue's write
+    seen by its reader, 3; its read seen by the writer, 2; then ``w_rdy``); the least power of
+    2 from ``_LUT_RAM_ROWS`` on that covers it."""
+    rows = _LUT_RAM_ROWS
+    while rows < latency + 6:
+        rows *= 2
+    return rows
