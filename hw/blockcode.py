@@ -259,27 +259,32 @@ class BlockEncoder(wiring.Component):
 
         # ------------------------------------------- A0: codes of a row (input register)
         # in front of it a skid register, so ``i.ready`` is a register (~sk_valid): the
-        # encoder's stall decision never reaches the stages upstream in the same cycle
+        # encoder's stall decision never reaches the stages upstream in the same cycle. The
+        # skid holds the row's A0 values (flags, counts, codes), computed from ``i`` when it is
+        # loaded, so the select between it and ``i`` comes after that logic, not before it.
         a1_free = Signal()
         a0_valid = Signal()
         a0_free = ~a0_valid | a1_free
         sk_valid = Signal()
-        sk = Signal.like(i.payload)
         m.d.comb += i.ready.eq(~sk_valid)
-        with m.If(~sk_valid):  # (whether or not taken: the enable is a register)
-            m.d.sync += sk.eq(i.payload)
         m.d.sync += sk_valid.eq(~a0_free & (sk_valid | i.valid))
-        x_in = Mux(sk_valid, sk, i.payload)
         in_valid = sk_valid | i.valid
-        sym = self.row_layout(x_in).symbols
         with m.If(a0_free):
             m.d.sync += a0_valid.eq(in_valid)
         take0 = a0_free & in_valid
+
+        def a0(name, value, shape):
+            """A0's register of ``value`` (a function of ``i.payload``), or of the skid's copy of
+            it; the copy loads while the skid is empty (the enable is a register)."""
+            held = stage(f"sk_{name}", value, ~sk_valid, shape)
+            return stage(name, Mux(sk_valid, held, value), take0, shape)
+
+        sym = i.payload.symbols
         nz = Cat(*(sym[u] != 0 for u in range(N)))
-        a0_nz = stage("a0_nz", nz, take0, N)
+        a0_nz = a0("a0_nz", nz, N)
         # nonzeros before each lane and in the row (lane 8): the compaction's selects
-        a0_before = [stage(f"a0_before{u}", sum(nz[x] for x in range(u)) if u else Const(0, 1),
-                           take0, range(N + 1)) for u in range(N + 1)]
+        a0_before = [a0(f"a0_before{u}", sum(nz[x] for x in range(u)) if u else Const(0, 1),
+                        range(N + 1)) for u in range(N + 1)]
         if values:
             scodes, dcodes, wide_s_bits, wide_d_bits = [], [], [], []
             for u in range(N):
@@ -296,11 +301,11 @@ class BlockEncoder(wiring.Component):
                 if len(v) + 1 > _CODE:
                     wide_s_bits.append((v != 0) & sfull[_CODE:].any())
                     wide_d_bits.append(dfull[_CODE:].any())
-            a0_sc = [stage(f"a0_sc{u}", scodes[u], take0, _CODE) for u in range(N)]
-            a0_dc = [stage(f"a0_dc{u}", dcodes[u], take0, _CODE) for u in range(N)]
-            a0_ws = stage("a0_wide_s", Cat(*wide_s_bits).any() if wide_s_bits else 0, take0, 1)
-            a0_wd = stage("a0_wide_d", Cat(*wide_d_bits).any() if wide_d_bits else 0, take0, 1)
-            a0_force = stage("a0_force", self.row_layout(x_in).force_raw, take0, 1)
+            a0_sc = [a0(f"a0_sc{u}", scodes[u], _CODE) for u in range(N)]
+            a0_dc = [a0(f"a0_dc{u}", dcodes[u], _CODE) for u in range(N)]
+            a0_ws = a0("a0_wide_s", Cat(*wide_s_bits).any() if wide_s_bits else 0, 1)
+            a0_wd = a0("a0_wide_d", Cat(*wide_d_bits).any() if wide_d_bits else 0, 1)
+            a0_force = a0("a0_force", i.payload.force_raw, 1)
 
         # --------------------------- A1: compaction of the nonzero codes (rank order in a row)
         bank_take = Signal()

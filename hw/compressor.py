@@ -18,7 +18,7 @@ block's raw input values, kept in a row buffer until the encoder has decided. Th
 joining the two is not built yet.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -31,11 +31,11 @@ from actpack.codec.tables import resolve_table
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .blockcode import BlockEncoder
 from .dct import DCT2D
-from .lorenzo import DiffRow, LorenzoPredictor
+from .lorenzo import LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, raw_row
-from .streams import Port, Queue, fork, join, queue_rows
+from .streams import Port, Queue, fork, join, queue_rows, room, write_late
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
@@ -95,13 +95,15 @@ def _fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFOBuffered:
     return fifo
 
 
-def _beside(m: Module, name: str, width: int, delay: int) -> SyncFIFOBuffered:
-    """A FIFO for words each read exactly ``delay`` cycles after its write, beside a pipeline
-    that never stalls: at most ``delay + 1`` words are in it, and a ``SyncFIFOBuffered`` shows a
-    word 2 cycles after its write; so the writer and the reader need no flags."""
-    if delay < 2:
-        raise ValueError(f"delay: a word is readable 2 cycles after its write, not {delay}")
-    return _fifo(m, name, width, delay + 2)
+def _delay(m: Module, value, n: int, name: str) -> Signal:
+    """``value`` through ``n`` registers without enables: beside a pipeline that advances every
+    cycle, the word that entered with a row leaves with it."""
+    value = Value.cast(value)
+    for k in range(n):
+        r = Signal(len(value), name=f"{name}_d{k}")
+        m.d.sync += r.eq(value)
+        value = r
+    return value
 
 
 def _head(m: Module, queue, sink):
@@ -189,9 +191,9 @@ class _Lane(wiring.Component):
         limit = spec.EB_Q_SAT if mode is Mode.EB else spec.SFPR_MAX
         m.submodules.f2x = f2x = FloatToFixed(dtype=dtype, limit=limit)
         raw = _fifo(m, "raw", x_bits, RAW_ROWS)
-        m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale),
-                     raw.w_data.eq(i.payload.x)]
+        m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale)]
         if mode is not Mode.EB:  # eb: the row is admitted with credits (``_eb_chain``)
+            m.d.comb += raw.w_data.eq(i.payload.x)
             fork(m, i, [f2x.i, Port(raw.w_en, None, raw.w_rdy)], "in")
 
         # the chain from q rows to the encoder's rows (symbols, force_raw)
@@ -284,7 +286,8 @@ class _Lane(wiring.Component):
         ``outq``, the queue in front of the encoder. So ``FloatToFixed``, ``LorenzoPredictor``
         and ``BoundCheck`` never wait (their outputs are always ready: their stage enables are
         constants) and no ``ready`` runs back through them: the encoder's stall ends at
-        ``outq``'s read side, and ``i.ready`` is made of the two queues' flags."""
+        ``outq``'s read side. ``i.ready`` is two registers (``outq``'s flag, the row buffer's
+        room) and the row buffer is written a cycle after the admission, from registers."""
         i = self.i
         m.submodules.lorenzo = lor = LorenzoPredictor()
         m.submodules.bound = bc = BoundCheck(dtype=self.dtype)
@@ -292,29 +295,30 @@ class _Lane(wiring.Component):
         latency = FloatToFixed.LATENCY + BoundCheck.LATENCY
         m.submodules.outq = outq = Queue(enc.row_layout.size, queue_rows(latency), reserve=1)
         admit = Signal()
+        # raw's margin: the row admitted now is written next cycle, and the one admitted in the
+        # last cycle is not in the level yet (2); its output register counts in the level (1)
         m.d.comb += [
-            i.ready.eq(raw.w_rdy & outq.w_rdy),
+            i.ready.eq(room(m, raw, "raw", margin=3) & outq.w_rdy),
             admit.eq(i.valid & i.ready),
-            f2x.i.valid.eq(admit), raw.w_en.eq(admit), outq.reserve.eq(admit),
+            f2x.i.valid.eq(admit), outq.reserve.eq(admit),
             f2x.o.ready.eq(1), lor.o.ready.eq(1), bc.o.ready.eq(1),
         ]
-        # x, r and eb wait beside FloatToFixed, the residuals beside BoundCheck
-        xq = _beside(m, "xq", x_bits + 32 + 64, FloatToFixed.LATENCY)
-        diffs = _beside(m, "diffs", DiffRow.size,
-                        BoundCheck.LATENCY - LorenzoPredictor.LATENCY)
+        write_late(m, raw, admit, i.payload.x, "raw")
+        # x, r and eb beside FloatToFixed, the residuals beside BoundCheck: plain registers
+        # (the chain advances every cycle), no FIFO flags or enables
+        xre = _delay(m, Cat(i.payload.x, i.payload.r, i.payload.eb), FloatToFixed.LATENCY,
+                     "xre")
+        diffs = _delay(m, lor.o.payload, BoundCheck.LATENCY - LorenzoPredictor.LATENCY,
+                       "diffs")
         m.d.comb += [
-            xq.w_en.eq(admit), xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb)),
             lor.i.valid.eq(f2x.o.valid), lor.i.payload.eq(f2x.o.payload.q),
             bc.i.valid.eq(f2x.o.valid), bc.i.payload.q.eq(f2x.o.payload.q),
-            xq.r_en.eq(f2x.o.valid),
-            bc.i.payload.x.eq(xq.r_data[:x_bits]),
-            bc.i.payload.r.eq(xq.r_data[x_bits:x_bits + 32]),
-            bc.i.payload.eb.eq(xq.r_data[x_bits + 32:]),
-            diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
-            diffs.r_en.eq(bc.o.valid),
+            bc.i.payload.x.eq(xre[:x_bits]),
+            bc.i.payload.r.eq(xre[x_bits:x_bits + 32]),
+            bc.i.payload.eb.eq(xre[x_bits + 32:]),
         ]
         row = Signal(enc.row_layout)
-        m.d.comb += [row.symbols.eq(diffs.r_data), row.force_raw.eq(~bc.o.payload.ok),
+        m.d.comb += [row.symbols.eq(diffs), row.force_raw.eq(~bc.o.payload.ok),
                      outq.w_en.eq(bc.o.valid), outq.w_data.eq(row)]
         _head(m, outq, enc.i)
 

@@ -31,7 +31,7 @@ from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, raw_row
-from .streams import Port, Queue, queue_rows, skid
+from .streams import Port, Queue, queue_rows, room, skid, write_late
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
@@ -75,23 +75,6 @@ def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
 
 def _w(fifo) -> Port:
     return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
-
-
-def _write_late(m: Module, queue, write, value, name: str):
-    """Write ``value`` into ``queue`` (a ``Queue`` with reserved places) a cycle after
-    ``write``, from registers: the decision reaches no memory write enable."""
-    w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
-    m.d.sync += [w.eq(write), d.eq(value)]
-    m.d.comb += [queue.w_en.eq(w), queue.w_data.eq(d)]
-
-
-def _room(m: Module, fifo, name: str) -> Signal:
-    """A register: ``fifo`` can take a word now, whatever was written in the last cycle (its
-    level then was below ``depth - 1``; one write a cycle at most). So a ``w_en`` decided from it
-    depends on no compare of the level."""
-    room = Signal(name=f"{name}_room")
-    m.d.sync += room.eq(fifo.level < fifo.depth - 1)
-    return room
 
 
 def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
@@ -170,7 +153,7 @@ class _Lane(wiring.Component):
         dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
         # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
         m.submodules.rawq = rawq = Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
-        ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
+        ready = order.w_rdy & room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
             m.submodules.rq = rq = Queue(32, _BLOCK_FIFO, reserve=1, registered=True)
             ready = ready & rq.w_rdy
@@ -179,7 +162,7 @@ class _Lane(wiring.Component):
         take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
                       sinks=[dec.data, raw_in], name="split")
         m.d.comb += [order.reserve.eq(take), rawq.reserve.eq(take & to_raw)]
-        _write_late(m, order, take, to_raw, "order")
+        write_late(m, order, take, to_raw, "order")
         m.d.comb += [
             dix.w_en.eq(take & ~to_raw), dix.w_data.eq(entry),
             dec.index.valid.eq(dix.r_rdy), dec.index.payload.eq(dix.r_data),
@@ -187,7 +170,7 @@ class _Lane(wiring.Component):
         ]
         if has_r:
             m.d.comb += rq.reserve.eq(take & ~to_raw)
-            _write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
+            write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
 
         # ---- RAW rows: 64 * itemsize bytes little-endian in raster order are the rows' bits
         rbeat = Signal(range(N * per_row))
@@ -203,7 +186,7 @@ class _Lane(wiring.Component):
             if per_row == 2:
                 m.d.sync += held.eq(raw_in.payload.data)
         row_bits = Cat(held, raw_in.payload.data) if per_row == 2 else raw_in.payload.data
-        _write_late(m, rawq, raw_in.valid & row_end,
+        write_late(m, rawq, raw_in.valid & row_end,
                     Cat(row_bits, Mux(err_now, BlockError.BEATS, 0)), "rawq")
 
         # ---- the decoded path. A decoder row enters the chain only with a place reserved for it

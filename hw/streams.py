@@ -9,7 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Port", "Queue", "fork", "join", "queue_rows", "skid"]
+__all__ = ["Port", "Queue", "fork", "join", "queue_rows", "room", "skid", "write_late"]
 
 # The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
 _LUT_RAM_ROWS = 16
@@ -43,6 +43,27 @@ def join(m: Module, sources, sink):
     for k, s in enumerate(sources):
         others = Cat(*(v for j, v in enumerate(valids) if j != k)).all()
         m.d.comb += s.ready.eq(sink.ready & others)
+
+
+def write_late(m: Module, fifo, write, value, name: str):
+    """Write ``value`` into ``fifo`` (anything with ``w_en``/``w_data``: a ``Queue`` with
+    reserved places, a FIFO with room kept by ``room``) a cycle after ``write``, from registers:
+    the decision reaches no memory write enable."""
+    w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
+    m.d.sync += [w.eq(write), d.eq(value)]
+    m.d.comb += [fifo.w_en.eq(w), fifo.w_data.eq(d)]
+
+
+def room(m: Module, fifo, name: str, *, margin: int = 1) -> Signal:
+    """A register: ``fifo``'s ``level`` was below ``depth - margin`` in the last cycle. With one
+    write a cycle at most, ``margin = 1`` means the FIFO (a ``SyncFIFO``) can take a word now,
+    whatever was written in the last cycle; each cycle a write may come later than its decision
+    (``write_late``) and each word the FIFO counts in ``level`` but cannot take (a
+    ``SyncFIFOBuffered``'s output register) adds 1. So a ``w_en`` decided from it depends on no
+    compare of the level."""
+    ok = Signal(name=f"{name}_room")
+    m.d.sync += ok.eq(fifo.level < fifo.depth - margin)
+    return ok
 
 
 def skid(m: Module, port, payload, push, ready):
