@@ -8,7 +8,8 @@ bit-exact with ``actpack.codec.reference.compress`` (docs/format.md 6-8).
   zigzag scan rows, so no ``Zigzag`` buffer)
 - ``sfpr8``: ``FloatToFixed(limit=127)`` -> ``BlockEncoder``
 - ``eb``: ``FloatToFixed(limit=2**15)`` -> ``LorenzoPredictor`` -> ``BlockEncoder``, with
-  ``BoundCheck`` on the same values forcing RAW
+  ``BoundCheck`` on the same values forcing RAW; rows enter with credits for a queue in front
+  of the encoder, so this chain never stalls (``_Lane._eb_chain``)
 - ``mask``: ``MaskEncoder`` -> ``BlockEncoder``
 
 and stores RAW blocks (non-finite values, failed eb bound checks, blocks no coding fits) as the
@@ -357,7 +358,10 @@ class Compressor(wiring.Component):
     and merging add 3 with more lanes.
 
     Backpressure: ``index`` and ``o`` are registers; a stalled output stops the merger, then the
-    encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost).
+    encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost). In
+    eb mode the chain never stops: a row enters it only with a place reserved in the queue in
+    front of the encoder (credits), so the stalled encoder stops reading that queue, and
+    ``i.ready`` falls once its places are all reserved (or the row buffer is full).
     Bad input: none; every bit pattern is coded as the reference codes it (NaN/inf blocks and
     failed eb bounds RAW). Scales outside the codec's range are applied as ``FloatToFixed``
     documents. Write ``table_wr`` only while no block is in flight.
