@@ -4,7 +4,7 @@ behind a skid register (``skid``) and a queue between parts placed apart, with p
 ahead of their words for credit flow control (``Queue``, ``queue_rows``), keeping Amaranth's
 stream rule (a ``valid`` never depends on a ``ready``)."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -49,6 +49,7 @@ def write_late(m: Module, fifo, write, value, name: str):
     """Write ``value`` into ``fifo`` (anything with ``w_en``/``w_data``: a ``Queue`` with
     reserved places, a FIFO with room kept by ``room``) a cycle after ``write``, from registers:
     the decision reaches no memory write enable."""
+    value = Value.cast(value)  # (``len`` of an array view counts its elements, not bits)
     w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
     m.d.sync += [w.eq(write), d.eq(value)]
     m.d.comb += [fifo.w_en.eq(w), fifo.w_data.eq(d)]
