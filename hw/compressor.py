@@ -8,7 +8,8 @@ bit-exact with ``actpack.codec.reference.compress`` (docs/format.md 6-8).
   zigzag scan rows, so no ``Zigzag`` buffer)
 - ``sfpr8``: ``FloatToFixed(limit=127)`` -> ``BlockEncoder``
 - ``eb``: ``FloatToFixed(limit=2**15)`` -> ``LorenzoPredictor`` -> ``BlockEncoder``, with
-  ``BoundCheck`` on the same values forcing RAW
+  ``BoundCheck`` on the same values forcing RAW; rows enter with credits for a queue in front
+  of the encoder, so this chain never stalls (``_Lane._eb_chain``)
 - ``mask``: ``MaskEncoder`` -> ``BlockEncoder``
 
 and stores RAW blocks (non-finite values, failed eb bound checks, blocks no coding fits) as the
@@ -18,7 +19,7 @@ block's raw input values, kept in a row buffer until the encoder has decided. Th
 joining the two is not built yet.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -31,11 +32,11 @@ from actpack.codec.tables import resolve_table
 from .beats import BEAT_BYTES, CodeBeat, IndexEntry
 from .blockcode import BlockEncoder
 from .dct import DCT2D
-from .lorenzo import DiffRow, LorenzoPredictor
+from .lorenzo import LorenzoPredictor
 from .maskpack import MaskEncoder
 from .quant import Quantizer, TableWrite, forward_table
 from .sfpr import BoundCheck, FloatToFixed, ScaleLayout, raw_row
-from .streams import Port, fork, join, skid
+from .streams import Port, Queue, fork, join, queue_rows, room, skid, write_late
 
 __all__ = ["LANES", "RAW_ROWS", "Compressor", "add_lanes", "engine_params", "row_layout"]
 
@@ -44,9 +45,6 @@ LANES = (1, 2, 4)
 # Rows of raw input a lane keeps for its RAW blocks: the rows in flight between the input and
 # the encoder's decision (about 70 in dct mode) plus slack for output stalls; 16 blocks.
 RAW_ROWS = 16 * N
-# FIFOs beside a pipeline: more than its latency (BoundCheck.LATENCY, FloatToFixed.LATENCY) so
-# both flow
-_SIDE_DEPTH = 3 * N
 _BEAT_BITS = 8 * BEAT_BYTES
 
 
@@ -96,6 +94,27 @@ def _fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFOBuffered:
     fifo = SyncFIFOBuffered(width=width, depth=depth)
     m.submodules[name] = fifo
     return fifo
+
+
+def _delay(m: Module, value, n: int, name: str) -> Signal:
+    """``value`` through ``n`` registers without enables: beside a pipeline that advances every
+    cycle, the word that entered with a row leaves with it."""
+    value = Value.cast(value)
+    for k in range(n):
+        r = Signal(len(value), name=f"{name}_d{k}")
+        m.d.sync += r.eq(value)
+        value = r
+    return value
+
+
+def _head(m: Module, queue, sink):
+    """Drive stream ``sink`` from ``queue`` (a ``Queue``) through a register: the queue's head
+    memory read reaches only that register, and ``sink.ready`` only its enable and the
+    queue's pop."""
+    load = ~sink.valid | sink.ready
+    m.d.comb += queue.r_en.eq(load)
+    with m.If(load):
+        m.d.sync += [sink.valid.eq(queue.r_rdy), sink.payload.eq(queue.r_data)]
 
 
 def _merge(m: Module, *, entry, beats, index, o, pick, busy, accept=1, name: str):
@@ -173,14 +192,10 @@ class _Lane(wiring.Component):
         limit = spec.EB_Q_SAT if mode is Mode.EB else spec.SFPR_MAX
         m.submodules.f2x = f2x = FloatToFixed(dtype=dtype, limit=limit)
         raw = _fifo(m, "raw", x_bits, RAW_ROWS)
-        m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale),
-                     raw.w_data.eq(i.payload.x)]
-        sinks = [f2x.i, Port(raw.w_en, None, raw.w_rdy)]
-        if mode is Mode.EB:
-            xq = _fifo(m, "xq", x_bits + 32 + 64, _SIDE_DEPTH)  # x, r, eb beside FloatToFixed
-            m.d.comb += xq.w_data.eq(Cat(i.payload.x, i.payload.r, i.payload.eb))
-            sinks.append(Port(xq.w_en, None, xq.w_rdy))
-        fork(m, i, sinks, "in")
+        m.d.comb += [f2x.i.payload.x.eq(i.payload.x), f2x.i.payload.scale.eq(i.payload.scale)]
+        if mode is not Mode.EB:  # eb: the row is admitted with credits (``_eb_chain``)
+            m.d.comb += raw.w_data.eq(i.payload.x)
+            fork(m, i, [f2x.i, Port(raw.w_en, None, raw.w_rdy)], "in")
 
         # the chain from q rows to the encoder's rows (symbols, force_raw)
         if mode is Mode.SFPR8:
@@ -190,7 +205,7 @@ class _Lane(wiring.Component):
         elif mode is Mode.DCT:
             self._dct_chain(m, f2x, enc)
         else:
-            self._eb_chain(m, f2x, xq, enc, x_bits)
+            self._eb_chain(m, f2x, raw, enc, x_bits)
 
         # RAW rows: the merger pushes each block's decision; rows of other blocks are dropped.
         # A row and its block's decision are first registered (``rq``): the block RAM's read
@@ -274,25 +289,47 @@ class _Lane(wiring.Component):
             m.d.sync += erow.eq(erow + 1)
             m.d.comb += flags.r_en.eq(erow == N - 1)
 
-    def _eb_chain(self, m, f2x, xq, enc, x_bits):
+    def _eb_chain(self, m, f2x, raw, enc, x_bits):
+        """Credits instead of backpressure through the chain: a row is admitted (into
+        ``FloatToFixed`` and the row buffer ``raw``) only with a place reserved for it in
+        ``outq``, the queue in front of the encoder. So ``FloatToFixed``, ``LorenzoPredictor``
+        and ``BoundCheck`` never wait (their outputs are always ready: their stage enables are
+        constants) and no ``ready`` runs back through them: the encoder's stall ends at
+        ``outq``'s read side. ``i.ready`` is two registers (``outq``'s flag, the row buffer's
+        room) and the row buffer is written a cycle after the admission, from registers."""
+        i = self.i
         m.submodules.lorenzo = lor = LorenzoPredictor()
         m.submodules.bound = bc = BoundCheck(dtype=self.dtype)
-        diffs = _fifo(m, "diffs", DiffRow.size, _SIDE_DEPTH)  # residuals wait for the check
-        bsink = Port(Signal(name="bound_valid"), None, Signal(name="bound_ready"))
-        m.d.comb += [lor.i.payload.eq(f2x.o.payload.q), bc.i.payload.q.eq(f2x.o.payload.q)]
-        fork(m, f2x.o, [lor.i, bsink], "f2x")
-        # BoundCheck takes q with its x (and r, eb) from the side FIFO
-        join(m, [bsink, Port(xq.r_rdy, None, xq.r_en)], bc.i)
+        # a row's cycles from its admission to BoundCheck's output (the chain never stalls)
+        latency = FloatToFixed.LATENCY + BoundCheck.LATENCY
+        m.submodules.outq = outq = Queue(enc.row_layout.size, queue_rows(latency), reserve=1)
+        admit = Signal()
+        # raw's margin: the row admitted now is written next cycle, and the one admitted in the
+        # last cycle is not in the level yet (2); its output register counts in the level (1)
         m.d.comb += [
-            bc.i.payload.x.eq(xq.r_data[:x_bits]),
-            bc.i.payload.r.eq(xq.r_data[x_bits:x_bits + 32]),
-            bc.i.payload.eb.eq(xq.r_data[x_bits + 32:]),
+            i.ready.eq(room(m, raw, "raw", margin=3) & outq.w_rdy),
+            admit.eq(i.valid & i.ready),
+            f2x.i.valid.eq(admit), outq.reserve.eq(admit),
+            f2x.o.ready.eq(1), lor.o.ready.eq(1), bc.o.ready.eq(1),
         ]
-        m.d.comb += [diffs.w_en.eq(lor.o.valid), diffs.w_data.eq(lor.o.payload),
-                     lor.o.ready.eq(diffs.w_rdy)]
-        join(m, [Port(diffs.r_rdy, None, diffs.r_en), bc.o], enc.i)
-        m.d.comb += [enc.i.payload.symbols.eq(diffs.r_data),
-                     enc.i.payload.force_raw.eq(~bc.o.payload.ok)]
+        write_late(m, raw, admit, i.payload.x, "raw")
+        # x, r and eb beside FloatToFixed, the residuals beside BoundCheck: plain registers
+        # (the chain advances every cycle), no FIFO flags or enables
+        xre = _delay(m, Cat(i.payload.x, i.payload.r, i.payload.eb), FloatToFixed.LATENCY,
+                     "xre")
+        diffs = _delay(m, lor.o.payload, BoundCheck.LATENCY - LorenzoPredictor.LATENCY,
+                       "diffs")
+        m.d.comb += [
+            lor.i.valid.eq(f2x.o.valid), lor.i.payload.eq(f2x.o.payload.q),
+            bc.i.valid.eq(f2x.o.valid), bc.i.payload.q.eq(f2x.o.payload.q),
+            bc.i.payload.x.eq(xre[:x_bits]),
+            bc.i.payload.r.eq(xre[x_bits:x_bits + 32]),
+            bc.i.payload.eb.eq(xre[x_bits + 32:]),
+        ]
+        row = Signal(enc.row_layout)
+        m.d.comb += [row.symbols.eq(diffs), row.force_raw.eq(~bc.o.payload.ok),
+                     outq.w_en.eq(bc.o.valid), outq.w_data.eq(row)]
+        _head(m, outq, enc.i)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -329,7 +366,10 @@ class Compressor(wiring.Component):
     and merging add 3 with more lanes.
 
     Backpressure: ``index`` and ``o`` are registers; a stalled output stops the merger, then the
-    encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost).
+    encoder, the chain and the row buffer, then ``i`` (``i.ready`` falls; nothing is lost). In
+    eb mode the chain never stops: a row enters it only with a place reserved in the queue in
+    front of the encoder (credits), so the stalled encoder stops reading that queue, and
+    ``i.ready`` falls once its places are all reserved (or the row buffer is full).
     Bad input: none; every bit pattern is coded as the reference codes it (NaN/inf blocks and
     failed eb bounds RAW). Scales outside the codec's range are applied as ``FloatToFixed``
     documents. Write ``table_wr`` only while no block is in flight.

@@ -17,7 +17,6 @@ scale records, CRCs) and the untiling are the card's top level / the host's.
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import spec
@@ -32,7 +31,7 @@ from .lorenzo import LorenzoReconstructor
 from .maskpack import MaskDecoder
 from .quant import Dequantizer, TableWrite, forward_table
 from .sfpr import FixedToFloat, raw_row
-from .streams import Port, skid
+from .streams import Port, Queue, queue_rows, room, skid, write_late
 
 __all__ = ["LANES", "Decompressor", "block_layout", "out_row"]
 
@@ -47,8 +46,6 @@ _RAW_ROWS = 16
 # blocks); fewer places stall the input (a bubble every 4 blocks with 4). 16 costs no more LUT
 # RAM than 8 (16-word cells).
 _BLOCK_FIFO = 16
-# The least depth of a chain's output queue: a 16-word LUT RAM cell holds it.
-_LUT_RAM_ROWS = 16
 # Chain queues of this many rows on (dct: 128) go to block RAM: in LUT RAM their 8:1 read select
 # and the address's fan-out to hundreds of cells spread over the part miss 150 MHz.
 _BLOCK_RAM_ROWS = 64
@@ -79,173 +76,8 @@ def _sync_fifo(m: Module, name: str, width: int, depth: int) -> SyncFIFO:
     return fifo
 
 
-class _Queue(wiring.Component):
-    """A first-word fall-through FIFO of ``depth`` (a power of 2) words of ``width`` bits whose
-    writer and reader share no logic, for a writer and a reader placed apart: each side keeps
-    its own pointer and a copy of the other side's a cycle late, and its flags are registers
-    (``w_rdy``, ``r_rdy``). So neither side's decision reaches the other's in the cycle it is
-    taken: a word is readable ``latency`` cycles after its write, and its place free again 2
-    cycles after its read (conservative flags: never a lost or invented word). The read side:
-
-    - ``read="comb"``: ``r_data`` is the memory read combinationally at the head pointer (a
-      register, so ``r_en`` reaches no memory address; LUT RAM); ``latency`` = ``LATENCY``;
-    - ``read="sync"``: ``r_data`` is a register, the memory read synchronously from the next
-      head address (for narrow words: ``r_en`` reaches the address); ``latency`` = ``LATENCY``;
-    - ``read="prefetch"``: for deep wide queues in block RAM (``block_ram``). Words
-      are fetched from the memory into a ring of ``HEAD_WORDS`` registers ahead of the reader,
-      from registers only (the fetch pointer, a late copy of the writer's, the ring's room), so
-      ``r_en`` reaches neither the memory nor its address, and the memory's read data (about
-      4 ns clock to output) only a register. ``r_data`` is the ring's head (a ``HEAD_WORDS``:1
-      select of registers). One word a cycle in steady flow; ``latency`` = ``PREFETCH_LATENCY``
-      (fetch, memory read, ring); a place is free again once its word is fetched.
-
-    With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
-    (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
-    writes the words into the reserved places in order, without a check (the writer has
-    reserved them). Without it, ``w_en`` (while ``w_rdy``) does both. ``block_ram``: the memory
-    is asked for block RAM (``ram_style="block"``; read "sync" or "prefetch"), else the tools
-    choose (LUT RAM for the shallow queues here)."""
-
-    LATENCY = 3  # cycles from a word's write to its ``r_rdy`` (``read`` "comb" or "sync")
-    PREFETCH_LATENCY = 4  # the same with ``read="prefetch"``
-    HEAD_WORDS = 3  # the least ring for a word a cycle: one word fetched, one to read, one more
-
-    def __init__(self, width: int, depth: int, *, reserve: int = 0, read: str = "comb",
-                 block_ram: bool = False):
-        if depth < 2 or depth & (depth - 1):
-            raise ValueError(f"depth: expected a power of 2 from 2 on, not {depth!r}")
-        if not 0 <= reserve <= depth:
-            raise ValueError(f"reserve: expected 0..{depth} places, not {reserve!r}")
-        if read not in ("comb", "sync", "prefetch"):
-            raise ValueError(f"read: expected 'comb', 'sync' or 'prefetch', not {read!r}")
-        if block_ram and read == "comb":
-            raise ValueError("block_ram: block RAM has no combinational read")
-        self.depth, self.places, self.read, self.block_ram = depth, reserve, read, block_ram
-        self.latency = self.PREFETCH_LATENCY if read == "prefetch" else self.LATENCY
-        members = {"w_en": In(1), "w_data": In(width), "w_rdy": Out(1),
-                   "r_en": In(1), "r_data": Out(width), "r_rdy": Out(1)}
-        if reserve:
-            members["reserve"] = In(1)
-        super().__init__(members)
-
-    def elaborate(self, platform):
-        m = Module()
-        n = self.depth.bit_length() - 1
-        attrs = {"ram_style": "block"} if self.block_ram else None
-        m.submodules.mem = mem = Memory(shape=len(self.w_data), depth=self.depth, init=[],
-                                        attrs=attrs)
-        wport = mem.write_port()
-        rport = mem.read_port(domain="comb" if self.read == "comb" else "sync")
-
-        def pointer(name, step, by=1):
-            """A wrapping pointer (``n + 1`` bits) and itself + ``by``, both registers."""
-            p, p1 = Signal(n + 1, name=name), Signal(n + 1, name=f"{name}_1", init=by)
-            with m.If(step):
-                m.d.sync += [p.eq(p1), p1.eq(p1 + by)]
-            return p, p1
-
-        def seen(p, name):  # the other side's copy, a cycle late
-            s = Signal(n + 1, name=f"{name}_seen")
-            m.d.sync += s.eq(p)
-            return s
-
-        def room(taken):  # a place (``reserve``: that many) free once ``taken`` are
-            if self.places <= 1:
-                return ~((taken[:n] == rseen[:n]) & (taken[n] != rseen[n]))  # not depth apart
-            return (taken - rseen)[:n + 1] <= self.depth - self.places
-
-        push = Signal()
-        taking = Signal()  # a place is taken (reserved or written)
-        pop = Signal()
-        # the memory's head word leaves: popped, or with "prefetch" fetched into the ring
-        step = Signal(name="fetch") if self.read == "prefetch" else pop
-        m.d.comb += [pop.eq(self.r_en & self.r_rdy), push.eq(self.w_en)]
-        if self.places:
-            m.d.comb += taking.eq(self.reserve & self.w_rdy)
-        else:
-            m.d.comb += [push.eq(self.w_en & self.w_rdy), taking.eq(push)]
-        wptr, wptr1 = pointer("wptr", push)
-        rptr, rptr1 = pointer("rptr", step)
-        if self.places:
-            tptr, tptr1 = pointer("tptr", taking, self.places)
-        else:
-            tptr, tptr1 = wptr, wptr1
-        rseen, wseen = seen(rptr, "rptr"), seen(wptr, "wptr")
-        m.d.comb += [wport.addr.eq(wptr[:n]), wport.data.eq(self.w_data), wport.en.eq(push)]
-        # places taken after this cycle, as far as the writer knows, leave room for more
-        m.d.sync += self.w_rdy.eq(Mux(taking, room(tptr1), room(tptr)))
-        if self.read == "prefetch":
-            self._prefetch(m, rport, rptr, wseen, step, pop)
-            return m
-        m.d.comb += self.r_data.eq(rport.data)
-        if self.read == "sync":
-            m.d.comb += [rport.addr.eq(Mux(pop, rptr1, rptr)[:n]), rport.en.eq(1)]
-        else:
-            m.d.comb += rport.addr.eq(rptr[:n])
-        m.d.sync += self.r_rdy.eq(Mux(pop, wseen != rptr1, wseen != rptr))
-        return m
-
-    def _prefetch(self, m, rport, rptr, wseen, fetch, pop):
-        """The read side of ``read="prefetch"``: ``fetch`` (the memory word at ``rptr`` is read,
-        ``rptr`` steps) while a written word is there and the ring has room counting the words
-        on their way; the read data lands in the ring a cycle later."""
-        b = self.HEAD_WORDS
-        ring = [Signal(len(self.r_data), name=f"head{k}") for k in range(b)]
-        w_slot, r_slot = Signal(range(b)), Signal(range(b))
-        landing = Signal()  # a fetched word is on the memory's read data
-        held = Signal(range(b + 1))  # ring words plus the one landing
-        ring_room = Signal(init=1)  # held < b, a register
-        filled = Signal(range(b + 1))  # ring words
-        n = self.depth.bit_length() - 1
-        m.d.comb += [
-            fetch.eq((wseen != rptr) & ring_room),
-            rport.addr.eq(rptr[:n]), rport.en.eq(1),
-            self.r_data.eq(Array(ring)[r_slot]),
-        ]
-        m.d.sync += landing.eq(fetch)
-        for k, word in enumerate(ring):
-            with m.If(landing & (w_slot == k)):  # the read data reaches a register only
-                m.d.sync += word.eq(rport.data)
-        held_next = held + fetch - pop
-        filled_next = filled + landing - pop
-        m.d.sync += [held.eq(held_next), ring_room.eq(held_next < b),
-                     filled.eq(filled_next), self.r_rdy.eq(filled_next != 0)]
-        with m.If(landing):
-            m.d.sync += w_slot.eq(Mux(w_slot == b - 1, 0, w_slot + 1))
-        with m.If(pop):
-            m.d.sync += r_slot.eq(Mux(r_slot == b - 1, 0, r_slot + 1))
-
-
-def _queue_rows(latency: int, queue_latency: int = _Queue.LATENCY) -> int:
-    """Rows of the ``_Queue`` behind a chain of ``latency`` cycles for one row a cycle: a credit
-    comes back ``latency + queue_latency + 3`` cycles after its row is admitted (the chain; the
-    queue's write seen by its reader, ``queue_latency``; its read seen by the writer, 2; then
-    ``w_rdy``); the least power of 2 from ``_LUT_RAM_ROWS`` on that covers it."""
-    rows = _LUT_RAM_ROWS
-    while rows < latency + queue_latency + 3:
-        rows *= 2
-    return rows
-
-
 def _w(fifo) -> Port:
     return Port(fifo.w_en, fifo.w_data, fifo.w_rdy)
-
-
-def _write_late(m: Module, queue, write, value, name: str):
-    """Write ``value`` into ``queue`` (a ``_Queue`` with reserved places) a cycle after
-    ``write``, from registers: the decision reaches no memory write enable."""
-    w, d = Signal(name=f"{name}_w"), Signal(len(value), name=f"{name}_d")
-    m.d.sync += [w.eq(write), d.eq(value)]
-    m.d.comb += [queue.w_en.eq(w), queue.w_data.eq(d)]
-
-
-def _room(m: Module, fifo, name: str) -> Signal:
-    """A register: ``fifo`` can take a word now, whatever was written in the last cycle (its
-    level then was below ``depth - 1``; one write a cycle at most). So a ``w_en`` decided from it
-    depends on no compare of the level."""
-    room = Signal(name=f"{name}_room")
-    m.d.sync += room.eq(fifo.level < fifo.depth - 1)
-    return room
 
 
 def _route(m: Module, blk, beats, *, nbeats, dest, ready, sinks, name: str):
@@ -313,27 +145,27 @@ class _Lane(wiring.Component):
 
         # ---- splitter: well-formed RAW blocks to the row assembler, all else to the decoder
         # (which flags any other RAW entry INDEX and still yields its 8 rows). The queues that
-        # cross the engine (to the merger, to FixedToFloat) are ``_Queue``s: registered flags
+        # cross the engine (to the merger, to FixedToFloat) are ``Queue``s: registered flags
         entry = blk.payload.entry
         raw_bytes = N * N * dtype.itemsize
         to_raw = Signal()
         m.d.comb += to_raw.eq((entry.kind == Kind.RAW) & (entry.length == raw_bytes)
                               & (entry.mb_minus_1 == 0) & (mode is not Mode.MASK))
         # per block: its rows come from raw
-        m.submodules.order = order = _Queue(1, _BLOCK_FIFO, reserve=1, read="sync")
+        m.submodules.order = order = Queue(1, _BLOCK_FIFO, reserve=1, read="sync")
         dix = _sync_fifo(m, "dix", IndexEntry.size, 4)
         # a RAW block is taken with places for its 8 rows (so its beats never wait for them)
-        m.submodules.rawq = rawq = _Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
-        ready = order.w_rdy & _room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
+        m.submodules.rawq = rawq = Queue(x_bits + _ERROR_BITS, _RAW_ROWS, reserve=N)
+        ready = order.w_rdy & room(m, dix, "dix") & (rawq.w_rdy | ~to_raw)
         if has_r:
-            m.submodules.rq = rq = _Queue(32, _BLOCK_FIFO, reserve=1, read="sync")
+            m.submodules.rq = rq = Queue(32, _BLOCK_FIFO, reserve=1, read="sync")
             ready = ready & rq.w_rdy
         per_row = x_bits // _BEAT_BITS  # beats per raw row: 2 (float32) or 1 (16-bit dtypes)
         raw_in = Port(Signal(name="raw_in_valid"), Signal(CodeBeat, name="raw_in"), Signal())
         take = _route(m, blk, beats, nbeats=_nbeats(entry), dest=to_raw, ready=ready,
                       sinks=[dec.data, raw_in], name="split")
         m.d.comb += [order.reserve.eq(take), rawq.reserve.eq(take & to_raw)]
-        _write_late(m, order, take, to_raw, "order")
+        write_late(m, order, take, to_raw, "order")
         m.d.comb += [
             dix.w_en.eq(take & ~to_raw), dix.w_data.eq(entry),
             dec.index.valid.eq(dix.r_rdy), dec.index.payload.eq(dix.r_data),
@@ -341,7 +173,7 @@ class _Lane(wiring.Component):
         ]
         if has_r:
             m.d.comb += rq.reserve.eq(take & ~to_raw)
-            _write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
+            write_late(m, rq, take & ~to_raw, blk.payload.r, "rq")
 
         # ---- RAW rows: 64 * itemsize bytes little-endian in raster order are the rows' bits
         rbeat = Signal(range(N * per_row))
@@ -357,7 +189,7 @@ class _Lane(wiring.Component):
             if per_row == 2:
                 m.d.sync += held.eq(raw_in.payload.data)
         row_bits = Cat(held, raw_in.payload.data) if per_row == 2 else raw_in.payload.data
-        _write_late(m, rawq, raw_in.valid & row_end,
+        write_late(m, rawq, raw_in.valid & row_end,
                     Cat(row_bits, Mux(err_now, BlockError.BEATS, 0)), "rawq")
 
         # ---- the decoded path. A decoder row enters the chain only with a place reserved for it
@@ -368,15 +200,15 @@ class _Lane(wiring.Component):
         # deep queues (dct) in block RAM: ``outq`` prefetched into registers, written a cycle
         # after the chain's output from registers (``errq``'s read data, 4 ns from its block RAM,
         # reaches only that register)
-        block_ram = _queue_rows(latency) >= _BLOCK_RAM_ROWS
+        block_ram = queue_rows(latency) >= _BLOCK_RAM_ROWS
         read = "prefetch" if block_ram else "comb"
         late = int(block_ram)
-        rows = _queue_rows(latency + late, _Queue.PREFETCH_LATENCY if block_ram else _Queue.LATENCY)
-        if latency >= _Queue.LATENCY:
-            m.submodules.errq = errq = _Queue(_ERROR_BITS, rows, read="sync", block_ram=block_ram)
-        else:  # mask: a row leaves the chain before a _Queue shows its error bits
+        rows = queue_rows(latency + late, Queue.PREFETCH_LATENCY if block_ram else Queue.LATENCY)
+        if latency >= Queue.LATENCY:
+            m.submodules.errq = errq = Queue(_ERROR_BITS, rows, read="sync", block_ram=block_ram)
+        else:  # mask: a row leaves the chain before a Queue shows its error bits
             errq = _sync_fifo(m, "errq", _ERROR_BITS, rows)
-        m.submodules.outq = outq = _Queue(x_bits + _ERROR_BITS, rows, reserve=1, read=read,
+        m.submodules.outq = outq = Queue(x_bits + _ERROR_BITS, rows, reserve=1, read=read,
                                           block_ram=block_ram)
         admit = Signal()
         m.d.comb += [
@@ -388,7 +220,7 @@ class _Lane(wiring.Component):
             tail.ready.eq(1),
         ]
         if late:
-            _write_late(m, outq, tail.valid, Cat(tail.payload, errq.r_data), "outq")
+            write_late(m, outq, tail.valid, Cat(tail.payload, errq.r_data), "outq")
         else:
             m.d.comb += [outq.w_en.eq(tail.valid), outq.w_data.eq(Cat(tail.payload, errq.r_data))]
         m.d.comb += errq.r_en.eq(tail.valid)
@@ -492,7 +324,7 @@ class Decompressor(wiring.Component):
     merger; a chain never stalls, but takes no more rows from the decoder once its output
     queue's places are all reserved; the decoder then stops and then ``blocks``/``data``
     (nothing is lost). Timing: every decision is made from registers a few LUT levels deep;
-    queues between parts placed apart keep no shared counter (``_Queue``).
+    queues between parts placed apart keep no shared counter (``Queue``).
 
     Bad input: every check of ``BlockDecoder`` (format 8.2 and the index checks of #21 for one
     entry); a RAW entry whose length is not ``64 * itemsize`` or with an ``mb`` field, or in
