@@ -141,17 +141,25 @@ def _unpack_bits(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return ((data.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
 
 
-def _starts(window: Window, shape, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each output's window's first input row and column (broadcast over the output plane)."""
+def _bases(window: Window, shape, width: int, device) -> torch.Tensor:
+    """Each output's window's first input position (row-major within a plane of ``width``
+    columns), an (H, W) int64 plane broadcast over the planes."""
     ho, wo = shape[-2], shape[-1]
     rows = torch.arange(ho, device=device).view(ho, 1) * window.stride[0] - window.padding[0]
     cols = torch.arange(wo, device=device).view(1, wo) * window.stride[1] - window.padding[1]
-    return rows, cols
+    return rows * width + cols
+
+
+def _offsets(window: Window, width: int) -> list[int]:
+    """The window's cells as offsets from its first position, in code order (row-major)."""
+    (k0, k1), (d0, d1) = window.kernel, window.dilation
+    return [i * d0 * width + j * d1 for i in range(k0) for j in range(k1)]
 
 
 # Planes handled at once: the int64 temporaries of a chunk stay a few hundred KiB, so packing
 # and restoring add little to a step's peak (the whole tensor at once held several 2 MiB ones).
 _CHUNK = 1 << 16
+_NO_CODE = 255  # a lookup entry no cell has
 
 
 def _chunks(planes: int, plane: int):
@@ -161,61 +169,50 @@ def _chunks(planes: int, plane: int):
 
 def _window_codes(t: torch.Tensor, window: Window) -> Packed | None:
     """``t`` (max pooling's int64 indices) as window positions packed ``bits`` to a code, for
-    the first input width that restores every index exactly; None if none does."""
+    the first input width whose window cells hold every index; None if none does.
+
+    No integer division (slow on CPUs): an index's offset from its window's first position is
+    looked up in a table from offset to code (``_NO_CODE`` where no cell is). An offset in the
+    table's range with a code is exactly that cell's offset, so the codes restore every index
+    by construction (cells at distinct offsets: a width narrower than the window is skipped)."""
     cells = window.kernel[0] * window.kernel[1]
     bits = next((b for b in (1, 2, 4, 8) if cells <= 1 << b), None)
     if bits is None:
         return None
     ho, wo = t.shape[-2], t.shape[-1]
     planes = t.reshape(-1, ho, wo)
-    rows0, cols0 = _starts(window, t.shape, t.device)
     codes = torch.empty(planes.shape, dtype=torch.uint8, device=t.device)
     for width in window.widths(wo):
+        offsets = _offsets(window, width)
+        if len(set(offsets)) < cells:
+            continue
+        table = torch.full((max(offsets) + 1,), _NO_CODE, dtype=torch.uint8, device=t.device)
+        table[offsets] = torch.arange(cells, dtype=torch.uint8, device=t.device)
+        base = _bases(window, t.shape, width, t.device)
         for a, b in _chunks(len(planes), ho * wo):
-            idx = planes[a:b]
-            qr = (idx // width - rows0).div_(window.dilation[0], rounding_mode="floor")
-            qc = (idx % width - cols0).div_(window.dilation[1], rounding_mode="floor")
-            if not bool(((qr >= 0) & (qr < window.kernel[0]) & (qc >= 0)
-                         & (qc < window.kernel[1])).all()):
+            off = planes[a:b] - base
+            inside = bool(((off >= 0) & (off < len(table))).all())
+            got = table[off.clamp_(0, len(table) - 1)] if inside else None
+            if got is None or bool((got == _NO_CODE).any()):
                 break
-            codes[a:b] = qr.mul_(window.kernel[1]).add_(qc)
+            codes[a:b] = got
         else:
-            data = _pack_bits(codes.reshape(-1), bits)
-            packed = Packed(data, 0, t.dtype, t.shape, (window, width, bits))
-            if _restores(data, packed, planes):  # exact, or not this form
-                return packed
+            return Packed(_pack_bits(codes.reshape(-1), bits), 0, t.dtype, t.shape,
+                          (window, width, bits))
     return None
 
 
-def _plane_indices(codes: torch.Tensor, packed: Packed, rows0, cols0) -> torch.Tensor:
-    window, width, _ = packed.window
-    codes = codes.to(torch.int64)
-    rows = (codes // window.kernel[1]).mul_(window.dilation[0]).add_(rows0)
-    return rows.mul_(width).add_((codes % window.kernel[1]).mul_(window.dilation[1])).add_(cols0)
-
-
-def _index_chunks(data: torch.Tensor, packed: Packed):
-    """The indices ``data`` packs (window codes), as ``(a, b, planes a..b-1)`` in chunks of
-    ``_chunks`` (the int64 temporaries stay small)."""
-    ho, wo = packed.shape[-2], packed.shape[-1]
-    codes = _unpack_bits(data, packed.window[2], packed.shape.numel()).view(-1, ho, wo)
-    rows0, cols0 = _starts(packed.window[0], packed.shape, data.device)
-    for a, b in _chunks(len(codes), ho * wo):
-        yield a, b, _plane_indices(codes[a:b], packed, rows0, cols0)
-
-
-def _restores(data: torch.Tensor, packed: Packed, planes: torch.Tensor) -> bool:
-    """Whether ``data`` restores ``planes`` (the indices, as (-1, H, W) planes) exactly."""
-    return all(torch.equal(idx, planes[a:b]) for a, b, idx in _index_chunks(data, packed))
-
-
 def _window_indices(data: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """The indices ``_window_codes`` packed."""
+    """The indices ``_window_codes`` packed: each code's cell offset plus its window's first
+    position (a table lookup and an add, in chunks of ``_chunks``)."""
+    window, width, bits = packed.window
     ho, wo = packed.shape[-2], packed.shape[-1]
-    out = torch.empty((packed.shape.numel() // (ho * wo), ho, wo), dtype=torch.int64,
-                      device=data.device)
-    for a, b, idx in _index_chunks(data, packed):
-        out[a:b] = idx
+    codes = _unpack_bits(data, bits, packed.shape.numel()).view(-1, ho, wo)
+    table = torch.tensor(_offsets(window, width), dtype=torch.int64, device=data.device)
+    base = _bases(window, packed.shape, width, data.device)
+    out = torch.empty(codes.shape, dtype=torch.int64, device=data.device)
+    for a, b in _chunks(len(codes), ho * wo):
+        torch.add(table[codes[a:b].to(torch.int64)], base, out=out[a:b])
     return out.view(packed.shape)
 
 
