@@ -19,9 +19,12 @@ frames through ``session.saved_memory``) without actpack, with the default setti
 2 workers, beside the stored peak (frames only, as if compression were instant); and the
 step's peak of all tensor memory (``host.peak.step_peak``).
 
-The card row: the same step on ``device=CardDevice`` over the card's behavioural model, minus
-the time the model spends being the card: what card jobs cost the host (scales, tiling,
-descriptor, driver, transport) with a card that answers instantly.
+Every timed step starts from the same weights, optimizer state and random state (restored
+outside the timed region), so each configuration times the same step. The card row: the same
+step on ``device=CardDevice`` over the card's behavioural model answering from a replay of the
+step's jobs (the warm-up step computes each answer once, time not counted): what card jobs
+cost the host (scales, tiling, descriptor, driver, transport) with a card that answers
+instantly, without the model's Python codec running between the host's work.
 
 Goals (the offload issue): >= 8x less saved-activation memory with policy "auto"; <= 15 %
 step-time overhead on CPU, and <= 15 % host-side overhead with an instantly answering card;
@@ -97,34 +100,71 @@ def _step_fn(model, x, y):
             with session:
                 torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
+    step.optimizer = opt
     return step
 
 
-def _timed_card():
-    """A ``CardDevice`` on the card model whose time being the card is counted
-    (``.card_seconds``): a step's time minus it is what card jobs cost the host (descriptor,
-    scales, tiling, the driver, the transport) with a card that answers instantly."""
+def _snapshot(model, step):
+    """A function that puts ``model``, ``step``'s optimizer and torch's random state back to
+    what they are now, so every timed step is the same step (same activations, same jobs)."""
+    import copy
+
+    weights = copy.deepcopy(model.state_dict())
+    optim = copy.deepcopy(step.optimizer.state_dict())
+    rng = torch.get_rng_state()
+
+    def restore():
+        model.load_state_dict(weights)
+        step.optimizer.load_state_dict(optim)
+        torch.set_rng_state(rng)
+    return restore
+
+
+def _instant_card():
+    """A ``CardDevice`` on the card model that answers each job it has answered before from a
+    replay (keyed by the job's descriptor without its tag, and its body), and counts the time
+    it spends being the card (``.card_seconds``: parsing the job, computing a new answer or
+    looking it up): a step's time minus it is what card
+    jobs cost the host (descriptor, scales, tiling, the driver, the transport) with a card
+    that answers instantly."""
+    import dataclasses
+    import typing
+
     from actpack.host.card import CardDevice
     from actpack.host.cardmodel import CardModel, ModelTransport
 
-    class TimedModel(CardModel):
+    class InstantModel(CardModel):
         card_seconds = 0.0
+        replies: typing.ClassVar[dict] = {}
 
         def run_job(self, job):
             t0 = time.perf_counter()
             try:
                 return super().run_job(job)
             finally:
-                TimedModel.card_seconds += time.perf_counter() - t0
+                InstantModel.card_seconds += time.perf_counter() - t0
 
-    return CardDevice(ModelTransport(TimedModel())), TimedModel
+        def _replay(self, key, compute):
+            if key not in self.replies:
+                self.replies[key] = compute()
+            return self.replies[key]
+
+        def _compress(self, d, body):
+            return self._replay((dataclasses.replace(d, tag=0), body),
+                                lambda: super(InstantModel, self)._compress(d, body))
+
+        def _decompress(self, body):
+            return self._replay(body, lambda: super(InstantModel, self)._decompress(body))
+
+    return CardDevice(ModelTransport(InstantModel())), InstantModel
 
 
 def _time_model(model, x, y, steps: int, rounds: int, bar) -> dict:
     import actpack
 
     step = _step_fn(model, x, y)
-    card, timed = _timed_card()
+    card, timed = _instant_card()
+    start = _snapshot(model, step)
 
     def session_of(workers):
         if workers is None:
@@ -134,12 +174,14 @@ def _time_model(model, x, y, steps: int, rounds: int, bar) -> dict:
         return actpack.offload(workers=workers)
 
     times: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for workers in CONFIGS.values():  # warm-up: allocator, numba, thread pools
+    for workers in CONFIGS.values():  # warm-up: allocator, numba, thread pools, the replay
+        start()
         step(session_of(workers))
     for _ in range(rounds):
         for name, workers in CONFIGS.items():
             for _ in range(steps):
                 session = session_of(workers)
+                start()
                 t0, in_card = time.perf_counter(), timed.card_seconds
                 step(session)
                 times[name].append(time.perf_counter() - t0 - (timed.card_seconds - in_card))
