@@ -12,6 +12,9 @@ error bounds and AC-GC, measured rather than bounded).
 Until its first calibration, and for a tensor it has not seen (another shape, another layer),
 it stores what ``base`` (``Policy.auto()``) stores. Masks, integer tensors, kept tensors and
 the inputs ``torch.utils.checkpoint`` recomputes from are ``base``'s always: they are exact.
+So are softmax outputs (``policy.is_probabilities``): one step's gradients do not show what
+their error costs over training (``Policy.auto``'s rule 4), so calibration does not choose
+for them.
 
 **Calibration** (``calibrate``; its cost, in passes over the model: 3 forward, 3 + T x L
 backward, T the lossy tensors of a step and L the ladder's lossy settings):
@@ -51,7 +54,7 @@ from actpack.codec import Codec
 from .losses import mean_square_loss
 from .lossless import Lossless
 from .offload import OffloadSession
-from .policy import Policy, SavedInfo, parse_setting, register_policy
+from .policy import Policy, SavedInfo, is_probabilities, parse_setting, register_policy
 
 __all__ = ["AdaptivePolicy", "Calibration"]
 
@@ -151,13 +154,18 @@ class AdaptivePolicy(Policy):
         return (f"AdaptivePolicy(ladder={[s for s, _ in self.ladder]!r}, noise_fraction="
                 f"{self.noise_fraction}, every={self.every}, calibrated={self.last is not None})")
 
+    @staticmethod
+    def _chooses(info: SavedInfo, base) -> bool:
+        """Whether calibration chooses for tensors like ``info``: ``base`` (their setting in
+        ``base``) is lossy, not a mask, and they are not softmax outputs (module docstring)."""
+        return isinstance(base, Codec) and base.mode != "mask" and not is_probabilities(info)
+
     def _lossy(self, info: SavedInfo) -> bool:
-        codec = super().__call__(info)
-        return isinstance(codec, Codec) and codec.mode != "mask"
+        return self._chooses(info, super().__call__(info))
 
     def __call__(self, info: SavedInfo) -> Codec | Lossless | None:
         base = super().__call__(info)
-        if not (isinstance(base, Codec) and base.mode != "mask"):
+        if not self._chooses(info, base):
             return base
         choice = self.choices.get(_key(info))
         return base if choice is None else choice.codec

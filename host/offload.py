@@ -16,7 +16,10 @@ How it works (``torch.autograd.graph.saved_tensors_hooks``, as ``save_on_cpu`` d
   the tensor itself is released once its frame is ready.
 - **dedup**: a tensor saved by several ops (a ReLU output that is also the next layer's input) is
   stored once; the key is (device, data pointer, dtype, shape, strides, version) and holds only
-  while the first saved tensor object is alive, so a reused address never aliases.
+  while the first saved tensor object is alive, so a reused address never aliases. A contiguous
+  reshape of a stored contiguous tensor (attention's probabilities, saved by softmax and, as
+  (batch x heads, T, T), by the matmul with the values) shares its frame when the policy gives
+  it the same setting: restored as that frame's tensor viewed in its own shape.
 - **masks**: a ReLU output is stored as a 1-bit mask for ReLU's own backward, which reads only
   ``result > 0`` (exact for finite values). When another op saves the same tensor, that op needs
   its values, so they are stored too, with the setting the policy gives a non-mask tensor; the
@@ -311,6 +314,15 @@ def _channel_rows(shape) -> tuple[int, int, int] | None:
     return None
 
 
+def _same_setting(a, b) -> bool:
+    """Whether codecs ``a`` and ``b`` write the same frames for the same tensor."""
+    if a is b:
+        return True
+    if not (isinstance(a, Codec) and isinstance(b, Codec)) or repr(a) != repr(b):
+        return False
+    return a.table is None or bool((torch.as_tensor(a.table) == torch.as_tensor(b.table)).all())
+
+
 def codec_label(codec: Codec | Lossless | None) -> str:
     if codec is None:
         return "keep"
@@ -357,8 +369,8 @@ class SavedRecord:
     session's."""
 
     __slots__ = ("alias", "device", "dtype", "freed_at", "info", "key", "mask", "packed_at",
-                 "raw_bytes", "refs", "saved_by", "seq", "shape", "stream", "stride", "threaded",
-                 "values", "version", "weak", "window")
+                 "raw_bytes", "refs", "region", "saved_by", "seq", "shape", "stream", "stride",
+                 "threaded", "values", "version", "weak", "window")
 
     def __init__(self, seq, key, info, t, packed_at, saver):
         self.seq, self.key, self.info = seq, key, info
@@ -378,6 +390,7 @@ class SavedRecord:
         self.freed_at: float | None = None
         self.threaded = False  # compressed and prefetched by the worker threads
         self.window: Window | None = None  # max pooling's geometry, for its indices
+        self.region: tuple | None = None  # its key in the session's ``_by_region``
 
     def stores(self) -> list[_Store]:
         return [s for s in (self.mask, self.values) if s is not None and not s.dropped]
@@ -432,10 +445,11 @@ class _Passed:
 class _Handle:
     """What autograd holds for a saved tensor: its record and which stored form it reads."""
 
-    __slots__ = ("__weakref__", "read", "record", "session", "store")
+    __slots__ = ("__weakref__", "read", "record", "session", "shape", "store")
 
-    def __init__(self, session, record, store):
+    def __init__(self, session, record, store, shape=None):
         self.session, self.record, self.store, self.read = session, record, store, False
+        self.shape = shape  # a reshape of the record's tensor (shared frame), else None
         store.unread += 1
         record.refs += 1
 
@@ -489,6 +503,9 @@ class OffloadSession:
         self._live: dict[int, SavedRecord] = {}
         self._live_seqs: list[int] = []
         self._by_key: dict[tuple, SavedRecord] = {}
+        # contiguous stored tensors by (device, data pointer, dtype, numel, version): their
+        # reshapes share the frame (see the module docstring)
+        self._by_region: dict[tuple, SavedRecord] = {}
         self._history: list[SavedRecord] = []
         self._saves = self._passed = 0
         self._tracker = _ModuleTracker(on_return=self._shape_only_settled)
@@ -588,12 +605,22 @@ class OffloadSession:
                          t.numel() * t.element_size(), mask_only=own_relu or shape_only,
                          context=context, producer=made_by)
         codec = self.policy(info) if is_dense(t) else None
+        region = ((t.device, t.data_ptr(), t.dtype, t.numel(), t._version)
+                  if t.is_contiguous() and codec is not None and not shape_only else None)
         with self._lock:
+            shared = self._reshape_of(region, codec)
+            if shared is not None:
+                if saver not in shared.saved_by:
+                    shared.saved_by.append(saver)
+                return _Handle(self, shared, shared.values, shape=t.shape)
             rec = SavedRecord(next(self._seq), key, info, t, self._now(), saver)
             rec.threaded = threaded
             if t.dtype == torch.int64:  # max pooling's indices, if a MaxPool2d is running
                 rec.window = self._tracker.running_window()
             self._by_key[key] = rec
+            if region is not None and codec.mode != "mask":
+                rec.region = region
+                self._by_region[region] = rec
             self._live[rec.seq] = rec
             self._live_seqs.append(rec.seq)
             self._history.append(rec)
@@ -607,6 +634,17 @@ class OffloadSession:
             if shape_only:
                 self._claim_shape_only(handle, t)
             return handle
+
+    def _reshape_of(self, region, codec) -> SavedRecord | None:
+        """The live record whose values frame serves a contiguous reshape saved with ``codec``
+        (lock held): the same elements (``region``), stored contiguous, with the same setting
+        (the reshape gets that setting's error, from the frame of the record's shape); None if
+        there is none."""
+        rec = self._by_region.get(region) if region is not None else None
+        if (rec is None or rec.freed_at is not None or rec.weak() is None or rec.stride is not None
+                or rec.values is None or rec.values.dropped or rec.info.mask_only):
+            return None
+        return rec if _same_setting(rec.values.codec, codec) else None
 
     def _threaded(self, t: torch.Tensor) -> bool:
         """Whether ``t`` is compressed by the worker threads (see ``workers``); starts them."""
@@ -782,6 +820,8 @@ class OffloadSession:
         for observer in self._observers:
             observer.read(rec)
         t = self._restore(rec, packed.store)
+        if packed.shape is not None:
+            t = t.view(packed.shape)
         with self._lock:
             if not packed.read:
                 packed.read = True
@@ -905,6 +945,8 @@ class OffloadSession:
             del self._live_seqs[bisect.bisect_left(self._live_seqs, rec.seq)]
             if self._by_key.get(rec.key) is rec:
                 del self._by_key[rec.key]
+            if rec.region is not None and self._by_region.get(rec.region) is rec:
+                del self._by_region[rec.region]
         for observer in self._observers:
             observer.freed(rec)
 

@@ -3,7 +3,8 @@
 A setting is one of ``"keep"`` (store the tensor as it is), ``"mask"`` (one bit per value: only
 where x > 0; exact for what ReLU's backward reads), or a codec setting: ``"sfpr8"``,
 ``"sfpr8:<range_max>"``, ``"dct"`` (table optH), ``"dct:<table>"``, ``"eb:<error_bound>"``,
-``"eb2:<error_bound>"``, a dict of ``actpack.Codec`` keywords, or an ``actpack.Codec``.
+``"eb2:<error_bound>"``, a dict of ``actpack.Codec`` keywords, or an ``actpack.Codec``. A
+``Rule`` also takes a function from ``SavedInfo`` to a setting (a setting per tensor).
 
 ``policy="auto"`` (``Policy.auto()``) starts from JPEG-ACT (Evans et al., ISCA 2020) and keeps
 what backward reads in full precise enough for the gradients (measured against plain autograd):
@@ -18,14 +19,16 @@ what backward reads in full precise enough for the gradients (measured against p
 3. ``"keep"`` for the inputs ``torch.utils.checkpoint`` saves to recompute its block from: a
    lossy seed makes every recomputed activation of the block lossy, ReLU masks included
    (measured: 6 % off on the first conv's weight gradient instead of under 1 %);
-4. ``"keep"`` for softmax outputs (attention probabilities, and the views of them the matmul
-   with the values saves): a group code's error is absolute, about 0.4 % of the largest
-   probability of the group, while most probabilities of a T-token row are about 1/T, so at
-   T = 64 they moved by a quarter. One step's gradients hid it (cosine 1.0000 on the
-   attention model); training did not: the character transformer of ``bench train``, 400
-   steps, validation loss 2.47 with them stored (sfpr8 and dct:optL) against 1.79 plain, and
-   1.785 with them kept (one seed; 26.6 -> 9.6 MiB saved-activation peak, 2.8x instead of
-   4.5x);
+4. ``probability_setting`` for softmax outputs (attention probabilities, and the views of
+   them the matmul with the values saves): ``"eb"`` with the bound ``PROBABILITY_BOUND / T``
+   (T the row's length: a tenth of a percent or so of its mean probability 1/T, whatever T).
+   Not a group code: its error is absolute, about 0.4 % of the largest probability of the
+   group, while most probabilities of a T-token row are about 1/T, so at T = 64 they moved by
+   a quarter. One step's gradients hid it (cosine 1.0000 on the attention model); training
+   did not: the character transformer of ``bench train``, 400 steps, validation loss 2.47
+   with them stored (sfpr8 and dct:optL) against 1.79 plain, and 1.785 with them kept (one
+   seed; 26.6 -> 9.6 MiB saved-activation peak, 2.8x instead of 4.5x). With the bound
+   (``eb:0.0001`` at T = 64; 6.6x on them): see ``PROBABILITY_BOUND``;
 5. ``"sfpr8:3.96875"`` for conv outputs (op ``"conv"``: what BatchNorm's backward reads in
    full, its weight gradient is a sum over exactly those values) and normalization outputs (op
    ``"norm"``: what SiLU, GELU, Hardswish and the other value-reading activations read);
@@ -70,8 +73,9 @@ from actpack.codec.spec import MAX_GROUPS, geometry
 
 from .lossless import LOSSLESS, Lossless, lossless_takes
 
-__all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "SFPR8_FULL_RANGE", "Policy", "Rule", "SavedInfo",
-           "op_kind", "parse_setting", "producer", "producer_kind", "register_policy"]
+__all__ = ["CODEC_DTYPES", "CONTEXTS", "OPS", "PROBABILITY_BOUND", "SFPR8_FULL_RANGE", "Policy",
+           "Rule", "SavedInfo", "is_probabilities", "op_kind", "parse_setting",
+           "probability_setting", "producer", "producer_kind", "register_policy"]
 
 CODEC_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The largest range_max that never saturates: int8 with 5 fraction bits holds 127/32.
@@ -218,6 +222,8 @@ class Rule:
     - ``context``: who saves it, "eager", "checkpoint" or "compiled" (see ``SavedInfo``);
     - ``min_bytes`` / ``max_bytes``: size bounds (inclusive);
     - ``where``: any predicate on ``SavedInfo``.
+
+    ``setting``: a setting (module docstring), or a function from ``SavedInfo`` to one.
     """
 
     codec: Codec | None
@@ -244,7 +250,7 @@ class Rule:
         if where is not None and not callable(where):
             raise TypeError(f"where: expected a callable, got {type(where).__name__}")
         set_ = object.__setattr__
-        set_(self, "codec", parse_setting(setting))
+        set_(self, "codec", None if _per_tensor(setting) else parse_setting(setting))
         set_(self, "setting", setting)
         set_(self, "op", ops)
         set_(self, "module", None if module is None else tuple(_as_set(module)))
@@ -258,6 +264,10 @@ class Rule:
     @property
     def is_mask(self) -> bool:
         return self.codec is not None and self.codec.mode == "mask"
+
+    def codec_for(self, info: SavedInfo) -> Codec | None:
+        """The codec this rule gives ``info`` (a matching tensor)."""
+        return parse_setting(self.setting(info)) if _per_tensor(self.setting) else self.codec
 
     def matches(self, info: SavedInfo) -> bool:
         if self.is_mask and not info.mask_only:
@@ -278,10 +288,27 @@ def _has_blocks(info: SavedInfo) -> bool:
     return len(info.shape) != 4 or info.shape[2] * info.shape[3] >= 64
 
 
-def _probabilities(info: SavedInfo) -> bool:
+def _per_tensor(setting) -> bool:
+    """Whether ``setting`` is a function of the tensor (``Rule``'s per-tensor settings)."""
+    return callable(setting) and not isinstance(setting, Codec)
+
+
+def is_probabilities(info: SavedInfo) -> bool:
     """A softmax output (attention probabilities), or a view of one (the batched matmul that
     applies them to the values saves them reshaped)."""
     return info.producer.startswith("Softmax")
+
+
+# The error bound of softmax outputs times their row length T: each probability comes back
+# within PROBABILITY_BOUND / T, a fixed share of the row's mean probability 1/T whatever T is.
+# Measured (bench train's character transformer, T = 64, 400 steps, 3 seeds): eb:0.0001 here,
+# validation loss +0.45 % (median) against plain, 6.6x on the probabilities.
+PROBABILITY_BOUND = 0.0064
+
+
+def probability_setting(info: SavedInfo) -> str:
+    """"auto"'s setting for softmax outputs (rule 4): ``eb`` within ``PROBABILITY_BOUND / T``."""
+    return f"eb:{PROBABILITY_BOUND / max(1, info.shape[-1]):.6g}"
 
 
 def _spatial(info: SavedInfo) -> bool:
@@ -329,7 +356,7 @@ class Policy:
     @classmethod
     def auto(cls, *, conv=f"sfpr8:{SFPR8_FULL_RANGE}", spatial="dct:optL",
              values=f"sfpr8:{SFPR8_FULL_RANGE}", mask: bool = True, checkpoint_inputs="keep",
-             probabilities="keep",
+             probabilities=probability_setting,
              min_bytes: int = 65536, integers: str = "lossless",
              rules: Iterable[Rule] = ()) -> Policy:
         """The default assignment (see the module docstring). ``rules`` go first, so they
@@ -340,7 +367,7 @@ class Policy:
         from; ``probabilities`` the setting for softmax outputs (attention maps, rule 4);
         ``integers`` what integer and bool tensors get ("lossless" or "keep")."""
         auto_rules = [Rule(checkpoint_inputs, context="checkpoint"),
-                      Rule(probabilities, where=_probabilities)]
+                      Rule(probabilities, where=is_probabilities)]
         if mask:
             auto_rules.append(Rule("mask"))
         # planes under 8 x 8 are stored as (position, channel) rows (offload._channel_rows),
@@ -364,7 +391,7 @@ class Policy:
             return None
         for rule in self.rules:
             if rule.matches(info):
-                return rule.codec
+                return rule.codec_for(info)
         return self.default
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ import torch
 import actpack
 from actpack import Policy
 from actpack.host.gradcheck import gradient_check
+from actpack.host.policy import PROBABILITY_BOUND
 from actpack.models import GRADIENT_MODELS
 
 
@@ -26,15 +27,20 @@ def test_auto_keeps_every_gradient(name):
     assert check.ratio >= (2 if name == "attention" else 4)
 
 
-def test_auto_keeps_softmax_outputs_and_the_views_the_value_matmul_saves():
+def test_auto_stores_softmax_outputs_within_a_bound_relative_to_the_row_length():
+    # a group code (sfpr8, dct) moves probabilities of about 1/T by a quarter: training lost
+    # 38 % validation loss. "auto" stores them error-bounded, the bound PROBABILITY_BOUND / T,
+    # and the matmul's reshape of them shares their frame.
     model, x = GRADIENT_MODELS["attention"]()
     session = actpack.offload(policy="auto", workers=0)
     with session:
         model(x).square().mean().backward()
     probs = [t for t in session.stats.tensors if t.op == "activation" and len(t.shape) >= 3
              and t.shape[-1] == t.shape[-2]]
-    assert len(probs) >= 2 and all(t.mode == "keep" for t in probs), probs
-    assert any(t.mode != "keep" for t in session.stats.tensors)  # the rest is still stored
+    assert probs and all(len(t.shape) == 4 for t in probs), probs  # one frame, no reshape
+    bound = f"eb:{PROBABILITY_BOUND / probs[0].shape[-1]:.6g}"
+    assert all(t.mode == bound for t in probs), (bound, probs)
+    assert session.stats.deduplicated >= len(probs)
 
 
 def test_the_check_sees_what_optH_everywhere_does_to_batchnorm():

@@ -27,6 +27,37 @@ def test_tensor_saved_twice_is_stored_once():
     assert st.stored_bytes == t.stored_bytes < st.raw_bytes
 
 
+def _attention_probabilities(policy):
+    """Softmax probabilities (saved by softmax as 4-D, by the matmul as a 3-D reshape), one
+    step under ``policy``: the session and the inputs' gradients."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, 4, 64, 64, generator=g, requires_grad=True)
+    values = torch.randn(32, 64, 16, generator=g, requires_grad=True)
+    with actpack.offload(policy=policy, workers=0) as session:
+        p = torch.softmax(scores, -1)
+        torch.bmm(p.view(32, 64, 64), values).square().sum().backward()
+    return session, scores.grad, values.grad
+
+
+def test_a_reshape_saved_with_the_same_setting_shares_the_frame():
+    session, gs, gv = _attention_probabilities(Policy([], default="eb:0.0001"))
+    st = session.stats
+    assert [t.shape for t in st.activations if t.raw_bytes == 8 * 4 * 64 * 64 * 4] == [
+        (8, 4, 64, 64)]  # the (32, 64, 64) view is not stored again
+    assert st.deduplicated == 1
+    _, plain_s, plain_v = _attention_probabilities("keep")
+    for got, plain in ((gs, plain_s), (gv, plain_v)):
+        assert torch.nn.functional.cosine_similarity(got.flatten(), plain.flatten(), 0) > 0.999
+
+
+def test_a_reshape_with_another_setting_gets_its_own_frame():
+    policy = Policy([Rule("sfpr8", where=lambda info: len(info.shape) == 3)],
+                    default="eb:0.0001")
+    st = _attention_probabilities(policy)[0].stats
+    modes = {t.shape: t.mode for t in st.activations if t.raw_bytes == 8 * 4 * 64 * 64 * 4}
+    assert modes == {(8, 4, 64, 64): "eb:0.0001", (32, 64, 64): "sfpr8"}
+
+
 def test_relu_and_next_layer_share_one_record():
     model, x = conv_relu_conv(), batch()
     session = actpack.offload(policy="auto")
