@@ -225,6 +225,17 @@ def test_policy_rules_by_module_type_shape_and_function():
     assert relu_infos[0].module_type == "ReLU"
 
 
+def test_a_rule_gives_a_setting_per_tensor():
+    model, x = conv_relu_pool(), batch()
+    rule = Rule(lambda info: f"eb:{0.01 * info.shape[1]:g}", module=("conv1", "fc"))
+    session = actpack.offload(policy=Policy.auto(rules=[rule], min_bytes=1))
+    grads(model, x, session)
+    ruled = [t for t in session.stats.tensors if t.layer in ("conv1", "fc") and t.mode != "keep"]
+    assert {t.layer for t in ruled} == {"conv1", "fc"}
+    assert all(t.mode == f"eb:{0.01 * t.shape[1]:g}" for t in ruled), ruled
+    assert len({t.mode for t in ruled}) > 1
+
+
 def test_policy_strings_and_errors():
     model, x = conv_relu_conv(), batch()
     for policy, mode in [("keep", "keep"), ("sfpr8", "sfpr8"), ("dct:optH", "dct:optH")]:
