@@ -13,8 +13,10 @@ gradient-aware setting: masks for ReLU and max pooling, ``sfpr8:3.96875`` for co
 outputs, ``dct:optL`` for other 4-D activations, lossless integers), made and read back on
 the session's own path from the tensor itself: its time, its frame's bytes, and the tensor
 memory compressing and decompressing it allocate (``host.peak.measure_peak``); the forward
-time of every *region*, a maximal run of cheap children of an ``nn.Sequential``
-(``RECOMPUTABLE``: ReLU-type and other activations, BatchNorm, pooling, Flatten, Identity).
+time of every *region*: a maximal run of cheap children of an ``nn.Sequential``
+(``RECOMPUTABLE``: ReLU-type and other activations, BatchNorm, pooling, Flatten, Identity), or
+a *block*, a composite child of an ``nn.Sequential`` or ``nn.ModuleList`` (a residual block, a
+transformer layer: ``_blocks``), recomputed whole as ``torch.utils.checkpoint`` per block does.
 The second, under torch.profiler's allocator events with a marker at every save, first read
 by backward and release: the step's tensor memory between each two markers (its peak there),
 and per saved tensor its liveness, i.e. when it was saved, when nothing but autograd held it
@@ -42,9 +44,12 @@ alone and with recomputation alone; the fitting choice that adds the least time 
 recomputed region holds its start tensor whole, which can strand the mixed greedy above a
 budget compression alone reaches). A codec's time is its faster of two runs (the first may
 compile a kernel). A region is recomputed by
-``torch.utils.checkpoint`` (non-reentrant): its start tensor is kept exactly (a lossy seed would
-make every recomputed tensor lossy), what it saves inside is made again in backward from the
-same values by the same kernels, so its gradients equal plain autograd's. BatchNorm in training
+``torch.utils.checkpoint`` (non-reentrant, the random state preserved: a block's dropout draws
+the same masks again): its start tensor (a block's first argument) is kept exactly (a lossy
+seed would make every recomputed tensor lossy), what it saves inside is made again in backward
+from the same values by the same kernels, so its gradients equal plain autograd's. A tensor
+counts as a region's when every op that saved it ran inside the region (regions may nest: a
+run of cheap layers inside a block). BatchNorm in training
 mode updates its running statistics in forward; the recomputation runs the same ops and then
 puts the statistics back as they were before it (running mean, variance and
 ``num_batches_tracked``), so they equal plain autograd's after the step.
@@ -128,15 +133,16 @@ class Plan:
     chosen plan's step, None without ``verify``), ``baseline_peak`` (the step without
     actpack); ``budget_bytes``, ``batch_size``, ``added_s`` (the predicted time it adds to a
     step), ``regions`` (the recomputed runs: parent ``nn.Sequential``'s path, first and
-    past-the-last child index) and, with ``batch_sizes``, ``batch_search``: per batch size
-    (size, smallest peak a plan reaches, fits): predicted where it fits, measured where it
-    does not, None where it was not tried (a smaller batch already did not fit)."""
+    past-the-last child index; a recomputed block: its path, None, None) and, with
+    ``batch_sizes``, ``batch_search``: per batch size (size, smallest peak a plan reaches,
+    fits): predicted where it fits, measured where it does not, None where it was not tried (a
+    smaller batch already did not fit)."""
 
     def __init__(self, *, model, entries, regions, choices, budget_bytes, peak,
                  predicted_peak, baseline_peak, batch_size, added_s):
         self._model = weakref.ref(model)
         self.entries: tuple[PlanEntry, ...] = tuple(entries)
-        self.regions: tuple[tuple[str, int, int], ...] = tuple(regions)
+        self.regions: tuple[tuple[str, int | None, int | None], ...] = tuple(regions)
         self._choices = dict(choices)
         self.budget_bytes = budget_bytes
         self.peak = peak
@@ -200,30 +206,66 @@ class Plan:
         """The plan's regions run through ``torch.utils.checkpoint`` while inside."""
         model = self.model
         parents: dict[str, list[tuple[int, int]]] = {}
+        blocks = []
         for parent, start, stop in self.regions:
-            parents.setdefault(parent, []).append((start, stop))
+            if start is None:
+                blocks.append(parent)
+            else:
+                parents.setdefault(parent, []).append((start, stop))
         undo = []
         try:
             for path, runs in parents.items():
-                parent = model.get_submodule(path)
-                if "forward" in vars(parent):
-                    raise OffloadError(f"plan: module {path!r} has its forward replaced "
-                                       "already (another plan's session entered?); run the "
-                                       "plan on the model as it was planned")
+                parent = _replaceable(model, path)
                 children = list(parent.children())
-                hooked = [m for start, stop in runs for m in children[start:stop]
-                          if _hooked(m)]
-                if hooked:
-                    raise OffloadError(
-                        f"plan: module {path!r} has children the plan recomputes that have "
-                        f"hooks now ({', '.join(type(m).__name__ for m in hooked)}); "
-                        "recomputation would call them again in backward: plan again")
+                _refuse_hooks(path, [m for start, stop in runs for m in children[start:stop]])
                 parent.forward = _segmented(list(parent.children()), runs)
                 undo.append(parent)
+            for path in blocks:
+                block = _replaceable(model, path)
+                _refuse_hooks(path, list(block.modules()))
+                block.forward = _checkpointed_block(block)
+                undo.append(block)
             yield
         finally:
             for parent in undo:
                 del parent.forward
+
+
+def _replaceable(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path``, whose forward a plan replaces while it runs."""
+    module = model.get_submodule(path)
+    if "forward" in vars(module):
+        raise OffloadError(f"plan: module {path!r} has its forward replaced already (another "
+                           "plan's session entered?); run the plan on the model as it was "
+                           "planned")
+    return module
+
+
+def _refuse_hooks(path: str, modules: list[nn.Module]) -> None:
+    """Recomputation would call hooks a second time in backward (plain autograd calls them
+    once): a plan whose recomputed modules have hooks now is refused."""
+    hooked = [m for m in modules if _hooked(m)]
+    if hooked:
+        raise OffloadError(
+            f"plan: module {path!r} has modules the plan recomputes that have hooks now "
+            f"({', '.join(type(m).__name__ for m in hooked)}); recomputation would call them "
+            "again in backward: plan again")
+
+
+def _checkpointed_block(block: nn.Module):
+    """``block``'s forward through ``torch.utils.checkpoint`` (non-reentrant; the random state
+    preserved, BatchNorm statistics as after the first forward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    inner = type(block).forward
+    modules = list(block.modules())
+
+    def forward(*args, **kwargs):
+        return checkpoint(inner, block, *args, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(),
+                                              _no_stat_update(modules)), **kwargs)
+
+    return forward
 
 
 def _segmented(children: list[nn.Module], runs: list[tuple[int, int]]):
@@ -322,9 +364,9 @@ class _Tensor:
 @dataclass
 class _Region:
     index: int
-    parent: str
-    start: int
-    stop: int
+    parent: str  # the nn.Sequential's path (a block: the block's own)
+    start: int | None  # the run's first and past-the-last child (a block: None, None)
+    stop: int | None
     names: tuple[str, ...]
     forward_s: float = 0.0
     start_ptr: int = -1
@@ -347,7 +389,7 @@ class _Profiler:
         self.session = OffloadSession(policy="keep", workers=0)
         self.session.observe(self)
         self.region_of = region_of
-        self.savers: dict[int, list[int | None]] = {}
+        self.savers: dict[int, list[frozenset]] = {}
         self.markers = 0
         self.packed: dict[int, int] = {}
         self.dormant: dict[int, int] = {}
@@ -365,9 +407,9 @@ class _Profiler:
         return self.markers - 1
 
     def saved(self, rec, t, modules) -> None:
-        region = next((self.region_of[id(m)] for m in reversed(modules)
-                       if id(m) in self.region_of), None)
-        self.savers.setdefault(rec.seq, []).append(region)
+        # every region the saving op runs in (a run inside a block: both)
+        regions = frozenset(self.region_of[id(m)] for m in modules if id(m) in self.region_of)
+        self.savers.setdefault(rec.seq, []).append(regions)
         if rec.seq not in self.packed:
             storage = t.untyped_storage()
             self.storage[rec.seq] = (storage.data_ptr(), storage.nbytes())
@@ -393,11 +435,28 @@ def _recomputable(module: nn.Module) -> bool:
             and not isinstance(module, nn.Sequential))
 
 
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks a plan may recompute whole: composite children (modules of modules, not
+    containers, not ``RECOMPUTABLE``) of every ``nn.Sequential`` and ``nn.ModuleList`` in
+    ``model`` (residual blocks, transformer layers), with no hooks on any of their modules."""
+    found = []
+    for path, module in model.named_modules():
+        if not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            continue
+        for name, child in module.named_children():
+            if (isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict, *RECOMPUTABLE))
+                    or next(child.children(), None) is None
+                    or any(_hooked(m) for m in child.modules())):
+                continue
+            found.append((f"{path}.{name}" if path else name, child))
+    return found
+
+
 def _regions(model: nn.Module) -> list[_Region]:
     """The maximal runs of ``RECOMPUTABLE`` children of every ``nn.Sequential`` in ``model``:
     none with hooks of its own (recomputation would call them a second time, plain autograd
     calls them once), none starting with an in-place module (it would change the tensor the
-    region is recomputed from, which autograd would then refuse)."""
+    region is recomputed from, which autograd would then refuse); then the ``_blocks``."""
     found = []
     for path, module in model.named_modules():
         if not isinstance(module, nn.Sequential) or _hooked(module):
@@ -414,6 +473,8 @@ def _regions(model: nn.Module) -> list[_Region]:
             names = tuple(f"{path}.{n}" if path else n for n, _ in children[i:j])
             found.append(_Region(len(found), path, i, j, names))
             i = j
+    found += [_Region(len(found) + k, path, None, None, (path,))
+              for k, (path, _) in enumerate(_blocks(model))]
     return found
 
 
@@ -515,8 +576,8 @@ def _profile(model, inputs, loss_fn, device):
         if rec.info.op == "parameter" or rec1.seq not in measured:
             continue
         setting, stored, resident, extra, seconds = measured[rec1.seq]
-        savers = profiler.savers.get(rec.seq, [None])
-        inside = frozenset(savers) if None not in savers and len(set(savers)) == 1 else frozenset()
+        # the regions every op that saved it ran in
+        inside = frozenset.intersection(*profiler.savers.get(rec.seq, [frozenset()]))
         tensors.append(_Tensor(rec.seq, rec.info, rec.raw_bytes, setting, stored, resident,
                                extra, seconds,
                                inside, rec.data_ptr,
