@@ -8,9 +8,10 @@ least added time.
         F.cross_entropy(model(x), y).backward()
 
 **Profile** (two steps, every saved tensor kept, no worker threads). The first: for every
-distinct saved tensor its ``SavedInfo`` and the setting ``policy="auto"`` gives it (its
-gradient-aware setting: masks for ReLU and max pooling, ``sfpr8:3.96875`` for conv and norm
-outputs, ``dct:optL`` for other 4-D activations, lossless integers), made and read back on
+distinct saved tensor its ``SavedInfo`` and the setting ``plan``'s ``policy`` gives it
+(default ``Policy.auto()``, the gradient-aware setting: masks for ReLU and max pooling,
+``sfpr8:3.96875`` for conv and norm outputs, ``dct:optL`` for other 4-D activations, lossless
+integers), made and read back on
 the session's own path from the tensor itself: its time, its frame's bytes, and the tensor
 memory compressing and decompressing it allocate (``host.peak.measure_peak``); the forward
 time of every *region*: a maximal run of cheap children of an ``nn.Sequential``
@@ -139,7 +140,7 @@ class Plan:
     smaller batch already did not fit)."""
 
     def __init__(self, *, model, entries, regions, choices, budget_bytes, peak,
-                 predicted_peak, baseline_peak, batch_size, added_s):
+                 predicted_peak, baseline_peak, batch_size, added_s, policy):
         self._model = weakref.ref(model)
         self.entries: tuple[PlanEntry, ...] = tuple(entries)
         self.regions: tuple[tuple[str, int | None, int | None], ...] = tuple(regions)
@@ -152,7 +153,7 @@ class Plan:
         self.batch_size = batch_size
         self.added_s = added_s
         self.batch_search: tuple[tuple[int, int | None, bool], ...] = ()
-        self.policy = _PlanPolicy(self._choices)
+        self.policy = _PlanPolicy(self._choices, policy)
 
     @property
     def model(self) -> nn.Module:
@@ -319,19 +320,19 @@ def _key(info: SavedInfo) -> tuple:
 
 
 class _PlanPolicy(Policy):
-    """``Policy.auto``'s setting for the tensors the plan compresses, "keep" for the rest (and
-    for what ``torch.utils.checkpoint`` recomputes from)."""
+    """``policy``'s setting (``plan``'s, default ``Policy.auto()``) for the tensors the plan
+    compresses, "keep" for the rest (and for what ``torch.utils.checkpoint`` recomputes from)."""
 
-    def __init__(self, choices: dict[tuple, bool]):
-        self._auto = Policy.auto()
-        super().__init__(self._auto.rules, default=self._auto.default or "keep",
-                         min_bytes=self._auto.min_bytes)
+    def __init__(self, choices: dict[tuple, bool], policy: Policy):
+        self._base = policy
+        super().__init__(policy.rules, default=policy.default or "keep",
+                         min_bytes=policy.min_bytes)
         self.choices = choices
 
     def __call__(self, info: SavedInfo):
         if info.context == "checkpoint" or not self.choices.get(_key(info), False):
             return None
-        return self._auto(info)
+        return self._base(info)
 
     def __repr__(self) -> str:
         return f"<plan policy: {sum(self.choices.values())} of {len(self.choices)} compressed>"
@@ -523,7 +524,7 @@ def _session_step(model, inputs, loss_fn, regions, device, *, between=None):
     return profiler
 
 
-def _profile(model, inputs, loss_fn, device):
+def _profile(model, inputs, loss_fn, device, policy: Policy):
     """The saved tensors, the regions and the profiled step's memory per marker segment (see
     the module docstring)."""
     regions = _regions(model)
@@ -533,7 +534,7 @@ def _profile(model, inputs, loss_fn, device):
         for rec in session.records():
             setting, stored, resident, seconds = "keep", rec.raw_bytes, rec.raw_bytes, 0.0
             t = rec.tensor
-            codec = (Policy.auto()(rec.info) if t is not None and is_dense(t)
+            codec = (policy(rec.info) if t is not None and is_dense(t)
                      and rec.info.op != "parameter" else None)
             extra = (0, 0)
             if codec is not None:
@@ -878,9 +879,9 @@ def _restored(model: nn.Module):
             p.grad = grads[n]
 
 
-def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries, peak):
+def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries, peak, policy):
     """The plan for one batch size, and the smallest predicted peak of any plan."""
-    tensors, regions, segments = _profile(model, inputs, loss_fn, device)
+    tensors, regions, segments = _profile(model, inputs, loss_fn, device, policy)
     baseline = _step_peak(model, inputs, loss_fn, peak)
     pm = _Model(tensors, regions, segments)
     peak_of = pm.cost(peak)
@@ -893,7 +894,7 @@ def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries, peak
         if chosen is None:
             smallest_bytes = smallest_peak
             if verify:  # the prediction may be off: what the smallest plan really peaks at
-                p = _build(model, pm, smallest, budget, baseline, inputs, peak)
+                p = _build(model, pm, smallest, budget, baseline, inputs, peak, policy)
                 p.measured_peak = smallest_bytes = _measure(p, model, inputs, loss_fn, device)
                 if smallest_bytes <= budget:
                     return p, smallest_peak
@@ -904,7 +905,7 @@ def _plan_one(model, inputs, budget, loss_fn, device, allow, verify, tries, peak
                 f"{'measured' if verify else 'predicted'}) with every tensor at its smallest "
                 f"setting; pass budget_bytes >= {smallest_bytes} or a smaller batch",
                 smallest_feasible_bytes=smallest_bytes)
-        p = _build(model, pm, chosen, budget, baseline, inputs, peak)
+        p = _build(model, pm, chosen, budget, baseline, inputs, peak, policy)
         if not verify:
             return p, smallest_peak
         p.measured_peak = _measure(p, model, inputs, loss_fn, device)
@@ -960,7 +961,8 @@ def _measure(p: Plan, model, inputs, loss_fn, device) -> int:
                       lambda: offload(plan=p, device=device, workers=0))
 
 
-def _build(model, pm: _Model, chosen, budget, baseline, inputs, peak: str) -> Plan:
+def _build(model, pm: _Model, chosen, budget, baseline, inputs, peak: str,
+           policy: Policy) -> Plan:
     compressed, recomputed = chosen
     after, exact = pm.after(compressed, recomputed)
     entries, choices = [], {}
@@ -988,14 +990,14 @@ def _build(model, pm: _Model, chosen, budget, baseline, inputs, peak: str) -> Pl
                 choices=choices, budget_bytes=budget, peak=peak,
                 predicted_peak=pm.cost(peak)(compressed, recomputed),
                 baseline_peak=baseline, batch_size=_batch_of(inputs),
-                added_s=pm.seconds(compressed, recomputed))
+                added_s=pm.seconds(compressed, recomputed), policy=policy)
 
 
 def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
          batch_sizes: Sequence[int] | None = None,
          loss_fn: Callable[[object], torch.Tensor] | None = None, device="ref",
          allow: Sequence[str] = ("compress", "recompute"), verify: bool = True,
-         tries: int = 3, peak: str = "step") -> Plan:
+         tries: int = 3, peak: str = "step", policy: Policy | None = None) -> Plan:
     """Choose per saved tensor keep / compress / recompute so that a training step of
     ``model(example_inputs)`` peaks at no more than ``budget_bytes`` at the least added time
     (module docstring).
@@ -1008,6 +1010,10 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
     ``_Model.saved_peak``.
 
     ``loss_fn(output)``: the step's loss (default: the mean square of the output).
+    ``policy``: the setting a compressed tensor gets (default ``Policy.auto()``; e.g. an
+    ``AdaptivePolicy`` after ``calibrate``, whose measured settings compress further where
+    the gradients allow). The plan keeps using it: its later calibrations change what the
+    plan's compressed tensors get, not what the plan compresses.
     ``allow``: which changes the planner may make ("compress", "recompute"). ``verify``:
     measure the chosen plan's peak (``Plan.measured_peak``) and plan again if it is over the
     budget (``tries`` plans at most). ``batch_sizes``: plan for each batch size (the inputs
@@ -1028,10 +1034,13 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
     if peak not in ("step", "saved"):
         raise ValueError(f"peak: expected 'step' or 'saved', got {peak!r}")
     loss_fn = loss_fn or mean_square_loss
+    policy = policy if policy is not None else Policy.auto()
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy: expected an actpack.Policy, got {type(policy).__name__}")
     with _restored(model):
         if not batch_sizes:
             p, _ = _plan_one(model, example_inputs, budget_bytes, loss_fn, device, allow,
-                             verify, tries, peak)
+                             verify, tries, peak, policy)
             return p
         sizes = sorted(set(batch_sizes))
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
@@ -1040,7 +1049,7 @@ def plan(model: nn.Module, example_inputs, *, budget_bytes: int,
         for b in sizes:
             try:
                 p, smallest = _plan_one(model, _resize(example_inputs, b), budget_bytes,
-                                        loss_fn, device, allow, verify, tries, peak)
+                                        loss_fn, device, allow, verify, tries, peak, policy)
             except BudgetError as exc:
                 search.append((b, exc.smallest_feasible_bytes, False))
                 error = error or exc

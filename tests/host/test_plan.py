@@ -183,6 +183,18 @@ def test_a_compressing_plan_keeps_the_gradients_close():
     assert check.min_cosine >= 0.99 and check.rel_l2 <= 0.05, (check.worst, check.min_cosine)
 
 
+def test_a_plan_compresses_with_the_policy_it_is_given():
+    model = digits_cnn(seed=0)
+    policy = actpack.Policy.auto(values="eb:0.01")
+    budget = _smallest(model, allow=("compress",), policy=policy)
+    p = actpack.plan(model, X, budget_bytes=budget, loss_fn=loss_fn, allow=("compress",),
+                     policy=policy)
+    choices = {e.choice for e in p.entries}
+    assert "eb:0.01" in choices and "sfpr8:3.96875" not in choices  # auto's "values"
+    with pytest.raises(TypeError, match="policy"):
+        actpack.plan(model, X, budget_bytes=budget, policy="auto")
+
+
 def test_the_batch_size_search_returns_the_largest_that_fits():
     model = digits_cnn(seed=0)
     at_32 = actpack.plan(model, X, budget_bytes=1 << 40, loss_fn=loss_fn).baseline_peak
