@@ -45,8 +45,8 @@ _F16_MAX = np.float32(65504.0)
 _BF16_MAX = np.float32(spec.DType.BFLOAT16.max_finite)
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 
-# mask bytes + width nibbles + 8 groups of at most 15 bytes, + 3 bytes _put may overshoot
-SCRATCH = 8 + 4 + 120 + 3
+# mask bytes + width nibbles + 8 groups of at most 15 bytes, + 16 bytes _put_group may overshoot
+SCRATCH = 8 + 4 + 120 + 16
 
 # Decoder error codes -> (check of docs/format.md 10, message) (0 = fine).
 DECODE_ERRORS = {
@@ -366,19 +366,32 @@ def _eb_quantize(x, scale, inv, error_bound, dtype, limit, q):
 
 
 @njit(cache=True)
-def _put(out, pos, acc, nbits, code, w):
-    """Append ``w``-bit ``code`` to the little-endian bit stream at ``out[pos]`` (``acc`` holds
-    ``nbits`` < 8 pending bits). Branch-free: the three bytes that can hold the bits are stored
-    every time (later stores rewrite the partial one), then the whole bytes are stepped over, so
-    up to 3 bytes past the stream's end are written (scratch rows have room). Returns the new
-    (pos, acc, nbits); the last partial byte is already in ``out``."""
-    acc |= code << nbits
-    nbits += w
-    out[pos] = acc & 0xFF
-    out[pos + 1] = (acc >> 8) & 0xFF
-    out[pos + 2] = (acc >> 16) & 0xFF
-    whole = nbits >> 3
-    return pos + whole, acc >> (8 * whole), nbits & 7
+def _store_u64(out, pos, v):
+    """``out[pos:pos + 8]`` = the uint64 ``v``, little-endian (byte stores LLVM merges)."""
+    for j in range(8):
+        out[pos + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
+
+
+@njit(cache=True)
+def _put_group(out, pos, codes, k0, cnt, w):
+    """Write ``codes[k0:k0 + cnt]`` (``cnt`` <= 8 codes, each below 2**``w``, ``w`` <= 15) as a
+    ``w``-bit little-endian bit stream at byte ``pos`` of ``out``; return the byte after it.
+
+    Every group of both entropy codes starts on a byte boundary (8 codes of ``w`` bits are ``w``
+    bytes; only a block's last group is shorter), so a group is packed on its own, without a
+    bit cursor: codes 0-3 and 4-7 into two 60-bit halves, joined into two words stored whole.
+    16 bytes are written every time, up to 16 past the group's end (scratch rows have room;
+    later groups overwrite them)."""
+    lo = np.uint64(0)
+    hi = np.uint64(0)
+    for i in range(4):
+        sh = np.uint64(i * w)
+        lo |= np.uint64(codes[k0 + i] if i < cnt else 0) << sh
+        hi |= np.uint64(codes[k0 + 4 + i] if 4 + i < cnt else 0) << sh
+    h = np.uint64(4 * w)  # bits in ``lo``, <= 60
+    _store_u64(out, pos, lo | (hi << h))
+    _store_u64(out, pos + 8, (hi >> np.uint64(1)) >> (np.uint64(63) - h))  # hi >> (64 - h)
+    return pos + (cnt * w + 7) // 8
 
 
 @njit(cache=True)
@@ -387,7 +400,8 @@ def _code(sym, with_values, raw_len, out, codes):
     CODED, neither when longer than ``raw_len`` or too wide for a width nibble. Both lengths are
     computed before any byte is written, so only the winner is packed. Returns (kind, mask
     bytes, length); kind as in the index (0 zero, 1 coded, 2 raw, 3 dense). ``codes`` is scratch
-    space (64 int64)."""
+    space (2 x 64 int64: the CODED codes of the nonzero values, the DENSE code of every value)."""
+    sparse, dense = codes[0], codes[1]
     n = 0
     last = 0
     mask = np.uint64(0)
@@ -401,12 +415,13 @@ def _code(sym, with_values, raw_len, out, codes):
             v = sym[k]
             a = abs(v)
             s = 1 if v < 0 else 0
-            o |= 2 * a - s  # the DENSE code
+            dense[k] = 2 * a - s
+            o |= 2 * a - s
             # Branch-free (zeros are unpredictable): the CODED code is always stored and kept
             # only when v != 0 (the next store overwrites it otherwise).
             nz = v != 0
             mask |= np.uint64(nz) << np.uint64(k)
-            codes[n] = 2 * (a - 1) + s
+            sparse[n] = 2 * (a - 1) + s
             n += nz
             last = k if nz else last
         w = _bit_length(o)
@@ -429,7 +444,7 @@ def _code(sym, with_values, raw_len, out, codes):
         hi = min(8 * g + 8, n)
         o = 0
         for i in range(8 * g, hi):
-            o |= codes[i]
+            o |= sparse[i]
         w = _bit_length(o)
         wide |= w > _WIDTH_MAX
         widths |= (w & 15) << (4 * g)
@@ -439,11 +454,9 @@ def _code(sym, with_values, raw_len, out, codes):
     if not dense_wide and dense_len <= raw_len and (not sparse_ok or dense_len < sparse_len):
         for j in range(4):
             out[j] = (dense_widths >> (8 * j)) & 0xFF
-        pos, acc, nb = 4, 0, 0
-        for k in range(64):
-            v = sym[k]
-            pos, acc, nb = _put(out, pos, acc, nb, 2 * abs(v) - (1 if v < 0 else 0),
-                                (dense_widths >> (4 * (k // 8))) & 15)
+        pos = 4
+        for g in range(8):
+            pos = _put_group(out, pos, dense, 8 * g, 8, (dense_widths >> (4 * g)) & 15)
         return 3, 1, dense_len
     if not sparse_ok:
         return 2, 1, raw_len
@@ -451,9 +464,9 @@ def _code(sym, with_values, raw_len, out, codes):
         out[j] = (mask >> np.uint64(8 * j)) & np.uint64(0xFF)
     for j in range(wbytes):
         out[mb + j] = (widths >> (8 * j)) & 0xFF
-    pos, acc, nb = mb + wbytes, 0, 0
-    for i in range(n):
-        pos, acc, nb = _put(out, pos, acc, nb, codes[i], (widths >> (4 * (i // 8))) & 15)
+    pos = mb + wbytes
+    for g in range(ngroups):
+        pos = _put_group(out, pos, sparse, 8 * g, min(8, n - 8 * g), (widths >> (4 * g)) & 15)
     return 1, mb, sparse_len
 
 
@@ -469,7 +482,7 @@ def _encode_range(flat, geo, b0, b1, dtype, mode, scale_blk, inv_blk, table, err
     x = np.empty(64, np.float32)
     sym = np.empty(64, np.int64)
     work = np.empty(64, np.int64)
-    codes = np.empty(64, np.int64)
+    codes = np.empty((2, 64), np.int64)
     recip = 1.0 / table.astype(np.float64)
     eo = np.empty(8, np.int64)
     for b in range(b0, b1):
@@ -540,7 +553,7 @@ def _eb2_encode_range(flat, geo, by_n, bx_n, p0, p1, dtype, scale, inv, error_bo
     bits = np.empty(64, np.uint32)
     x = np.empty(64, np.float32)
     sym = np.empty(64, np.int64)
-    codes = np.empty(64, np.int64)
+    codes = np.empty((2, 64), np.int64)
     top = np.empty(9, np.int64)
     for p in range(p0, p1):
         for by in range(by_n):
@@ -816,26 +829,36 @@ def _decode_range(data, kind, mbs, length, offsets, b0, b1, mode, dtype, inv_blk
 # to the generic path's (the backend tests run both).
 
 
+@njit(cache=True)
+def _mask_byte(v, top):
+    """Bit of one value in a mask byte: 1 for 0 < x, i.e. 0 < bits <= ``top``; one unsigned
+    compare (the bits of zero wrap to the largest value), no branch."""
+    return np.uint32(np.uint32(v) - np.uint32(1) < top)
+
+
 @njit(cache=True, nogil=True)
 def _mask_encode_range(flat, geo, b0, b1, dtype, rows, mbs, length):
-    """Mask bytes of blocks b0..b1-1 into ``rows`` (8 per block), with their trimmed length."""
+    """Mask bytes of blocks b0..b1-1 into ``rows`` (8 per block), with their trimmed length.
+    Blocks inside the tensor are read row by row from ``flat`` (no block copy); edge blocks go
+    through ``_load_bits``."""
     top = _positive_limit(dtype)
     src = np.empty(64, np.int64)
     cur = np.full(4, -1, np.int64)  # see _block_origin
     dst = np.empty(64, np.int64)
     bits = np.empty(64, np.uint32)
     for b in range(b0, b1):
-        _load_bits(flat, geo, b, bits, src, dst, cur)
+        full, o, s = _interior(b, geo, cur)
+        if not full:
+            _load_bits(flat, geo, b, bits, src, dst, cur)
+        mb = 0
         for i in range(8):
-            byte = 0
+            r = np.uint64(o + i * s)  # unsigned: no negative-index fix-up per element
+            byte = np.uint32(0)
             for j in range(8):
-                v = bits[8 * i + j]
-                if v != 0 and v <= top:
-                    byte |= 1 << j
+                v = flat[r + np.uint64(j)] if full else bits[8 * i + j]
+                byte |= _mask_byte(v, top) << np.uint32(j)
             rows[b, i] = byte
-        mb = 8
-        while mb > 0 and rows[b, mb - 1] == 0:
-            mb -= 1
+            mb = i + 1 if byte else mb
         mbs[b] = max(mb, 1)
         length[b] = mb
 
@@ -849,7 +872,8 @@ def _mask_assemble_range(rows, length, offsets, b0, b1, payload):
 
 @njit(cache=True, nogil=True)
 def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, errors):
-    """Decode mask blocks b0..b1-1 (kinds ZERO and CODED only) into ``out``."""
+    """Decode mask blocks b0..b1-1 (kinds ZERO and CODED only) into ``out``: blocks inside the
+    tensor written row by row straight into ``out``, edge blocks through ``_store_bits``."""
     one = _from_f32(np.float32(1.0), dtype)
     src = np.empty(64, np.int64)
     cur = np.full(4, -1, np.int64)  # see _block_origin
@@ -865,11 +889,18 @@ def _mask_decode_range(data, mbs, length, offsets, b0, b1, dtype, geo, out, erro
             if n != mb:
                 errors[b] = 4
                 continue
+        full, at, s = _interior(b, geo, cur)
         for i in range(8):
-            byte = data[o + i] if i < n else 0
+            byte = np.uint32(data[o + i]) if i < n else np.uint32(0)
+            r = np.uint64(at + i * s)
             for j in range(8):
-                row[8 * i + j] = one if byte >> j & 1 else 0
-        _store_bits(out, geo, b, row, src, dst, cur)
+                v = one * ((byte >> np.uint32(j)) & np.uint32(1))  # branch-free
+                if full:
+                    out[r + np.uint64(j)] = v
+                else:
+                    row[8 * i + j] = v
+        if not full:
+            _store_bits(out, geo, b, row, src, dst, cur)
 
 
 def mask_encode_blocks(flat, geo, nb, dtype, threads=1):
