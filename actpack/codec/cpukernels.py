@@ -127,11 +127,11 @@ def _from_f32(v, dtype):
 
 @njit(cache=True, inline="always")
 def _sfpr(x, scale, limit):
-    if not np.isfinite(x):
-        return 0
-    q = np.floor(abs(np.float64(x)) * scale + 0.5)
-    q = min(q, np.float64(limit))
-    return -np.int64(q) if x < 0 else np.int64(q)
+    """SFPR of one value: round(|x| * scale) saturated to ``limit``, with x's sign; 0 for a
+    non-finite x. Branch-free (selects), so the loops over a block vectorize."""
+    a = abs(np.float64(x)) if np.isfinite(x) else 0.0
+    q = np.int64(min(np.floor(a * scale + 0.5), np.float64(limit)))
+    return -q if x < 0 else q
 
 
 @njit(cache=True, inline="always")
@@ -409,28 +409,33 @@ def _code(sym, with_values, raw_len, out, codes):
     bytes, length); kind as in the index (0 zero, 1 coded, 2 raw, 3 dense). ``codes`` is scratch
     space (2 x 64 int64: the CODED codes of the nonzero values, the DENSE code of every value)."""
     sparse, dense = codes[0], codes[1]
+    # Every value's two codes, the mask, the count and the last nonzero position: no
+    # loop-carried state but reductions, so the loop vectorizes (zeros are unpredictable).
     n = 0
     last = 0
     mask = np.uint64(0)
+    for k in range(64):
+        v = sym[k]
+        a = abs(v)
+        s = 1 if v < 0 else 0
+        nz = v != 0
+        dense[k] = 2 * a - s
+        sparse[k] = 2 * (a - 1) + s  # the CODED code, kept for nonzero values below
+        mask |= np.uint64(nz) << np.uint64(k)
+        n += nz
+        last = max(last, k if nz else 0)
+    if n < 64:  # CODED codes of the nonzero values only, in order (in place: j <= k)
+        j = 0
+        for k in range(64):
+            sparse[j] = sparse[k]
+            j += sym[k] != 0
     dense_widths = 0
     dense_len = 4
     dense_wide = False
     for g in range(8):
         o = 0
         for i in range(8):
-            k = 8 * g + i
-            v = sym[k]
-            a = abs(v)
-            s = 1 if v < 0 else 0
-            dense[k] = 2 * a - s
-            o |= 2 * a - s
-            # Branch-free (zeros are unpredictable): the CODED code is always stored and kept
-            # only when v != 0 (the next store overwrites it otherwise).
-            nz = v != 0
-            mask |= np.uint64(nz) << np.uint64(k)
-            sparse[n] = 2 * (a - 1) + s
-            n += nz
-            last = k if nz else last
+            o |= dense[8 * g + i]
         w = _bit_length(o)
         dense_wide |= w > _WIDTH_MAX
         dense_widths |= (w & 15) << (4 * g)
