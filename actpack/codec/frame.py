@@ -199,8 +199,8 @@ class Header:
         ]
         if self.mode is Mode.DCT:
             parts.append(np.asarray(self.table, dtype=np.uint8).tobytes())
-        parts += [SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent, inverse=s.inverse)
-                  for s in self.scales]
+        # the record's struct directly (its fields in order): a layer has a record per channel
+        parts += [SCALE_RECORD.struct.pack(s.mantissa, s.exponent, s.inverse) for s in self.scales]
         body = b"".join(parts)
         body += struct.pack("<I", crc32c_of(body))
         return body + bytes(_align(len(body)) - len(body))

@@ -100,9 +100,12 @@ def _scale_arrays(header: Header, groups: np.ndarray) -> tuple[np.ndarray, np.nd
         return np.zeros(len(groups)), np.zeros(len(groups), np.float32)
     if header.mode.error_bounded:
         groups = np.zeros_like(groups)
-    value = np.array([s.value for s in header.scales], dtype=np.float64)[groups]
-    inverse = np.array([s.inverse for s in header.scales], dtype=np.float32)[groups]
-    return value, inverse
+    # Scale.value and Scale.inverse for every record at once (a layer has a record per channel):
+    # the same IEEE operations (exact ldexp, a float64 division, rounding to float32).
+    n = len(header.scales)
+    value = np.ldexp(np.fromiter((s.mantissa for s in header.scales), np.float64, n),
+                     np.fromiter((s.exponent for s in header.scales), np.int32, n))
+    return value[groups], (1.0 / value).astype(np.float32)[groups]
 
 
 def _table(header: Header) -> np.ndarray:
