@@ -27,11 +27,11 @@ module MULT18X18D #(
     input CLK0, CE0, CE1, CE2, CE3, RST0, RST1, RST2, RST3,
     output P35, P34, P33, P32, P31, P30, P29, P28, P27, P26, P25, P24, P23, P22, P21, P20, P19, P18, P17, P16, P15, P14, P13, P12, P11, P10, P9, P8, P7, P6, P5, P4, P3, P2, P1, P0
 );
-    function automatic integer pick(input [8 * 4 - 1:0] name);  // "CE2" -> 2, "RST3" -> 3
-        pick = name[7:0] - "0";
+    function automatic [1:0] pick(input [8 * 4 - 1:0] name);  // "CE2" -> 2, "RST3" -> 3
+        pick = name[1:0];  // the last character, "0".."3" (0x30..0x33)
     endfunction
 
-    function automatic integer clocked(input [8 * 4 - 1:0] name);  // 1: "CLK0", 0: "NONE"
+    function automatic clocked(input [8 * 4 - 1:0] name);  // 1: "CLK0", 0: "NONE"
         clocked = name == "CLK0";
     endfunction
 
