@@ -16,7 +16,8 @@ from actpack.codec import spec
 from actpack.codec.tables import resolve_table
 
 from .dct import COEF, ORDERS, CoefRow, N, block_order
-from .sfpr import DSP_WIDTH, Pipeline
+from .dsp import DSP_WIDTH
+from .sfpr import Pipeline
 
 __all__ = [
     "ENTRY",
@@ -169,16 +170,15 @@ class Quantizer(wiring.Component):
             # Every stored word is reciprocal(Q): above bit 17 at most one bit is set (2**20 for
             # Q = 1, 2**19 for Q = 2, 2**18 for some Q >= 3), so that part of the product is a
             # shifted copy of |y| (an AND-OR, no adder) and one MULT18X18D takes the rest.
-            # The MULT18X18D's operands get registers of their own (their only load), placed
-            # beside it: its ports are ~2 ns of routing from the fabric, and with the AND-OR
-            # also loading ``mag``/``recip`` the path through it was the engine's slowest.
-            dsp_a = p.reg(recip[:DSP_WIDTH], f"dsp_a_{u}")
-            dsp_b = p.reg(mag, f"dsp_b_{u}")
+            # The MULT18X18D's operands get registers of their own (``Pipeline.product``: the
+            # DSP's input registers on ECP5): its ports are ~2 ns of routing from the fabric,
+            # and with the AND-OR also loading ``mag``/``recip`` the path was the engine's
+            # slowest.
+            lo = p.product(recip[:DSP_WIDTH], mag, f"lo_{u}")
             hi = 0
             for b in range(DSP_WIDTH, RECIP.width):
                 hi = hi | Mux(recip[b], mag << (b - DSP_WIDTH), 0)
             hi = p.delay(hi, f"hi_{u}", 2)
-            lo = p.reg(dsp_a * dsp_b, f"lo_{u}")
             quo = p.reg(((lo + (hi << DSP_WIDTH)) >> RECIP_SHIFT)[:COEF.width], f"quo_{u}")
             with m.If(p.en):
                 m.d.sync += o.payload[u].eq(Mux(neg, -quo, quo))
@@ -228,11 +228,11 @@ class Dequantizer(wiring.Component):
             q = i.payload[u]
             neg = p.delay(q < 0, f"neg_{u}", self.LATENCY - 1)
             zero = p.delay(q == 0, f"zero_{u}", self.LATENCY - 1)
-            odd = p.reg((abs(q) << 1) + 1, f"odd_{u}")  # 2|q| + 1 <= 2**16 + 1: 17 bits
-            step = p.reg(steps[u], f"step_{u}")
-            rec = Signal(range(rec_max + 1), name=f"rec_{u}")
-            m.d.comb += rec.eq((odd * step) >> 1)
-            rec2 = p.reg(rec, f"rec2_{u}")
+            odd = (abs(q) << 1) + 1  # 2|q| + 1 <= 2**16 + 1: 17 bits
+            # (2|q| + 1) Q: operands and product registered (the MULT18X18D's own on ECP5)
+            prod = p.product(odd[:17], steps[u], f"rec_{u}")
+            rec2 = Signal(range(rec_max + 1), name=f"rec2_{u}")
+            m.d.comb += rec2.eq(prod >> 1)
             sat = p.reg(Mux(rec2 > cmax, cmax, rec2), f"sat_{u}")
             with m.If(p.en):
                 m.d.sync += o.payload[u].eq(Mux(zero, 0, Mux(neg, -sat, sat)))

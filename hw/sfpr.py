@@ -27,6 +27,8 @@ from amaranth.lib.wiring import In, Out
 from actpack.codec import spec
 from actpack.codec.spec import DType
 
+from .dsp import DSP_WIDTH, RegisteredMultiply
+
 __all__ = [
     "BOUND_WINDOW",
     "SCALE_EXP",
@@ -277,6 +279,18 @@ class Pipeline:
             value = self.reg(value, f"{name}_d{s}")
         return value
 
+    def product(self, a, b, name: str, *, stages: int = 2):
+        """``a * b`` (at most 18 bits each) ``stages`` stages later: with ``stages=2`` the
+        operands registered, then their product; with 1 the product only. A
+        ``dsp.RegisteredMultiply`` (submodule ``name``): on ECP5 one MULT18X18D holding these
+        registers itself, so no fabric register sits 20-30 rows from it (the engines' limit
+        when the registers were the fabric's)."""
+        a, b = Value.cast(a), Value.cast(b)
+        mul = RegisteredMultiply(a.shape(), b.shape(), stages=stages)
+        self.m.submodules[name] = mul
+        self.m.d.comb += [mul.a.eq(a), mul.b.eq(b), mul.en.eq(self.en)]
+        return mul.p
+
 
 def _decode(m: Module, bits, fmt: FloatFormat, name: str):
     """(sign, M, E, nonfinite) signals of a raw bit pattern."""
@@ -307,16 +321,12 @@ def _rne(m: Module, value, sh, out_shape, name: str):
     return floor + (guard & (sticky | floor[0]))
 
 
-# Ref: Lattice FPGA-TN-02205 (ECP5 sysDSP), MULT18X18D: one 18 x 18-bit multiplier per block.
-DSP_WIDTH = 18
-
-
-def _partial_products(p: Pipeline, a, b, name: str):
-    """One stage: the products of ``b`` by ``a``'s 18-bit slices, each registered (one
-    MULT18X18D each where ``b`` fits 18 bits) as ``(offset, product)``. Their sum
+def _partial_products(p: Pipeline, a, b, name: str, *, stages: int):
+    """The products of ``b`` (at most 18 bits) by ``a``'s 18-bit slices as ``(offset, product)``,
+    ``stages`` stages later (``Pipeline.product``: one MULT18X18D each). Their sum
     (``_sum_products``) is the next stage: the adder joining them would otherwise follow the
     multipliers' delay in the same cycle."""
-    return [(lo, p.reg(a[lo:lo + DSP_WIDTH] * b, f"{name}_pp{lo}"))
+    return [(lo, p.product(a[lo:lo + DSP_WIDTH], b, f"{name}_pp{lo}", stages=stages))
             for lo in range(0, len(a), DSP_WIDTH)]
 
 
@@ -338,25 +348,24 @@ def _dsp_product(p: Pipeline, a, b, name: str):
     """``a * b`` (both unsigned, at most 36 bits) registered after ``_product_stages(wide)``
     stages, ``wide`` when ``b`` is over 18 bits; each stage one MULT18X18D or one carry chain.
 
-    1: both operands registered again, their only load the multipliers, so that nextpnr places
-    them beside the MULT18X18D (its ports are ~2 ns of routing from the fabric, and its
-    combinational product takes ~3 ns of the cycle: an operand register far away missed
-    150 MHz). 2: the products of 18-bit slices of both operands (one MULT18X18D each: a slice
-    product never needs the adders yosys adds after a DSP for a wider operand). ``wide`` only:
-    3 the two sums that need no carry between them, the outer products side by side and the
-    inner ones (both at 18) added. Last: their sum."""
+    1 and 2: the products of 18-bit slices of both operands (one MULT18X18D each: a slice
+    product never needs the adders yosys adds after a DSP for a wider operand), operands and
+    products registered (``Pipeline.product``: inside the MULT18X18D on ECP5; as fabric
+    registers nextpnr placed them 20-30 rows away, and the ~3 ns product with ~2 ns of routing
+    to and from the DSP missed 150 MHz). ``wide`` only: 3 the two sums that need no carry between
+    them, the outer products side by side and the inner ones (both at 18) added. Last: their
+    sum."""
     assert len(a) <= 2 * DSP_WIDTH and len(b) <= 2 * DSP_WIDTH
-    a = p.reg(a, f"{name}_dsp_a")
-    b = p.reg(b, f"{name}_dsp_b")
     width = len(a) + len(b)
     if len(b) <= DSP_WIDTH:
-        return p.reg(_sum_products(_partial_products(p, a, b, name), width), f"{name}_prod")
+        parts = _partial_products(p, a, b, name, stages=2)
+        return p.reg(_sum_products(parts, width), f"{name}_prod")
     lo = DSP_WIDTH
     assert len(a) > lo, "wide: both operands over 18 bits (a is r's 24-bit significand)"
-    ll = p.reg(a[:lo] * b[:lo], f"{name}_pp_ll")
-    lh = p.reg(a[:lo] * b[lo:], f"{name}_pp_lh")
-    hl = p.reg(a[lo:] * b[:lo], f"{name}_pp_hl")
-    hh = p.reg(a[lo:] * b[lo:], f"{name}_pp_hh")
+    ll = p.product(a[:lo], b[:lo], f"{name}_pp_ll")
+    lh = p.product(a[:lo], b[lo:], f"{name}_pp_lh")
+    hl = p.product(a[lo:], b[:lo], f"{name}_pp_hl")
+    hh = p.product(a[lo:], b[lo:], f"{name}_pp_hh")
     outer = p.reg(Cat(ll, hh), f"{name}_outer")  # ll < 2**36: no carry into hh's bits
     inner = p.reg(lh + hl, f"{name}_inner")
     return p.reg((outer + (inner << lo))[:width], f"{name}_prod")
@@ -542,7 +551,7 @@ class FloatToFixed(wiring.Component):
             zero = p.delay(nonfinite | (sig == 0), f"zero_{u}", self.LATENCY - 1)
             # stage 1: the partial products of P = M * m, and k + bias' = max(field, 1) + e
             # (E = max(field, 1) - bias', bias' = bias + frac_bits: one carry chain a stage)
-            parts = _partial_products(p, sig, i.payload.scale.m, f"p{u}")
+            parts = _partial_products(p, sig, i.payload.scale.m, f"p{u}", stages=1)
             expf = i.payload.x[u][fmt.frac_bits:fmt.width - 1]
             kb = p.reg(Mux(expf == 0, 1, expf) + i.payload.scale.e, f"kb_{u}")
             # stage 2: P; the shift sh = clip(-k, 0, span); k >= 0 saturates

@@ -3,7 +3,9 @@ ECP5 (LFE5UM5G-85F, CABGA381, speed 8) with Yosys and nextpnr from their YoWASP 
 (``pip install -e .[synth]``), optionally Artix-7 area from Yosys' ``synth_xilinx``.
 
 ``synthesize(component, name=...)`` elaborates the component to RTLIL (``top``, no source
-attributes), runs ``read_rtlil; proc; splitnets; synth_ecp5 -abc9 -top top`` (``proc;
+attributes) with ``OUT_OF_CONTEXT_ECP5`` as its platform (so that ``dsp.RegisteredMultiply``
+becomes a MULT18X18D with its own registers; the Artix-7 run elaborates it again with none),
+runs ``read_rtlil; proc; splitnets; synth_ecp5 -abc9 -top top`` (``proc;
 splitnets`` first: YosysHQ/yosys#4349) and ``nextpnr-ecp5 --out-of-context --timing-allow-fail
 --freq 150`` (no pins: the ports stay unplaced, so no I/O limit applies) and returns a
 ``SynthResult``: cell counts from ``stat -json``, LUT4 total from nextpnr's log, Fmax from the
@@ -55,6 +57,7 @@ __all__ = [
     "BUILD_ROOT",
     "ECP5_PART",
     "FREQ_MHZ",
+    "OUT_OF_CONTEXT_ECP5",
     "SynthInterrupted",
     "SynthResult",
     "ToolchainMissing",
@@ -86,6 +89,18 @@ _ECP5_SCRIPT = (f"{_FRONT}; synth_ecp5 -abc9 -top top -json top.json; "
                 "tee -q -o stat.json stat -json; stat")
 _XC7_SCRIPT = (f"{_FRONT}; synth_xilinx -family xc7 -flatten -top top; "
                "tee -q -o stat.json stat -json; stat")
+
+
+class _OutOfContextECP5:
+    """The ``platform`` the designs' ``elaborate`` receives here: no pins, clocks or build, only
+    the family, which is what ``dsp.uses_ecp5_dsp`` reads (ECP5 primitives with their own
+    registers; Amaranth's ``LatticePlatform`` has the same ``family`` for an LFE5 device)."""
+
+    family = "ecp5"
+
+
+#: The platform of the ECP5 runs (``_OutOfContextECP5``).
+OUT_OF_CONTEXT_ECP5 = _OutOfContextECP5()
 
 
 class ToolchainMissing(RuntimeError):
@@ -410,7 +425,7 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
 
     if isinstance(component, type) or not hasattr(component, "elaborate"):
         component = component()  # a factory: elaborated here, inside the time limit
-    text = rtlil.convert(component, name="top", emit_src=False)
+    text = rtlil.convert(component, name="top", platform=OUT_OF_CONTEXT_ECP5, emit_src=False)
     versions = tool_versions()
     folder = BUILD_ROOT / f"{_safe(name)}-{_key(text, False, versions)}"
     stored = None if force else _load(folder, timeout)
@@ -427,12 +442,13 @@ def synthesize(component, *, name: str, timeout: float = 3600.0, xilinx: bool = 
         result.seconds = round(time.monotonic() - start, 1)
         _store(folder, result.to_json())
     if xilinx and result.status != "timeout":
-        xfolder = BUILD_ROOT / f"{_safe(name)}-{_key(text, True, versions)}"
+        xtext = rtlil.convert(component, name="top", emit_src=False)  # no ECP5 primitives
+        xfolder = BUILD_ROOT / f"{_safe(name)}-{_key(xtext, True, versions)}"
         stored = None if force else _load(xfolder, timeout)
         if stored is not None:
             result.xilinx = {**stored, "cached": True}
         else:
-            _fresh(xfolder, text)
+            _fresh(xfolder, xtext)
             result.xilinx = {**_xc7(xfolder, tools, deadline, say), "limit_s": timeout}
             _store(xfolder, result.xilinx)
     return result

@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -258,10 +258,10 @@ def _icarus_time_zero(text: str) -> str:
 
 
 def _runner_build(directory: Path, verilog: Path, toplevel: str,
-                  runtime: Path | None = None) -> None:
+                  runtime: Path | None = None, sources=()) -> None:
     verilator_bin()
     _runner(runtime).build(
-        sources=[verilog],
+        sources=[verilog, *sources],
         hdl_toplevel=toplevel,
         build_dir=directory,
         build_args=list(_VERILATOR_ARGS),
@@ -290,27 +290,31 @@ def _runtime() -> Path:
     return directory
 
 
-def _compile(directory: Path, verilog: Path, toplevel: str) -> None:
-    """Verilate and compile ``verilog`` into ``directory`` with the shared run-time objects."""
-    _runner_build(directory, verilog, toplevel, runtime=_runtime())
+def _compile(directory: Path, verilog: Path, toplevel: str, sources=()) -> None:
+    """Verilate and compile ``verilog`` (and ``sources``) into ``directory`` with the shared
+    run-time objects."""
+    _runner_build(directory, verilog, toplevel, runtime=_runtime(), sources=sources)
 
 
 def build(factory: Callable[..., object], *, name: str,
           params: Mapping[str, object] | None = None, toplevel: str | None = None,
-          simulator: str | None = None) -> SimBuild:
+          simulator: str | None = None, sources: Sequence[Path] = ()) -> SimBuild:
     """Build ``factory(**params)`` (an Amaranth ``wiring.Component``) for simulation, once.
 
     ``name`` names the folder (``build/sim/<name>-<key>``); ``params`` must have a stable
     ``repr`` (numbers, strings, tuples, lists). ``toplevel`` is the Verilog module name
     (default: ``name`` made identifier-safe). ``simulator``: ``"verilator"`` or ``"icarus"``
-    (default: ``ACTPACK_SIM`` from the environment, else Verilator).
+    (default: ``ACTPACK_SIM`` from the environment, else Verilator). ``sources``: Verilog files
+    compiled beside the component's (models of the primitives its ``Instance`` cells name, e.g.
+    ``sim/mult18x18d.v``); their content is part of the key.
     """
     simulator = simulator or os.environ.get("ACTPACK_SIM", "verilator")
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator: expected one of {SIMULATORS}, got {simulator!r}")
     params = dict(params or {})
     toplevel = toplevel or re.sub(r"\W", "_", name).lower()
-    extra = []
+    models = [Path(f).resolve() for f in sources]
+    extra = list(models)
     module = sys.modules.get(getattr(factory, "__module__", ""), None)
     if module is not None and getattr(module, "__file__", None):
         extra.append(module.__file__)
@@ -334,9 +338,10 @@ def build(factory: Callable[..., object], *, name: str,
             text = _icarus_time_zero(text)
         (directory / f"{toplevel}.v").write_text(text)
         if simulator == "verilator":
-            _compile(directory, directory / f"{toplevel}.v", toplevel)
+            _compile(directory, directory / f"{toplevel}.v", toplevel, sources=models)
         else:
-            _icarus().build(sources=[directory / f"{toplevel}.v"], hdl_toplevel=toplevel,
+            _icarus().build(sources=[directory / f"{toplevel}.v", *models],
+                            hdl_toplevel=toplevel,
                             build_dir=directory, timescale=("1ns", "1ps"),
                             log_file=directory / "build.log")
         info = {"name": name, "toplevel": toplevel, "simulator": simulator,
