@@ -2,6 +2,7 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,12 +35,12 @@ class FakeCompiler(list):
 
     crash_next = False
 
-    def __call__(self, directory, verilog, toplevel):
+    def __call__(self, directory, verilog, toplevel, sources=()):
         if self.crash_next:
             self.crash_next = False
             (directory / "half-written.o").write_text("")
             raise RuntimeError("compiler crashed")
-        self.append((directory.name, verilog.read_text()))
+        self.append((directory.name, verilog.read_text(), [Path(p).name for p in sources]))
         time.sleep(0.3)  # long enough for a second caller to arrive and wait on the lock
 
 
@@ -79,6 +80,16 @@ def test_parameters_name_the_folder(fake_compiler):
     b = harness.build(Passthrough, name="pipe", params={"width": 9})
     assert a.directory != b.directory
     assert a.directory.name.startswith("pipe-") and len(fake_compiler) == 2
+
+
+def test_model_sources_are_compiled_and_keyed_by_content(fake_compiler, tmp_path):
+    model = tmp_path / "model.v"
+    model.write_text("module model; endmodule\n")
+    a = harness.build(Passthrough, name="pipe", params={"width": 8}, sources=[model])
+    assert fake_compiler[-1][2] == ["model.v"]
+    model.write_text("module model; wire w; endmodule\n")
+    b = harness.build(Passthrough, name="pipe", params={"width": 8}, sources=[model])
+    assert a.directory != b.directory and len(fake_compiler) == 2
 
 
 def test_failed_build_is_redone_from_scratch(fake_compiler):
