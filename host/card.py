@@ -49,6 +49,8 @@ from actpack.codec.frame import (
 from actpack.codec.spec import MAX_GROUPS, DType, Mode, geometry
 from actpack.errors import FrameError
 from actpack.hw.protocol import (
+    DESCRIPTOR_BYTES,
+    SHAPE_BYTES,
     STATUS_BYTES,
     STATUS_MAGIC,
     Descriptor,
@@ -56,7 +58,7 @@ from actpack.hw.protocol import (
     Op,
     ProtocolError,
     StatusRecord,
-    align,
+    compress_in_bytes,
     frame_error_code,
     pack_shape,
     table_crc,
@@ -245,13 +247,15 @@ class CardDevice:
 
     # ---------------------------------------------------------------- jobs
 
-    def _run(self, op: Op, desc: Descriptor, body: bytes, expect, limit: int) -> bytes:
+    def _run(self, op: Op, job, expect, limit: int) -> bytes:
+        """Send ``job`` (bytes-like: the descriptor, then the body) and return the card's
+        answer (a frame, values or a status record)."""
         if self._needs_reset:
             self._reset()
         self._set_control(op)
         t = self.transport
         try:
-            t.submit(desc.to_bytes() + body)
+            t.submit(job)
             t.wait(self.timeout)
             return t.receive(expect, limit=limit, timeout=self.timeout)
         except CardTimeoutError as exc:
@@ -298,25 +302,38 @@ class CardDevice:
                                       f"may need {bound} bytes, the card buffers "
                                       f"{self.info.buffer_bytes}")
         # The host's share of the job, on the codec's CPU kernels (the numpy reference's int64
-        # gathers cost about as much as compressing in software): scales and tiles.
+        # gathers cost about as much as compressing in software): scales and tiles, the tiles
+        # written straight into the job's one buffer (descriptor, shape, scale records, values;
+        # hw.protocol's layout), which the transport sends as it is.
         flat = torchpath.cpu_flat_bits(tensor.detach().contiguous().cpu(), dtype)
         scales = torchpath.cpu_scales(flat, header)
-        tiles = cpukernels.tile_blocks(flat, torchpath.cpu_geometry(geo)[0], geo.nblocks,
-                                       threads=torch.get_num_threads())
-        records = b"".join(SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent,
-                                             inverse=s.inverse) for s in scales)
-        body = b"".join([pack_shape(header.shape), records, bytes(align(len(records)) -
-                         len(records)), tiles.astype(BITS[dtype], copy=False).tobytes()])
+        nb = geo.nblocks
+        body_bytes = compress_in_bytes(dtype, len(scales), nb)
+        job = np.zeros(DESCRIPTOR_BYTES + body_bytes, np.uint8)
+        at = DESCRIPTOR_BYTES
+        job[at:at + SHAPE_BYTES] = np.frombuffer(pack_shape(header.shape), np.uint8)
+        at += SHAPE_BYTES
+        if scales:
+            records = b"".join(SCALE_RECORD.pack(mantissa=s.mantissa, exponent=s.exponent,
+                                                 inverse=s.inverse) for s in scales)
+            job[at:at + len(records)] = np.frombuffer(records, np.uint8)
+        values = job[len(job) - values_bytes(dtype, nb):].view(BITS[dtype])
+        cpukernels.tile_blocks(flat, torchpath.cpu_geometry(geo)[0], nb,
+                               threads=torch.get_num_threads(),
+                               out=values.view(flat.dtype).reshape(nb, 64))
+        if not values.dtype.isnative:  # the kernel wrote the host's byte order
+            values.view(flat.dtype).byteswap(inplace=True)
         tcrc = table_crc(codec.table) if mode is Mode.DCT else 0
         with self._lock:
-            desc = Descriptor(Op.COMPRESS, len(body), self._next_tag(), int(mode), int(dtype),
+            desc = Descriptor(Op.COMPRESS, body_bytes, self._next_tag(), int(mode), int(dtype),
                               len(header.shape), header.table_id, header.table_arg, len(scales),
-                              geo.nblocks, float(header.param), tcrc)
+                              nb, float(header.param), tcrc)
+            job[:DESCRIPTOR_BYTES] = np.frombuffer(desc.to_bytes(), np.uint8)
             if self._needs_reset:
                 self._reset()
             if mode is Mode.DCT and self._table != tcrc:
                 self._load_table(codec.table, tcrc)
-            msg = self._run(Op.COMPRESS, desc, body, _frame_expect, bound)
+            msg = self._run(Op.COMPRESS, memoryview(job), _frame_expect, bound)
             if len(msg) == STATUS_BYTES and StatusRecord.looks_like(msg):
                 raise self._rejected(StatusRecord.from_bytes(msg), "compress")
         try:
@@ -355,7 +372,8 @@ class CardDevice:
 
         with self._lock:
             desc = Descriptor(Op.DECOMPRESS, len(data), self._next_tag())
-            msg = self._run(Op.DECOMPRESS, desc, data, expect, nvalues + STATUS_BYTES)
+            msg = self._run(Op.DECOMPRESS, desc.to_bytes() + data, expect,
+                            nvalues + STATUS_BYTES)
             try:
                 status = StatusRecord.from_bytes(msg[-STATUS_BYTES:])
             except ProtocolError as exc:

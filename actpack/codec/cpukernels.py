@@ -1022,10 +1022,11 @@ def _untile_range(blocks, geo, b0, b1, out):
         _store_bits(out, geo, b, blocks[b], src, dst, cur)
 
 
-def tile_blocks(flat, geo, nb, threads=1):
+def tile_blocks(flat, geo, nb, threads=1, out=None):
     """``reference.tile`` of the flat bit patterns ``flat``: (nb, 64) blocks, edge replicated
-    (what the host streams to the card)."""
-    out = np.empty((nb, 64), flat.dtype)
+    (what the host streams to the card), into ``out`` (an (nb, 64) array of ``flat``'s width,
+    e.g. a view of the job buffer) or a new array."""
+    out = np.empty((nb, 64), flat.dtype) if out is None else out
     if nb:
         _run(_tile_range, _ranges(nb, threads), flat, geo, args_after=(out,))
     return out
