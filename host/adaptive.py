@@ -59,7 +59,13 @@ from .policy import Policy, SavedInfo, is_probabilities, parse_setting, register
 
 __all__ = ["LADDER", "NOISE_FRACTION", "AdaptivePolicy", "Calibration"]
 
-LADDER = ("dct:optH", "dct:optL", "sfpr8:3.96875")
+# Cheapest first. After sfpr8 (8 bits relative to each group's largest value) two absolute
+# bounds, sized for activations of unit scale (after a BatchNorm or LayerNorm): without them a
+# tensor sfpr8 is too coarse for went straight to "keep" (the digits ResNet's ReLU outputs that
+# feed its residual blocks: 1.5 MiB of its 2.5 MiB, 7.1x; with them 11.5x at the same accuracy,
+# docs/offload.md). A bound too loose for a tensor's scale fails its measurement like any rung;
+# one tighter than needed only costs bytes.
+LADDER = ("dct:optH", "dct:optL", "sfpr8:3.96875", "eb:0.004", "eb:0.001")
 
 # The default share of each parameter's minibatch gradient variance the stored tensors may add.
 # 0.1 until 2026-12-07 cost bench train's BatchNorm ResNet 1.1 points of test accuracy (12.9x,
