@@ -247,11 +247,15 @@ class BlockEncoder(wiring.Component):
         """A0's values of one input row (a ``row_layout`` value), combinational: ``nz`` (a
         symbol's nonzero bit a lane), ``before`` (nonzeros before lanes 1..8: lane 8 is the
         row's count) and, except in mask mode, ``sc``/``dc`` (each lane's sparse and dense
-        code, cut to 15 bits), ``wide_s``/``wide_d`` (a code wider than that) and
-        ``force_raw``."""
+        code: one bit more than the symbol, at most 15), ``wide_s``/``wide_d`` (a code wider
+        than 15 bits) and ``force_raw``."""
         fields = {"nz": unsigned(N), "before": data.ArrayLayout(range(N + 1), N)}
+        # a code has at most one bit more than its symbol: only those bits are held here (the
+        # skid register's upper bits would be constant zeros that Yosys keeps, and with them
+        # 15-bit codes through every stage and bank behind it: 2,900 LUT4 more in sfpr8)
+        cut = min(_CODE, symbol_shape(self.mode).width + 1)
         if self.mode is not Mode.MASK:
-            fields.update(sc=data.ArrayLayout(_CODE, N), dc=data.ArrayLayout(_CODE, N),
+            fields.update(sc=data.ArrayLayout(cut, N), dc=data.ArrayLayout(cut, N),
                           wide_s=unsigned(1), wide_d=unsigned(1), force_raw=unsigned(1))
         codes = Signal(data.StructLayout(fields), name="row_codes")
         sym = self.row_layout(row).symbols
@@ -270,7 +274,6 @@ class BlockEncoder(wiring.Component):
             sfull = Mux(neg, Cat(Const(1, 1), inv),
                         Cat(Const(0, 1), (v - 1).as_unsigned()[:len(v)]))
             dfull = Mux(neg, Cat(Const(1, 1), inv), Cat(Const(0, 1), v.as_unsigned()))
-            cut = min(_CODE, len(v) + 1)
             m.d.comb += [codes.sc[u].eq(Mux(v != 0, sfull[:cut], 0)),
                          codes.dc[u].eq(dfull[:cut])]
             if len(v) + 1 > _CODE:
@@ -391,34 +394,44 @@ class BlockEncoder(wiring.Component):
                     entry_data[e].eq(Mux(hit, rot[j], 0)),
                 ]
 
+        # The wide bank registers (dense codes, ranks, mask bytes, counts) do not wait for a
+        # row: they load A1's values in every cycle that their bank (``wr_bank[k]``: the bank
+        # being filled, and free) and row (``wr_row[k][r]``) are the write target, whether A1
+        # holds a row or not. Until the row comes they take stale values, which it overwrites
+        # (the same cells: ``w_row``, ``rank0`` and ``first_row`` move only with a row, and a
+        # bank is full, so never written, from its last row until it is read out). Their
+        # enables are registers set from the next state, not ``write`` (``w_full``) fanned out
+        # to some 2,000 flip-flops. Flags that gather over a block's rows take rows only.
+        wr_bank = [Signal(init=int(k == 0), name=f"wr_bank{k}") for k in range(2)]
+        wr_row = [[Signal(init=int(k == 0 and r == 0), name=f"wr_row{k}_{r}") for r in range(N)]
+                  for k in range(2)]
         with m.If(write):
             m.d.sync += w_row.eq(w_row + 1)
             with m.If(w_row == N - 1):
                 m.d.comb += set_full.bit_select(w_bank, 1).eq(1)
                 m.d.sync += w_bank.eq(~w_bank)
-            with m.Switch(w_bank):
-                for k in range(2):
-                    with m.Case(k):
-                        m.d.sync += [
-                            masks[k].word_select(w_row, N).eq(a1_nz),
-                            counts[k].eq(rank0 + a1_pop),
-                        ]
-                        if not values:
-                            continue
-                        keep = ~first_row  # the flags restart with each block's first row
-                        m.d.sync += [
-                            force[k].eq((force[k] & keep) | a1_force),
-                            wide_s[k].eq((wide_s[k] & keep) | a1_ws),
-                            wide_d[k].eq((wide_d[k] & keep) | a1_wd),
-                        ]
-                        for e in range(64):
-                            with m.If(entry_we[e]):
-                                m.d.sync += ranks[k][e].eq(entry_data[e])
-                        with m.Switch(w_row):
-                            for r in range(N):
-                                with m.Case(r):
-                                    m.d.sync += [dense[k][N * r + u].eq(a1_dc[u])
-                                                 for u in range(N)]
+            if values:
+                keep = ~first_row  # the flags restart with each block's first row
+                with m.Switch(w_bank):
+                    for k in range(2):
+                        with m.Case(k):
+                            m.d.sync += [
+                                force[k].eq((force[k] & keep) | a1_force),
+                                wide_s[k].eq((wide_s[k] & keep) | a1_ws),
+                                wide_d[k].eq((wide_d[k] & keep) | a1_wd),
+                            ]
+        for k in range(2):
+            with m.If(wr_bank[k]):
+                m.d.sync += counts[k].eq(rank0 + a1_pop)
+                if values:
+                    for e in range(64):
+                        with m.If(entry_we[e]):
+                            m.d.sync += ranks[k][e].eq(entry_data[e])
+            for r in range(N):
+                with m.If(wr_row[k][r]):
+                    m.d.sync += masks[k][N * r: N * (r + 1)].eq(a1_nz)
+                    if values:
+                        m.d.sync += [dense[k][N * r + u].eq(a1_dc[u]) for u in range(N)]
 
         # ------------------------------------------ B: one group a cycle through a pipeline
         # Every stage register moves on ``adv`` (the skid buffer in front of C is empty), so a
@@ -433,8 +446,13 @@ class BlockEncoder(wiring.Component):
                 m.d.sync += r_bank.eq(~r_bank)
         # set needs the bank empty and clear needs it full: never the same bank in one cycle
         full_next = (full | set_full) & ~clear_full
-        m.d.sync += [full.eq(full_next),  # w_bank flips as its bank fills
-                     w_full.eq(full_next.bit_select(w_bank ^ set_full.any(), 1))]
+        w_bank_next = w_bank ^ set_full.any()  # w_bank flips as its bank fills
+        w_row_next = Mux(write, w_row + 1, w_row)[:len(w_row)]
+        m.d.sync += [full.eq(full_next), w_full.eq(full_next.bit_select(w_bank_next, 1))]
+        for k in range(2):
+            free_next = (w_bank_next == k) & ~full_next[k]
+            m.d.sync += [wr_bank[k].eq(free_next),
+                         *(wr_row[k][r].eq(free_next & (w_row_next == r)) for r in range(N))]
 
         def rd(pair):
             return Mux(r_bank, pair[1], pair[0])
