@@ -371,18 +371,26 @@ class BlockEncoder(wiring.Component):
         # registers, not functions of w_row and counts: they fan out to every entry
         first_row = Signal(init=1)  # w_row == 0
         rank0 = Signal(range(65))  # rank of this row's first nonzero symbol in the block
+        # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8
+        # (``lo``), then entry e takes lane e mod 8 when it lies in [rank0, rank0 + 8). The
+        # selects are registers decoded from the next rank0, each with a small fan-out:
+        # ``rot_sel[j]`` = (j - lo) mod 8, the compact slot lane j takes; ``ge[j]`` = lo <= j;
+        # ``at_hi[g]`` = (rank0 >> 3) == g (rank0 itself fanned out to the 8:1 selects of every
+        # lane and bit through a subtraction: the dct Compressor's critical path, 148.9 MHz)
+        rot_sel = [Signal(3, init=j, name=f"rot_sel{j}") for j in range(N)]
+        ge = [Signal(init=1, name=f"ge{j}") for j in range(N)]
+        at_hi = [Signal(init=int(g == 0), name=f"at_hi{g}") for g in range(N)]
         with m.If(write):
-            m.d.sync += [first_row.eq(w_row == N - 1),
-                         rank0.eq(Mux(w_row == N - 1, 0, rank0 + a1_pop))]
+            rank0_next = Mux(w_row == N - 1, 0, rank0 + a1_pop)[:len(rank0)]
+            lo_next, hi_next = rank0_next[:3], rank0_next[3:6]
+            m.d.sync += [first_row.eq(w_row == N - 1), rank0.eq(rank0_next),
+                         *(rot_sel[j].eq((j - lo_next)[:3]) for j in range(N)),
+                         *(ge[j].eq(lo_next <= j) for j in range(N)),
+                         *(at_hi[g].eq(hi_next == g) for g in range(N))]
 
         if values:
-            # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8,
-            # then entry e takes lane e mod 8 when it lies in [rank0, rank0 + 8)
-            lo, hi = rank0[:3], rank0[3:6]
             compact_bits = Cat(*a1_compact)
-            rot = [compact_bits.word_select((j - lo)[:3], _CODE) for j in range(N)]
-            ge = [lo <= j for j in range(N)]
-            at_hi = [hi == g for g in range(N)]
+            rot = [compact_bits.word_select(rot_sel[j], _CODE) for j in range(N)]
             entry_we = Signal(64)
             entry_data = [Signal(_CODE, name=f"entry_data{e}") for e in range(64)]
             for e in range(64):
@@ -439,11 +447,23 @@ class BlockEncoder(wiring.Component):
         adv = Signal()
         r_bank, group = Signal(), Signal(range(N))
         readable = full.bit_select(r_bank, 1)
-        with m.If(adv & readable):
+        read = adv & readable
+        with m.If(read):
             m.d.sync += group.eq(group + 1)
             with m.If(group == N - 1):
                 m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
                 m.d.sync += r_bank.eq(~r_bank)
+        # the group read is an AND-OR over one-hot selects, ``g_sel[k][g]`` (bank k, group g:
+        # registers set from the next r_bank and group), each with a small fan-out (a select
+        # by ``r_bank`` and then ``group`` decoded the counter and fanned it out to every code
+        # bit: the Compressor sfpr8's critical path, 149.2 MHz); each group's OR is taken in
+        # both banks before the bank is chosen, so ``r_bank`` reaches 8 ORs, not 64 codes
+        g_sel = [[Signal(init=int(k == 0 and g == 0), name=f"g_sel{k}_{g}") for g in range(N)]
+                 for k in range(2)]
+        group_next = Mux(read, group + 1, group)[:len(group)]
+        r_bank_next = r_bank ^ (read & (group == N - 1))
+        m.d.sync += [g_sel[k][g].eq((r_bank_next == k) & (group_next == g))
+                     for k in range(2) for g in range(N)]
         # set needs the bank empty and clear needs it full: never the same bank in one cycle
         full_next = (full | set_full) & ~clear_full
         w_bank_next = w_bank ^ set_full.any()  # w_bank flips as its bank fills
@@ -478,14 +498,17 @@ class BlockEncoder(wiring.Component):
         # S1: the group's codes (both codings), every group's OR of codes, the block's counts
         g_fields = {"v": readable, "g": group, "first": group == 0}
         if values:
-            rcodes = [rd((ranks[0][e], ranks[1][e])) for e in range(64)]
-            dcodes_b = [rd((dense[0][p], dense[1][p])) for p in range(64)]
-            g_fields.update(
-                sc=[Cat(*rcodes).word_select(group, _GROUP_BITS)],
-                dc=[Cat(*dcodes_b).word_select(group, _GROUP_BITS)],
-                os=[_or(rcodes[N * g: N * (g + 1)]) for g in range(N)],
-                od=[_or(dcodes_b[N * g: N * (g + 1)]) for g in range(N)],
-                force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
+            def group_codes(bank):
+                return _or([Mux(g_sel[k][g], Cat(*bank[k][N * g: N * (g + 1)]), 0)
+                            for k in range(2) for g in range(N)])
+
+            def group_ors(bank):  # each group's OR in both banks, then the bank
+                return [rd([_or(bank[k][N * g: N * (g + 1)]) for k in range(2)])
+                        for g in range(N)]
+
+            g_fields.update(sc=[group_codes(ranks)], dc=[group_codes(dense)],
+                            os=group_ors(ranks), od=group_ors(dense),
+                            force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
         g_fields.update(cnt=rd(counts), mask=rd(masks))
         s1 = pipe(Tok(), **g_fields)
         if values:  # S1b: every group's width (bitlen of the OR)
