@@ -247,11 +247,15 @@ class BlockEncoder(wiring.Component):
         """A0's values of one input row (a ``row_layout`` value), combinational: ``nz`` (a
         symbol's nonzero bit a lane), ``before`` (nonzeros before lanes 1..8: lane 8 is the
         row's count) and, except in mask mode, ``sc``/``dc`` (each lane's sparse and dense
-        code, cut to 15 bits), ``wide_s``/``wide_d`` (a code wider than that) and
-        ``force_raw``."""
+        code: one bit more than the symbol, at most 15), ``wide_s``/``wide_d`` (a code wider
+        than 15 bits) and ``force_raw``."""
         fields = {"nz": unsigned(N), "before": data.ArrayLayout(range(N + 1), N)}
+        # a code has at most one bit more than its symbol: only those bits are held here (the
+        # skid register's upper bits would be constant zeros that Yosys keeps, and with them
+        # 15-bit codes through every stage and bank behind it: 2,900 LUT4 more in sfpr8)
+        cut = min(_CODE, symbol_shape(self.mode).width + 1)
         if self.mode is not Mode.MASK:
-            fields.update(sc=data.ArrayLayout(_CODE, N), dc=data.ArrayLayout(_CODE, N),
+            fields.update(sc=data.ArrayLayout(cut, N), dc=data.ArrayLayout(cut, N),
                           wide_s=unsigned(1), wide_d=unsigned(1), force_raw=unsigned(1))
         codes = Signal(data.StructLayout(fields), name="row_codes")
         sym = self.row_layout(row).symbols
@@ -270,7 +274,6 @@ class BlockEncoder(wiring.Component):
             sfull = Mux(neg, Cat(Const(1, 1), inv),
                         Cat(Const(0, 1), (v - 1).as_unsigned()[:len(v)]))
             dfull = Mux(neg, Cat(Const(1, 1), inv), Cat(Const(0, 1), v.as_unsigned()))
-            cut = min(_CODE, len(v) + 1)
             m.d.comb += [codes.sc[u].eq(Mux(v != 0, sfull[:cut], 0)),
                          codes.dc[u].eq(dfull[:cut])]
             if len(v) + 1 > _CODE:
@@ -368,18 +371,26 @@ class BlockEncoder(wiring.Component):
         # registers, not functions of w_row and counts: they fan out to every entry
         first_row = Signal(init=1)  # w_row == 0
         rank0 = Signal(range(65))  # rank of this row's first nonzero symbol in the block
+        # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8
+        # (``lo``), then entry e takes lane e mod 8 when it lies in [rank0, rank0 + 8). The
+        # selects are registers decoded from the next rank0, each with a small fan-out:
+        # ``rot_sel[j]`` = (j - lo) mod 8, the compact slot lane j takes; ``ge[j]`` = lo <= j;
+        # ``at_hi[g]`` = (rank0 >> 3) == g (rank0 itself fanned out to the 8:1 selects of every
+        # lane and bit through a subtraction: the dct Compressor's critical path, 148.9 MHz)
+        rot_sel = [Signal(3, init=j, name=f"rot_sel{j}") for j in range(N)]
+        ge = [Signal(init=1, name=f"ge{j}") for j in range(N)]
+        at_hi = [Signal(init=int(g == 0), name=f"at_hi{g}") for g in range(N)]
         with m.If(write):
-            m.d.sync += [first_row.eq(w_row == N - 1),
-                         rank0.eq(Mux(w_row == N - 1, 0, rank0 + a1_pop))]
+            rank0_next = Mux(w_row == N - 1, 0, rank0 + a1_pop)[:len(rank0)]
+            lo_next, hi_next = rank0_next[:3], rank0_next[3:6]
+            m.d.sync += [first_row.eq(w_row == N - 1), rank0.eq(rank0_next),
+                         *(rot_sel[j].eq((j - lo_next)[:3]) for j in range(N)),
+                         *(ge[j].eq(lo_next <= j) for j in range(N)),
+                         *(at_hi[g].eq(hi_next == g) for g in range(N))]
 
         if values:
-            # entry e takes compact slot e - rank0 if that is 0..7: rotate the row by rank0 mod 8,
-            # then entry e takes lane e mod 8 when it lies in [rank0, rank0 + 8)
-            lo, hi = rank0[:3], rank0[3:6]
             compact_bits = Cat(*a1_compact)
-            rot = [compact_bits.word_select((j - lo)[:3], _CODE) for j in range(N)]
-            ge = [lo <= j for j in range(N)]
-            at_hi = [hi == g for g in range(N)]
+            rot = [compact_bits.word_select(rot_sel[j], _CODE) for j in range(N)]
             entry_we = Signal(64)
             entry_data = [Signal(_CODE, name=f"entry_data{e}") for e in range(64)]
             for e in range(64):
@@ -391,34 +402,44 @@ class BlockEncoder(wiring.Component):
                     entry_data[e].eq(Mux(hit, rot[j], 0)),
                 ]
 
+        # The wide bank registers (dense codes, ranks, mask bytes, counts) do not wait for a
+        # row: they load A1's values in every cycle that their bank (``wr_bank[k]``: the bank
+        # being filled, and free) and row (``wr_row[k][r]``) are the write target, whether A1
+        # holds a row or not. Until the row comes they take stale values, which it overwrites
+        # (the same cells: ``w_row``, ``rank0`` and ``first_row`` move only with a row, and a
+        # bank is full, so never written, from its last row until it is read out). Their
+        # enables are registers set from the next state, not ``write`` (``w_full``) fanned out
+        # to some 2,000 flip-flops. Flags that gather over a block's rows take rows only.
+        wr_bank = [Signal(init=int(k == 0), name=f"wr_bank{k}") for k in range(2)]
+        wr_row = [[Signal(init=int(k == 0 and r == 0), name=f"wr_row{k}_{r}") for r in range(N)]
+                  for k in range(2)]
         with m.If(write):
             m.d.sync += w_row.eq(w_row + 1)
             with m.If(w_row == N - 1):
                 m.d.comb += set_full.bit_select(w_bank, 1).eq(1)
                 m.d.sync += w_bank.eq(~w_bank)
-            with m.Switch(w_bank):
-                for k in range(2):
-                    with m.Case(k):
-                        m.d.sync += [
-                            masks[k].word_select(w_row, N).eq(a1_nz),
-                            counts[k].eq(rank0 + a1_pop),
-                        ]
-                        if not values:
-                            continue
-                        keep = ~first_row  # the flags restart with each block's first row
-                        m.d.sync += [
-                            force[k].eq((force[k] & keep) | a1_force),
-                            wide_s[k].eq((wide_s[k] & keep) | a1_ws),
-                            wide_d[k].eq((wide_d[k] & keep) | a1_wd),
-                        ]
-                        for e in range(64):
-                            with m.If(entry_we[e]):
-                                m.d.sync += ranks[k][e].eq(entry_data[e])
-                        with m.Switch(w_row):
-                            for r in range(N):
-                                with m.Case(r):
-                                    m.d.sync += [dense[k][N * r + u].eq(a1_dc[u])
-                                                 for u in range(N)]
+            if values:
+                keep = ~first_row  # the flags restart with each block's first row
+                with m.Switch(w_bank):
+                    for k in range(2):
+                        with m.Case(k):
+                            m.d.sync += [
+                                force[k].eq((force[k] & keep) | a1_force),
+                                wide_s[k].eq((wide_s[k] & keep) | a1_ws),
+                                wide_d[k].eq((wide_d[k] & keep) | a1_wd),
+                            ]
+        for k in range(2):
+            with m.If(wr_bank[k]):
+                m.d.sync += counts[k].eq(rank0 + a1_pop)
+                if values:
+                    for e in range(64):
+                        with m.If(entry_we[e]):
+                            m.d.sync += ranks[k][e].eq(entry_data[e])
+            for r in range(N):
+                with m.If(wr_row[k][r]):
+                    m.d.sync += masks[k][N * r: N * (r + 1)].eq(a1_nz)
+                    if values:
+                        m.d.sync += [dense[k][N * r + u].eq(a1_dc[u]) for u in range(N)]
 
         # ------------------------------------------ B: one group a cycle through a pipeline
         # Every stage register moves on ``adv`` (the skid buffer in front of C is empty), so a
@@ -426,15 +447,32 @@ class BlockEncoder(wiring.Component):
         adv = Signal()
         r_bank, group = Signal(), Signal(range(N))
         readable = full.bit_select(r_bank, 1)
-        with m.If(adv & readable):
+        read = adv & readable
+        with m.If(read):
             m.d.sync += group.eq(group + 1)
             with m.If(group == N - 1):
                 m.d.comb += clear_full.bit_select(r_bank, 1).eq(1)
                 m.d.sync += r_bank.eq(~r_bank)
+        # the group read is an AND-OR over one-hot selects, ``g_sel[k][g]`` (bank k, group g:
+        # registers set from the next r_bank and group), each with a small fan-out (a select
+        # by ``r_bank`` and then ``group`` decoded the counter and fanned it out to every code
+        # bit: the Compressor sfpr8's critical path, 149.2 MHz); each group's OR is taken in
+        # both banks before the bank is chosen, so ``r_bank`` reaches 8 ORs, not 64 codes
+        g_sel = [[Signal(init=int(k == 0 and g == 0), name=f"g_sel{k}_{g}") for g in range(N)]
+                 for k in range(2)]
+        group_next = Mux(read, group + 1, group)[:len(group)]
+        r_bank_next = r_bank ^ (read & (group == N - 1))
+        m.d.sync += [g_sel[k][g].eq((r_bank_next == k) & (group_next == g))
+                     for k in range(2) for g in range(N)]
         # set needs the bank empty and clear needs it full: never the same bank in one cycle
         full_next = (full | set_full) & ~clear_full
-        m.d.sync += [full.eq(full_next),  # w_bank flips as its bank fills
-                     w_full.eq(full_next.bit_select(w_bank ^ set_full.any(), 1))]
+        w_bank_next = w_bank ^ set_full.any()  # w_bank flips as its bank fills
+        w_row_next = Mux(write, w_row + 1, w_row)[:len(w_row)]
+        m.d.sync += [full.eq(full_next), w_full.eq(full_next.bit_select(w_bank_next, 1))]
+        for k in range(2):
+            free_next = (w_bank_next == k) & ~full_next[k]
+            m.d.sync += [wr_bank[k].eq(free_next),
+                         *(wr_row[k][r].eq(free_next & (w_row_next == r)) for r in range(N))]
 
         def rd(pair):
             return Mux(r_bank, pair[1], pair[0])
@@ -460,18 +498,25 @@ class BlockEncoder(wiring.Component):
         # S1: the group's codes (both codings), every group's OR of codes, the block's counts
         g_fields = {"v": readable, "g": group, "first": group == 0}
         if values:
-            rcodes = [rd((ranks[0][e], ranks[1][e])) for e in range(64)]
-            dcodes_b = [rd((dense[0][p], dense[1][p])) for p in range(64)]
-            g_fields.update(
-                sc=[Cat(*rcodes).word_select(group, _GROUP_BITS)],
-                dc=[Cat(*dcodes_b).word_select(group, _GROUP_BITS)],
-                os=[_or(rcodes[N * g: N * (g + 1)]) for g in range(N)],
-                od=[_or(dcodes_b[N * g: N * (g + 1)]) for g in range(N)],
-                force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
+            def group_codes(bank):
+                return _or([Mux(g_sel[k][g], Cat(*bank[k][N * g: N * (g + 1)]), 0)
+                            for k in range(2) for g in range(N)])
+
+            def group_ors(bank):  # each group's OR in both banks, then the bank
+                return [rd([_or(bank[k][N * g: N * (g + 1)]) for k in range(2)])
+                        for g in range(N)]
+
+            g_fields.update(sc=[group_codes(ranks)], dc=[group_codes(dense)],
+                            os=group_ors(ranks), od=group_ors(dense),
+                            force=rd(force), wide_s=rd(wide_s), wide_d=rd(wide_d))
         g_fields.update(cnt=rd(counts), mask=rd(masks))
         s1 = pipe(Tok(), **g_fields)
-        if values:  # S1b: every group's width (bitlen of the OR)
-            s1 = pipe(s1, ws=[_bitlen(x) for x in s1.os], wd=[_bitlen(x) for x in s1.od])
+        if values:  # S1b: every group's width (bitlen of the OR), and the widths' pair sums
+            # (the first adder level of S2's width sums here: 8 widths summed in one stage
+            # were the critical path of both Compressors, 6.5-6.8 ns, 9 levels)
+            ws, wd = [_bitlen(x) for x in s1.os], [_bitlen(x) for x in s1.od]
+            s1 = pipe(s1, ws=ws, wd=wd, ws2=[ws[j] + ws[j + 1] for j in range(0, N, 2)],
+                      wd2=[wd[j] + wd[j + 1] for j in range(0, N, 2)])
             del s1.os, s1.od
 
         # S2: mask bytes, group counts, width sums, the last group's size and width
@@ -486,7 +531,7 @@ class BlockEncoder(wiring.Component):
             k = s1.cnt[:3]
             size_last = Mux(k == 0, N, k)
             f2.update(
-                sum_ws=_sum(s1.ws), sum_wd=_sum(s1.wd),
+                sum_ws=_sum(s1.ws2), sum_wd=_sum(s1.wd2),
                 w_last=Cat(*s1.ws).word_select(last, _WIDTH.width),
                 size_last=Signal(range(N + 1), name="size_last1"),
                 ws_g=Cat(*s1.ws).word_select(s1.g, _WIDTH.width),
@@ -499,6 +544,8 @@ class BlockEncoder(wiring.Component):
             ]
         s2 = pipe(s1, **f2)
         del s2.cnt
+        if values:
+            del s2.ws2, s2.wd2
 
         # S3: the last group's bits (shift-add), the lengths' parts
         if values:

@@ -360,65 +360,48 @@ def _build_pass(stage: _Stage, net: _Net, outs: list, inputs: list, lo: int, hi:
 
 
 def _transpose(m: Module, en, valid, values: list, shape: Shape, prefix: str,
-               cell=lambda k, lane: (lane, k), shift: bool = False):
+               cell=lambda k, lane: (lane, k)):
     """Vectors of a block in (``valid``, 8 ``values``), 8 vectors out, one a cycle: lane
     ``lane`` of output ``k`` is lane ``j`` of input ``r``, ``(r, j) = cell(k, lane)`` (default:
     rows in, columns out).
 
     ``A`` fills by shifting rows in; when it holds a whole block it is copied to ``B`` (if ``B``
-    is empty or sends its last column this cycle) and fills again from the next row at once;
-    ``B`` sends output ``8 - left`` through a registered 8:1 select a lane (any ``cell`` map
-    costs the same: each lane picks one of 8 fixed cells by ``left``). In a pipeline stepped by
-    one enable, ``B`` sends a column every step and ``A`` takes at most a row, so ``A`` is never
-    full when ``B`` still has two columns: no handshake is needed inside.
-
-    With ``shift``, ``B`` holds the block in output order (the copy wires cell ``(k, lane)``
-    to ``B[k][lane]``) and shifts by one output a step, so the output registers load ``B[0]``:
-    no 8:1 select and no ``left`` decode fanning out to every lane, for a 2:1 select on each
-    cell of ``B`` (copy or shift; ``copy`` a register). Same outputs and timing.
-    Returns (valid, output registers)."""
+    is empty or sends its last output this cycle) and fills again from the next row at once.
+    The copy wires cell ``(k, lane)`` to ``B[k][lane]``, so ``B`` holds the block in output
+    order (any ``cell`` map costs the same) and shifts by one output a step; the output
+    registers load ``B[0]``. No 8:1 select and no decoded output index fans out to every lane
+    (the critical path of both engines when ``B`` sent through a select driven by its
+    counter), for a 2:1 select on each cell of ``B`` (copy or shift; ``copy`` a register).
+    In a pipeline stepped by one enable, ``B`` sends an output every step and ``A`` takes at
+    most a row, so ``A`` is never full when ``B`` still has two outputs to send: no handshake
+    is needed inside. Returns (valid, output registers)."""
     a = [[Signal(shape, name=f"{prefix}_a{r}_{j}") for j in range(N)] for r in range(N)]
     b = [[Signal(shape, name=f"{prefix}_b{r}_{j}") for j in range(N)] for r in range(N)]
     count = Signal(range(N + 1), name=f"{prefix}_count")
-    full = Signal(name=f"{prefix}_full")  # count == 8, as a register of its own (copy enable)
     left = Signal(range(N + 1), name=f"{prefix}_left")
-    last = Signal(name=f"{prefix}_last")  # left <= 1
     o_valid = Signal(name=f"{prefix}_valid")
     o_col = [Signal(shape, name=f"{prefix}_col{r}") for r in range(N)]
-    if shift:
-        copy = Signal(name=f"{prefix}_copy")  # full & last, a register of its own: it fans out
-        busy = Signal(name=f"{prefix}_busy")  # left != 0: B sends an output this step
-    else:
-        copy = full & last
+    # A full as B sends its last output (or is empty), a register of its own: it fans out
+    copy = Signal(name=f"{prefix}_copy")
+    busy = Signal(name=f"{prefix}_busy")  # left != 0: B sends an output this step
     with m.If(en):
         with m.If(valid):
             for r in range(N - 1):
                 m.d.sync += [a[r][j].eq(a[r + 1][j]) for j in range(N)]
             m.d.sync += [a[N - 1][j].eq(values[j]) for j in range(N)]
         new_count = Mux(copy, 0, count) + valid
-        m.d.sync += [count.eq(new_count), full.eq(new_count == N)]
         new_left = Mux(copy, N, Mux(left == 0, 0, left - 1))
-        m.d.sync += [left.eq(new_left), last.eq(new_left <= 1)]
-        if shift:
-            m.d.sync += [copy.eq((new_count == N) & (new_left <= 1)), busy.eq(new_left != 0)]
-            with m.If(copy):
-                m.d.sync += [b[k][lane].eq(a[r][j]) for k in range(N) for lane in range(N)
-                             for r, j in [cell(k, lane)]]
-            with m.Elif(busy):
-                m.d.sync += [b[k][lane].eq(b[k + 1][lane])
-                             for k in range(N - 1) for lane in range(N)]
-            m.d.sync += o_valid.eq(busy)
-            with m.If(busy):
-                m.d.sync += [o_col[lane].eq(b[0][lane]) for lane in range(N)]
-            return o_valid, o_col
+        m.d.sync += [count.eq(new_count), left.eq(new_left),
+                     copy.eq((new_count == N) & (new_left <= 1)), busy.eq(new_left != 0)]
         with m.If(copy):
-            m.d.sync += [b[r][j].eq(a[r][j]) for r in range(N) for j in range(N)]
-        m.d.sync += o_valid.eq(left != 0)
-        with m.Switch(left):
-            for k in range(1, N + 1):
-                with m.Case(k):
-                    m.d.sync += [o_col[lane].eq(b[r][j]) for lane in range(N)
-                                 for r, j in [cell(N - k, lane)]]
+            m.d.sync += [b[k][lane].eq(a[r][j]) for k in range(N) for lane in range(N)
+                         for r, j in [cell(k, lane)]]
+        with m.Elif(busy):
+            m.d.sync += [b[k][lane].eq(b[k + 1][lane])
+                         for k in range(N - 1) for lane in range(N)]
+        m.d.sync += o_valid.eq(busy)
+        with m.If(busy):
+            m.d.sync += [o_col[lane].eq(b[0][lane]) for lane in range(N)]
     return o_valid, o_col
 
 
@@ -436,9 +419,6 @@ class _Separable2D(wiring.Component):
     COEF_OUT: bool
     #: adder levels between two registers (one: a carry chain and its routing a stage)
     LEVELS = 1
-    #: transposes send from a shifting bank instead of an 8:1 select (``_transpose``'s
-    #: ``shift``): about 400 LUT4 more a transpose, no select decode on the output path
-    SHIFT_BANKS = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -448,8 +428,9 @@ class _Separable2D(wiring.Component):
     def _latency(cls) -> int:
         """Cycles from a row's transfer on ``i`` to the transfer of the output row with the
         same index (unstalled): the input register, pass 1 (``d1`` stages), the first transpose
-        (``N + 2``: the block's other 7 rows, the full flag, the copy, the column select), pass 2
-        (``d2``), the second transpose likewise, the output register."""
+        (``N + 2``: the block's other 7 rows, the copy flag, the copy into ``B``, ``B``'s first
+        output into the output registers), pass 2 (``d2``), the second transpose likewise, the
+        output register."""
         def stages(matrix):
             net, outs = _pass_network(matrix)
             return -(-max(net.level[k] for k, _, _ in outs) // cls.LEVELS) + 1
@@ -514,15 +495,14 @@ class _Separable2D(wiring.Component):
         if self._reorder_in:  # input row r, lane j: position order[8 r + j]; raster rows out
             slot = {p: k for k, p in enumerate(self.order)}
             v, x = _transpose(m, en, v, x, i.payload.shape().elem_shape, "tr0",
-                              cell=lambda k, lane: divmod(slot[N * k + lane], N),
-                              shift=self.SHIFT_BANKS)
+                              cell=lambda k, lane: divmod(slot[N * k + lane], N))
         net1, outs1 = _pass_network(self.ROW_MATRIX)
         t_row, d1 = _build_pass(st, net1, outs1, x, in_lo, in_hi, self.SHIFT_1, None,
                                 self._t_shape, self.LEVELS)
         for s in range(d1):
             v = st.reg(v, 1, f"v{s + 1}")
 
-        v, t_col = _transpose(m, en, v, t_row, self._t_shape, "tr1", shift=self.SHIFT_BANKS)
+        v, t_col = _transpose(m, en, v, t_row, self._t_shape, "tr1")
 
         st2 = _Stage(m, en, "p2")
         t_lo, t_hi = _shape_range(self._t_shape)
@@ -536,8 +516,7 @@ class _Separable2D(wiring.Component):
         # output order is only where each lane reads from, so it costs nothing here
         out_order = self.order if self.COEF_OUT else ORDERS["raster"]
         v, y_row = _transpose(m, en, v, y_col, self._y_shape, "tr2",
-                              cell=lambda k, lane: divmod(out_order[N * k + lane], N)[::-1],
-                              shift=self.SHIFT_BANKS)
+                              cell=lambda k, lane: divmod(out_order[N * k + lane], N)[::-1])
 
         # output register and skid buffer: o.ready only steers these two
         with m.If(~o.valid | o.ready):
@@ -620,6 +599,3 @@ class IDCT2D(_Separable2D):
     SHIFT_2 = spec.IDCT_SHIFT_2
     CLAMP = spec.SFPR_MAX
     COEF_OUT = False
-    # the Decompressor's critical path was this transform's column select (``left`` decoded and
-    # fanned out to 88 8:1 selects placed apart); DCT2D's is off the Compressor's critical path
-    SHIFT_BANKS = True
