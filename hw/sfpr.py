@@ -410,8 +410,10 @@ def _f32_magnitude(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
     r_frac0 = p.reg(r_bits[:_F32.frac_bits] == 0, f"{name}_r_frac0")
     _, _, exp_r, r_nonfinite = _decode(m, Cat(Const(0, _F32.frac_bits), r_expf, Const(0, 1)),
                                        _F32, f"{name}_r1")
-    zero_v = p.reg(v == 0, f"{name}_zero_v")
-    zero = p.delay(zero_v | (r_frac0 & (r_expf == 0)), f"{name}_zero", before + 4)
+    # M_r = 0 a register of its own too (one for all lanes: its test ends before the hop to them)
+    zero_r = p.reg(r_frac0 & (r_expf == 0), f"{name}_zero_r")
+    zero_v = p.delay(v == 0, f"{name}_zero_v", 2)
+    zero = p.delay(zero_v | zero_r, f"{name}_zero", before + 3)
     big = p.delay(r_nonfinite, f"{name}_rinf", before + 4)
     e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", before + 1)  # R 2**exp_r's field, R < 2**23
 
