@@ -30,7 +30,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from actpack.codec import spec
@@ -126,6 +126,44 @@ def _shift_down(m: Module, value, amount, width: int, name: str, bits=None):
         m.d.comb += stage.eq(Mux(amount[k], padded[1 << k:(1 << k) + need], padded[:need]))
         value = stage
     return value[:width + (1 << min(bits)) - 1]
+
+
+def _out_fifo(m: Module, w_en, w_data, o, depth: int):
+    """A FIFO of ``depth`` words (LUT RAM) and an output register driving stream ``o``:
+    ``w_en`` writes ``w_data`` without a check (the writer keeps count of the room); a word
+    written in cycle t is on ``o`` from t + 2 (``SyncFIFOBuffered``'s timing). The output
+    register's load enable (about 270 flip-flops' CE) is one LUT of registers and ``o.ready``:
+    the memory's non-empty flag is a register (``SyncFIFOBuffered`` compares its level with 0
+    in front of that enable)."""
+    mem = Memory(shape=len(Value.cast(w_data)), depth=depth, init=[])
+    m.submodules.out_mem = mem
+    wport, rport = mem.write_port(), mem.read_port(domain="sync")
+    produce, consume = Signal(range(depth), name="out_wptr"), Signal(range(depth), name="out_rptr")
+    level = Signal(range(depth + 1), name="out_level")  # words in the memory
+    nonempty = Signal(name="out_nonempty")  # level != 0
+    read = Signal(name="out_read")  # the memory's head word moves to the output register
+    m.d.comb += [
+        read.eq(nonempty & (~o.valid | o.ready)),
+        wport.addr.eq(produce), wport.data.eq(w_data), wport.en.eq(w_en),
+        rport.addr.eq(consume), rport.en.eq(read), o.payload.eq(rport.data),
+    ]
+
+    def step(p):
+        return Mux(p == depth - 1, 0, p + 1)
+
+    with m.If(w_en):
+        m.d.sync += produce.eq(step(produce))
+    with m.If(read):
+        m.d.sync += consume.eq(step(consume))
+    m.d.sync += [
+        level.eq(level + w_en - read),
+        # non-empty after this cycle: a word written, or one kept (not read, or 2 or more)
+        nonempty.eq(w_en | (nonempty & (~read | (level >= 2)))),
+    ]
+    with m.If(read):
+        m.d.sync += o.valid.eq(1)
+    with m.Elif(o.ready):
+        m.d.sync += o.valid.eq(0)
 
 
 def _stage(m: Module, name: str, values: dict, en=None) -> SimpleNamespace:
@@ -568,13 +606,11 @@ class BlockDecoder(wiring.Component):
         out = Signal(DecodedRow)
         m.d.comb += [out.symbols[i].eq(values[i]) for i in range(N)]
         m.d.comb += [out.error.eq(row_err), out.last.eq(e6.last)]
-        # the FIFO's r_rdy and r_data are registers: ``o.valid`` never depends on ``o.ready``
-        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=DecodedRow.size, depth=_OUT_ROWS)
+        # the output FIFO (``o.valid`` and ``o.payload`` registers: never dependent on ``o.ready``)
+        _out_fifo(m, e6.valid, out, o, _OUT_ROWS - 1)
         transfer = Signal()
         used_next = Signal.like(used)
         m.d.comb += [
-            fifo.w_en.eq(e6.valid), fifo.w_data.eq(out),
-            o.valid.eq(fifo.r_rdy), o.payload.eq(fifo.r_data), fifo.r_en.eq(o.ready),
             transfer.eq(o.valid & o.ready),
             used_next.eq(used + Mux(take, N, 0) - transfer),
         ]

@@ -339,7 +339,10 @@ class _Lane(wiring.Component):
             bc.i.payload.eb.eq(xre[x_bits + 32:]),
         ]
         row = Signal(enc.row_layout)
-        m.d.comb += [row.symbols.eq(diffs), row.force_raw.eq(~bc.o.payload.ok),
+        # the row passes when every lane does: the AND of BoundCheck's registered lane results
+        # here (a cycle after their compares) rather than its ``ok``, an AND of the 8 lanes'
+        # 53-bit compares in one cycle
+        m.d.comb += [row.symbols.eq(diffs), row.force_raw.eq(~bc.o.payload.lanes.as_value().all()),
                      outq.w_en.eq(bc.o.valid), outq.w_data.eq(row)]
         _head(m, outq, enc.i)
 

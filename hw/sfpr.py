@@ -401,11 +401,21 @@ def _f32_magnitude(m: Module, p: Pipeline, v, r_bits, dtype: DType, name: str):
     width = len(v)
     before = _product_stages(width > DSP_WIDTH)  # stages from |v| to P
     a = p.reg(abs(v)[:width], f"{name}_a")
-    _, sig_r, exp_r, r_nonfinite = _decode(m, r_bits, _F32, f"{name}_r")
+    _, sig_r, _, _ = _decode(m, r_bits, _F32, f"{name}_r")
     sig_r1 = p.reg(sig_r, f"{name}_sig_r")
-    zero = p.delay((v == 0) | (sig_r == 0), f"{name}_zero", before + 5)
-    big = p.delay(r_nonfinite, f"{name}_rinf", before + 5)
-    e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", before + 2)  # R 2**exp_r's field, R < 2**23
+    # r's other tests a stage later, from its exponent field and a fraction-is-0 flag registered
+    # first: ``r`` (in a Compressor one register, far off) reaches every lane, so a wide test of
+    # it (M_r = 0: 31 bits) or a carry chain after it must not share its cycle with that hop
+    r_expf = p.reg(r_bits[_F32.frac_bits:_F32.width - 1], f"{name}_r_expf")
+    r_frac0 = p.reg(r_bits[:_F32.frac_bits] == 0, f"{name}_r_frac0")
+    _, _, exp_r, r_nonfinite = _decode(m, Cat(Const(0, _F32.frac_bits), r_expf, Const(0, 1)),
+                                       _F32, f"{name}_r1")
+    # M_r = 0 a register of its own too (one for all lanes: its test ends before the hop to them)
+    zero_r = p.reg(r_frac0 & (r_expf == 0), f"{name}_zero_r")
+    zero_v = p.delay(v == 0, f"{name}_zero_v", 2)
+    zero = p.delay(zero_v | zero_r, f"{name}_zero", before + 3)
+    big = p.delay(r_nonfinite, f"{name}_rinf", before + 4)
+    e0 = p.delay(exp_r - _F32.ulp_min, f"{name}_e0", before + 1)  # R 2**exp_r's field, R < 2**23
 
     prod = _dsp_product(p, sig_r1, a, f"{name}_p")
     # stage 4: P's bit length n is above 24 iff hi = P >> 23 is above 1; the rounding shift is
@@ -741,9 +751,9 @@ class BoundCheck(wiring.Component):
 
         xhat_stages = self.XHAT_STAGES
         eb = p.delay(i.payload.eb, "eb", xhat_stages + 1)  # its fields: the stage after x_hat
-        eb_sig = p.delay(Cat(eb[:_F64.frac_bits], 1), "eb_sig", 3)
+        eb_sig = p.delay(Cat(eb[:_F64.frac_bits], 1), "eb_sig", 4)  # for the coarse shift
         eb_exp = p.reg(eb[_F64.frac_bits:_F64.width - 1] - _F64.bias - _F64.frac_bits, "eb_exp")
-        # d = g - e_eb and M_eb >> clip(d, 0, 53) follow g (stage 3 after x_hat) by a stage each
+        # d = g - e_eb follows g (stage 3 after x_hat) by a stage, M_eb >> clip(d, 0, 53) by 3
         eb_exp = p.reg(eb_exp, "eb_exp2")
         al_bits = fmt.sig_bits + BOUND_WINDOW
         oks = []
@@ -781,13 +791,20 @@ class BoundCheck(wiring.Component):
             total = p.reg(a_al + b_al, f"sum_{u}")
             diff = p.reg(a_al - b_al, f"diff_{u}")  # as wide as the sum: its top bit is the sign
             n = p.reg(Mux(opp, total, Mux(diff[-1], -diff, diff)[:al_bits + 1]), f"n_{u}")
-            # beside 4..7: d = g - e_eb (4) and M_eb >> clip(d, 0, 53) (5 coarse, 6 fine)
+            # beside 4..7: d = g - e_eb (4); ds = clip(d, 0, 53), its multiple of 8 as a
+            # one-hot from the same compares (5); M_eb >> ds in two steps: by the multiple of 8
+            # (6, an AND-OR over the one-hot), by the rest (7)
             d = p.reg(g - eb_exp, f"d_{u}")
-            ds = Mux(d > _F64.sig_bits, _F64.sig_bits, Mux(d < 0, 0, d))[:6]
-            lim_c = p.reg(eb_sig >> Cat(Const(0, 3), ds[3:]), f"lim_c_{u}")
-            lim = p.reg(lim_c >> p.reg(ds[:3], f"ds_f_{u}"), f"lim_{u}")
-            early = p.delay(d < 0, f"early_{u}", 3)
-            lim = p.reg(lim, f"lim2_{u}")
+            low, high = d < 0, d > _F64.sig_bits
+            ds = p.reg(Mux(high, _F64.sig_bits, Mux(low, 0, d))[:3], f"ds_f_{u}")
+            csel = p.reg(Cat(*(Mux(low, j == 0, Mux(high, j == _F64.sig_bits >> 3, d[3:6] == j))
+                               for j in range((_F64.sig_bits >> 3) + 1))), f"ds_c_{u}")
+            lim_c = Const(0, len(eb_sig))
+            for j in range(len(csel)):
+                lim_c = lim_c | Mux(csel[j], eb_sig >> (8 * j), 0)
+            lim_c = p.reg(lim_c, f"lim_c_{u}")
+            lim = p.reg(lim_c >> p.reg(ds, f"ds_f2_{u}"), f"lim_{u}")
+            early = p.delay(low, f"early_{u}", 3)
             # last: N * 2**g <= M_eb * 2**e_eb
             oks.append(~fail & (early | (n <= lim)))
         with m.If(p.en):

@@ -99,10 +99,12 @@ class Queue(wiring.Component):
     - ``read="prefetch"``: for deep wide queues in block RAM (``block_ram``). Words
       are fetched from the memory into a ring of ``HEAD_WORDS`` registers ahead of the reader,
       from registers only (the fetch pointer, a late copy of the writer's, the ring's room), so
-      ``r_en`` reaches neither the memory nor its address, and the memory's read data (about
-      4 ns clock to output) only a register. ``r_data`` is the ring's head (a ``HEAD_WORDS``:1
-      select of registers). One word a cycle in steady flow; ``latency`` = ``PREFETCH_LATENCY``
-      (fetch, memory read, ring); a place is free again once its word is fetched.
+      ``r_en`` reaches neither the memory nor its address. The memory's read data (about
+      4.3 ns clock to output) reaches only a register without an enable, placed beside the
+      block RAM (the ring's registers, loaded by slot, were placed 2-3 ns away), which loads the
+      ring a cycle later. ``r_data`` is the ring's head (a ``HEAD_WORDS``:1 select of
+      registers). One word a cycle in steady flow; ``latency`` = ``PREFETCH_LATENCY`` (fetch,
+      memory read, that register, ring); a place is free again once its word is fetched.
 
     With ``reserve`` (a number of places), places are taken ahead of their words: ``reserve``
     (while ``w_rdy``: that many places are free) takes the next ``reserve`` places, and ``w_en``
@@ -112,8 +114,10 @@ class Queue(wiring.Component):
     choose (LUT RAM for the shallow queues here)."""
 
     LATENCY = 3  # cycles from a word's write to its ``r_rdy`` (``read`` "comb" or "sync")
-    PREFETCH_LATENCY = 4  # the same with ``read="prefetch"``
-    HEAD_WORDS = 3  # the least ring for a word a cycle: one word fetched, one to read, one more
+    PREFETCH_LATENCY = 5  # the same with ``read="prefetch"``
+    # the least ring for a word a cycle: a word is fetched, one is on the memory's read data,
+    # one in the register beside it, one to read
+    HEAD_WORDS = 4
 
     def __init__(self, width: int, depth: int, *, reserve: int = 0, read: str = "comb",
                  block_ram: bool = False):
@@ -193,12 +197,15 @@ class Queue(wiring.Component):
     def _prefetch(self, m, rport, rptr, wseen, fetch, pop):
         """The read side of ``read="prefetch"``: ``fetch`` (the memory word at ``rptr`` is read,
         ``rptr`` steps) while a written word is there and the ring has room counting the words
-        on their way; the read data lands in the ring a cycle later."""
+        on their way; the read data is registered a cycle later (``near``) and lands in the ring
+        the cycle after."""
         b = self.HEAD_WORDS
         ring = [Signal(len(self.r_data), name=f"head{k}") for k in range(b)]
         w_slot, r_slot = Signal(range(b)), Signal(range(b))
         landing = Signal()  # a fetched word is on the memory's read data
-        held = Signal(range(b + 1))  # ring words plus the one landing
+        near = Signal(len(self.r_data), name="near")  # the read data, registered beside the RAM
+        near_valid = Signal()  # a fetched word is in ``near``
+        held = Signal(range(b + 1))  # ring words plus the two on their way
         ring_room = Signal(init=1)  # held < b, a register
         filled = Signal(range(b + 1))  # ring words
         n = self.depth.bit_length() - 1
@@ -207,15 +214,15 @@ class Queue(wiring.Component):
             rport.addr.eq(rptr[:n]), rport.en.eq(1),
             self.r_data.eq(Array(ring)[r_slot]),
         ]
-        m.d.sync += landing.eq(fetch)
+        m.d.sync += [landing.eq(fetch), near.eq(rport.data), near_valid.eq(landing)]
         for k, word in enumerate(ring):
-            with m.If(landing & (w_slot == k)):  # the read data reaches a register only
-                m.d.sync += word.eq(rport.data)
+            with m.If(near_valid & (w_slot == k)):
+                m.d.sync += word.eq(near)
         held_next = held + fetch - pop
-        filled_next = filled + landing - pop
+        filled_next = filled + near_valid - pop
         m.d.sync += [held.eq(held_next), ring_room.eq(held_next < b),
                      filled.eq(filled_next), self.r_rdy.eq(filled_next != 0)]
-        with m.If(landing):
+        with m.If(near_valid):
             m.d.sync += w_slot.eq(Mux(w_slot == b - 1, 0, w_slot + 1))
         with m.If(pop):
             m.d.sync += r_slot.eq(Mux(r_slot == b - 1, 0, r_slot + 1))
