@@ -59,7 +59,7 @@ ENGINE_COST: dict[tuple[str, Mode], tuple[int, int]] = {
     ("compress", Mode.SFPR8): (11_975, 16),
     ("decompress", Mode.SFPR8): (12_701, 16),
     ("compress", Mode.DCT): (20_062, 24),
-    ("decompress", Mode.DCT): (20_192, 24),
+    ("decompress", Mode.DCT): (20_547, 24),
     ("compress", Mode.EB): (29_460, 32),
     ("decompress", Mode.EB): (15_638, 32),
     ("compress", Mode.MASK): (6_000, 0),

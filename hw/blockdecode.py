@@ -72,9 +72,11 @@ MAX_BEATS = -(-((1 << Shape.cast(IndexEntry["length"].shape).width) - 1) // BEAT
 _PTR_BITS = (8 * BEAT_BYTES * BUFFER_BEATS).bit_length()
 _RANK_BITS = 6
 # output FIFO rows: a block's 8 rows are counted from its take, and at full rate the next block
-# is taken while 9 rows are still to be transferred: 17 lets blocks follow each other without a
-# bubble while ``o.ready`` stays high (16 rows of LUT RAM and the output register)
-_OUT_ROWS = 17
+# is taken while 9 rows are still to be transferred; a transfer leaves the count a cycle late
+# (a register: ``o.ready`` never reaches the take decision), one row more: 18 lets blocks follow
+# each other without a bubble while ``o.ready`` stays high (17 rows of LUT RAM and the output
+# register)
+_OUT_ROWS = 18
 
 
 class BlockError(enum.IntFlag):
@@ -235,7 +237,7 @@ class BlockDecoder(wiring.Component):
     than 7 beats): the header parse (``PARSE_STAGES`` = 6 steps) starts with the first beat and
     runs beside the loading; then take, ``EMIT_STAGES`` = 6 row steps and the output FIFO (2). A
     block without payload: ``ZERO_LATENCY`` = 17 cycles after its entry. Backpressure: the row
-    steps never stall; a block is taken only while the 17-row output FIFO has room for its 8 rows
+    steps never stall; a block is taken only while the 18-row output FIFO has room for its 8 rows
     beside every row taken and not yet transferred, so ``o.ready`` drives the FIFO's read side
     alone; ``o.valid``/``o.payload`` are the FIFO's output registers. While ``o`` stalls the decoder
     keeps taking entries and beats until both block buffers are full. ``index.ready`` and
@@ -608,13 +610,14 @@ class BlockDecoder(wiring.Component):
         m.d.comb += [out.error.eq(row_err), out.last.eq(e6.last)]
         # the output FIFO (``o.valid`` and ``o.payload`` registers: never dependent on ``o.ready``)
         _out_fifo(m, e6.valid, out, o, _OUT_ROWS - 1)
-        transfer = Signal()
+        # ``used`` counts a transfer a cycle late (``transferred``, a register): it is at most
+        # one row high, so a take is never wrongly allowed, and ``o.ready`` (from downstream)
+        # does not run through the count into ``room``
+        transferred = Signal()
         used_next = Signal.like(used)
-        m.d.comb += [
-            transfer.eq(o.valid & o.ready),
-            used_next.eq(used + Mux(take, N, 0) - transfer),
-        ]
-        m.d.sync += [used.eq(used_next), room.eq(used_next <= _OUT_ROWS - N)]
+        m.d.comb += used_next.eq(used + Mux(take, N, 0) - transferred)
+        m.d.sync += [transferred.eq(o.valid & o.ready), used.eq(used_next),
+                     room.eq(used_next <= _OUT_ROWS - N)]
         return m
 
 
